@@ -1,0 +1,142 @@
+"""Frozen values that cross layer boundaries (see DESIGN.md: lsp_server -> completion -> engine)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    """One request, already converted out of LSP units: `offset` counts code points into `text`."""
+
+    uri: str
+    language_id: str
+    version: int
+    text: str
+    offset: int
+    request_id: str = ""
+    # Set by the client when the user explicitly asked (e.g. a key), as opposed to typing.
+    explicit: bool = False
+
+
+@dataclass(frozen=True)
+class StopRule:
+    """Where a generated continuation must end, in text terms the engine can check while decoding."""
+
+    single_line: bool = True
+    # Multi-line: a non-empty line indented less than this many columns ends the block.
+    block_indent: int = 0
+    max_lines: int = 1
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A fully tokenized prompt. `healing_text` is the text of prompt tokens removed at the end
+    (token healing): the generation must start with it, and it is stripped from the result."""
+
+    token_ids: tuple[int, ...]
+    max_new_tokens: int
+    stop: StopRule
+    stop_token_ids: frozenset[int] = frozenset()
+    healing_text: str = ""
+    template: str = "prefix-only"
+    prefix_chars: int = 0  # how many characters of the document prefix made it into the prompt
+    suffix_chars: int = 0
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Milliseconds per named stage, in the order they ran."""
+
+    stages: tuple[tuple[str, float], ...] = ()
+
+    def add(self, name: str, ms: float) -> Timings:
+        return Timings(self.stages + ((name, ms),))
+
+    def merged(self, other: Timings) -> Timings:
+        return Timings(self.stages + other.stages)
+
+    def get(self, name: str) -> float:
+        return sum(ms for stage, ms in self.stages if stage == name)
+
+    @property
+    def total_ms(self) -> float:
+        return sum(ms for _, ms in self.stages)
+
+    def describe(self) -> str:
+        return " ".join(f"{name}={ms:.1f}ms" for name, ms in self.stages)
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What the engine produced for a prompt (healing text already removed from `text`)."""
+
+    token_ids: tuple[int, ...]
+    text: str
+    finish_reason: str  # "stop" | "length" | "eos" | "deadline" | "cancelled"
+    prompt_tokens: int
+    timings: Timings = Timings()
+
+
+@dataclass(frozen=True)
+class Completion:
+    """The answer: insert `text` at the request offset, replacing `replace_chars` code points after it."""
+
+    text: str
+    offset: int
+    replace_chars: int = 0
+    request_id: str = ""
+    source: str = "model"  # "model" | "cache" | "type-through" | "none"
+    finish_reason: str = ""
+    timings: Timings = Timings()
+
+
+class CancelToken:
+    """Set once; checked by the decode loop between steps. Thread-safe."""
+
+    __slots__ = ("_event", "reason")
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.reason = ""
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        if not self._event.is_set():
+            self.reason = reason
+            self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """An absolute monotonic deadline; `None` seconds means no deadline."""
+
+    at: float | None = None
+
+    @staticmethod
+    def after_ms(ms: float | None) -> Deadline:
+        return Deadline(None if ms is None or ms <= 0 else time.monotonic() + ms / 1000.0)
+
+    @property
+    def expired(self) -> bool:
+        return self.at is not None and time.monotonic() >= self.at
+
+
+@dataclass(frozen=True)
+class Settings:
+    """User settings (from initializationOptions / didChangeConfiguration or the CLI)."""
+
+    model: str = "default"
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
+    max_new_tokens: int = 48
+    single_line_max_new_tokens: int = 24
+    deadline_ms: int = 0  # 0: choose by device (see completion.settings)
+    enabled_languages: tuple[str, ...] = ("*",)
+    max_prefix_tokens: int = 384
+    max_suffix_tokens: int = 128
+    multi_line: bool = True
