@@ -1,0 +1,59 @@
+import threading
+
+import pytest
+
+from tabfill.completion.types import CancelToken
+from tabfill.completion.worker import Cancelled, EngineWorker
+
+
+def test_newest_wins_for_queued_jobs_and_errors_propagate() -> None:
+    worker = EngineWorker()
+    gate = threading.Event()
+    started = threading.Event()
+
+    def blocker(_token: CancelToken) -> str:
+        started.set()
+        gate.wait(5)
+        return "blocker"
+
+    first = worker.submit(blocker, key="other")
+    assert started.wait(5)
+    old = worker.submit(lambda _t: "old", key="doc")
+    new = worker.submit(lambda _t: "new", key="doc")
+    failing = worker.submit(lambda _t: 1 / 0, key="x")
+    with pytest.raises(Cancelled):
+        old.result(1)
+    gate.set()
+    assert first.result(5) == "blocker"
+    assert new.result(5) == "new"
+    with pytest.raises(ZeroDivisionError):
+        failing.result(5)
+    worker.close()
+
+
+def test_cancelled_before_start_never_runs_and_running_job_sees_token() -> None:
+    worker = EngineWorker()
+    ran: list[str] = []
+    token = CancelToken()
+    token.cancel("gone")
+    with pytest.raises(Cancelled, match="gone"):
+        worker.submit(lambda _t: ran.append("x"), token).result(5)
+    assert ran == []
+
+    running = CancelToken()
+    inside = threading.Event()
+
+    def loop(t: CancelToken) -> int:
+        inside.set()
+        steps = 0
+        while not t.cancelled and steps < 10_000_000:
+            steps += 1
+        return steps
+
+    future = worker.submit(loop, running)
+    assert inside.wait(5)
+    running.cancel()
+    assert future.result(5) < 10_000_000
+    worker.close()
+    with pytest.raises(Cancelled):
+        worker.submit(lambda _t: 1).result(1)
