@@ -1,0 +1,176 @@
+"""Command line: `tabfill serve | complete | model pull | doctor`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from tabfill import __version__
+
+
+def _progress(stage: str, fraction: float | None) -> None:
+    percent = "" if fraction is None else f"[{fraction:4.0%}] "
+    print(f"tabfill: {percent}{stage}", file=sys.stderr, flush=True)
+
+
+def _settings(args: argparse.Namespace):  # -> Settings (imported lazily: the CLI starts fast)
+    from tabfill.completion.types import Settings
+
+    overrides = {}
+    for name in ("model", "device", "max_new_tokens", "deadline_ms"):
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides[name] = value
+    return Settings(**overrides)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from tabfill.lsp_server.server import create_server
+
+    server = create_server(_settings(args))
+    if args.tcp:
+        host, _, port = args.tcp.rpartition(":")
+        server.start_tcp(host or "127.0.0.1", int(port))
+    else:
+        server.start_io()
+    return 0
+
+
+def cmd_complete(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    from tabfill.completion.models import ModelError
+    from tabfill.completion.service import CompletionService
+    from tabfill.completion.types import CompletionRequest
+    from tabfill.syntax_cache.document import Document
+
+    import_ms = (time.perf_counter() - started) * 1000
+    path = Path(args.file)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"tabfill: cannot read {path}: {exc}", file=sys.stderr)
+        return 2
+    document = Document(path.resolve().as_uri(), _language_of(path), 0, text)
+    if args.line < 0 or args.col < 0:
+        print("tabfill: --line and --col are 0-based and must not be negative", file=sys.stderr)
+        return 2
+    line = min(args.line, document.line_count - 1)
+    offset = min(document.line_start(line) + args.col, document.line_end(line))
+
+    settings = _settings(args)
+    service = CompletionService(settings)
+    try:
+        info = service.load(_progress).result()
+    except ModelError as exc:
+        print(f"tabfill: {exc}", file=sys.stderr)
+        return 1
+    request = CompletionRequest(document.uri, document.language_id, 0, text, offset, "cli")
+    completion = service.complete(request)
+    service.close()
+    print(completion.text)
+    stages = " ".join(f"{name}={ms:.1f}ms" for name, ms in completion.timings.stages)
+    print(
+        f"--- model={info.source} device={info.device} dtype={info.dtype} template={info.template} "
+        f"finish={completion.finish_reason or completion.source}\n"
+        f"--- timings: import={import_ms:.0f}ms load={info.load_ms:.0f}ms {stages} "
+        f"total={completion.timings.total_ms:.1f}ms",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_model_pull(args: argparse.Namespace) -> int:
+    from tabfill.completion.models import ModelError, pull_default, resolve_model
+
+    try:
+        if args.model in (None, "default"):
+            path = pull_default(_progress, force=args.force)
+        else:
+            path = Path(resolve_model(args.model, _progress))
+    except ModelError as exc:
+        print(f"tabfill: {exc}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    import torch
+
+    from tabfill.completion.models import cache_root, default_model_dir, pick_device
+
+    device = pick_device(getattr(args, "device", None) or "auto")
+    print(f"tabfill {__version__}, python {sys.version.split()[0]}, torch {torch.__version__}")
+    print(f"device: {device} (cuda available: {torch.cuda.is_available()}), threads: {torch.get_num_threads()}")
+    print(f"dtype: {'bf16/fp16' if device.startswith('cuda') else 'fp32'} (no native bf16 assumed on CPU)")
+    print(f"cache: {cache_root()}")
+    pulled = (default_model_dir() / "model.safetensors").is_file()
+    print(f"default model: {default_model_dir()} ({'converted' if pulled else 'not pulled: run `tabfill model pull`'})")
+    return 0
+
+
+_LANGUAGES = {
+    ".py": "python", ".js": "javascript", ".mjs": "javascript", ".cjs": "javascript", ".jsx": "javascriptreact",
+    ".ts": "typescript", ".tsx": "typescriptreact", ".go": "go", ".rs": "rust", ".c": "c", ".h": "c",
+    ".cpp": "cpp", ".java": "java", ".lua": "lua", ".rb": "ruby", ".sh": "shellscript",
+}
+
+
+def _language_of(path: Path) -> str:
+    return _LANGUAGES.get(path.suffix.lower(), "plaintext")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tabfill", description="Self-hosted code completion over LSP.")
+    parser.add_argument("--version", action="version", version=f"tabfill {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    parser.add_argument("--log-file", help="write logs here (default: stderr)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def model_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--model", help="'default', a Hugging Face directory, a .gguf file or a hub id")
+        sub.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+        sub.add_argument("--max-new-tokens", type=int, dest="max_new_tokens")
+        sub.add_argument("--deadline-ms", type=int, dest="deadline_ms", help="per-request deadline (0: by device)")
+
+    serve = commands.add_parser("serve", help="run the language server (stdio by default)")
+    serve.add_argument("--stdio", action="store_true", help="talk LSP over stdin/stdout (the default)")
+    serve.add_argument("--tcp", metavar="HOST:PORT", help="listen on TCP instead (for debugging)")
+    model_options(serve)
+    serve.set_defaults(func=cmd_serve)
+
+    complete = commands.add_parser("complete", help="print a completion at a position of a file")
+    complete.add_argument("file")
+    complete.add_argument("--line", type=int, required=True, help="0-based line")
+    complete.add_argument("--col", type=int, required=True, help="0-based column in characters (code points); clamped to the line's end")
+    model_options(complete)
+    complete.set_defaults(func=cmd_complete)
+
+    model = commands.add_parser("model", help="manage models")
+    model_commands = model.add_subparsers(dest="model_command", required=True)
+    pull = model_commands.add_parser("pull", help="fetch, verify and convert a model (default: SmolLM2-135M)")
+    pull.add_argument("model", nargs="?", default="default")
+    pull.add_argument("--force", action="store_true", help="convert again even if already converted")
+    pull.set_defaults(func=cmd_model_pull)
+
+    doctor = commands.add_parser("doctor", help="print device, dtype and model state")
+    doctor.add_argument("--device")
+    doctor.set_defaults(func=cmd_doctor)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    handler: logging.Handler = logging.FileHandler(args.log_file) if args.log_file else logging.StreamHandler(sys.stderr)
+    logging.basicConfig(level=level, handlers=[handler], format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,274 @@
+"""The request path: a straight line of timed stages (DESIGN.md, "One keystroke, end to end").
+
+Fast stages (type-through, context, result cache) run on the caller's thread and answer at once; the
+model stages (prompt, generate, postprocess) run on the engine worker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+from cachetools import TTLCache
+
+from tabfill.completion.engine import Engine, EngineInfo
+from tabfill.completion.fim import FimTemplate, build_prompt, detect_template
+from tabfill.completion.models import LoadedModel, ModelError, ProgressFn, load_model
+from tabfill.completion.postprocess import postprocess
+from tabfill.completion.settings import deadline_ms, language_enabled
+from tabfill.completion.types import (
+    CancelToken,
+    Completion,
+    CompletionRequest,
+    Deadline,
+    Settings,
+    StopRule,
+    Timings,
+)
+from tabfill.completion.worker import Cancelled, EngineWorker
+from tabfill.syntax_cache.context import Mode, SyntaxContext, context_at
+from tabfill.syntax_cache.document import Document
+
+log = logging.getLogger(__name__)
+
+# Characters of document text considered per token of budget: generous, so that the token budget, not
+# this cap, decides what enters the prompt; the cap keeps a 1 MB file from being tokenized per keystroke.
+CHARS_PER_TOKEN_CAP = 12
+MULTI_LINE_MAX_LINES = 8
+
+
+@dataclass(frozen=True)
+class _Shown:
+    """The last suggestion per document, and the text it was made for (for type-through)."""
+
+    prefix: str
+    suffix: str
+    completion: Completion
+
+
+def _empty(request: CompletionRequest, reason: str, timings: Timings) -> Completion:
+    return Completion("", request.offset, 0, request.request_id, "none", reason, timings)
+
+
+def _done(value: Completion) -> Future[Completion]:
+    future: Future[Completion] = Future()
+    future.set_result(value)
+    return future
+
+
+class CompletionService:
+    """Owns the engine worker, the model state and the per-document caches."""
+
+    def __init__(self, settings: Settings | None = None, loader: Callable[[str, str, ProgressFn], LoadedModel] | None = None) -> None:
+        self.settings = settings or Settings()
+        self._loader = loader or (lambda spec, device, progress: load_model(spec, device, progress))
+        self._worker = EngineWorker()
+        self._lock = threading.Lock()
+        self._engine: Engine | None = None
+        self._template: FimTemplate | None = None
+        self.state = "idle"  # idle | loading | ready | failed
+        self.error = ""
+        self._inflight: dict[str, CancelToken] = {}
+        self._shown: dict[str, _Shown] = {}
+        self._results: TTLCache[tuple[object, ...], tuple[str, int, str]] = TTLCache(maxsize=512, ttl=600)
+        self.last_timings = Timings()
+
+    # ------------------------------------------------------------------ model lifecycle
+    @property
+    def info(self) -> EngineInfo | None:
+        return self._engine.info if self._engine else None
+
+    def load(self, progress: ProgressFn | None = None) -> Future[EngineInfo]:
+        """Load (or reload) the configured model on the worker; the future fails with ModelError."""
+        settings = self.settings
+        report = progress or (lambda stage, fraction: log.info("%s", stage))
+        with self._lock:
+            self.state, self.error = "loading", ""
+
+        def run(_cancel: CancelToken) -> EngineInfo:
+            try:
+                loaded = self._loader(settings.model, settings.device, report)
+                template = detect_template(loaded.tokenizer)
+                info = EngineInfo(loaded.source, loaded.device, loaded.dtype, loaded.load_ms, template.name if template else "prefix-only")
+                engine = Engine(loaded.model, loaded.tokenizer, loaded.device, info)
+            except ModelError as exc:
+                with self._lock:
+                    self.state, self.error, self._engine = "failed", str(exc), None
+                raise
+            except Exception as exc:  # any failure to load becomes a message, never a dead server
+                with self._lock:
+                    self.state, self.error, self._engine = "failed", f"{type(exc).__name__}: {exc}", None
+                raise ModelError(self.error) from exc
+            with self._lock:
+                self._engine, self._template, self.state = engine, template, "ready"
+                self._results.clear()
+                self._shown.clear()
+            return info
+
+        return self._worker.submit(run)
+
+    def update_settings(self, settings: Settings) -> bool:
+        """Apply new settings; returns True when the model must be reloaded (model or device changed)."""
+        reload = (settings.model, settings.device) != (self.settings.model, self.settings.device)
+        with self._lock:
+            self.settings = settings
+            self._results.clear()
+        return reload and self.state != "idle"
+
+    def close(self) -> None:
+        for token in list(self._inflight.values()):
+            token.cancel("shutdown")
+        self._worker.close()
+
+    def forget(self, uri: str) -> None:
+        """The document was closed: drop what we keep for it."""
+        with self._lock:
+            self._shown.pop(uri, None)
+            token = self._inflight.pop(uri, None)
+        if token:
+            token.cancel("document closed")
+
+    # ------------------------------------------------------------------ the request path
+    def submit(self, request: CompletionRequest, cancel: CancelToken | None = None) -> Future[Completion]:
+        """Answer at once from type-through or the result cache, else queue the model stages.
+        A newer request for the same document cancels this document's older one (newest wins)."""
+        cancel = cancel or CancelToken()
+        settings = self.settings
+        timings = Timings()
+        deadline = Deadline.after_ms(deadline_ms(settings, self._engine.info.device if self._engine else "cpu"))
+        if not language_enabled(settings, request.language_id):
+            return _done(_empty(request, "language disabled", timings))
+
+        started = time.perf_counter()
+        hit = self._type_through(request)
+        timings = timings.add("type_through", (time.perf_counter() - started) * 1000)
+        if hit is not None:
+            return _done(dataclasses.replace(hit, timings=timings))
+
+        started = time.perf_counter()
+        document = Document(request.uri, request.language_id, request.version, request.text)
+        context = context_at(document, request.offset)
+        timings = timings.add("context", (time.perf_counter() - started) * 1000)
+        if context.mode is Mode.NONE:
+            return _done(_empty(request, f"no completion here: {context.reason}", timings))
+
+        started = time.perf_counter()
+        prefix = request.text[max(0, request.offset - settings.max_prefix_tokens * CHARS_PER_TOKEN_CAP) : request.offset]
+        suffix = request.text[request.offset : request.offset + settings.max_suffix_tokens * CHARS_PER_TOKEN_CAP]
+        key = (settings, context.mode, context.block_indent, prefix, suffix)
+        with self._lock:
+            cached = self._results.get(key)
+            engine, template = self._engine, self._template
+        timings = timings.add("cache", (time.perf_counter() - started) * 1000)
+        if cached is not None:
+            text, replace_chars, finish = cached
+            completion = Completion(text, request.offset, replace_chars, request.request_id, "cache", finish, timings)
+            self._remember(request, completion)
+            return _done(completion)
+        if engine is None:
+            return _done(_empty(request, f"model {self.state}" + (f": {self.error}" if self.error else ""), timings))
+        if template is None and context.suffix_has_code:
+            return _done(_empty(request, "code after the cursor and the model has no FIM", timings))
+
+        with self._lock:
+            previous = self._inflight.get(request.uri)
+            self._inflight[request.uri] = cancel
+        if previous is not None:
+            previous.cancel("superseded")
+
+        def run(token: CancelToken) -> Completion:
+            try:
+                return self._model_stages(engine, template, request, context, prefix, suffix, key, token, deadline, timings)
+            finally:
+                with self._lock:
+                    if self._inflight.get(request.uri) is token:
+                        del self._inflight[request.uri]
+
+        return self._worker.submit(run, cancel, key=request.uri)
+
+    def complete(self, request: CompletionRequest, cancel: CancelToken | None = None) -> Completion:
+        """Synchronous `submit` (CLI, tests). Cancelled work returns an empty completion."""
+        try:
+            return self.submit(request, cancel).result()
+        except Cancelled as exc:
+            return _empty(request, f"cancelled: {exc}", Timings())
+
+    def _model_stages(
+        self,
+        engine: Engine,
+        template: FimTemplate | None,
+        request: CompletionRequest,
+        context: SyntaxContext,
+        prefix: str,
+        suffix: str,
+        key: tuple[object, ...],
+        cancel: CancelToken,
+        deadline: Deadline,
+        timings: Timings,
+    ) -> Completion:
+        settings = self.settings
+        started = time.perf_counter()
+        multi = context.mode is Mode.MULTI and settings.multi_line
+        stop = StopRule(single_line=not multi, block_indent=context.block_indent, max_lines=MULTI_LINE_MAX_LINES if multi else 1)
+        prompt = build_prompt(
+            prefix,
+            suffix,
+            template,
+            engine.tokenizer,
+            max_prefix_tokens=settings.max_prefix_tokens,
+            max_suffix_tokens=settings.max_suffix_tokens,
+            max_new_tokens=settings.max_new_tokens if multi else settings.single_line_max_new_tokens,
+            stop=stop,
+        )
+        timings = timings.add("prompt", (time.perf_counter() - started) * 1000)
+
+        generation = engine.generate(prompt, cancel, deadline)
+        timings = timings.merged(generation.timings)
+        if generation.finish_reason == "cancelled":
+            raise Cancelled(cancel.reason or "cancelled")
+
+        started = time.perf_counter()
+        effective = context if multi or context.mode is not Mode.MULTI else dataclasses.replace(context, mode=Mode.SINGLE)
+        text, replace_chars = postprocess(generation.text, effective, suffix, generation.finish_reason)
+        timings = timings.add("postprocess", (time.perf_counter() - started) * 1000)
+        completion = Completion(text, request.offset, replace_chars, request.request_id, "model", generation.finish_reason, timings)
+        log.debug("completion %s: %d prompt tokens, %s", request.request_id, generation.prompt_tokens, timings.describe())
+        with self._lock:
+            if generation.finish_reason != "deadline":
+                self._results[key] = (text, replace_chars, generation.finish_reason)
+            self.last_timings = timings
+        self._remember(request, completion)
+        return completion
+
+    # ------------------------------------------------------------------ type-through
+    def _remember(self, request: CompletionRequest, completion: Completion) -> None:
+        if not completion.text:
+            return
+        shown = _Shown(request.text[: request.offset], request.text[request.offset :], completion)
+        with self._lock:
+            self._shown[request.uri] = shown
+
+    def _type_through(self, request: CompletionRequest) -> Completion | None:
+        """The user typed a prefix of the suggestion shown for this document: the rest, no model."""
+        with self._lock:
+            shown = self._shown.get(request.uri)
+        if shown is None:
+            return None
+        prefix = request.text[: request.offset]
+        typed_chars = len(prefix) - len(shown.prefix)
+        if typed_chars <= 0 or not prefix.startswith(shown.prefix):
+            return None
+        typed = prefix[len(shown.prefix) :]
+        remainder = shown.completion.text[typed_chars:]
+        if not shown.completion.text.startswith(typed) or not remainder.strip():
+            return None
+        if request.text[request.offset :] != shown.suffix:
+            return None
+        return Completion(
+            remainder, request.offset, shown.completion.replace_chars, request.request_id, "type-through", shown.completion.finish_reason
+        )

@@ -1,0 +1,221 @@
+"""The tabfill language server: thin handlers (convert -> one call -> convert back)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from concurrent.futures import Future
+from typing import Any
+
+from lsprotocol import types
+from pygls.exceptions import JsonRpcInvalidParams
+from pygls.lsp.server import LanguageServer
+
+from tabfill import __version__
+from tabfill.completion.service import CompletionService
+from tabfill.completion.settings import parse_settings
+from tabfill.completion.types import CancelToken, Completion, CompletionRequest, Settings
+from tabfill.completion.worker import Cancelled
+from tabfill.lsp_server.documents import DocumentStore
+from tabfill.lsp_server.positions import PositionEncoding, offset_at, position_at
+from tabfill.lsp_server.protocol import TabfillProtocol
+
+log = logging.getLogger(__name__)
+
+STATUS_METHOD = "tabfill/status"
+
+
+class TabfillServer(LanguageServer):
+    def __init__(self, settings: Settings | None = None, service: CompletionService | None = None) -> None:
+        super().__init__("tabfill", __version__, protocol_cls=TabfillProtocol, max_workers=2)
+        self.documents = DocumentStore()
+        self.service = service or CompletionService(settings)
+        self.cli_settings = self.service.settings
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.initial_options: Any = None
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def encoding(self) -> PositionEncoding:
+        chosen = self.server_capabilities.position_encoding if self.protocol.server_capabilities else None
+        value = str(getattr(chosen, "value", chosen) or "utf-16")
+        if value == "utf-8":
+            return "utf-8"
+        return "utf-32" if value == "utf-32" else "utf-16"
+
+    def call_from_thread(self, fn: Any, *args: Any) -> None:
+        """Run `fn(*args)` on the event loop (pygls writes are not thread-safe)."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(fn, *args)
+
+    def show(self, kind: types.MessageType, message: str) -> None:
+        self.window_show_message(types.ShowMessageParams(type=kind, message=f"tabfill: {message}"))
+
+    def report_server_error(self, error: Exception, source: Any) -> None:
+        log.error("server error (%s): %s", getattr(source, "__name__", source), error)
+        cause = error.__cause__ or error
+        if isinstance(cause, ValueError) and type(cause).__name__ == "JSONDecodeError" and isinstance(self.protocol, TabfillProtocol):
+            self.protocol.answer_parse_error(cause)
+
+    def request_for(self, uri: str, line: int, character: int, request_id: str) -> CompletionRequest:
+        document = self.documents.get(uri)
+        if document is None:
+            raise JsonRpcInvalidParams(f"document not open: {uri} (send textDocument/didOpen first)")
+        try:
+            offset = offset_at(document, line, character, self.encoding)
+        except ValueError as exc:
+            raise JsonRpcInvalidParams(str(exc)) from exc
+        return CompletionRequest(uri, document.language_id, document.version, document.text, offset, request_id)
+
+    async def complete(self, request: CompletionRequest) -> Completion:
+        """Run a request on the service; a cancelled handler cancels the generation too."""
+        cancel = CancelToken()
+        future: Future[Completion] = self.service.submit(request, cancel)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            cancel.cancel("$/cancelRequest")
+            raise
+        except Cancelled as exc:
+            return Completion("", request.offset, 0, request.request_id, "none", f"cancelled: {exc}")
+
+    def lsp_range(self, uri: str, completion: Completion) -> types.Range:
+        document = self.documents.get(uri)
+        if document is None:  # closed meanwhile
+            return types.Range(types.Position(0, 0), types.Position(0, 0))
+        start = position_at(document, completion.offset, self.encoding)
+        end = position_at(document, completion.offset + completion.replace_chars, self.encoding)
+        return types.Range(types.Position(*start), types.Position(*end))
+
+    # ------------------------------------------------------------------ model lifecycle
+    def start_loading(self) -> None:
+        supports_progress = bool(
+            self.client_capabilities.window and self.client_capabilities.window.work_done_progress
+        )
+        token = f"tabfill-load-{uuid.uuid4().hex[:8]}"
+        if supports_progress:
+            self.work_done_progress.create(token)
+            self.work_done_progress.begin(
+                token, types.WorkDoneProgressBegin(title="tabfill", message=f"loading {self.service.settings.model}", percentage=0)
+            )
+
+        def progress(stage: str, fraction: float | None) -> None:
+            if supports_progress:
+                value = types.WorkDoneProgressReport(message=stage, percentage=None if fraction is None else int(fraction * 100))
+                self.call_from_thread(self.work_done_progress.report, token, value)
+
+        def done(future: Future[Any]) -> None:
+            error = future.exception()
+            message = "ready" if error is None else f"model failed to load: {error}"
+            if supports_progress:
+                self.call_from_thread(self.work_done_progress.end, token, types.WorkDoneProgressEnd(message=message))
+            if error is not None:
+                self.call_from_thread(self.show, types.MessageType.Error, message)
+            else:
+                info = future.result()
+                log.info("model ready: %s on %s (%s), FIM: %s", info.source, info.device, info.dtype, info.template)
+
+        self.service.load(progress).add_done_callback(done)
+
+    def apply_settings(self, raw: Any) -> None:
+        settings, problems = parse_settings(raw, self.service.settings)
+        for problem in problems:
+            self.show(types.MessageType.Warning, problem)
+        if self.service.update_settings(settings):
+            self.start_loading()
+
+
+def create_server(settings: Settings | None = None) -> TabfillServer:
+    """A server with every feature registered; `settings` are the CLI's, overlaid by the client's."""
+    server = TabfillServer(settings)
+
+    @server.feature(types.INITIALIZE)
+    def initialize(ls: TabfillServer, params: types.InitializeParams) -> None:
+        ls._loop = asyncio.get_running_loop() if _has_running_loop() else None
+        ls.initial_options = params.initialization_options
+
+    @server.feature(types.INITIALIZED)
+    def initialized(ls: TabfillServer, params: types.InitializedParams) -> None:
+        ls._loop = asyncio.get_running_loop() if _has_running_loop() else ls._loop
+        settings, problems = parse_settings(ls.initial_options, ls.cli_settings)
+        for problem in problems:
+            ls.show(types.MessageType.Warning, problem)
+        ls.service.update_settings(settings)
+        ls.start_loading()
+
+    @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
+    def did_open(ls: TabfillServer, params: types.DidOpenTextDocumentParams) -> None:
+        ls.documents.open(params.text_document)
+
+    @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
+    def did_change(ls: TabfillServer, params: types.DidChangeTextDocumentParams) -> None:
+        ls.documents.change(params, ls.encoding)
+
+    @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
+    def did_close(ls: TabfillServer, params: types.DidCloseTextDocumentParams) -> None:
+        ls.documents.close(params.text_document.uri)
+        ls.service.forget(params.text_document.uri)
+
+    @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
+    def did_change_configuration(ls: TabfillServer, params: types.DidChangeConfigurationParams) -> None:
+        ls.apply_settings(params.settings)
+
+    @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
+    async def inline_completion(ls: TabfillServer, params: types.InlineCompletionParams) -> types.InlineCompletionList:
+        uri = params.text_document.uri
+        request = ls.request_for(uri, params.position.line, params.position.character, str(ls.protocol.msg_id))
+        completion = await ls.complete(request)
+        if not completion.text:
+            return types.InlineCompletionList(items=[])
+        item = types.InlineCompletionItem(insert_text=completion.text, range=ls.lsp_range(uri, completion))
+        return types.InlineCompletionList(items=[item])
+
+    @server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(trigger_characters=[".", "("]))
+    async def completion(ls: TabfillServer, params: types.CompletionParams) -> types.CompletionList:
+        uri = params.text_document.uri
+        request = ls.request_for(uri, params.position.line, params.position.character, str(ls.protocol.msg_id))
+        result = await ls.complete(request)
+        if not result.text:
+            return types.CompletionList(is_incomplete=True, items=[])
+        first_line = result.text.split("\n", 1)[0].strip() or result.text.strip()
+        item = types.CompletionItem(
+            label=first_line[:80],
+            kind=types.CompletionItemKind.Text,
+            detail="tabfill",
+            insert_text_format=types.InsertTextFormat.PlainText,
+            text_edit=types.TextEdit(range=ls.lsp_range(uri, result), new_text=result.text),
+            sort_text="0",
+            preselect=True,
+        )
+        return types.CompletionList(is_incomplete=True, items=[item])
+
+    @server.feature(STATUS_METHOD)
+    def status(ls: TabfillServer, params: Any) -> dict[str, Any]:
+        info = ls.service.info
+        return {
+            "state": ls.service.state,
+            "error": ls.service.error,
+            "model": info.source if info else ls.service.settings.model,
+            "device": info.device if info else "",
+            "dtype": info.dtype if info else "",
+            "template": info.template if info else "",
+            "loadMs": round(info.load_ms, 1) if info else None,
+            "lastTimings": dict(ls.service.last_timings.stages),
+            "documents": len(ls.documents),
+        }
+
+    @server.feature(types.SHUTDOWN)
+    def shutdown(ls: TabfillServer, params: Any) -> None:
+        ls.service.close()
+
+    return server
+
+
+def _has_running_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+

@@ -1,0 +1,103 @@
+"""Start the real `tabfill serve` command over stdio and drive it like an editor (pytest-lsp)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import pytest
+from lsprotocol import types
+from pytest_lsp import ClientServerConfig, LanguageClient, client_capabilities
+
+from tests.support import make_tiny_model_dir
+
+CLIENTS = {"vscode": "visual-studio-code", "neovim": "neovim"}
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny-model"))
+
+
+def server_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "tabfill.cli", "serve", *args]
+
+
+@contextlib.asynccontextmanager
+async def lsp_session(
+    server_args: list[str],
+    client: str = "visual-studio-code",
+    init_options: dict[str, Any] | None = None,
+    position_encodings: list[str] | None = None,
+    wait_ready: bool = True,
+    cache_dir: Path | None = None,
+) -> AsyncIterator[LanguageClient]:
+    env = dict(os.environ)
+    if cache_dir is not None:
+        env["TABFILL_CACHE_DIR"] = str(cache_dir)
+    config = ClientServerConfig(server_command=server_command(*server_args), server_env=env)
+    lsp_client = await config.start()
+    assert isinstance(lsp_client, LanguageClient)
+    capabilities = client_capabilities(client)
+    if position_encodings is not None:
+        capabilities.general = types.GeneralClientCapabilities(position_encodings=position_encodings)
+    lsp_client.init_result = await lsp_client.initialize_session(  # type: ignore[attr-defined]
+        types.InitializeParams(capabilities=capabilities, initialization_options=init_options, root_uri="file:///tmp")
+    )
+    try:
+        if wait_ready:
+            await wait_for_state(lsp_client, {"ready"})
+        yield lsp_client
+    finally:
+        await lsp_client.shutdown_session()
+        await lsp_client.stop()
+
+
+async def status(client: LanguageClient) -> Any:
+    return await client.protocol.send_request_async("tabfill/status", None)
+
+
+def field(value: Any, name: str) -> Any:
+    return value[name] if isinstance(value, dict) else getattr(value, name)
+
+
+async def wait_for_state(client: LanguageClient, states: set[str], timeout_s: float = 120.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        current = await status(client)
+        if field(current, "state") in states:
+            return current
+        if time.monotonic() > deadline:
+            raise AssertionError(f"server never reached {states}: {current}")
+        await asyncio.sleep(0.05)
+
+
+def open_document(client: LanguageClient, uri: str, text: str, language_id: str = "python") -> None:
+    client.text_document_did_open(
+        types.DidOpenTextDocumentParams(types.TextDocumentItem(uri=uri, language_id=language_id, version=1, text=text))
+    )
+
+
+async def inline(client: LanguageClient, uri: str, line: int, character: int) -> types.InlineCompletionList | None:
+    return await client.text_document_inline_completion_async(
+        types.InlineCompletionParams(
+            text_document=types.TextDocumentIdentifier(uri),
+            position=types.Position(line, character),
+            context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic),
+        )
+    )
+
+
+async def raw_request(client: LanguageClient, method: str, params: Any, msg_id: str) -> Any:
+    """Send params exactly as given (no lsprotocol types), as a misbehaving client would."""
+    future: Future[Any] = Future()
+    client.protocol._request_futures[msg_id] = future
+    client.protocol._send_data({"jsonrpc": "2.0", "id": msg_id, "method": method, "params": params})
+    return await asyncio.wrap_future(future)
