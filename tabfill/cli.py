@@ -76,7 +76,7 @@ def cmd_complete(args: argparse.Namespace) -> int:
     print(
         f"--- model={info.source} device={info.device} dtype={info.dtype} template={info.template} "
         f"finish={completion.finish_reason or completion.source}\n"
-        f"--- timings: import={import_ms:.0f}ms load={info.load_ms:.0f}ms {stages} "
+        f"--- timings: import={import_ms + info.import_ms:.0f}ms load={info.load_ms:.0f}ms warmup={info.warmup_ms:.0f}ms {stages} "
         f"total={completion.timings.total_ms:.1f}ms",
         file=sys.stderr,
     )

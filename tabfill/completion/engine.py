@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,10 @@ log = logging.getLogger(__name__)
 
 PREFILL_CHUNK_TOKENS = 256
 
+# NOTE: transformers 5.2x warns that `past_key_values` becomes `cache`, but passing `cache=` there does
+# not fill the given cache; keep the working name and silence just this warning.
+warnings.filterwarnings("ignore", message=r"`past_key_values` is deprecated", category=FutureWarning)
+
 
 @dataclass(frozen=True)
 class EngineInfo:
@@ -27,6 +32,8 @@ class EngineInfo:
     dtype: str
     load_ms: float
     template: str
+    import_ms: float = 0.0
+    warmup_ms: float = 0.0
 
 
 def stop_index(text: str, stop: StopRule) -> int | None:
@@ -72,6 +79,17 @@ class Engine:
         self.info = info
         self.eos_ids = frozenset(_eos_ids(model, tokenizer))
         self._token_texts: list[str] | None = None
+
+    @torch.inference_mode()
+    def warm_up(self) -> float:
+        """One short forward and the vocabulary table, so the first request does not pay for
+        kernel initialisation (~1 s on this CPU). Returns milliseconds."""
+        from transformers import DynamicCache
+
+        started = time.perf_counter()
+        self._forward(torch.tensor([[0, 0, 0, 0]], device=self.device), DynamicCache())
+        self.token_texts()
+        return (time.perf_counter() - started) * 1000
 
     # ----------------------------------------------------------------- token healing support
     def token_texts(self) -> list[str]:

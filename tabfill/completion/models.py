@@ -204,7 +204,8 @@ class LoadedModel:
     device: str
     dtype: str
     source: str
-    load_ms: float
+    load_ms: float  # reading the tokenizer and the weights
+    import_ms: float = 0.0  # resolving the config and importing the model's code (once per process)
 
 
 def pick_device(requested: str) -> str:
@@ -220,7 +221,8 @@ def pick_device(requested: str) -> str:
 def load_model(spec: str, device: str = "auto", progress: ProgressFn = _no_progress) -> LoadedModel:
     """Resolve and load a causal LM and its tokenizer onto `device` (fp32 on CPU, bf16/fp16 on CUDA)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
     from transformers.utils import logging as hf_logging
 
     source = resolve_model(spec, progress)
@@ -233,12 +235,17 @@ def load_model(spec: str, device: str = "auto", progress: ProgressFn = _no_progr
     progress(f"loading {source}", 0.9)
     started = time.perf_counter()
     try:
+        # NOTE: the first config resolution imports the architecture's modules (~1.5 s cold); it is
+        # timed apart from reading the model so each figure means one thing.
+        config = AutoConfig.from_pretrained(source)
+        model_class = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+        import_ms = (time.perf_counter() - started) * 1000.0
+        started = time.perf_counter()
         tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
-    except Exception as exc:  # OSError, ValueError, hub errors, ...: all mean "cannot load"
+        model = model_class.from_pretrained(source, config=config, dtype=dtype)
+    except Exception as exc:  # OSError, ValueError, KeyError (unknown architecture), hub errors: "cannot load"
         raise ModelError(f"could not load model {spec!r} from {source}: {exc}") from exc
-    model.to(chosen)
-    model.eval()
+    model = model.to(chosen).eval()
     load_ms = (time.perf_counter() - started) * 1000.0
-    log.info("loaded %s on %s (%s) in %.0f ms", source, chosen, dtype, load_ms)
-    return LoadedModel(model, tokenizer, chosen, str(dtype).removeprefix("torch."), source, load_ms)
+    log.info("loaded %s on %s (%s) in %.0f ms (+%.0f ms imports)", source, chosen, dtype, load_ms, import_ms)
+    return LoadedModel(model, tokenizer, chosen, str(dtype).removeprefix("torch."), source, load_ms, import_ms)

@@ -94,8 +94,13 @@ class CompletionService:
             try:
                 loaded = self._loader(settings.model, settings.device, report)
                 template = detect_template(loaded.tokenizer)
-                info = EngineInfo(loaded.source, loaded.device, loaded.dtype, loaded.load_ms, template.name if template else "prefix-only")
+                info = EngineInfo(
+                    loaded.source, loaded.device, loaded.dtype, loaded.load_ms,
+                    template.name if template else "prefix-only", loaded.import_ms,
+                )
                 engine = Engine(loaded.model, loaded.tokenizer, loaded.device, info)
+                info = dataclasses.replace(info, warmup_ms=engine.warm_up())
+                engine.info = info
             except ModelError as exc:
                 with self._lock:
                     self.state, self.error, self._engine = "failed", str(exc), None

@@ -201,6 +201,8 @@ def create_server(settings: Settings | None = None) -> TabfillServer:
             "dtype": info.dtype if info else "",
             "template": info.template if info else "",
             "loadMs": round(info.load_ms, 1) if info else None,
+            "importMs": round(info.import_ms, 1) if info else None,
+            "warmupMs": round(info.warmup_ms, 1) if info else None,
             "lastTimings": dict(ls.service.last_timings.stages),
             "documents": len(ls.documents),
         }
