@@ -238,7 +238,7 @@ def load_model(spec: str, device: str = "auto", progress: ProgressFn = _no_progr
         # NOTE: the first config resolution imports the architecture's modules (~1.5 s cold); it is
         # timed apart from reading the model so each figure means one thing.
         config = AutoConfig.from_pretrained(source)
-        model_class = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+        model_class: Any = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
         import_ms = (time.perf_counter() - started) * 1000.0
         started = time.perf_counter()
         tokenizer = AutoTokenizer.from_pretrained(source)

@@ -48,7 +48,7 @@ async def lsp_session(
     capabilities = client_capabilities(client)
     if position_encodings is not None:
         capabilities.general = types.GeneralClientCapabilities(position_encodings=position_encodings)
-    lsp_client.init_result = await lsp_client.initialize_session(  # type: ignore[attr-defined]
+    _INIT_RESULTS[id(lsp_client)] = await lsp_client.initialize_session(
         types.InitializeParams(capabilities=capabilities, initialization_options=init_options, root_uri="file:///tmp")
     )
     try:
@@ -58,6 +58,15 @@ async def lsp_session(
     finally:
         await lsp_client.shutdown_session()
         await lsp_client.stop()
+        _INIT_RESULTS.pop(id(lsp_client), None)
+
+
+_INIT_RESULTS: dict[int, types.InitializeResult] = {}
+
+
+def server_capabilities(client: LanguageClient) -> types.ServerCapabilities:
+    """What the server answered to `initialize` in this session."""
+    return _INIT_RESULTS[id(client)].capabilities
 
 
 async def status(client: LanguageClient) -> Any:
@@ -85,14 +94,16 @@ def open_document(client: LanguageClient, uri: str, text: str, language_id: str 
     )
 
 
-async def inline(client: LanguageClient, uri: str, line: int, character: int) -> types.InlineCompletionList | None:
-    return await client.text_document_inline_completion_async(
+async def inline(client: LanguageClient, uri: str, line: int, character: int) -> types.InlineCompletionList:
+    result = await client.text_document_inline_completion_async(
         types.InlineCompletionParams(
             text_document=types.TextDocumentIdentifier(uri),
             position=types.Position(line, character),
             context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic),
         )
     )
+    assert isinstance(result, types.InlineCompletionList), result  # the server always answers with a list
+    return result
 
 
 async def raw_request(client: LanguageClient, method: str, params: Any, msg_id: str) -> Any:

@@ -13,7 +13,7 @@ from pygls.exceptions import JsonRpcException
 
 from tabfill.completion.service import CompletionService
 from tabfill.completion.types import Completion, CompletionRequest, Settings
-from tests.lsp.conftest import CLIENTS, field, inline, lsp_session, open_document, raw_request, status, wait_for_state
+from tests.lsp.conftest import CLIENTS, field, inline, lsp_session, open_document, raw_request, server_capabilities, status, wait_for_state
 
 SOURCE = "import os\n\n\ndef read(path):\n    with open(path) as handle:\n        return handle.re"
 
@@ -40,7 +40,7 @@ async def test_inline_and_plain_completion_match_the_engine(tiny_model: Path, re
     want = expected(reference, SOURCE, len(SOURCE))
     assert want.text, "the tiny model should produce some text for this prompt"
     async with lsp_session(server_args(tiny_model), client=client) as lsp:
-        capabilities = lsp.init_result.capabilities
+        capabilities = server_capabilities(lsp)
         assert capabilities.inline_completion_provider is not None
         assert capabilities.completion_provider is not None
         sync = capabilities.text_document_sync
@@ -92,14 +92,14 @@ async def test_position_encodings_with_emoji_and_cjk(tiny_model: Path, reference
     cursor_cp = text.index(line2) + len(line2)
     want = expected(reference, text, cursor_cp)
     async with lsp_session(server_args(tiny_model), position_encodings=[encoding]) as lsp:
-        assert lsp.init_result.capabilities.position_encoding == encoding
+        assert server_capabilities(lsp).position_encoding == encoding
         uri = f"file:///work/enc-{encoding}.py"
         open_document(lsp, uri, text)
         result = await inline(lsp, uri, 2, units)
         texts = [item.insert_text for item in result.items]
         assert texts == ([want.text] if want.text else [])
         if result.items:
-            assert result.items[0].range.start == types.Position(2, units)
+            assert result.items[0].range == types.Range(types.Position(2, units), types.Position(2, units))
         # one code unit into the emoji (utf-16 surrogate / utf-8 continuation) snaps to its start
         if encoding != "utf-32":
             inside = await inline(lsp, uri, 2, 6)
