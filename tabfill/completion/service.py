@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 # this cap, decides what enters the prompt; the cap keeps a 1 MB file from being tokenized per keystroke.
 CHARS_PER_TOKEN_CAP = 12
 MULTI_LINE_MAX_LINES = 8
+CONTEXT_WINDOW_CHARS = 32_000  # how far back the context rules may look for an enclosing block
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,16 @@ def _done(value: Completion) -> Future[Completion]:
     future: Future[Completion] = Future()
     future.set_result(value)
     return future
+
+
+def _context_window(request: CompletionRequest) -> tuple[Document, int]:
+    """The lines around the cursor that the context rules look at, as a small document (a 1 MB file
+    must not be re-indexed per keystroke). Returns it and the cursor offset inside it."""
+    text, offset = request.text, request.offset
+    start = text.rfind("\n", 0, max(0, offset - CONTEXT_WINDOW_CHARS)) + 1 if offset > CONTEXT_WINDOW_CHARS else 0
+    end = text.find("\n", offset + 1024)
+    window = text[start : len(text) if end < 0 else end]
+    return Document(request.uri, request.language_id, request.version, window), offset - start
 
 
 class CompletionService:
@@ -156,8 +167,8 @@ class CompletionService:
             return _done(dataclasses.replace(hit, timings=timings))
 
         started = time.perf_counter()
-        document = Document(request.uri, request.language_id, request.version, request.text)
-        context = context_at(document, request.offset)
+        document, window_offset = _context_window(request)
+        context = context_at(document, window_offset)
         timings = timings.add("context", (time.perf_counter() - started) * 1000)
         if context.mode is Mode.NONE:
             return _done(_empty(request, f"no completion here: {context.reason}", timings))

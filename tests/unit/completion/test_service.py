@@ -1,0 +1,105 @@
+"""The request path with a tiny random model: cache, type-through, newest-wins, failure states."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tabfill.completion.models import ModelError
+from tabfill.completion.service import CompletionService
+from tabfill.completion.types import CancelToken, CompletionRequest, Settings
+from tabfill.completion.worker import Cancelled
+from tests.support import make_tiny_model_dir
+
+TEXT = "import os\n\n\ndef read(path):\n    with open(path) as handle:\n        return handle.re"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model_dir(tmp_path_factory.mktemp("service-model"))
+
+
+@pytest.fixture()
+def service(model_dir: Path) -> Iterator[CompletionService]:
+    svc = CompletionService(Settings(model=str(model_dir), deadline_ms=60_000))
+    svc.load().result()
+    yield svc
+    svc.close()
+
+
+def request(text: str = TEXT, offset: int | None = None, uri: str = "file:///a.py", language: str = "python") -> CompletionRequest:
+    return CompletionRequest(uri, language, 1, text, len(text) if offset is None else offset, "r")
+
+
+def test_model_then_cache(service: CompletionService) -> None:
+    first = service.complete(request())
+    assert first.source == "model" and first.text
+    assert [name for name, _ in first.timings.stages] == [
+        "type_through", "context", "cache", "prompt", "prefill", "decode", "postprocess",
+    ]
+    again = service.complete(request(uri="file:///other.py"))
+    assert (again.source, again.text) == ("cache", first.text)
+
+
+def test_type_through_answers_without_the_model(service: CompletionService) -> None:
+    first = service.complete(request())
+    assert len(first.text) >= 2
+    typed = TEXT + first.text[:2]
+    through = service.complete(request(typed))
+    assert through.source == "type-through"
+    assert through.text == first.text[2:]
+    assert [name for name, _ in through.timings.stages] == ["type_through"]
+    # typing something else falls back to the model (or the cache), never to a stale remainder
+    other = service.complete(request(TEXT + "\u00e9"))
+    assert other.source != "type-through"
+
+
+def test_not_ready_and_disabled_and_none_mode_answer_at_once(model_dir: Path) -> None:
+    svc = CompletionService(Settings(model=str(model_dir), enabled_languages=("python",)))
+    try:
+        idle = svc.complete(request())
+        assert idle.text == "" and "idle" in idle.finish_reason
+        svc.load().result()
+        assert svc.complete(request(language="go")).finish_reason == "language disabled"
+        inside = svc.complete(request("value = compute_it()", offset=10))
+        assert inside.text == "" and "identifier" in inside.finish_reason
+    finally:
+        svc.close()
+
+
+def test_failed_load_is_a_state_with_a_reason(tmp_path: Path) -> None:
+    svc = CompletionService(Settings(model=str(tmp_path)))
+    try:
+        with pytest.raises(ModelError, match="config.json"):
+            svc.load().result()
+        assert svc.state == "failed" and "config.json" in svc.error
+        result = svc.complete(request())
+        assert result.text == "" and "failed" in result.finish_reason
+    finally:
+        svc.close()
+
+
+def test_newer_request_for_the_same_document_cancels_the_older(service: CompletionService) -> None:
+    gate = threading.Event()
+    # occupy the worker so both requests queue behind it
+    blocker = service._worker.submit(lambda _t: gate.wait(5))
+    older_token = CancelToken()
+    older = service.submit(request(TEXT + "  "), older_token)
+    newer = service.submit(request())
+    assert older_token.cancelled and older_token.reason == "superseded"
+    gate.set()
+    blocker.result(5)
+    with pytest.raises(Cancelled):
+        older.result(5)
+    assert newer.result(5).text
+
+
+def test_large_document_context_window_keeps_the_cursor_line(service: CompletionService) -> None:
+    big = "x = 1\n" * 200_000 + "def f(a):\n    return a"
+    assert service.complete(request(big)).source in ("model", "cache")
+    mid = "def f(a):\n" + "    y = 1\n" * 10_000 + "    return a" + "\nz = 2\n" * 10_000
+    inside = service.complete(request(mid, offset=mid.index("return a") + 3))  # inside `return`
+    assert "identifier" in inside.finish_reason
