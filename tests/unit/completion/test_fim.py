@@ -34,8 +34,17 @@ STOPS = {
 def prompt_for(family: str | None, prefix: str = PREFIX, suffix: str = SUFFIX, **budgets: int):
     tokenizer = build_tiny_tokenizer(FIM_FAMILIES[family] if family else ())
     template = detect_template(tokenizer)
-    options = {"max_prefix_tokens": 1000, "max_suffix_tokens": 1000, "max_new_tokens": 16, **budgets}
-    return tokenizer, template, build_prompt(prefix, suffix, template, tokenizer, stop=STOP, **options)
+    prompt = build_prompt(
+        prefix,
+        suffix,
+        template,
+        tokenizer,
+        max_prefix_tokens=budgets.get("max_prefix_tokens", 1000),
+        max_suffix_tokens=budgets.get("max_suffix_tokens", 1000),
+        max_new_tokens=16,
+        stop=STOP,
+    )
+    return tokenizer, template, prompt
 
 
 @pytest.mark.parametrize("family", list(FIM_FAMILIES))
