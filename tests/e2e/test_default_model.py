@@ -105,3 +105,17 @@ async def test_cancel_request_stops_a_long_generation_and_the_next_is_served_pro
         # promptly: well under the time the cancelled 256-token generation would have taken (> 10 s here)
         assert time.monotonic() - served < 5, time.monotonic() - served
         assert time.monotonic() - started < 10
+
+
+def test_a_user_gguf_file_is_converted_once_and_then_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tabfill.completion.models import fetch_default_gguf, resolve_model
+
+    monkeypatch.setenv("TABFILL_CACHE_DIR", str(tmp_path / "cache"))
+    gguf = fetch_default_gguf(tmp_path / "download")
+    stages: list[str] = []
+    converted = Path(resolve_model(str(gguf), lambda stage, _f: stages.append(stage)))
+    assert converted.parent == tmp_path / "cache" / "models"
+    assert (converted / "model.safetensors").is_file() and any("converting" in s for s in stages)
+    stages.clear()
+    assert Path(resolve_model(str(gguf), lambda stage, _f: stages.append(stage))) == converted
+    assert stages == []  # the second time nothing is converted
