@@ -68,9 +68,10 @@ class TabfillProtocol(LanguageServerProtocol):
         super().handle_message(message)
 
     def answer_parse_error(self, error: Exception) -> None:
-        # JSON-RPC 2.0 answers a parse error with a null id; pygls types ids as str | int.
-        error_response = JsonRpcParseError(f"could not parse message: {error}").to_response_error()
-        self._send_response(None, error=error_response)  # type: ignore[arg-type]
+        # JSON-RPC 2.0 answers a parse error with "id": null; pygls' serializer would drop a None id.
+        self._send_data(
+            {"jsonrpc": "2.0", "id": None, "error": {"code": JsonRpcParseError.CODE, "message": f"could not parse message: {error}"}}
+        )
 
 
 def _short(error: BaseException) -> str:

@@ -132,8 +132,13 @@ async def test_bad_input_gets_errors_and_the_server_keeps_serving(tiny_model: Pa
         past_line = await inline(lsp, uri, SOURCE.count("\n"), 999)
         for result in (past_end, past_line):
             assert [i.insert_text for i in result.items] == [want.text]
+        # a body that is not JSON at all: answered with a ParseError (id null), and nothing breaks
+        garbage = b"{not json"
+        assert lsp.protocol.writer is not None
+        lsp.protocol.writer.write(b"Content-Length: %d\r\n\r\n" % len(garbage) + garbage)
         # still serving
         assert field(await status(lsp), "state") == "ready"
+        assert [i.insert_text for i in (await inline(lsp, uri, 999, 0)).items] == [want.text]
 
 
 async def test_large_document_and_crlf(tiny_model: Path, reference: CompletionService) -> None:
