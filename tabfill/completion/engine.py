@@ -157,6 +157,11 @@ class Engine:
         for _step in range(prompt.max_new_tokens + (1 if healing else 0)):
             decoded_so_far = _strip_healing(text, healing)
             if healing and decoded_so_far is None:
+                if not healing.startswith(text):
+                    # The decoded text left the healing text (a tokenizer whose lone tokens decode without
+                    # their leading space): give up rather than return text that does not fit the prefix.
+                    text, finish = healing, "stop"
+                    break
                 # NOTE: token healing — the prompt's last token was removed; only tokens consistent
                 # with re-producing its text may come first.
                 remaining = healing[len(text) :]

@@ -98,3 +98,13 @@ def test_cancel_and_deadline_stop_within_a_step(engine: Engine) -> None:
     threading.Timer(0.05, token.cancel).start()
     long = engine.generate(Prompt(tuple(ids), 100_000, NO_STOP), token, Deadline())
     assert long.finish_reason == "cancelled" and 0 < len(long.token_ids) < 100_000
+
+
+def test_healing_that_cannot_be_matched_gives_up_with_nothing(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    ids = engine.tokenizer("x = ", add_special_tokens=False)["input_ids"]
+    # a decoder that drops the leading space, as SentencePiece does for a lone first token
+    real_decode = engine.tokenizer.decode
+    monkeypatch.setattr(engine.tokenizer, "decode", lambda token_ids, **kw: real_decode(token_ids, **kw).lstrip(" ") + "\u2400")
+    generation = engine.generate(Prompt(tuple(ids), 8, NO_STOP, healing_text=" val"), CancelToken(), Deadline())
+    assert (generation.text, generation.finish_reason) == ("", "stop")
+    assert len(generation.token_ids) == 1
