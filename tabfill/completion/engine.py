@@ -1,6 +1,6 @@
 """Greedy generation over a transformers causal LM with a KV cache.
 
-The hot path is three short steps — `prefill`, `decode_one_token`, `_stop_index` — driven by `generate`,
+The hot path is three short steps — `prefill`, `decode_one_token`, `stop_index` — driven by `generate`,
 which checks the cancel token and the deadline between steps, so cancelled work stops within one step.
 """
 
@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from tabfill.completion.types import CancelToken, Deadline, Generation, Prompt, StopRule, Timings
+from tabfill.syntax_cache.context import indent_width
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,7 @@ def stop_index(text: str, stop: StopRule) -> int | None:
         if line_number > 0:  # the first line continues the cursor line: its indent is not ours to judge
             if line.strip():
                 blank_run = 0
-                indent = len(line) - len(line.lstrip(" \t"))
-                if indent < stop.block_indent:
+                if indent_width(line) < stop.block_indent:
                     return max(line_start - 1, 0)
             else:
                 blank_run += 1

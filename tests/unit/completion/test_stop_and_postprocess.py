@@ -24,6 +24,9 @@ def ctx(mode: Mode, line_suffix: str = "", block_indent: int = 0) -> SyntaxConte
         ("a\nb\nc\nd\n", StopRule(False, 0, 2), 3),
         # the first line continues the cursor line and is not judged by indentation
         ("x\n    y\n", StopRule(False, 4, 8), None),
+        # tabs count as the context measured them (TAB_WIDTH columns): a tab-indented body is not a dedent
+        # (counted as one column each, the second body line would end the block at 8)
+        ("\t\tx := 1\n\t\treturn x\n\t}\n", StopRule(False, 5, 8), 19),
     ],
 )
 def test_stop_index(text: str, rule: StopRule, expected: int | None) -> None:
