@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from cachetools import TTLCache
 
 from tabfill.completion.engine import Engine, EngineInfo
-from tabfill.completion.fim import FimTemplate, build_prompt, detect_template
+from tabfill.completion.fim import MAX_CHARS_PER_TOKEN, FimTemplate, build_prompt, detect_template
 from tabfill.completion.models import LoadedModel, ModelError, ProgressFn, load_model
 from tabfill.completion.postprocess import postprocess
 from tabfill.completion.settings import deadline_ms, language_enabled
@@ -36,9 +36,6 @@ from tabfill.syntax_cache.document import Document
 
 log = logging.getLogger(__name__)
 
-# Characters of document text considered per token of budget: generous, so that the token budget, not
-# this cap, decides what enters the prompt; the cap keeps a 1 MB file from being tokenized per keystroke.
-CHARS_PER_TOKEN_CAP = 12
 MULTI_LINE_MAX_LINES = 8
 CONTEXT_WINDOW_CHARS = 32_000  # how far back the context rules may look for an enclosing block
 
@@ -77,7 +74,7 @@ class CompletionService:
 
     def __init__(self, settings: Settings | None = None, loader: Callable[[str, str, ProgressFn], LoadedModel] | None = None) -> None:
         self.settings = settings or Settings()
-        self._loader = loader or (lambda spec, device, progress: load_model(spec, device, progress))
+        self._loader = loader or load_model
         self._worker = EngineWorker()
         self._lock = threading.Lock()
         self._engine: Engine | None = None
@@ -174,8 +171,9 @@ class CompletionService:
             return _done(_empty(request, f"no completion here: {context.reason}", timings))
 
         started = time.perf_counter()
-        prefix = request.text[max(0, request.offset - settings.max_prefix_tokens * CHARS_PER_TOKEN_CAP) : request.offset]
-        suffix = request.text[request.offset : request.offset + settings.max_suffix_tokens * CHARS_PER_TOKEN_CAP]
+        # NOTE: the same character cap build_prompt applies, so the key holds exactly what the prompt can see.
+        prefix = request.text[max(0, request.offset - settings.max_prefix_tokens * MAX_CHARS_PER_TOKEN) : request.offset]
+        suffix = request.text[request.offset : request.offset + settings.max_suffix_tokens * MAX_CHARS_PER_TOKEN]
         key = (settings, context.mode, context.block_indent, prefix, suffix)
         with self._lock:
             cached = self._results.get(key)

@@ -31,7 +31,6 @@ class TabfillServer(LanguageServer):
         super().__init__("tabfill", __version__, protocol_cls=TabfillProtocol, max_workers=2)
         self.documents = DocumentStore()
         self.service = service or CompletionService(settings)
-        self.cli_settings = self.service.settings
         self._loop: asyncio.AbstractEventLoop | None = None
         self.initial_options: Any = None
 
@@ -137,11 +136,7 @@ def create_server(settings: Settings | None = None) -> TabfillServer:
 
     @server.feature(types.INITIALIZED)
     def initialized(ls: TabfillServer, params: types.InitializedParams) -> None:
-        ls._loop = asyncio.get_running_loop() if _has_running_loop() else ls._loop
-        settings, problems = parse_settings(ls.initial_options, ls.cli_settings)
-        for problem in problems:
-            ls.show(types.MessageType.Warning, problem)
-        ls.service.update_settings(settings)
+        ls.apply_settings(ls.initial_options)  # overlays the CLI's settings; the model is not loaded yet
         ls.start_loading()
 
     @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
