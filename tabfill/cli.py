@@ -1,4 +1,4 @@
-"""Command line: `tabfill serve | complete | model pull | doctor`."""
+"""Command line: `tabfill serve | complete | model pull | stats | doctor`."""
 
 from __future__ import annotations
 
@@ -113,6 +113,28 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stats(args: argparse.Namespace) -> int:
+    import json
+
+    from tabfill.lsp_server.stats import format_table, read_stats, reset, stats_path, summary
+
+    path = stats_path()
+    if args.reset:
+        reset(path)
+        print(f"tabfill: cleared {path}", file=sys.stderr)
+        return 0
+    rows = summary(read_stats(path))
+    if args.json:
+        print(json.dumps({"path": str(path), "languages": rows}, indent=2))
+        return 0
+    if rows[-1]["requests"] == 0 and rows[-1]["shown"] == 0:
+        print(f"no completions recorded yet ({path})")
+        return 0
+    print(format_table(rows))
+    print(f"\nrate = accepted / shown; latency = the server's answer time over the last requests. Local only: {path}")
+    return 0
+
+
 _LANGUAGES = {
     ".py": "python", ".js": "javascript", ".mjs": "javascript", ".cjs": "javascript", ".jsx": "javascriptreact",
     ".ts": "typescript", ".tsx": "typescriptreact", ".go": "go", ".rs": "rust", ".c": "c", ".h": "c",
@@ -156,6 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     pull.add_argument("model", nargs="?", default="default")
     pull.add_argument("--force", action="store_true", help="convert again even if already converted")
     pull.set_defaults(func=cmd_model_pull)
+
+    stats = commands.add_parser("stats", help="acceptance rate and latency percentiles per language (local counts)")
+    stats.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    stats.add_argument("--reset", action="store_true", help="forget all counts")
+    stats.set_defaults(func=cmd_stats)
 
     doctor = commands.add_parser("doctor", help="print device, dtype and model state")
     doctor.add_argument("--device")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from concurrent.futures import Future
 from typing import Any
@@ -20,10 +21,16 @@ from tabfill.completion.worker import Cancelled
 from tabfill.lsp_server.documents import DocumentStore
 from tabfill.lsp_server.positions import PositionEncoding, offset_at, position_at
 from tabfill.lsp_server.protocol import TabfillProtocol
+from tabfill.lsp_server.stats import StatsStore, accept_arguments, item_reference
 
 log = logging.getLogger(__name__)
 
 STATUS_METHOD = "tabfill/status"
+# Copilot-style acceptance signals (sent by the tabfill editor clients); counted locally only.
+DID_SHOW_COMPLETION = "textDocument/didShowCompletion"
+DID_PARTIALLY_ACCEPT_COMPLETION = "textDocument/didPartiallyAcceptCompletion"
+ACCEPT_COMMAND = "tabfill.accept"
+STATS_FLUSH_DELAY_S = 2.0
 
 
 class TabfillServer(LanguageServer):
@@ -33,6 +40,9 @@ class TabfillServer(LanguageServer):
         self.service = service or CompletionService(settings)
         self._loop: asyncio.AbstractEventLoop | None = None
         self.initial_options: Any = None
+        self.stats = StatsStore()
+        self.last_latency_ms: float | None = None
+        self._stats_flush: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -86,6 +96,19 @@ class TabfillServer(LanguageServer):
         start = position_at(document, completion.offset, self.encoding)
         end = position_at(document, completion.offset + completion.replace_chars, self.encoding)
         return types.Range(types.Position(*start), types.Position(*end))
+
+    def stats_changed(self) -> None:
+        """Write the counts a little later, batching bursts of signals into one write."""
+        if self._loop is None or self._loop.is_closed():
+            self.stats.flush()
+        elif self._stats_flush is None:
+            self._stats_flush = self._loop.call_later(STATS_FLUSH_DELAY_S, self._flush_stats)
+
+    def _flush_stats(self) -> None:
+        if self._stats_flush is not None:
+            self._stats_flush.cancel()
+            self._stats_flush = None
+        self.stats.flush()
 
     # ------------------------------------------------------------------ model lifecycle
     def start_loading(self) -> None:
@@ -160,11 +183,51 @@ def create_server(settings: Settings | None = None) -> TabfillServer:
     async def inline_completion(ls: TabfillServer, params: types.InlineCompletionParams) -> types.InlineCompletionList:
         uri = params.text_document.uri
         request = ls.request_for(uri, params.position.line, params.position.character, str(ls.protocol.msg_id))
+        started = time.perf_counter()
         completion = await ls.complete(request)
+        latency_ms = (time.perf_counter() - started) * 1000
+        if completion.source != "none":  # not when cancelled, disabled or before the model is ready
+            ls.last_latency_ms = latency_ms
+            ls.stats.record_request(request.language_id, latency_ms, bool(completion.text))
+            ls.stats_changed()
         if not completion.text:
             return types.InlineCompletionList(items=[])
-        item = types.InlineCompletionItem(insert_text=completion.text, range=ls.lsp_range(uri, completion))
+        item_id = uuid.uuid4().hex[:16]
+        ls.stats.issue(item_id, request.language_id)
+        accept = types.Command(
+            title="Accept tabfill suggestion",
+            command=ACCEPT_COMMAND,
+            arguments=[{"id": item_id, "language": request.language_id, "latencyMs": round(latency_ms, 1)}],
+        )
+        item = types.InlineCompletionItem(insert_text=completion.text, range=ls.lsp_range(uri, completion), command=accept)
         return types.InlineCompletionList(items=[item])
+
+    @server.feature(DID_SHOW_COMPLETION)
+    def did_show_completion(ls: TabfillServer, params: Any) -> None:
+        reference = item_reference(_get(params, "item"))
+        if reference is None:
+            log.debug("%s for an item that is not ours: %r", DID_SHOW_COMPLETION, params)
+            return
+        ls.stats.shown(*reference)
+        ls.stats_changed()
+
+    @server.feature(DID_PARTIALLY_ACCEPT_COMPLETION)
+    def did_partially_accept_completion(ls: TabfillServer, params: Any) -> None:
+        reference = item_reference(_get(params, "item"))
+        accepted_length = _get(params, "acceptedLength")
+        if reference is None or isinstance(accepted_length, bool) or not isinstance(accepted_length, int) or accepted_length < 0:
+            log.debug("ignoring %s with params %r", DID_PARTIALLY_ACCEPT_COMPLETION, params)
+            return
+        ls.stats.partially_accepted(*reference, accepted_length)
+        ls.stats_changed()
+
+    @server.command(ACCEPT_COMMAND)
+    def accept_completion(ls: TabfillServer, *arguments: Any) -> None:
+        reference = accept_arguments(list(arguments))
+        if reference is None:
+            raise JsonRpcInvalidParams(f"{ACCEPT_COMMAND} takes the argument the completion item carries, got {list(arguments)!r}")
+        ls.stats.accepted(*reference)
+        ls.stats_changed()
 
     @server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(trigger_characters=[".", "("]))
     async def completion(ls: TabfillServer, params: types.CompletionParams) -> types.CompletionList:
@@ -199,14 +262,32 @@ def create_server(settings: Settings | None = None) -> TabfillServer:
             "importMs": round(info.import_ms, 1) if info else None,
             "warmupMs": round(info.warmup_ms, 1) if info else None,
             "lastTimings": dict(ls.service.last_timings.stages),
+            "lastLatencyMs": None if ls.last_latency_ms is None else round(ls.last_latency_ms, 1),
             "documents": len(ls.documents),
         }
 
     @server.feature(types.SHUTDOWN)
     def shutdown(ls: TabfillServer, params: Any) -> None:
+        ls._flush_stats()
         ls.service.close()
 
     return server
+
+
+def _get(params: Any, name: str) -> Any:
+    """A field of a custom method's params as plain JSON values (pygls hands them over as namedtuples)."""
+    params = _plain(params)
+    return params.get(name) if isinstance(params, dict) else None
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "_asdict"):
+        return {key: _plain(item) for key, item in value._asdict().items()}
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
 
 
 def _has_running_loop() -> bool:
