@@ -10,7 +10,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -33,6 +33,18 @@ class _Job(Generic[T]):
     future: Future[T] = field(default_factory=Future)
 
 
+def _fail(future: Future[Any], error: Exception) -> None:
+    """Fail a job's future unless it is already done.
+
+    NOTE: a waiter may cancel the future itself at any time (asyncio.wrap_future cancels it when the LSP
+    request is cancelled), so a job can be CANCELLED while still queued; failing it then must not raise."""
+    try:
+        if not future.done():
+            future.set_exception(error)
+    except InvalidStateError:
+        pass
+
+
 class EngineWorker:
     def __init__(self, name: str = "tabfill-engine") -> None:
         self._queue: deque[_Job[Any]] = deque()
@@ -45,13 +57,13 @@ class EngineWorker:
         job: _Job[T] = _Job(fn, cancel or CancelToken(), key)
         with self._cond:
             if self._closed:
-                job.future.set_exception(Cancelled("engine worker is closed"))
+                _fail(job.future, Cancelled("engine worker is closed"))
                 return job.future
             if key is not None:
                 for old in [queued for queued in self._queue if queued.key == key]:
                     self._queue.remove(old)
                     old.cancel.cancel("superseded")
-                    old.future.set_exception(Cancelled("superseded before it started"))
+                    _fail(old.future, Cancelled("superseded before it started"))
             self._queue.append(job)
             self._cond.notify()
         return job.future
@@ -66,7 +78,7 @@ class EngineWorker:
             self._closed = True
             for job in self._queue:
                 job.cancel.cancel("shutdown")
-                job.future.set_exception(Cancelled("shutdown"))
+                _fail(job.future, Cancelled("shutdown"))
             self._queue.clear()
             self._cond.notify_all()
         self._thread.join(timeout)
@@ -80,12 +92,12 @@ class EngineWorker:
                     return
                 job = self._queue.popleft()
             if job.cancel.cancelled:
-                job.future.set_exception(Cancelled(job.cancel.reason or "cancelled"))
+                _fail(job.future, Cancelled(job.cancel.reason or "cancelled"))
                 continue
-            if not job.future.set_running_or_notify_cancel():
+            if not job.future.set_running_or_notify_cancel():  # the waiter cancelled it while queued
                 continue
             try:
                 job.future.set_result(job.fn(job.cancel))
             except Exception as exc:  # delivered to the waiter; the worker must survive it
                 log.debug("job failed: %r", exc)
-                job.future.set_exception(exc)
+                _fail(job.future, exc)

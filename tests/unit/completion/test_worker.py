@@ -57,3 +57,30 @@ def test_cancelled_before_start_never_runs_and_running_job_sees_token() -> None:
     worker.close()
     with pytest.raises(Cancelled):
         worker.submit(lambda _t: 1).result(1)
+
+
+def test_a_waiter_may_cancel_a_queued_future_and_the_worker_keeps_serving() -> None:
+    """asyncio.wrap_future cancels the job's future when the LSP request is cancelled; superseding or
+    dropping that job later must not raise (it did: InvalidStateError reached the next request)."""
+    worker = EngineWorker()
+    gate = threading.Event()
+    started = threading.Event()
+
+    def blocker(_token: CancelToken) -> str:
+        started.set()
+        gate.wait(5)
+        return "blocker"
+
+    worker.submit(blocker, key="other")
+    assert started.wait(5)
+    waiter_cancelled = worker.submit(lambda _t: "never", key="doc")
+    assert waiter_cancelled.cancel()
+    token = CancelToken()
+    token.cancel("gone")
+    dropped = worker.submit(lambda _t: "never", token, key="x")
+    assert dropped.cancel()
+    newer = worker.submit(lambda _t: "newer", key="doc")  # supersedes the cancelled one
+    gate.set()
+    assert newer.result(5) == "newer"
+    assert worker.submit(lambda _t: "still serving").result(5) == "still serving"
+    worker.close()
