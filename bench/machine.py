@@ -1,0 +1,80 @@
+"""What the machine is and can do: process usage from /proc, the memory-bandwidth floor."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import time
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Usage:
+    cpu_s: float  # user + system CPU seconds of the process
+    peak_rss_mb: float  # VmHWM
+
+
+def process_usage(pid: int) -> Usage:
+    """CPU time and peak resident memory of a live process (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu_s = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime (fields 14 and 15 of stat)
+    peak_kb = 0
+    with open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                peak_kb = int(line.split()[1])
+    return Usage(round(cpu_s, 2), round(peak_kb / 1024, 1))
+
+
+def describe() -> dict[str, object]:
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpu = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), "")
+    except OSError:
+        pass
+    with open("/proc/meminfo") as handle:
+        mem_kb = int(handle.readline().split()[1])
+    flags = open("/proc/cpuinfo").read()
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_kb / 1024 / 1024, 1),
+        "avx2": " avx2" in flags,
+        "avx512f": " avx512f" in flags,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def git_commit() -> str:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout.strip()
+        return commit + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def memory_bandwidth_gbs(size_mb: int = 256, repeats: int = 7) -> float:
+    """Copy bandwidth (bytes read + bytes written per second), best of `repeats`: the rate at which one
+    decode step can stream weights from memory on this machine."""
+    source = torch.ones(size_mb * 1024 * 1024 // 4, dtype=torch.float32)
+    target = torch.empty_like(source)
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        target.copy_(source)
+        best = min(best, time.perf_counter() - started)
+    return 2 * source.numel() * 4 / best / 1e9
+
+
+def decode_floor_ms(weight_bytes: int, bandwidth_gbs: float) -> float:
+    """The time to read every weight once at the measured bandwidth: no decode step can be faster."""
+    return weight_bytes / (bandwidth_gbs * 1e9) * 1000

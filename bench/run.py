@@ -1,0 +1,174 @@
+"""One command for the whole benchmark: `python -m bench` (see bench/README.md).
+
+Runs every system on the same cases in one run, on this machine, and writes bench/RESULTS.md, the raw
+numbers (bench/results.json) and the latency plot (bench/latency.png). It reports; it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import machine, report, syntax
+from bench.cases import line_cases, typing_cases
+from bench.replay import run_line_cases, run_typing_case
+from bench.systems import LlamaCppSystem, System, TabfillSystem, TransformersSystem
+from tabfill.completion.models import SMOLLM2, cache_root, fetch_default_gguf, resolve_model
+
+LLAMA_CPP_REQUIREMENT = "llama-cpp-python[server]==0.3.36"
+ALL_SYSTEMS = ("tabfill", "transformers", "llama.cpp")
+# Line completion only: tabfill with its syntax-aware parts turned off, the plain prefix prompt.
+TABFILL_PLAIN_OPTIONS: dict[str, Any] = {}
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def ensure_llama_cpp(install: bool) -> tuple[Path | None, str]:
+    """llama-cpp-python's server in its own environment (built from source by pip on first use)."""
+    venv = cache_root() / "bench" / "llama-venv"
+    python = venv / "bin" / "python"
+    probe = [str(python), "-c", "import llama_cpp, llama_cpp.server; print(llama_cpp.__version__)"]
+    if python.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
+        return python, "installed"
+    if not install:
+        return None, f"not installed in {venv} (run without --no-install to build it)"
+    log(f"building {LLAMA_CPP_REQUIREMENT} into {venv} (compiles llama.cpp: several minutes, once)")
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    env = {**os.environ, "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2)}
+    result = subprocess.run([str(python), "-m", "pip", "install", "-q", LLAMA_CPP_REQUIREMENT], env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        return None, f"pip install failed: {result.stderr.strip()[-400:]}"
+    return python, "built now"
+
+
+def default_gguf() -> Path:
+    directory = cache_root() / "bench" / "gguf"
+    path = directory / SMOLLM2.member
+    if not path.exists():
+        fetch_default_gguf(directory)
+    return path
+
+
+async def run_system(system: System, lines: list[Any], typing: list[Any], only_lines: bool = False) -> dict[str, Any]:
+    started = time.perf_counter()
+    log(f"{system.name}: starting")
+    await system.start()
+    result: dict[str, Any] = {"name": system.name, "startup_s": round(time.perf_counter() - started, 2)}
+    log(f"{system.name}: ready in {result['startup_s']} s; {len(lines)} line cases")
+    result["line"] = await run_line_cases(system, lines)
+    result["typing"] = []
+    if not only_lines:
+        for index, case in enumerate(typing):
+            log(f"{system.name}: typing {case.name} ({len(case.keys)} keys)")
+            result["typing"].extend(await run_typing_case(system, case, index))
+    usage = system.usage()
+    result["cpu_s"], result["peak_rss_mb"] = usage.cpu_s, usage.peak_rss_mb
+    if isinstance(system, TabfillSystem):
+        await system.stop()
+        result["status"] = system.status
+    else:
+        await system.stop()
+    return result
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    systems = [name.strip() for name in args.systems.split(",") if name.strip()]
+    model_dir = resolve_model(args.model)
+    lines = line_cases(args.line_cases)
+    typing = typing_cases(args.typing_cases, pace=args.pace)
+    log(f"{len(lines)} line cases, {len(typing)} typing cases, systems: {', '.join(systems)}")
+    results: dict[str, Any] = {
+        "command": args.command_line,
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": machine.git_commit(),
+        "machine": machine.describe(),
+        "model": args.model,
+        "model_dir": model_dir,
+        "pace": args.pace,
+        "systems": [],
+        "skipped": {},
+    }
+    log("measuring memory bandwidth")
+    bandwidth = machine.memory_bandwidth_gbs()
+    weights = {"fp32 (tabfill, transformers)": sum(p.stat().st_size for p in Path(model_dir).glob("*.safetensors"))}
+    gguf: Path | None = None
+    if "llama.cpp" in systems and args.model == "default":
+        gguf = default_gguf()
+        weights[f"GGUF {gguf.name} (llama.cpp)"] = gguf.stat().st_size
+    results["floor"] = {
+        "copy_bandwidth_gbs": round(bandwidth, 2),
+        "decode_floor_ms": {name: round(machine.decode_floor_ms(size, bandwidth), 2) for name, size in weights.items()},
+        "weight_bytes": weights,
+    }
+    log("syntax: incremental update and context_at")
+    try:
+        results["syntax"] = syntax.measure(args.syntax_lines)
+    except Exception as exc:  # a broken part is reported, the rest of the run goes on
+        results["skipped"]["syntax"] = f"{type(exc).__name__}: {exc}"
+        log(f"syntax measurement failed: {exc}")
+
+    for name in systems:
+        system: System
+        if name == "tabfill":
+            system = TabfillSystem("tabfill", args.model)
+        elif name == "transformers":
+            system = TransformersSystem(model_dir)
+        elif name == "llama.cpp":
+            if gguf is None:
+                results["skipped"][name] = "llama.cpp needs the default model's GGUF file (--model default)"
+                continue
+            python, how = ensure_llama_cpp(install=not args.no_install)
+            if python is None:
+                results["skipped"][name] = how
+                log(f"llama.cpp skipped: {how}")
+                continue
+            system = LlamaCppSystem(python, gguf, model_dir)
+        else:
+            raise SystemExit(f"unknown system {name!r}; choose from {', '.join(ALL_SYSTEMS)}")
+        results["systems"].append(await run_system(system, lines, typing))
+        if name == "tabfill" and TABFILL_PLAIN_OPTIONS and not args.smoke:
+            plain = TabfillSystem("tabfill (plain prompt)", args.model, TABFILL_PLAIN_OPTIONS)
+            results["systems"].append(await run_system(plain, lines, typing, only_lines=True))
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--smoke", action="store_true", help="two cases (one line, one short function), fast pace")
+    parser.add_argument("--model", default="default", help="tabfill model spec (default: the packaged SmolLM2-135M)")
+    parser.add_argument("--systems", default=",".join(ALL_SYSTEMS))
+    parser.add_argument("--line-cases", type=int, default=36)
+    parser.add_argument("--typing-cases", type=int, default=6)
+    parser.add_argument("--pace", type=float, default=1.0, help="typing speed multiplier (1.0: 8–12 chars/s)")
+    parser.add_argument("--syntax-lines", type=int, default=3000)
+    parser.add_argument("--no-install", action="store_true", help="skip llama.cpp unless it is already built")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent, help="folder for RESULTS.md, results.json, latency.png")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.line_cases, args.typing_cases, args.syntax_lines = 1, 1, 300
+        args.pace = max(args.pace, 3.0)
+    args.command_line = shlex.join(["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)])
+    started = time.perf_counter()
+    results = asyncio.run(run(args))
+    results["wall_s"] = round(time.perf_counter() - started, 1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    report.plot(results, args.out / "latency.png")
+    (args.out / "RESULTS.md").write_text(report.markdown(results))
+    log(f"done in {results['wall_s']} s: {args.out / 'RESULTS.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
