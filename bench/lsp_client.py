@@ -69,7 +69,7 @@ class LspClient:
             if "id" in message:  # a request from the server (e.g. workDoneProgress/create): accept it
                 self._write({"id": message["id"], "result": None})
             return
-        future = self._pending.pop(message.get("id"), None)
+        future = self._pending.pop(int(message.get("id") or 0), None)
         if future is None or future.done():
             return
         if "error" in message:

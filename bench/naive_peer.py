@@ -73,7 +73,7 @@ def main() -> None:
             if event.is_set():
                 send({"id": request["id"], "cancelled": True})
                 continue
-            text = tokenizer.decode(output[0, input_ids.shape[1] :], skip_special_tokens=True)
+            text = str(tokenizer.decode(output[0, input_ids.shape[1] :], skip_special_tokens=True))
             if not multi:
                 text = text.split("\n", 1)[0]
             send({"id": request["id"], "text": text})

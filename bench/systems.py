@@ -39,7 +39,7 @@ class Pending:
     """One completion request in flight."""
 
     sent_s: float
-    task: asyncio.Task[str]
+    task: asyncio.Task[str] = field(init=False)
     received_s: float | None = None
     text: str | None = None
     error: str | None = None
@@ -77,7 +77,7 @@ class System(ABC):
 
     def request(self, uri: str, language_id: str, text: str, offset: int) -> Pending:
         loop = asyncio.get_running_loop()
-        handle = Pending(loop.time(), asyncio.ensure_future(asyncio.sleep(0)))  # placeholder task
+        handle = Pending(loop.time())
         handle.task = asyncio.create_task(self._complete(uri, language_id, text, offset, handle))
 
         def finished(task: asyncio.Task[str]) -> None:
