@@ -1,13 +1,20 @@
-"""Open documents, kept in sync from didOpen/didChange/didClose (incremental)."""
+"""Open documents, kept in sync from didOpen/didChange/didClose (incremental), each with its syntax tree."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from lsprotocol import types
 
 from tabfill.lsp_server.positions import PositionEncoding, range_to_offsets
+from tabfill.syntax_cache.context import SyntaxContext
+from tabfill.syntax_cache.crossfile import CrossFileIndex, RecentEdits, Snippet, uri_to_path
 from tabfill.syntax_cache.document import Document
+from tabfill.syntax_cache.tree import SyntaxSnapshot, SyntaxTree
 
 log = logging.getLogger(__name__)
 
@@ -15,9 +22,39 @@ log = logging.getLogger(__name__)
 class DocumentStore:
     def __init__(self) -> None:
         self._documents: dict[str, Document] = {}
+        self._trees: dict[str, SyntaxTree] = {}
+        self.recent_edits = RecentEdits()
+        self.cross_file = CrossFileIndex()
+
+    def set_workspace(self, folders: Sequence[types.WorkspaceFolder] | None, root_uri: str | None, root_path: str | None) -> None:
+        """The folders cross-file context may read (nothing outside them)."""
+        roots: list[Path] = []
+        for uri in [folder.uri for folder in folders or []] or ([root_uri] if root_uri else []):
+            path = uri_to_path(uri)
+            if path is not None:
+                roots.append(path)
+        if not roots and root_path:
+            roots.append(Path(root_path))
+        self.cross_file.set_roots(roots)
+
+    @staticmethod
+    def describe_context(context: SyntaxContext | None) -> dict[str, Any] | None:
+        """A SyntaxContext as JSON for `tabfill/status`."""
+        if context is None:
+            return None
+        described = dataclasses.asdict(context)
+        described["mode"] = context.mode.value
+        described["source"] = context.source
+        return described
 
     def get(self, uri: str) -> Document | None:
         return self._documents.get(uri)
+
+    def tree(self, uri: str) -> SyntaxTree | None:
+        return self._trees.get(uri)
+
+    def documents(self) -> list[Document]:
+        return list(self._documents.values())
 
     def __len__(self) -> int:
         return len(self._documents)
@@ -25,6 +62,7 @@ class DocumentStore:
     def open(self, item: types.TextDocumentItem) -> Document:
         document = Document(item.uri, item.language_id, item.version, item.text)
         self._documents[item.uri] = document
+        self._trees[item.uri] = SyntaxTree(item.language_id, item.text)
         return document
 
     def change(self, params: types.DidChangeTextDocumentParams, encoding: PositionEncoding) -> Document | None:
@@ -32,15 +70,59 @@ class DocumentStore:
         if document is None:
             log.warning("didChange for a document that is not open: %s", params.text_document.uri)
             return None
+        tree = self._trees.get(document.uri)
         version = params.text_document.version
         for change in params.content_changes:
             if isinstance(change, types.TextDocumentContentChangePartial):
                 start, end = change.range.start, change.range.end
+                if _past_end(document, start) or _past_end(document, end):
+                    # NOTE: clamped like any position past the end; the tree re-parses from the text in full.
+                    log.warning(
+                        "didChange range %d:%d-%d:%d is past the end of %s (%d lines): clamped, full re-parse",
+                        start.line, start.character, end.line, end.character, document.uri, document.line_count,
+                    )
+                    if tree is not None:
+                        tree.mark_inconsistent("edit range past the end")
                 start_offset, end_offset = range_to_offsets(document, start.line, start.character, end.line, end.character, encoding)
+                if tree is not None:
+                    tree.edit(document.text, start_offset, end_offset, change.text)
+                self.recent_edits.record(document, min(start_offset, end_offset), change.text)
                 document.replace(start_offset, end_offset, change.text, version)
             else:
                 document.set_text(change.text, version)
+                if tree is not None:
+                    tree.mark_inconsistent("full-text change")
+        if tree is not None:
+            tree.parse(document.text)
         return document
 
+    def snapshot(self, uri: str) -> SyntaxSnapshot | None:
+        """An immutable syntax snapshot of the document as it is now (None: text rules apply)."""
+        document, tree = self._documents.get(uri), self._trees.get(uri)
+        if document is None or tree is None or not tree.available:
+            return None
+        if tree.stale:
+            tree.parse(document.text)  # the last keystroke's parse was skipped: try again, bounded
+        return tree.snapshot(document.text)
+
+    def request_context(self, uri: str) -> tuple[SyntaxSnapshot | None, tuple[Snippet, ...]]:
+        """What a completion request at `uri` carries besides the text: its syntax snapshot and the cross-file
+        snippets (imported definitions, then recently edited regions of other documents)."""
+        snapshot = self.snapshot(uri)
+        try:
+            snippets = self.cross_file.snippets(uri, snapshot, self._documents)
+            snippets += self.recent_edits.regions(self._documents, uri)
+        except Exception as exc:  # cross-file context is optional: its failure never costs the completion
+            log.warning("cross-file context for %s failed: %s: %s", uri, type(exc).__name__, exc)
+            snippets = []
+        return snapshot, tuple(snippets)
+
     def close(self, uri: str) -> bool:
+        self._trees.pop(uri, None)
+        self.recent_edits.forget(uri)
+        self.cross_file.forget(uri)
         return self._documents.pop(uri, None) is not None
+
+
+def _past_end(document: Document, position: types.Position) -> bool:
+    return position.line >= document.line_count

@@ -1,0 +1,493 @@
+"""Cross-file context: the names a file imports, resolved to their definitions (signature and first
+docstring/comment line) in other open documents and in files of the workspace folder, plus the most
+recently edited regions of other documents.
+
+Bounded: at most MAX_FILES files read per lookup, MAX_FILE_BYTES per file, TIME_BUDGET_MS per lookup,
+and never a path outside the workspace roots. Definitions are cached per file (mtime and size) and per
+open document version, so a keystroke costs a few dictionary lookups.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from tree_sitter import Node, Parser
+
+from tabfill.syntax_cache.document import Document
+from tabfill.syntax_cache.languages import grammar_name, language_for
+from tabfill.syntax_cache.tree import SyntaxSnapshot, encode
+
+log = logging.getLogger(__name__)
+
+MAX_FILES = 12
+MAX_FILE_BYTES = 512 * 1024
+TIME_BUDGET_MS = 25.0
+MAX_SNIPPETS = 16
+RECENT_REGIONS = 8
+RECENT_CONTEXT_LINES = 2  # lines kept on each side of an edited line
+CROSS_FILE_GRAMMARS = ("python", "javascript", "typescript", "tsx")
+_JS_EXTENSIONS = (".ts", ".tsx", ".js", ".jsx", ".mjs", ".cjs", ".d.ts")
+_COMMENT = {"python": "#", "javascript": "//", "typescript": "//", "tsx": "//", "go": "//", "rust": "//"}
+
+
+@dataclass(frozen=True)
+class Snippet:
+    """A piece of another file worth showing the model. `kind`: "definition" or "recent"."""
+
+    path: str  # workspace-relative path (or the URI's path) for display
+    text: str
+    kind: str = "definition"
+
+
+def uri_to_path(uri: str) -> Path | None:
+    parsed = urlparse(uri)
+    if parsed.scheme != "file":
+        return None
+    path = unquote(parsed.path)
+    if os.name == "nt" and re.match(r"^/[A-Za-z]:", path):
+        path = path[1:]
+    return Path(path)
+
+
+def comment_prefix(language_id: str) -> str:
+    return _COMMENT.get(grammar_name(language_id), "")
+
+
+# ---------------------------------------------------------------------------------------------- recent edits
+class RecentEdits:
+    """The most recently edited places (uri, line), newest last; regions are read at request time."""
+
+    def __init__(self, capacity: int = RECENT_REGIONS * 4) -> None:
+        self._places: deque[tuple[str, int]] = deque(maxlen=capacity)
+
+    def record(self, document: Document, cp_offset: int, inserted: str) -> None:
+        line = document.line_of(cp_offset)
+        if self._places and self._places[-1][0] == document.uri and abs(self._places[-1][1] - line) <= RECENT_CONTEXT_LINES:
+            self._places.pop()  # the same region, typed on: keep one entry, moved to the end
+        self._places.append((document.uri, line + inserted.count("\n")))
+
+    def forget(self, uri: str) -> None:
+        kept = [place for place in self._places if place[0] != uri]
+        self._places.clear()
+        self._places.extend(kept)
+
+    def regions(self, documents: dict[str, Document], exclude_uri: str, limit: int = RECENT_REGIONS) -> list[Snippet]:
+        """Recently edited regions of other open documents, newest first, non-overlapping."""
+        out: list[Snippet] = []
+        seen: list[tuple[str, int, int]] = []
+        for uri, line in reversed(self._places):
+            document = documents.get(uri)
+            if uri == exclude_uri or document is None:
+                continue
+            first, last = max(line - RECENT_CONTEXT_LINES, 0), min(line + RECENT_CONTEXT_LINES, document.line_count - 1)
+            if any(u == uri and first <= b and a <= last for u, a, b in seen):
+                continue
+            seen.append((uri, first, last))
+            text = "\n".join(document.line_text(row) for row in range(first, last + 1)).strip("\n")
+            if text.strip():
+                out.append(Snippet(_display(uri), text, "recent"))
+            if len(out) >= limit:
+                break
+        return out
+
+
+def _display(uri: str) -> str:
+    path = uri_to_path(uri)
+    return uri if path is None else str(path)
+
+
+# ---------------------------------------------------------------------------------------------- imports
+@dataclass(frozen=True)
+class Import:
+    module: str  # "pkg.mod", ".mod" (Python relative), "./util" (JS/TS)
+    names: tuple[str, ...]  # imported names; for `import mod` the attributes the file uses (mod.NAME)
+    default: bool = False  # JS/TS default import
+
+
+def _text(node: Node) -> str:
+    return (node.text or b"").decode("utf-8", "replace")
+
+
+def imports_of(snapshot: SyntaxSnapshot, limit: int = 64) -> list[Import]:
+    """Top-level imports of a Python/JavaScript/TypeScript file, in source order."""
+    grammar = snapshot.grammar
+    found: list[Import] = []
+    for node in snapshot.root.named_children:
+        if len(found) >= limit:
+            break
+        if grammar == "python":
+            found.extend(_python_imports(node, snapshot.text))
+        elif grammar in ("javascript", "typescript", "tsx"):
+            found.extend(_js_imports(node))
+    return found
+
+
+def _python_imports(node: Node, text: str) -> list[Import]:
+    if node.type == "import_from_statement":
+        module_node = node.child_by_field_name("module_name")
+        if module_node is None:
+            return []
+        names = []
+        for child in node.children_by_field_name("name"):
+            target = child.child_by_field_name("name") if child.type == "aliased_import" else child
+            if target is not None:
+                names.append(_text(target).split(".")[-1])
+        return [Import(_text(module_node), tuple(names))] if names else []
+    if node.type == "import_statement":
+        out = []
+        for child in node.children_by_field_name("name"):
+            if child.type == "aliased_import":
+                module_node, alias_node = child.child_by_field_name("name"), child.child_by_field_name("alias")
+                if module_node is None:
+                    continue
+                module, alias = _text(module_node), _text(alias_node) if alias_node is not None else ""
+            else:
+                module = alias = _text(child)
+            used = sorted(set(re.findall(rf"\b{re.escape(alias or module)}\.([A-Za-z_]\w*)", text)))[:16]
+            out.append(Import(module, tuple(used)))
+        return out
+    return []
+
+
+def _js_imports(node: Node) -> list[Import]:
+    if node.type == "import_statement":
+        source = node.child_by_field_name("source")
+        if source is None:
+            return []
+        module = _text(source).strip("'\"`")
+        names: list[str] = []
+        default = False
+        for clause in node.named_children:
+            if clause.type != "import_clause":
+                continue
+            for part in clause.named_children:
+                if part.type == "identifier":
+                    default = True
+                    names.append(_text(part))
+                elif part.type == "named_imports":
+                    for spec in part.named_children:
+                        name = spec.child_by_field_name("name")
+                        if spec.type == "import_specifier" and name is not None:
+                            names.append(_text(name))
+        return [Import(module, tuple(names), default)] if names else []
+    if node.type in ("lexical_declaration", "variable_declaration"):  # const { a, b } = require("./x")
+        out = []
+        for declarator in node.named_children:
+            value, name = declarator.child_by_field_name("value"), declarator.child_by_field_name("name")
+            if value is None or name is None or value.type != "call_expression":
+                continue
+            function, arguments = value.child_by_field_name("function"), value.child_by_field_name("arguments")
+            if function is None or _text(function) != "require" or arguments is None or not arguments.named_children:
+                continue
+            module = _text(arguments.named_children[0]).strip("'\"`")
+            if name.type == "object_pattern":
+                names = [_text(c) for c in name.named_children if c.type == "shorthand_property_identifier_pattern"]
+                out.append(Import(module, tuple(names)))
+            else:
+                out.append(Import(module, (_text(name),), default=True))
+        return out
+    return []
+
+
+# ---------------------------------------------------------------------------------------------- definitions
+@dataclass(frozen=True)
+class Definition:
+    name: str
+    signature: str
+    doc: str  # first docstring/comment line, "" when none
+    default_export: bool = False
+
+    def render(self) -> str:
+        return self.signature if not self.doc else f"{self.signature}\n    {self.doc}"
+
+
+def _first_doc_line(raw: str) -> str:
+    for line in raw.splitlines():
+        line = line.strip().lstrip("/*#").strip().strip("\"'").strip()
+        if line:
+            return line[:160]
+    return ""
+
+
+def _header(node: Node, body: Node | None, source: bytes) -> str:
+    end = body.start_byte if body is not None else node.end_byte
+    header = source[node.start_byte : end].decode("utf-8", "replace").rstrip().rstrip("{").rstrip()
+    header = " ".join(header.split()) if "\n" in header and len(header) < 400 else header
+    return header[:300]
+
+
+def _python_definitions(root: Node, source: bytes) -> list[Definition]:
+    out: list[Definition] = []
+    for node in root.named_children:
+        target = node
+        if node.type == "decorated_definition":
+            inner = node.child_by_field_name("definition")
+            if inner is None:
+                continue
+            target = inner
+        if target.type in ("function_definition", "class_definition"):
+            name_node, body = target.child_by_field_name("name"), target.child_by_field_name("body")
+            if name_node is None:
+                continue
+            doc = ""
+            if body is not None and body.named_children:
+                first = body.named_children[0]
+                if first.type == "expression_statement" and first.named_children and first.named_children[0].type == "string":
+                    doc = _first_doc_line(_text(first.named_children[0]))
+            signature = _header(target, body, source)
+            if target.type == "class_definition" and body is not None:
+                init = next(
+                    (c for c in body.named_children if c.type == "function_definition"
+                     and (n := c.child_by_field_name("name")) is not None and _text(n) == "__init__"),
+                    None,
+                )
+                if init is not None:
+                    signature += "\n    " + _header(init, init.child_by_field_name("body"), source)
+            out.append(Definition(_text(name_node), signature, doc))
+        elif node.type == "expression_statement" and node.named_children and node.named_children[0].type == "assignment":
+            assignment = node.named_children[0]
+            left = assignment.child_by_field_name("left")
+            if left is not None and left.type == "identifier":
+                line = _text(node).split("\n", 1)[0]
+                out.append(Definition(_text(left), line[:200], ""))
+    return out
+
+
+_JS_DECLARATIONS = {
+    "function_declaration", "generator_function_declaration", "class_declaration", "abstract_class_declaration",
+    "interface_declaration", "type_alias_declaration", "enum_declaration", "lexical_declaration",
+    "variable_declaration", "function_signature",
+}
+
+
+def _js_definitions(root: Node, source: bytes) -> list[Definition]:
+    out: list[Definition] = []
+    previous: Node | None = None
+    for node in root.named_children:
+        comment = previous if previous is not None and previous.type == "comment" and previous.end_point[0] + 1 >= node.start_point[0] else None
+        previous = node
+        target, default = node, False
+        if node.type == "export_statement":
+            declaration = node.child_by_field_name("declaration") or node.child_by_field_name("value")
+            default = any(child.type == "default" for child in node.children)
+            if declaration is None:
+                continue
+            target = declaration
+        doc = _first_doc_line(_text(comment)) if comment is not None else ""
+        if target.type in ("lexical_declaration", "variable_declaration"):
+            for declarator in target.named_children:
+                name_node = declarator.child_by_field_name("name")
+                if name_node is None or name_node.type != "identifier":
+                    continue
+                value = declarator.child_by_field_name("value")
+                body = value.child_by_field_name("body") if value is not None and value.type in ("arrow_function", "function_expression", "function") else None
+                if body is not None:
+                    signature = _header(target, body, source)
+                else:
+                    signature = _text(target).split("\n", 1)[0][:200]
+                out.append(Definition(_text(name_node), signature, doc, default))
+        elif target.type in _JS_DECLARATIONS:
+            name_node, body = target.child_by_field_name("name"), target.child_by_field_name("body")
+            if target.type in ("interface_declaration", "type_alias_declaration", "enum_declaration"):
+                text = _text(target)
+                signature = text if len(text) <= 400 and text.count("\n") <= 12 else _header(target, body, source)
+            else:
+                signature = _header(target, body, source)
+            out.append(Definition(_text(name_node) if name_node is not None else "default", signature, doc, default))
+        elif default:  # export default <expression>
+            out.append(Definition("default", _text(target).split("\n", 1)[0][:200], doc, True))
+    return out
+
+
+def definitions_in(grammar: str, source: bytes) -> list[Definition]:
+    """Top-level definitions of a Python/JavaScript/TypeScript source."""
+    language = language_for(grammar)
+    if language is None:
+        return []
+    try:
+        root = Parser(language).parse(source).root_node
+    except Exception as exc:  # a parser failure on one file costs only that file's definitions
+        log.debug("cross-file parse failed: %s", exc)
+        return []
+    return _python_definitions(root, source) if grammar == "python" else _js_definitions(root, source)
+
+
+# ---------------------------------------------------------------------------------------------- resolution
+class CrossFileIndex:
+    """Resolves imports to definitions; caches per file (mtime_ns, size) and per open document version."""
+
+    def __init__(self, max_cached_files: int = 256, resolve_ttl_s: float = 5.0) -> None:
+        self.roots: list[Path] = []
+        self._files: OrderedDict[tuple[str, object], list[Definition]] = OrderedDict()
+        self._max_cached = max_cached_files
+        # per document: (imports, open documents' versions) -> snippets, reused for `resolve_ttl_s` (files on disk
+        # may change meanwhile; the open documents' versions are part of the key)
+        self._resolved: dict[str, tuple[object, float, list[Snippet]]] = {}
+        self._resolve_ttl_s = resolve_ttl_s
+
+    def forget(self, uri: str) -> None:
+        self._resolved.pop(uri, None)
+
+    def set_roots(self, roots: list[Path]) -> None:
+        resolved = []
+        for root in roots:
+            try:
+                resolved.append(root.resolve())
+            except OSError:
+                continue
+        self.roots = resolved
+
+    def _inside(self, path: Path) -> bool:
+        return any(path == root or path.is_relative_to(root) for root in self.roots)
+
+    def snippets(self, uri: str, snapshot: SyntaxSnapshot | None, documents: dict[str, Document], budget_ms: float = TIME_BUDGET_MS) -> list[Snippet]:
+        """Definitions of the names the document imports, in import order (bounded in files and time)."""
+        if snapshot is None or snapshot.grammar not in CROSS_FILE_GRAMMARS or not self.roots and len(documents) < 2:
+            return []
+        imports = imports_of(snapshot)
+        if not imports:
+            return []
+        key = (tuple(imports), tuple(sorted((d.uri, d.version) for d in documents.values() if d.uri != uri)))
+        now = time.monotonic()
+        cached = self._resolved.get(uri)
+        if cached is not None and cached[0] == key and now - cached[1] < self._resolve_ttl_s:
+            return cached[2]
+        snippets = self._resolve(uri, snapshot.grammar, imports, documents, budget_ms)
+        self._resolved[uri] = (key, now, snippets)
+        return snippets
+
+    def _resolve(self, uri: str, grammar: str, imports: list[Import], documents: dict[str, Document], budget_ms: float) -> list[Snippet]:
+        deadline = time.perf_counter() + budget_ms / 1000.0
+        here = uri_to_path(uri)
+        open_by_path: dict[Path, Document] = {}
+        for other in documents.values():
+            other_path = uri_to_path(other.uri)
+            if other_path is not None and other.uri != uri:
+                open_by_path[_normalize(other_path)] = other
+        out: list[Snippet] = []
+        files_read = 0
+        for item in imports:
+            if time.perf_counter() > deadline or files_read >= MAX_FILES or len(out) >= MAX_SNIPPETS:
+                break
+            for path in self._candidates(item.module, grammar, here):
+                document = open_by_path.get(path)
+                if document is None and not (self._inside(path) and path.is_file()):
+                    continue
+                files_read += 1
+                definitions = self._definitions(path, document, grammar)
+                chosen = [d for d in definitions if d.name in item.names or (item.default and d.default_export)]
+                for definition in chosen[: MAX_SNIPPETS - len(out)]:
+                    out.append(Snippet(self._relative(path), definition.render(), "definition"))
+                break
+        return out
+
+    def _relative(self, path: Path) -> str:
+        for root in self.roots:
+            if path.is_relative_to(root):
+                return str(path.relative_to(root))
+        return path.name
+
+    def _candidates(self, module: str, grammar: str, here: Path | None) -> list[Path]:
+        out: list[Path] = []
+        if grammar == "python":
+            dots = len(module) - len(module.lstrip("."))
+            parts = [p for p in module.lstrip(".").split(".") if p]
+            bases: list[Path] = []
+            if dots and here is not None:
+                base = here.parent
+                for _ in range(dots - 1):
+                    base = base.parent
+                bases = [base]
+            elif not dots:
+                bases = ([here.parent] if here is not None else []) + [r for root in self.roots for r in (root, root / "src")]
+            for base in bases:
+                stem = base.joinpath(*parts) if parts else base
+                out += [stem.with_name(stem.name + ".py"), stem / "__init__.py"] if parts else [stem / "__init__.py"]
+        else:
+            if not module.startswith((".", "/")) or here is None:
+                return []  # a package import (node_modules): not resolved
+            stem = (here.parent / module) if module.startswith(".") else Path(module)
+            out.append(stem)
+            out += [stem.with_name(stem.name + ext) for ext in _JS_EXTENSIONS]
+            out += [stem / f"index{ext}" for ext in _JS_EXTENSIONS]
+        return [_normalize(p) for p in out]
+
+    def _definitions(self, path: Path, document: Document | None, grammar: str) -> list[Definition]:
+        target_grammar = _grammar_for_path(path, grammar)
+        if document is not None:
+            key: tuple[str, object] = (document.uri, document.version)
+            source: bytes | None = None
+        else:
+            try:
+                stat = path.stat()
+            except OSError:
+                return []
+            if stat.st_size > MAX_FILE_BYTES:
+                return []
+            key = (str(path), (stat.st_mtime_ns, stat.st_size))
+            source = None
+        cached = self._files.get(key)
+        if cached is not None:
+            self._files.move_to_end(key)
+            return cached
+        if document is not None:
+            source = encode(document.text[: MAX_FILE_BYTES])
+        else:
+            try:
+                source = path.read_bytes()[:MAX_FILE_BYTES]
+            except OSError:
+                return []
+        definitions = definitions_in(target_grammar, source)
+        self._files[key] = definitions
+        while len(self._files) > self._max_cached:
+            self._files.popitem(last=False)
+        return definitions
+
+
+def _normalize(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except OSError:
+        return Path(os.path.normpath(path))
+
+
+def _grammar_for_path(path: Path, fallback: str) -> str:
+    name = path.name
+    if name.endswith(".py"):
+        return "python"
+    if name.endswith(".tsx"):
+        return "tsx"
+    if name.endswith(".ts"):
+        return "typescript"
+    if name.endswith((".js", ".jsx", ".mjs", ".cjs")):
+        return "javascript"
+    return fallback
+
+
+def render_context(snippets: list[Snippet] | tuple[Snippet, ...], language_id: str, max_chars: int) -> str:
+    """The snippets as comments in the file's language, definitions first (stable across keystrokes), then
+    recent edits; whole snippets only, within `max_chars`. "" when there is nothing or no comment syntax."""
+    marker = comment_prefix(language_id)
+    if not marker or not snippets or max_chars <= 0:
+        return ""
+    ordered = [s for s in snippets if s.kind == "definition"] + [s for s in snippets if s.kind != "definition"]
+    blocks: list[str] = []
+    used = 0
+    last_header = ""
+    for snippet in ordered:
+        title = f"{marker} {'from' if snippet.kind == 'definition' else 'recently edited in'} {snippet.path}:"
+        lines = ([title] if title != last_header else []) + [f"{marker} {line}".rstrip() for line in snippet.text.splitlines()]
+        block = "\n".join(lines) + "\n"
+        if used + len(block) > max_chars:
+            continue
+        blocks.append(block)
+        used += len(block)
+        last_header = title
+    return "".join(blocks)

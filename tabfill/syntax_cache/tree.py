@@ -1,0 +1,214 @@
+"""One tree-sitter tree per open document, kept in step with every edit (tree.edit + incremental parse).
+
+Units: `cp_*` are code-point offsets into the Python str (what Document uses); `byte_*` are UTF-8 byte
+offsets into the parsed source; tree-sitter points are (row, byte column) with rows counted by "\\n"
+only (a lone "\\r" is not a row break for tree-sitter, unlike LSP).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from tree_sitter import Language, Node, Parser, Tree
+
+from tabfill.syntax_cache.languages import grammar_name, language_for
+
+log = logging.getLogger(__name__)
+
+PARSE_BUDGET_MS = 40.0  # a parse that takes longer is abandoned for this keystroke (the tree goes stale)
+MAX_TREE_BYTES = 2 * 1024 * 1024  # larger documents use text rules only
+_CHUNK_BYTES = 64 * 1024
+_MAX_FULL_PARSE_TIMEOUTS = 3  # after this many full parses over budget in a row, give the document up
+
+
+def encode(text: str) -> bytes:
+    """The bytes tree-sitter parses: UTF-8, lone surrogates kept (3 bytes each, as positions.py counts)."""
+    return text.encode("utf-8", "surrogatepass")
+
+
+def byte_len(text: str) -> int:
+    return len(text) if text.isascii() else len(encode(text))
+
+
+def byte_offset(text: str, cp_offset: int) -> int:
+    """UTF-8 byte offset of code-point offset `cp_offset` (clamped) in `text`."""
+    cp_offset = min(max(cp_offset, 0), len(text))
+    return cp_offset if text.isascii() else byte_len(text[:cp_offset])
+
+
+def point_at(text: str, cp_offset: int) -> tuple[int, int]:
+    """Tree-sitter point (row, byte column) of a code-point offset: rows end at "\\n" only."""
+    cp_offset = min(max(cp_offset, 0), len(text))
+    row = text.count("\n", 0, cp_offset)
+    line_start = text.rfind("\n", 0, cp_offset) + 1
+    return row, byte_len(text[line_start:cp_offset])
+
+
+def _end_point(start: tuple[int, int], inserted: str) -> tuple[int, int]:
+    newlines = inserted.count("\n")
+    if not newlines:
+        return start[0], start[1] + byte_len(inserted)
+    return start[0] + newlines, byte_len(inserted[inserted.rfind("\n") + 1 :])
+
+
+@dataclass(frozen=True)
+class SyntaxSnapshot:
+    """An immutable view for one request: a private copy of the tree and the exact source it parsed.
+
+    Safe to hand to another thread (the live tree keeps changing on the event loop)."""
+
+    language_id: str
+    grammar: str
+    tree: Tree
+    source: bytes
+    text: str  # the text `source` encodes; `byte_offset(text, cp)` maps into the tree
+
+    def byte_offset(self, cp_offset: int) -> int:
+        return byte_offset(self.text, cp_offset)
+
+    @property
+    def root(self) -> Node:
+        return self.tree.root_node
+
+
+class SyntaxTree:
+    """The live tree of one document. Call `edit` for each change (with the text before it), then
+    `parse` once with the text after all of a notification's changes. Never raises on bad input."""
+
+    def __init__(self, language_id: str, text: str, *, parse_budget_ms: float = PARSE_BUDGET_MS) -> None:
+        self.language_id = language_id
+        self.grammar = grammar_name(language_id)
+        self.parse_budget_ms = parse_budget_ms
+        self._language: Language | None = language_for(language_id)
+        self._parser: Parser | None = Parser(self._language) if self._language is not None else None
+        self._tree: Tree | None = None
+        self._tree_bytes = 0  # byte length of the source the tree (with its edits) describes
+        self._parsed_text: str | None = None  # the text the current tree was parsed from, when not stale
+        self._source = b""  # its bytes
+        self._needs_full = True
+        self.disabled_reason = "" if self._language is not None else "no grammar"
+        self.skipped_parses = 0
+        self.full_parses = 0
+        self.incremental_parses = 0
+        self.resyncs = 0
+        self._full_timeouts = 0
+        self.parse(text)
+
+    @property
+    def available(self) -> bool:
+        return self._parser is not None and not self.disabled_reason
+
+    @property
+    def stale(self) -> bool:
+        return self._parsed_text is None
+
+    @property
+    def tree(self) -> Tree | None:
+        return self._tree
+
+    def edit(self, old_text: str, cp_start: int, cp_end: int, new_text: str) -> None:
+        """Describe the replacement of code points [cp_start, cp_end) of `old_text` by `new_text` to the tree
+        (offsets clamped and ordered as Document.replace does). The tree is stale until `parse`."""
+        self._parsed_text = None
+        if self._tree is None or self._needs_full:
+            self._needs_full = True
+            return
+        size = len(old_text)
+        cp_start, cp_end = min(max(cp_start, 0), size), min(max(cp_end, 0), size)
+        if cp_start > cp_end:
+            cp_start, cp_end = cp_end, cp_start
+        start_byte = byte_offset(old_text, cp_start)
+        old_end_byte = start_byte + byte_len(old_text[cp_start:cp_end])
+        new_end_byte = start_byte + byte_len(new_text)
+        start_point = point_at(old_text, cp_start)
+        old_end_point = _end_point(start_point, old_text[cp_start:cp_end])
+        new_end_point = _end_point(start_point, new_text)
+        if old_end_byte > self._tree_bytes:
+            self.mark_inconsistent(f"edit ends at byte {old_end_byte}, past the tree's {self._tree_bytes} bytes")
+            return
+        self._tree.edit(start_byte, old_end_byte, new_end_byte, start_point, old_end_point, new_end_point)
+        self._tree_bytes += new_end_byte - old_end_byte
+
+    def mark_inconsistent(self, why: str) -> None:
+        """The tree can no longer be trusted: the next parse is a full one (a resync), logged."""
+        if not self._needs_full:
+            log.warning("syntax tree for %s out of step (%s): full re-parse", self.language_id, why)
+            self.resyncs += 1
+        self._needs_full = True
+        self._parsed_text = None
+
+    def reset(self, text: str) -> bool:
+        """The whole text changed (full sync): parse from scratch."""
+        self._needs_full = True
+        self._parsed_text = None
+        return self.parse(text)
+
+    def parse(self, text: str) -> bool:
+        """Bring the tree up to `text`: incremental when edits were described, else full. Returns False when
+        there is no usable tree for `text` (no grammar, too large, or over the time budget: skipped)."""
+        if self._parser is None or self.disabled_reason:
+            return False
+        if self._parsed_text is text:
+            return True
+        source = encode(text)
+        if len(source) > MAX_TREE_BYTES:
+            self._disable(f"{len(source)} bytes is over the {MAX_TREE_BYTES}-byte limit for syntax trees")
+            return False
+        old_tree = None if self._needs_full else self._tree
+        if old_tree is not None and self._tree_bytes != len(source):
+            self.mark_inconsistent(f"tree expects {self._tree_bytes} bytes, the document has {len(source)}")
+            old_tree = None
+        deadline = time.perf_counter() + self.parse_budget_ms / 1000.0
+
+        def read(byte: int, _point: tuple[int, int]) -> bytes:
+            return source[byte : byte + _CHUNK_BYTES]
+
+        def over_budget(_byte: int, _has_error: bool) -> bool:
+            return time.perf_counter() > deadline
+
+        try:
+            if old_tree is None:
+                tree = self._parser.parse(read, progress_callback=over_budget)
+            else:
+                tree = self._parser.parse(read, old_tree, progress_callback=over_budget)
+        except ValueError:  # halted by the progress callback ("Parsing failed")
+            self._parser.reset()
+            self.skipped_parses += 1
+            if old_tree is None:
+                self._full_timeouts += 1
+                if self._full_timeouts >= _MAX_FULL_PARSE_TIMEOUTS:
+                    self._disable(f"{_MAX_FULL_PARSE_TIMEOUTS} full parses over {self.parse_budget_ms:g} ms")
+            # NOTE: an edited old tree stays valid for the next incremental attempt.
+            return False
+        self._full_timeouts = 0
+        if old_tree is None:
+            self.full_parses += 1
+        else:
+            self.incremental_parses += 1
+        self._tree, self._tree_bytes, self._parsed_text, self._needs_full = tree, len(source), text, False
+        self._source = source
+        return True
+
+    def snapshot(self, text: str) -> SyntaxSnapshot | None:
+        """A private copy of the tree for `text`, or None when the tree does not describe `text`."""
+        if self._tree is None or self._parsed_text is None:
+            return None
+        if self._parsed_text is not text and self._parsed_text != text:
+            return None
+        return SyntaxSnapshot(self.language_id, self.grammar, self._tree.copy(), self._source, self._parsed_text)
+
+    def _disable(self, why: str) -> None:
+        if not self.disabled_reason:
+            log.warning("syntax tree for a %s document disabled: %s; using text rules", self.language_id, why)
+        self.disabled_reason = why
+        self._tree, self._parsed_text, self._source = None, None, b""
+
+
+def parse_text(language_id: str, text: str) -> Tree | None:
+    """A fresh full parse of `text` (no budget): a reference for tests and the benchmark."""
+    language = language_for(language_id)
+    if language is None:
+        return None
+    return Parser(language).parse(encode(text))

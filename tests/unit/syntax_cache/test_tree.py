@@ -1,0 +1,206 @@
+"""The incremental tree stays equal to a fresh parse through random edits (emoji, CJK, CRLF), and bad
+input never raises."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from tree_sitter import Node
+
+from tabfill.syntax_cache import tree as tree_module
+from tabfill.syntax_cache.document import Document
+from tabfill.syntax_cache.tree import SyntaxTree, byte_offset, encode, parse_text, point_at
+
+# Code-like pieces with multi-byte text and every kind of line break.
+PIECES = [
+    "def f(x):", "\n", "\r\n", "\r", "    ", "\t", "return ", "x", "(", ")", "[", "]", "{", "}", ":", ",", " ",
+    "'", '"', "#", "😀", "漢字", "é", "if ", "else", "1", "+", "=", "class A:", "\n    pass", "/*", "*/", "//",
+    "function g() {", "const s = `", "`", "fmt.Println(", "let v = ", ";", "\"😀\"", "'漢'",
+]
+LANGUAGES = ["python", "javascript", "typescript", "typescriptreact", "go", "rust"]
+
+
+def _signature(node: Node) -> list[tuple[object, ...]]:
+    """Every node with its type, byte range and points, in document order."""
+    out: list[tuple[object, ...]] = []
+    cursor = node.walk()
+    visited = False
+    while True:
+        if not visited:
+            current = cursor.node
+            assert current is not None
+            out.append((current.type, current.start_byte, current.end_byte, current.start_point, current.end_point))
+            if cursor.goto_first_child():
+                continue
+        if cursor.goto_next_sibling():
+            visited = False
+            continue
+        if not cursor.goto_parent():
+            return out
+        visited = True
+
+
+text_strategy = st.lists(st.sampled_from(PIECES), max_size=30).map("".join)
+
+
+@st.composite
+def edit_sequences(draw: st.DrawFn) -> tuple[str, str, list[tuple[float, float, str]]]:
+    language = draw(st.sampled_from(LANGUAGES))
+    text = draw(text_strategy)
+    edits = draw(
+        st.lists(
+            st.tuples(st.floats(0, 1), st.floats(0, 1), st.lists(st.sampled_from(PIECES), max_size=4).map("".join)),
+            min_size=10,
+            max_size=10,
+        )
+    )
+    return language, text, edits
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(edit_sequences())
+def test_incremental_tree_equals_a_fresh_parse(case: tuple[str, str, list[tuple[float, float, str]]]) -> None:
+    """100 examples x 10 edits = 1,000 edits, each checked against a fresh parse."""
+    language, text, edits = case
+    tree = SyntaxTree(language, text, parse_budget_ms=60_000)
+    document = Document("file:///t", language, 0, text)
+    for a, b, inserted in edits:
+        start, end = sorted((int(a * len(document.text)), int(b * len(document.text))))
+        tree.edit(document.text, start, end, inserted)
+        document.replace(start, end, inserted)
+        assert tree.parse(document.text)
+        live, fresh = tree.tree, parse_text(language, document.text)
+        assert live is not None and fresh is not None
+        assert str(live.root_node) == str(fresh.root_node)
+        assert _signature(live.root_node) == _signature(fresh.root_node)
+        size = len(encode(document.text))
+        assert 0 <= live.root_node.start_byte <= live.root_node.end_byte <= size
+    assert tree.full_parses == 1 and tree.incremental_parses == len(edits)  # never a full parse per keystroke
+
+
+def test_points_count_rows_by_newline_and_columns_in_bytes() -> None:
+    text = "a😀\r\nb漢\rc"
+    assert byte_offset(text, 2) == 5  # "a" + 4-byte emoji
+    assert point_at(text, 4) == (1, 0)  # after "\r\n"
+    assert point_at(text, 6) == (1, 4)  # "b漢" is 4 bytes; the lone "\r" is not a row break for tree-sitter
+    assert point_at(text, 7) == (1, 5)
+
+
+def test_unknown_language_has_no_tree_and_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="tabfill.syntax_cache.languages"):
+        first = SyntaxTree("cobol-85", "IDENTIFICATION DIVISION.")
+        SyntaxTree("cobol-85", "x")
+    assert not first.available and first.tree is None and first.snapshot("x") is None
+    first.edit("IDENTIFICATION DIVISION.", 0, 3, "x")  # no exception
+    assert [r.message for r in caplog.records].count(
+        "no tree-sitter grammar for language 'cobol-85': using text rules (indentation, brackets)"
+    ) == 1
+
+
+def test_binary_and_undecodable_text_parses_without_raising() -> None:
+    text = "\x00\x01\ufffd\udc80 def f(:\n\x7f" + "".join(chr(c) for c in range(0xE000, 0xE010))
+    tree = SyntaxTree("python", text)
+    assert tree.parse(text)
+    tree.edit(text, 3, 5, "\udfff\x00")
+    text = text[:3] + "\udfff\x00" + text[5:]
+    assert tree.parse(text)
+    fresh = parse_text("python", text)
+    assert tree.tree is not None and fresh is not None and str(tree.tree.root_node) == str(fresh.root_node)
+
+
+def test_an_edit_past_the_end_is_clamped_and_stays_equal_to_a_fresh_parse() -> None:
+    text = "x = 1\n"
+    tree = SyntaxTree("python", text)
+    tree.edit(text, 4, 10_000, "2\ny = 3\n")
+    text = text[:4] + "2\ny = 3\n"
+    assert tree.parse(text)
+    fresh = parse_text("python", text)
+    assert tree.tree is not None and fresh is not None and str(tree.tree.root_node) == str(fresh.root_node)
+
+
+def test_inconsistent_edits_resync_with_a_full_parse(caplog: pytest.LogCaptureFixture) -> None:
+    text = "def f():\n    return 1\n"
+    tree = SyntaxTree("python", text)
+    tree.edit(text, 0, 0, "# hi\n")  # described, but the text passed to parse differs: out of step
+    other = "x = [1, 2]\n"
+    with caplog.at_level(logging.WARNING, logger="tabfill.syntax_cache.tree"):
+        assert tree.parse(other)
+    assert tree.resyncs == 1 and tree.full_parses == 2 and "out of step" in caplog.text
+    fresh = parse_text("python", other)
+    assert tree.tree is not None and fresh is not None and str(tree.tree.root_node) == str(fresh.root_node)
+
+
+def test_a_parse_over_budget_is_skipped_and_the_tree_catches_up_later() -> None:
+    text = "def f(x):\n    return [x, (1, 2), {'a': 3}]\n" * 3000
+    tree = SyntaxTree("python", text, parse_budget_ms=0.0)
+    assert tree.stale and tree.tree is None and tree.skipped_parses == 1
+    tree.parse_budget_ms = 60_000
+    assert tree.parse(text) and not tree.stale
+    tree.parse_budget_ms = 0.0
+    tree.edit(text, 10, 10, "y")
+    text = text[:10] + "y" + text[10:]
+    assert not tree.parse(text) and tree.stale and tree.snapshot(text) is None  # skipped, not waited on
+    tree.parse_budget_ms = 60_000
+    tree.edit(text, 0, 0, "#\n")  # edits keep accumulating on the edited tree
+    text = "#\n" + text
+    assert tree.parse(text) and tree.incremental_parses == 1
+    fresh = parse_text("python", text)
+    assert tree.tree is not None and fresh is not None and str(tree.tree.root_node) == str(fresh.root_node)
+
+
+def test_repeated_full_parse_timeouts_disable_the_tree() -> None:
+    tree = SyntaxTree("python", "x = 1\n" * 20_000, parse_budget_ms=0.0)
+    for _ in range(5):
+        tree.parse("x = 2\n" * 20_000)
+    assert not tree.available and "full parses over" in tree.disabled_reason
+
+
+def test_a_huge_minified_file_uses_text_rules(monkeypatch: pytest.MonkeyPatch) -> None:
+    minified = "var a=1;" * (5 * 1024 * 1024 // 8)  # 5 MB on one line
+    tree = SyntaxTree("javascript", minified)
+    assert not tree.available and "over the" in tree.disabled_reason
+    tree.edit(minified, 0, 1, "w")  # no exception, no parse
+    assert not tree.parse("w" + minified[1:])
+
+
+def test_snapshot_is_a_private_copy() -> None:
+    text = "def f():\n    pass\n"
+    tree = SyntaxTree("python", text)
+    snapshot = tree.snapshot(text)
+    assert snapshot is not None and snapshot.source == text.encode() and snapshot.grammar == "python"
+    tree.edit(text, 0, 0, "x = 1\n")
+    tree.parse("x = 1\n" + text)
+    assert str(snapshot.root) == str(parse_text("python", text).root_node)  # type: ignore[union-attr]
+    assert tree.snapshot(text) is None  # the tree moved on
+
+
+def test_tsx_and_jsx_ids_use_their_grammars() -> None:
+    assert SyntaxTree("typescriptreact", "const a = <div>{x}</div>;").grammar == "tsx"
+    assert SyntaxTree("javascriptreact", "const a = <div/>;").grammar == "javascript"
+    assert tree_module.MAX_TREE_BYTES >= 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    "before, start, end, inserted",
+    [
+        ("let a = 'x'; let b = 2;", 9, 10, "😀漢"),  # same row, multi-byte insert
+        ("let a = 'x😀'; let b = 2;", 9, 11, ""),  # same row, multi-byte delete
+        ("let a = 'x';\r\nlet b = 2;", 9, 10, "1\r\n2😀"),  # rows added, CRLF
+        ("let a = 'é\r\n';\nlet b = 2;", 9, 12, "漢"),  # a row removed
+    ],
+)
+def test_the_edit_moves_nodes_after_it_to_their_new_points(before: str, start: int, end: int, inserted: str) -> None:
+    """tree.edit alone (before the re-parse) must put the untouched `let b` where a fresh parse has it:
+    byte offsets and (row, byte column) points of the edit described correctly."""
+    tree = SyntaxTree("javascript", before)
+    tree.edit(before, start, end, inserted)
+    after = before[:start] + inserted + before[end:]
+    assert tree.tree is not None
+    moved = tree.tree.root_node.children[-1]
+    fresh = parse_text("javascript", after)
+    assert fresh is not None
+    expected = fresh.root_node.children[-1]
+    assert (moved.start_byte, moved.start_point, moved.end_point) == (expected.start_byte, expected.start_point, expected.end_point)
