@@ -245,6 +245,28 @@ def _fit_suffix(codec: _Codec, suffix: str, budget: int) -> tuple[str, list[int]
     return "", []
 
 
+def _fit_context(codec: _Codec, context: str, budget: int, after_marker: bool) -> tuple[str, list[int]]:
+    """The start of `context` within `budget` tokens, whole lines only (its lines are whole snippets' lines)."""
+    if budget <= 0 or not context.strip():
+        return "", []
+    text = context[: budget * MAX_CHARS_PER_TOKEN]
+    if not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+    ids, offsets = codec.encode(text, after_marker=after_marker)
+    if len(ids) <= budget:
+        return text, ids
+    token_ends = [b for _, b in offsets]
+    line_ends = [i + 1 for i in _find_all(text, "\n")]
+    for line_end in reversed(line_ends):  # longest candidate first
+        if bisect_right(token_ends, line_end) > budget + 2:
+            continue
+        kept = text[:line_end]
+        kept_ids, _ = codec.encode(kept, after_marker=after_marker)
+        if len(kept_ids) <= budget:
+            return kept, kept_ids
+    return "", []
+
+
 def _heal(codec: _Codec, ids: list[int], offsets: Offsets, text: str, lead: int) -> tuple[list[int], str]:
     """Drop the last token of `text`'s tokens and return the kept ids and the dropped text. When the last token
     is part of a character split over several byte tokens, drop back to the character's start."""
@@ -277,6 +299,8 @@ def build_prompt(
     max_new_tokens: int,
     stop: StopRule,
     heal: bool = True,
+    context: str = "",
+    max_context_tokens: int = 0,
 ) -> Prompt:
     """Tokenize the text around the cursor for `template` (None: prefix only, the suffix is left out).
 
@@ -284,6 +308,10 @@ def build_prompt(
     only when that line alone is over budget); the suffix keeps at most `max_suffix_tokens` tokens of whole
     lines from its start. With `heal`, when the prompt ends with the prefix (prefix-only, SPM), its last token is
     removed and returned as `healing_text`. Raises ValueError if the tokenizer lacks the template's markers.
+
+    `context` (cross-file snippets, already comments in the file's language) goes right before the prefix, at
+    most `max_context_tokens` and half the prefix budget, whole lines from its start; its tokens come out of
+    the prefix budget. It changes rarely, so it sits in the part of the prompt the prefix cache keeps.
     """
     eos = tokenizer.eos_token_id
     stop_ids = {eos} if isinstance(eos, int) else set()
@@ -299,12 +327,15 @@ def build_prompt(
     bos = _default_bos(tokenizer)
 
     if template is None:
-        kept_prefix, prefix_ids, offsets = _fit_prefix(codec, prefix, max_prefix_tokens, after_marker=False)
+        kept_context, context_ids = _fit_context(codec, context, min(max_context_tokens, max_prefix_tokens // 2), after_marker=False)
+        kept_prefix, prefix_ids, offsets = _fit_prefix(
+            codec, prefix, max_prefix_tokens - len(context_ids), after_marker=bool(context_ids)
+        )
         healing = ""
         if heal:
             prefix_ids, healing = _heal(codec, prefix_ids, offsets, kept_prefix, 0)
         return Prompt(
-            token_ids=tuple(bos + prefix_ids),
+            token_ids=tuple(bos + context_ids + prefix_ids),
             max_new_tokens=max_new_tokens,
             stop=stop,
             stop_token_ids=frozenset(stop_ids),
@@ -312,18 +343,25 @@ def build_prompt(
             template="prefix-only",
             prefix_chars=len(kept_prefix),
             suffix_chars=0,
+            context_chars=len(kept_context),
         )
 
     wants_space = template.prefix_space == "always" or (template.prefix_space == "tokenizer" and codec.dummy_prefix)
     # NOTE: the leading space usually merges into the first word's token; one token is reserved in case it does not
-    kept_prefix, prefix_ids, offsets = _fit_prefix(codec, prefix, max_prefix_tokens - int(wants_space), True)
-    lead = " " if wants_space and kept_prefix else ""
-    if lead:
+    context_budget = min(max_context_tokens, max_prefix_tokens // 2) - int(wants_space)
+    kept_context, context_ids = _fit_context(codec, context, context_budget, after_marker=True)
+    kept_prefix, prefix_ids, offsets = _fit_prefix(codec, prefix, max_prefix_tokens - int(wants_space) - len(context_ids), True)
+    lead = " " if wants_space and (kept_prefix or kept_context) else ""
+    if lead and kept_context:
+        context_ids, _ = codec.encode(lead + kept_context, after_marker=True)
+    elif lead:
         prefix_ids, offsets = codec.encode(lead + kept_prefix, after_marker=True)
     kept_suffix, suffix_ids = _fit_suffix(codec, suffix, max_suffix_tokens)
     healing = ""
     if heal and template.prefix_ends_prompt:
-        prefix_ids, healing = _heal(codec, prefix_ids, offsets, lead + kept_prefix, len(lead))
+        prefix_lead = "" if kept_context else lead
+        prefix_ids, healing = _heal(codec, prefix_ids, offsets, prefix_lead + kept_prefix, len(prefix_lead))
+    prefix_ids = context_ids + prefix_ids
 
     prefix_marker = [marker_ids[template.prefix_marker]]
     suffix_marker = [marker_ids[template.suffix_marker]]
@@ -341,4 +379,5 @@ def build_prompt(
         template=template.name,
         prefix_chars=len(kept_prefix),
         suffix_chars=len(kept_suffix),
+        context_chars=len(kept_context),
     )

@@ -32,6 +32,7 @@ from tabfill.completion.types import (
 )
 from tabfill.completion.worker import Cancelled, EngineWorker
 from tabfill.syntax_cache.context import Mode, SyntaxContext, context_at
+from tabfill.syntax_cache.crossfile import render_context
 from tabfill.syntax_cache.document import Document
 
 log = logging.getLogger(__name__)
@@ -59,14 +60,30 @@ def _done(value: Completion) -> Future[Completion]:
     return future
 
 
-def _context_window(request: CompletionRequest) -> tuple[Document, int]:
+def _context_window(request: CompletionRequest) -> tuple[Document, int, int]:
     """The lines around the cursor that the context rules look at, as a small document (a 1 MB file
-    must not be re-indexed per keystroke). Returns it and the cursor offset inside it."""
+    must not be re-indexed per keystroke). Returns it, the cursor offset inside it and where it starts."""
     text, offset = request.text, request.offset
     start = text.rfind("\n", 0, max(0, offset - CONTEXT_WINDOW_CHARS)) + 1 if offset > CONTEXT_WINDOW_CHARS else 0
     end = text.find("\n", offset + 1024)
     window = text[start : len(text) if end < 0 else end]
-    return Document(request.uri, request.language_id, request.version, window), offset - start
+    return Document(request.uri, request.language_id, request.version, window), offset - start, start
+
+
+def request_context(request: CompletionRequest) -> SyntaxContext:
+    """Stage 3: the cursor context of a request, refined by its syntax snapshot when that describes its text."""
+    document, window_offset, window_start = _context_window(request)
+    syntax = request.syntax
+    if syntax is not None and syntax.text is not request.text and syntax.text != request.text:
+        syntax = None  # a snapshot of another version: text rules only
+    return context_at(document, window_offset, syntax, base=window_start)
+
+
+def cross_file_header(request: CompletionRequest, settings: Settings) -> str:
+    """The cross-file snippets as comments in the request's language ("" when off or none)."""
+    if not settings.cross_file_context or not request.cross_file or settings.cross_file_tokens <= 0:
+        return ""
+    return render_context(request.cross_file, request.language_id, settings.cross_file_tokens * 4)
 
 
 class CompletionService:
@@ -85,6 +102,7 @@ class CompletionService:
         self._shown: dict[str, _Shown] = {}
         self._results: TTLCache[tuple[object, ...], tuple[str, int, str]] = TTLCache(maxsize=512, ttl=600)
         self.last_timings = Timings()
+        self.last_context: SyntaxContext | None = None
 
     # ------------------------------------------------------------------ model lifecycle
     @property
@@ -164,9 +182,11 @@ class CompletionService:
             return _done(dataclasses.replace(hit, timings=timings))
 
         started = time.perf_counter()
-        document, window_offset = _context_window(request)
-        context = context_at(document, window_offset)
+        context = request_context(request)
+        header = cross_file_header(request, settings)
         timings = timings.add("context", (time.perf_counter() - started) * 1000)
+        with self._lock:
+            self.last_context = context
         if context.mode is Mode.NONE:
             return _done(_empty(request, f"no completion here: {context.reason}", timings))
 
@@ -174,7 +194,7 @@ class CompletionService:
         # NOTE: the same character cap build_prompt applies, so the key holds exactly what the prompt can see.
         prefix = request.text[max(0, request.offset - settings.max_prefix_tokens * MAX_CHARS_PER_TOKEN) : request.offset]
         suffix = request.text[request.offset : request.offset + settings.max_suffix_tokens * MAX_CHARS_PER_TOKEN]
-        key = (settings, context.mode, context.block_indent, prefix, suffix)
+        key = (settings, context.mode, context.block_indent, header, prefix, suffix)
         with self._lock:
             cached = self._results.get(key)
             engine, template = self._engine, self._template
@@ -197,7 +217,7 @@ class CompletionService:
 
         def run(token: CancelToken) -> Completion:
             try:
-                return self._model_stages(engine, template, request, context, prefix, suffix, key, token, deadline, timings)
+                return self._model_stages(engine, template, request, context, header, prefix, suffix, key, token, deadline, timings)
             finally:
                 with self._lock:
                     if self._inflight.get(request.uri) is token:
@@ -218,6 +238,7 @@ class CompletionService:
         template: FimTemplate | None,
         request: CompletionRequest,
         context: SyntaxContext,
+        header: str,
         prefix: str,
         suffix: str,
         key: tuple[object, ...],
@@ -238,6 +259,8 @@ class CompletionService:
             max_suffix_tokens=settings.max_suffix_tokens,
             max_new_tokens=settings.max_new_tokens if multi else settings.single_line_max_new_tokens,
             stop=stop,
+            context=header,
+            max_context_tokens=settings.cross_file_tokens,
         )
         timings = timings.add("prompt", (time.perf_counter() - started) * 1000)
 
@@ -248,7 +271,10 @@ class CompletionService:
 
         started = time.perf_counter()
         effective = context if multi or context.mode is not Mode.MULTI else dataclasses.replace(context, mode=Mode.SINGLE)
-        text, replace_chars = postprocess(generation.text, effective, suffix, generation.finish_reason)
+        probe_prefix = request.text[max(0, request.offset - context.probe_chars) : request.offset]
+        text, replace_chars = postprocess(
+            generation.text, effective, suffix, generation.finish_reason, prefix=probe_prefix, syntax=settings.syntax_postprocess
+        )
         timings = timings.add("postprocess", (time.perf_counter() - started) * 1000)
         completion = Completion(text, request.offset, replace_chars, request.request_id, "model", generation.finish_reason, timings)
         log.debug("completion %s: %d prompt tokens, %s", request.request_id, generation.prompt_tokens, timings.describe())

@@ -18,6 +18,7 @@ _INT_LIMITS = {
     "deadline_ms": (0, 600_000),
     "max_prefix_tokens": (16, 32_768),
     "max_suffix_tokens": (0, 32_768),
+    "cross_file_tokens": (0, 8_192),
 }
 
 
@@ -48,7 +49,7 @@ def parse_settings(raw: Any, base: Settings | None = None) -> tuple[Settings, li
                 problems.append(f"setting {key!r} must be an integer in [{low}, {high}], got {value!r}; keeping {getattr(base, name)!r}")
                 continue
             changes[name] = value
-        elif name == "multi_line":
+        elif name in ("multi_line", "syntax_postprocess", "cross_file_context"):
             if not isinstance(value, bool):
                 problems.append(f"setting {key!r} must be true or false, got {value!r}")
                 continue

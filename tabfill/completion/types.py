@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from tabfill.syntax_cache.crossfile import Snippet
+from tabfill.syntax_cache.tree import SyntaxSnapshot
 
 
 @dataclass(frozen=True)
@@ -19,6 +22,9 @@ class CompletionRequest:
     request_id: str = ""
     # Set by the client when the user explicitly asked (e.g. a key), as opposed to typing.
     explicit: bool = False
+    # The document's syntax tree at this version (None: text rules), and context from other files.
+    syntax: SyntaxSnapshot | None = field(default=None, compare=False, repr=False)
+    cross_file: tuple[Snippet, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,7 @@ class Prompt:
     template: str = "prefix-only"
     prefix_chars: int = 0  # how many characters of the document prefix made it into the prompt
     suffix_chars: int = 0
+    context_chars: int = 0  # characters of cross-file context (comments before the prefix)
 
 
 @dataclass(frozen=True)
@@ -140,3 +147,8 @@ class Settings:
     max_prefix_tokens: int = 384
     max_suffix_tokens: int = 128
     multi_line: bool = True
+    # Syntax-aware post-processing (block stop by the parse, closers, repeats); off: plain newline rules.
+    syntax_postprocess: bool = True
+    # Cross-file context (imported definitions, recent edits in other files) before the prefix, in tokens.
+    cross_file_context: bool = True
+    cross_file_tokens: int = 192

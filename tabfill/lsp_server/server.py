@@ -75,7 +75,10 @@ class TabfillServer(LanguageServer):
             offset = offset_at(document, line, character, self.encoding)
         except ValueError as exc:
             raise JsonRpcInvalidParams(str(exc)) from exc
-        return CompletionRequest(uri, document.language_id, document.version, document.text, offset, request_id)
+        syntax, cross_file = self.documents.request_context(uri)
+        return CompletionRequest(
+            uri, document.language_id, document.version, document.text, offset, request_id, syntax=syntax, cross_file=cross_file
+        )
 
     async def complete(self, request: CompletionRequest) -> Completion:
         """Run a request on the service; a cancelled handler cancels the generation too."""
@@ -156,6 +159,7 @@ def create_server(settings: Settings | None = None) -> TabfillServer:
     def initialize(ls: TabfillServer, params: types.InitializeParams) -> None:
         ls._loop = asyncio.get_running_loop() if _has_running_loop() else None
         ls.initial_options = params.initialization_options
+        ls.documents.set_workspace(params.workspace_folders, params.root_uri, params.root_path)
 
     @server.feature(types.INITIALIZED)
     def initialized(ls: TabfillServer, params: types.InitializedParams) -> None:
@@ -264,6 +268,7 @@ def create_server(settings: Settings | None = None) -> TabfillServer:
             "lastTimings": dict(ls.service.last_timings.stages),
             "lastLatencyMs": None if ls.last_latency_ms is None else round(ls.last_latency_ms, 1),
             "documents": len(ls.documents),
+            "lastContext": ls.documents.describe_context(ls.service.last_context),
         }
 
     @server.feature(types.SHUTDOWN)

@@ -45,8 +45,10 @@ def test_repeating_the_suffix_is_dropped() -> None:
     assert postprocess("return x", ctx(Mode.SINGLE), "\n    return x\n", "stop") == ("", 0)
 
 
-def test_closing_what_the_line_already_closes_replaces_the_rest_of_line() -> None:
-    assert postprocess("n - 1)", ctx(Mode.SINGLE, line_suffix=")"), ")\n", "stop") == ("n - 1)", 1)
+def test_closing_what_the_line_already_closes_is_trimmed() -> None:
+    assert postprocess("n - 1)", ctx(Mode.SINGLE, line_suffix=")"), ")\n", "stop") == ("n - 1", 0)
+    # plain rules (syntax off): the item replaces the rest of the line instead
+    assert postprocess("n - 1)", ctx(Mode.SINGLE, line_suffix=")"), ")\n", "stop", syntax=False) == ("n - 1)", 1)
 
 
 def test_multi_line_drops_trailing_blank_lines_and_spaces() -> None:
