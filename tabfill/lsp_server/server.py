@@ -197,7 +197,7 @@ def create_server(settings: Settings | None = None) -> TabfillServer:
         if not completion.text:
             return types.InlineCompletionList(items=[])
         item_id = uuid.uuid4().hex[:16]
-        ls.stats.issue(item_id, request.language_id)
+        ls.stats.issue(item_id, request.language_id, len(completion.text))
         accept = types.Command(
             title="Accept tabfill suggestion",
             command=ACCEPT_COMMAND,

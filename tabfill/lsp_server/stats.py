@@ -55,6 +55,7 @@ def clean_language(value: Any) -> str:
 @dataclass
 class _Item:
     language: str
+    chars: int | None = None  # the length of the item's text, when this process issued it
     shown: bool = False
     accepted: bool = False
     accepted_chars: int = 0  # the longest partial acceptance so far
@@ -98,10 +99,10 @@ class StatsStore:
             samples.append(round(max(latency_ms, 0.0), 1))
             del samples[:-MAX_LATENCIES]
 
-    def issue(self, item_id: str, language: str) -> None:
+    def issue(self, item_id: str, language: str, chars: int) -> None:
         """Remember an item the server answered with, so its signals count once each."""
         with self._lock:
-            self._items[item_id] = _Item(language)
+            self._items[item_id] = _Item(language, chars)
             while len(self._items) > MAX_ITEMS:
                 self._items.popitem(last=False)
 
@@ -119,7 +120,7 @@ class StatsStore:
             item.accepted_chars = max(item.accepted_chars, accepted_chars)
             self._pending.add(item.language, "acceptedChars", grown)
 
-    def accepted(self, item_id: str, language: str, accepted_chars: int | None = None) -> None:
+    def accepted(self, item_id: str, language: str) -> None:
         with self._lock:
             item = self._item(item_id, language)
             self._mark_shown(item)
@@ -127,9 +128,9 @@ class StatsStore:
                 return
             item.accepted = True
             self._pending.add(item.language, "accepted")
-            if accepted_chars is not None and accepted_chars > item.accepted_chars:
-                self._pending.add(item.language, "acceptedChars", accepted_chars - item.accepted_chars)
-                item.accepted_chars = accepted_chars
+            if item.chars is not None and item.chars > item.accepted_chars:
+                self._pending.add(item.language, "acceptedChars", item.chars - item.accepted_chars)
+                item.accepted_chars = item.chars
 
     def _item(self, item_id: str, language: str) -> _Item:
         item = self._items.get(item_id)

@@ -81,7 +81,7 @@ async def test_items_carry_the_accept_command_and_signals_are_counted_once(tiny_
     python = row(stats_json(tmp_path), "python")
     assert python["requests"] == 2 and python["suggested"] == 2 and python["latencySamples"] == 2
     assert python["shown"] == 1 and python["accepted"] == 1 and python["partial"] == 2
-    assert python["acceptedChars"] == 5  # the longest partial acceptance, not the sum
+    assert python["acceptedChars"] == len(item.insert_text)  # partial accepts, then the whole item: counted once
     assert python["acceptanceRate"] == 1.0
     assert python["p50Ms"] is not None and python["p99Ms"] >= python["p50Ms"]
     assert row(stats_json(tmp_path), "all")["requests"] == 2

@@ -1,0 +1,562 @@
+-- tabfill for Neovim 0.10 / 0.11: ghost text from `tabfill serve` (textDocument/inlineCompletion).
+-- On Neovim 0.12+ the built-in vim.lsp.inline_completion can draw it instead (see :help tabfill-0.12).
+local util = require("tabfill.util")
+
+local M = {}
+
+local NAME = "tabfill"
+local ns = vim.api.nvim_create_namespace("tabfill")
+local group = vim.api.nvim_create_augroup("tabfill", { clear = true })
+local uv = vim.uv or vim.loop
+
+local defaults = {
+  cmd = { "tabfill", "serve" },
+  -- Filetypes to attach to; { "*" } for all normal buffers.
+  filetypes = {
+    "python", "lua", "javascript", "javascriptreact", "typescript", "typescriptreact", "go", "rust", "c", "cpp",
+    "java", "ruby", "sh", "bash", "zsh", "html", "css", "json", "yaml", "toml", "markdown", "vim",
+  },
+  root_markers = { ".git", "pyproject.toml", "package.json", "go.mod", "Cargo.toml" },
+  -- Sent as initializationOptions and on change as workspace/didChangeConfiguration (see the README's settings).
+  settings = {},
+  debounce_ms = 75,
+  auto_trigger = true, -- ask as you type in insert mode; false: only on the `trigger` key
+  keys = {
+    accept = "<Tab>",
+    accept_word = "<M-Right>",
+    accept_line = "<M-C-Right>",
+    dismiss = "<C-]>",
+    trigger = "<M-\\>",
+  },
+  hl_group = "TabfillSuggestion",
+}
+
+M.config = vim.deepcopy(defaults)
+
+-- What is shown: one suggestion anchored at the cursor it was made for.
+---@class tabfill.Suggestion
+---@field bufnr integer
+---@field row integer 0-based
+---@field col integer byte column of the cursor
+---@field text string what inserting at the cursor adds (already-typed part of the item stripped)
+---@field replace_bytes integer bytes after the cursor on its line that the item replaces
+---@field item table the LSP InlineCompletionItem
+---@field client_id integer
+---@field accepted integer characters of the item accepted so far (partial accepts)
+---@field shown_sent boolean
+local current = nil
+
+local state = {
+  enabled = true,
+  timer = nil, ---@type uv.uv_timer_t|nil
+  pending = nil, ---@type {client: table, id: integer, seq: integer}|nil
+  seq = 0,
+  requests_sent = 0,
+  responses = 0,
+  cancelled = 0,
+  last_latency_ms = nil, ---@type number|nil
+  last_error = nil, ---@type string|nil
+  last_request = nil, ---@type {bufnr: integer, row: integer, col: integer}|nil
+  last_answer = nil, ---@type {bufnr: integer, row: integer, col: integer, text: string}|nil
+  fallbacks = {}, ---@type table<string, table>
+}
+
+-- ---------------------------------------------------------------------------- clients
+local function client_for(bufnr)
+  local clients = util.get_clients({ name = NAME, bufnr = bufnr })
+  return clients[1]
+end
+
+local function filetype_enabled(ft)
+  for _, allowed in ipairs(M.config.filetypes) do
+    if allowed == "*" or allowed == ft then
+      return true
+    end
+  end
+  return false
+end
+
+local function start_client(bufnr)
+  if vim.bo[bufnr].buftype ~= "" or not filetype_enabled(vim.bo[bufnr].filetype) then
+    return
+  end
+  local cmd = M.config.cmd
+  if type(cmd) == "string" then
+    cmd = { cmd }
+  end
+  if vim.fn.executable(cmd[1]) ~= 1 then
+    state.last_error = ("`%s` is not executable (set cmd in require('tabfill').setup)"):format(cmd[1])
+    vim.notify_once("tabfill: " .. state.last_error, vim.log.levels.WARN)
+    return
+  end
+  local root = vim.fs.root and vim.fs.root(bufnr, M.config.root_markers) or nil
+  local capabilities = vim.lsp.protocol.make_client_capabilities()
+  -- Byte columns (utf-8) when the server agrees: no conversion between Neovim and the server.
+  capabilities.general = vim.tbl_extend("force", capabilities.general or {}, { positionEncodings = { "utf-8", "utf-16" } })
+  capabilities.textDocument = capabilities.textDocument or {}
+  capabilities.textDocument.inlineCompletion = { dynamicRegistration = false }
+  vim.lsp.start({
+    name = NAME,
+    cmd = cmd,
+    root_dir = root or vim.fn.getcwd(),
+    capabilities = capabilities,
+    init_options = vim.deepcopy(M.config.settings),
+    settings = { tabfill = vim.deepcopy(M.config.settings) },
+    on_exit = function(code, signal)
+      if code ~= 0 then
+        state.last_error = ("server exited with code %d (signal %d); see :LspLog"):format(code, signal or 0)
+      end
+    end,
+  }, { bufnr = bufnr })
+end
+
+-- ---------------------------------------------------------------------------- drawing
+local function clear()
+  if current and vim.api.nvim_buf_is_valid(current.bufnr) then
+    vim.api.nvim_buf_clear_namespace(current.bufnr, ns, 0, -1)
+  end
+  current = nil
+end
+
+local function render()
+  if not current then
+    return
+  end
+  local s = current
+  vim.api.nvim_buf_clear_namespace(s.bufnr, ns, 0, -1)
+  local lines = vim.split(s.text, "\n", { plain = true })
+  local opts = { hl_mode = "combine", priority = 200, right_gravity = true }
+  if lines[1] ~= "" then
+    opts.virt_text = { { lines[1], M.config.hl_group } }
+    opts.virt_text_pos = "inline"
+  end
+  if #lines > 1 then
+    local virt_lines = {}
+    for i = 2, #lines do
+      virt_lines[#virt_lines + 1] = lines[i] == "" and {} or { { lines[i], M.config.hl_group } }
+    end
+    opts.virt_lines = virt_lines
+  end
+  vim.api.nvim_buf_set_extmark(s.bufnr, ns, s.row, s.col, opts)
+  if not s.shown_sent then
+    s.shown_sent = true
+    local client = util.get_client_by_id(s.client_id)
+    if client then
+      util.notify(client, "textDocument/didShowCompletion", { item = s.item })
+    end
+  end
+end
+
+-- ---------------------------------------------------------------------------- requests
+local function cancel_pending()
+  if state.pending then
+    util.cancel_request(state.pending.client, state.pending.id)
+    state.cancelled = state.cancelled + 1
+    state.pending = nil
+  end
+end
+
+local function cursor()
+  local pos = vim.api.nvim_win_get_cursor(0)
+  return pos[1] - 1, pos[2]
+end
+
+--- The suggestion from an item for the cursor: nil when it does not fit where the cursor is.
+local function suggestion_from(item, bufnr, row, col, encoding, client_id)
+  local insert = item.insertText
+  if type(insert) == "table" then -- a StringValue (snippet): take its text
+    insert = insert.value
+  end
+  if type(insert) ~= "string" or insert == "" then
+    return nil
+  end
+  local line = vim.api.nvim_buf_get_lines(bufnr, row, row + 1, false)[1] or ""
+  local start_col, end_col, end_row = col, col, row
+  if item.range then
+    start_col = util.byte_col(line, item.range.start.character, encoding)
+    end_row = item.range["end"].line
+    if item.range.start.line ~= row or end_row ~= row then
+      return nil -- only edits on the cursor's line are shown as ghost text
+    end
+    end_col = util.byte_col(line, item.range["end"].character, encoding)
+  end
+  if start_col > col or end_col < col then
+    return nil
+  end
+  local typed = line:sub(start_col + 1, col)
+  if insert:sub(1, #typed) ~= typed then
+    return nil -- the item replaces text before the cursor with something else
+  end
+  local text = insert:sub(#typed + 1)
+  if text == "" then
+    return nil
+  end
+  return {
+    bufnr = bufnr,
+    row = row,
+    col = col,
+    text = text,
+    replace_bytes = end_col - col,
+    item = item,
+    client_id = client_id,
+    accepted = 0,
+    shown_sent = false,
+  }
+end
+
+local function request(trigger_kind)
+  local bufnr = vim.api.nvim_get_current_buf()
+  local client = client_for(bufnr)
+  if not client or not state.enabled or vim.fn.mode() ~= "i" then
+    return
+  end
+  cancel_pending()
+  local row, col = cursor()
+  local encoding = client.offset_encoding or "utf-16"
+  local line = vim.api.nvim_buf_get_lines(bufnr, row, row + 1, false)[1] or ""
+  local params = {
+    textDocument = { uri = vim.uri_from_bufnr(bufnr) },
+    position = { line = row, character = util.encoded_col(line, col, encoding) },
+    context = { triggerKind = trigger_kind or 2 },
+  }
+  state.seq = state.seq + 1
+  local seq = state.seq
+  local tick = vim.api.nvim_buf_get_changedtick(bufnr)
+  local started = uv.hrtime()
+  state.last_request = { bufnr = bufnr, row = row, col = col }
+  local ok, id = util.request(client, "textDocument/inlineCompletion", params, function(err, result)
+    if state.pending and state.pending.seq == seq then
+      state.pending = nil
+    end
+    if err then
+      if err.code ~= -32800 then -- RequestCancelled
+        state.last_error = err.message
+      end
+      return
+    end
+    state.responses = state.responses + 1
+    state.last_latency_ms = (uv.hrtime() - started) / 1e6
+    state.last_error = nil
+    if seq ~= state.seq or not vim.api.nvim_buf_is_valid(bufnr) then
+      return -- a newer request is on its way
+    end
+    if vim.api.nvim_buf_get_changedtick(bufnr) ~= tick or vim.api.nvim_get_current_buf() ~= bufnr then
+      return
+    end
+    local now_row, now_col = cursor()
+    if now_row ~= row or now_col ~= col or vim.fn.mode() ~= "i" then
+      return
+    end
+    local items = result and (result.items or result) or {}
+    local suggestion = nil
+    for _, item in ipairs(items) do
+      suggestion = suggestion_from(item, bufnr, row, col, encoding, client.id)
+      if suggestion then
+        break
+      end
+    end
+    state.last_answer = { bufnr = bufnr, row = row, col = col, text = suggestion and suggestion.text or "" }
+    clear()
+    current = suggestion
+    render()
+  end, bufnr)
+  if ok and id then
+    state.requests_sent = state.requests_sent + 1
+    state.pending = { client = client, id = id, seq = seq }
+  end
+end
+
+local function schedule_request()
+  if not state.enabled or not M.config.auto_trigger then
+    return
+  end
+  state.timer = state.timer or uv.new_timer()
+  state.timer:stop()
+  state.timer:start(M.config.debounce_ms, 0, vim.schedule_wrap(function()
+    request(2)
+  end))
+end
+
+--- After the buffer or cursor changed: keep what the user typed through, hide the rest, ask again.
+local function on_change()
+  local bufnr = vim.api.nvim_get_current_buf()
+  if not client_for(bufnr) then
+    return
+  end
+  if current then
+    local row, col = cursor()
+    local s = current
+    local keep = false
+    if s.bufnr == bufnr and row == s.row and col >= s.col then
+      local line = vim.api.nvim_buf_get_lines(bufnr, row, row + 1, false)[1] or ""
+      local typed = line:sub(s.col + 1, col)
+      if col == s.col then
+        keep = true -- e.g. our own insertion already moved the anchor
+      elseif typed ~= "" and s.text:sub(1, #typed) == typed and not typed:find("\n", 1, true) then
+        s.text = s.text:sub(#typed + 1)
+        s.col = col
+        keep = s.text ~= ""
+      end
+    end
+    if keep then
+      render()
+    else
+      clear()
+    end
+  end
+  cancel_pending()
+  schedule_request()
+end
+
+-- ---------------------------------------------------------------------------- accepting
+local function send_accept(s)
+  local client = util.get_client_by_id(s.client_id)
+  if client and s.item.command then
+    util.request(client, "workspace/executeCommand", {
+      command = s.item.command.command,
+      arguments = s.item.command.arguments,
+    }, function() end, s.bufnr)
+  end
+end
+
+--- Insert `chunk` (a prefix of the suggestion) at the cursor; `last` also replaces the item's range end.
+local function insert(s, chunk, last)
+  local lines = vim.split(chunk, "\n", { plain = true })
+  local end_col = s.col + (last and s.replace_bytes or 0)
+  vim.api.nvim_buf_set_text(s.bufnr, s.row, s.col, s.row, end_col, lines)
+  local new_row = s.row + #lines - 1
+  local new_col = (#lines == 1 and s.col or 0) + #lines[#lines]
+  vim.api.nvim_win_set_cursor(0, { new_row + 1, new_col })
+  return new_row, new_col
+end
+
+local function next_word(text)
+  local first_line_end = text:find("\n", 1, true)
+  if first_line_end == 1 then
+    return text:match("^\n[ \t]*") -- the line break and the next line's indentation
+  end
+  local line = first_line_end and text:sub(1, first_line_end - 1) or text
+  return line:match("^%s*[%w_]+") or line:match("^%s*[^%w_%s]+") or line:match("^%s+") or line:sub(1, 1)
+end
+
+local function next_line(text)
+  local first_line_end = text:find("\n", 1, true)
+  if not first_line_end then
+    return text
+  end
+  if first_line_end == 1 then
+    local second = text:find("\n", 2, true)
+    return second and text:sub(1, second - 1) or text
+  end
+  return text:sub(1, first_line_end - 1)
+end
+
+--- Accept the whole suggestion; returns false when none is shown.
+function M.accept()
+  local s = current
+  if not s or s.bufnr ~= vim.api.nvim_get_current_buf() then
+    return false
+  end
+  clear()
+  insert(s, s.text, true)
+  send_accept(s)
+  return true
+end
+
+local function accept_part(pick)
+  local s = current
+  if not s or s.bufnr ~= vim.api.nvim_get_current_buf() then
+    return false
+  end
+  local chunk = pick(s.text)
+  if chunk == nil or chunk == "" or chunk == s.text then
+    return M.accept()
+  end
+  local rest = s.text:sub(#chunk + 1)
+  local row, col = insert(s, chunk, false)
+  s.accepted = s.accepted + vim.fn.strchars(chunk)
+  s.text, s.row, s.col = rest, row, col
+  render()
+  local client = util.get_client_by_id(s.client_id)
+  if client then
+    util.notify(client, "textDocument/didPartiallyAcceptCompletion", { item = s.item, acceptedLength = s.accepted })
+  end
+  return true
+end
+
+function M.accept_word()
+  return accept_part(next_word)
+end
+
+function M.accept_line()
+  return accept_part(next_line)
+end
+
+function M.dismiss()
+  if not current then
+    return false
+  end
+  clear()
+  cancel_pending()
+  return true
+end
+
+--- Ask now (also when auto_trigger is off).
+function M.trigger()
+  if state.timer then
+    state.timer:stop()
+  end
+  request(1)
+  return true
+end
+
+function M.visible()
+  return current ~= nil and current.bufnr == vim.api.nvim_get_current_buf()
+end
+
+function M.enable()
+  state.enabled = true
+end
+
+function M.disable()
+  state.enabled = false
+  M.dismiss()
+end
+
+function M.toggle()
+  if state.enabled then
+    M.disable()
+  else
+    M.enable()
+  end
+  vim.notify("tabfill " .. (state.enabled and "enabled" or "disabled"))
+end
+
+--- For :checkhealth, :TabfillStatus and tests.
+function M.info()
+  return {
+    enabled = state.enabled,
+    visible = current ~= nil,
+    suggestion = current and current.text or nil,
+    anchor = current and { row = current.row, col = current.col } or nil,
+    requests_sent = state.requests_sent,
+    responses = state.responses,
+    cancelled = state.cancelled,
+    pending = state.pending ~= nil,
+    last_latency_ms = state.last_latency_ms,
+    last_error = state.last_error,
+    last_request = state.last_request,
+    last_answer = state.last_answer,
+  }
+end
+
+--- The server's `tabfill/status` (model, device, state, last timings), synchronously; nil, err on failure.
+function M.server_status(bufnr, timeout_ms)
+  local client = client_for(bufnr or vim.api.nvim_get_current_buf()) or util.get_clients({ name = NAME })[1]
+  if not client then
+    return nil, "no tabfill client is running (open a file of a configured filetype)"
+  end
+  local response, err = util.request_sync(client, "tabfill/status", vim.NIL, timeout_ms or 2000)
+  if not response then
+    return nil, err or "no answer"
+  end
+  if response.err then
+    return nil, response.err.message
+  end
+  return response.result, nil
+end
+
+function M.update_settings(settings)
+  M.config.settings = vim.tbl_deep_extend("force", M.config.settings, settings or {})
+  for _, client in ipairs(util.get_clients({ name = NAME })) do
+    client.config.settings = { tabfill = vim.deepcopy(M.config.settings) }
+    util.notify(client, "workspace/didChangeConfiguration", { settings = { tabfill = M.config.settings } })
+  end
+end
+
+-- ---------------------------------------------------------------------------- keys
+local function feed_fallback(lhs)
+  local original = state.fallbacks[lhs]
+  if original and not vim.tbl_isempty(original) then
+    local rhs = original.rhs or ""
+    if original.callback then
+      local result = original.callback()
+      if original.expr == 1 and type(result) == "string" then
+        rhs = result
+      else
+        return
+      end
+    elseif original.expr == 1 then
+      rhs = vim.api.nvim_eval(rhs)
+    end
+    local keys = original.expr == 1 and original.replace_keycodes ~= 1 and rhs
+      or vim.api.nvim_replace_termcodes(rhs, true, false, true)
+    vim.api.nvim_feedkeys(keys, original.noremap == 1 and "n" or "m", false)
+    return
+  end
+  vim.api.nvim_feedkeys(vim.api.nvim_replace_termcodes(lhs, true, false, true), "n", false)
+end
+
+local function map(lhs, action)
+  if not lhs or lhs == "" then
+    return
+  end
+  local existing = vim.fn.maparg(lhs, "i", false, true)
+  if existing and existing.desc ~= "tabfill" then
+    state.fallbacks[lhs] = existing
+  end
+  vim.keymap.set("i", lhs, function()
+    if not action() then
+      feed_fallback(lhs)
+    end
+  end, { desc = "tabfill", silent = true })
+end
+
+-- ---------------------------------------------------------------------------- setup
+function M.setup(opts)
+  M.config = vim.tbl_deep_extend("force", vim.deepcopy(defaults), opts or {})
+  if opts and opts.filetypes then
+    M.config.filetypes = opts.filetypes -- a list replaces, it does not merge
+  end
+  vim.api.nvim_set_hl(0, "TabfillSuggestion", { link = "Comment", default = true })
+  vim.api.nvim_clear_autocmds({ group = group })
+  vim.api.nvim_create_autocmd("FileType", {
+    group = group,
+    callback = function(args)
+      start_client(args.buf)
+    end,
+  })
+  vim.api.nvim_create_autocmd({ "TextChangedI", "CursorMovedI" }, {
+    group = group,
+    callback = on_change,
+  })
+  vim.api.nvim_create_autocmd("TextChangedP", { group = group, callback = on_change })
+  vim.api.nvim_create_autocmd("InsertEnter", { group = group, callback = schedule_request })
+  vim.api.nvim_create_autocmd({ "InsertLeave", "BufLeave" }, {
+    group = group,
+    callback = function()
+      if state.timer then
+        state.timer:stop()
+      end
+      cancel_pending()
+      clear()
+    end,
+  })
+  local keys = M.config.keys
+  map(keys.accept, M.accept)
+  map(keys.accept_word, M.accept_word)
+  map(keys.accept_line, M.accept_line)
+  map(keys.dismiss, M.dismiss)
+  map(keys.trigger, M.trigger)
+  -- buffers that are already open
+  for _, bufnr in ipairs(vim.api.nvim_list_bufs()) do
+    if vim.api.nvim_buf_is_loaded(bufnr) and vim.bo[bufnr].filetype ~= "" then
+      start_client(bufnr)
+    end
+  end
+end
+
+M._next_word = next_word
+M._next_line = next_line
+
+return M

