@@ -39,6 +39,8 @@ def summarize(system: dict[str, Any]) -> dict[str, Any]:
         "p95_ms": percentile(served_ms, 0.95),
         "p99_ms": percentile(served_ms, 0.99),
         "shown": len(shown),
+        "shown_p50_ms": percentile([row["latency_ms"] for row in shown], 0.5),
+        "shown_p95_ms": percentile([row["latency_ms"] for row in shown], 0.95),
         "agreed": sum(row["agreed"] for row in shown),
         "accepted_chars": sum(row["accepted_chars"] for row in shown),
         "typed_chars": sum(_typed_per_case(typing).values()),
@@ -87,24 +89,25 @@ def markdown(results: dict[str, Any]) -> str:
         f"AVX-512 {machine['avx512f']}; Python {machine['python']}, torch {machine['torch']} ({machine['torch_threads']} threads)",
         f"- Model: `{results['model']}` ({results['model_dir']}); typing pace ×{results['pace']}",
         "",
-        "Every system ran on the same cases in this one run, one after another on an otherwise idle machine. "
+        "Every system ran on the same cases in this one run, one after another (never two at once). "
         "Single absolute times on these 2-core machines are noisy: read the ratios.",
         "",
         "## Typing replay (a request per keystroke, the previous one cancelled)",
         "",
         "A request is *served* when its answer arrived before the next keystroke (an editor could show it); "
-        "latency percentiles are over served requests. *Agreed*: the shown suggestion's first line is what the "
+        "latency percentiles are over served requests (an empty answer counts: e.g. tabfill answers at once that "
+        "nothing is to be completed inside a word), *shown* over served requests with a non-empty suggestion. *Agreed*: the shown suggestion's first line is what the "
         "user typed next. *Accepted chars*: the characters of shown suggestions that match what was typed next.",
         "",
-        "| system | requests | served | cancelled | late | p50 ms | p95 ms | p99 ms | shown | agreed | accepted chars / typed | CPU s | peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| system | requests | served | cancelled | late | p50 ms | p95 ms | p99 ms | shown | shown p50 ms | shown p95 ms | agreed | accepted chars / typed | CPU s | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summaries:
         if not s["requests"]:
             continue
         out.append(
             f"| {s['name']} | {s['requests']} | {s['served']} | {s['cancelled']} | {s['late']} | {_fmt(s['p50_ms'], 1)} | "
-            f"{_fmt(s['p95_ms'], 1)} | {_fmt(s['p99_ms'], 1)} | {s['shown']} | {s['agreed']} | "
+            f"{_fmt(s['p95_ms'], 1)} | {_fmt(s['p99_ms'], 1)} | {s['shown']} | {_fmt(s['shown_p50_ms'], 1)} | {_fmt(s['shown_p95_ms'], 1)} | {s['agreed']} | "
             f"{s['accepted_chars']} / {s['typed_chars']} | {_fmt(s['cpu_s'], 1)} | {_fmt(s['peak_rss_mb'], 0)} |"
         )
     ratios = _ratios(summaries)
