@@ -103,9 +103,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     bandwidth = machine.memory_bandwidth_gbs()
     weights = {"fp32 (tabfill, transformers)": sum(p.stat().st_size for p in Path(model_dir).glob("*.safetensors"))}
     gguf: Path | None = None
-    if "llama.cpp" in systems and args.model == "default":
-        gguf = default_gguf()
-        weights[f"GGUF {gguf.name} (llama.cpp)"] = gguf.stat().st_size
+    llama_python: Path | None = None
+    if "llama.cpp" in systems:
+        llama_python, how = ensure_llama_cpp(install=not args.no_install)
+        if llama_python is None:
+            results["skipped"]["llama.cpp"] = how
+        elif args.model != "default":
+            results["skipped"]["llama.cpp"] = "llama.cpp needs the default model's GGUF file (--model default)"
+        else:
+            gguf = default_gguf()
+            weights[f"GGUF {gguf.name} (llama.cpp)"] = gguf.stat().st_size
     results["floor"] = {
         "copy_bandwidth_gbs": round(bandwidth, 2),
         "decode_floor_ms": {name: round(machine.decode_floor_ms(size, bandwidth), 2) for name, size in weights.items()},
@@ -125,15 +132,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         elif name == "transformers":
             system = TransformersSystem(model_dir)
         elif name == "llama.cpp":
-            if gguf is None:
-                results["skipped"][name] = "llama.cpp needs the default model's GGUF file (--model default)"
+            if llama_python is None or gguf is None:
+                log(f"llama.cpp skipped: {results['skipped'].get(name)}")
                 continue
-            python, how = ensure_llama_cpp(install=not args.no_install)
-            if python is None:
-                results["skipped"][name] = how
-                log(f"llama.cpp skipped: {how}")
-                continue
-            system = LlamaCppSystem(python, gguf, model_dir)
+            system = LlamaCppSystem(llama_python, gguf, model_dir)
         else:
             raise SystemExit(f"unknown system {name!r}; choose from {', '.join(ALL_SYSTEMS)}")
         results["systems"].append(await run_system(system, lines, typing))
