@@ -1,0 +1,276 @@
+// The VS Code side: starts `tabfill serve`, asks for inline completions, shows the status bar item.
+import * as vscode from "vscode";
+import {
+  DidChangeConfigurationNotification,
+  InlineCompletionRequest,
+  LanguageClient,
+  State,
+  WorkDoneProgress,
+  WorkDoneProgressCreateRequest,
+  type DynamicFeature,
+  type LanguageClientOptions,
+  type ServerOptions,
+  type StaticFeature,
+} from "vscode-languageclient/node";
+import { configurationParams, needsRestart, readSettings, type ExtensionSettings } from "./settings";
+import { Signals } from "./signals";
+import { StatusModel, type ServerStatus } from "./status";
+
+const STATUS_METHOD = "tabfill/status";
+const STATUS_POLL_MS = 1000;
+
+/**
+ * A LanguageClient without the library's own inline completion provider: ours (below) is the same
+ * request and conversion, plus the editor's show / partial-accept events, timing and the on/off switch.
+ * NOTE: the library's provider object is created and registered in one step, so the proposed
+ * `handleDidShowCompletionItem` hooks cannot be added to it.
+ */
+class TabfillClient extends LanguageClient {
+  registerFeature(feature: StaticFeature | DynamicFeature<unknown>): void {
+    const method = (feature as { registrationType?: { method?: string } }).registrationType?.method;
+    if (method === InlineCompletionRequest.method) {
+      return;
+    }
+    super.registerFeature(feature);
+  }
+}
+
+/** Stable API: provideInlineCompletionItems. The two handle* hooks are VS Code's proposed
+ * `inlineCompletionsAdditions` API: VS Code calls them only where that proposal is enabled for
+ * this extension; elsewhere only the accept command (run by VS Code on accept) is reported. */
+class InlineProvider implements vscode.InlineCompletionItemProvider {
+  constructor(
+    private readonly client: LanguageClient,
+    private readonly extension: Extension,
+  ) {}
+
+  async provideInlineCompletionItems(
+    document: vscode.TextDocument,
+    position: vscode.Position,
+    context: vscode.InlineCompletionContext,
+    token: vscode.CancellationToken,
+  ): Promise<vscode.InlineCompletionItem[] | vscode.InlineCompletionList | null | undefined> {
+    const client = this.client;
+    if (!this.extension.settings.enable || !client.isRunning()) {
+      return null;
+    }
+    const params = client.code2ProtocolConverter.asInlineCompletionParams(document, position, context);
+    const started = performance.now();
+    try {
+      const result = await client.sendRequest(InlineCompletionRequest.type, params, token);
+      if (token.isCancellationRequested) {
+        return null;
+      }
+      this.extension.status.latency(performance.now() - started);
+      this.extension.render();
+      return await client.protocol2CodeConverter.asInlineCompletionResult(result, token);
+    } catch (error) {
+      return client.handleFailedRequest(InlineCompletionRequest.type, token, error, null);
+    }
+  }
+
+  handleDidShowCompletionItem(item: vscode.InlineCompletionItem): void {
+    this.extension.signals.didShow(item);
+  }
+
+  handleDidPartiallyAcceptCompletionItem(item: vscode.InlineCompletionItem, info: number | { acceptedLength: number }): void {
+    this.extension.signals.didPartiallyAccept(item, info);
+  }
+}
+
+class Extension implements vscode.Disposable {
+  settings: ExtensionSettings;
+  readonly status = new StatusModel();
+  readonly signals: Signals;
+  private client: TabfillClient | undefined;
+  private readonly item = vscode.window.createStatusBarItem(vscode.StatusBarAlignment.Right, 100);
+  private readonly log = vscode.window.createOutputChannel("tabfill", { log: true });
+  private readonly disposables: vscode.Disposable[] = [];
+  private poll: NodeJS.Timeout | undefined;
+
+  constructor() {
+    this.settings = this.read();
+    this.signals = new Signals((method, params) => {
+      if (this.client?.isRunning()) {
+        void this.client.sendNotification(method, params);
+      }
+    });
+    this.item.name = "tabfill";
+    this.item.show();
+    this.status.setEnabled(this.settings.enable);
+    this.render();
+  }
+
+  private read(): ExtensionSettings {
+    const config = vscode.workspace.getConfiguration("tabfill");
+    const settings = readSettings((key) => config.get(key));
+    for (const problem of settings.problems) {
+      void vscode.window.showWarningMessage(`tabfill: ${problem}`);
+    }
+    return settings;
+  }
+
+  render(): void {
+    const view = this.status.view();
+    this.item.text = view.text;
+    this.item.tooltip = view.tooltip;
+    this.item.command = view.kind === "error" ? "tabfill.showLog" : "tabfill.toggle";
+    this.item.backgroundColor = view.kind === "error" ? new vscode.ThemeColor("statusBarItem.errorBackground") : undefined;
+  }
+
+  async start(): Promise<void> {
+    const { command, args } = this.settings.server;
+    const serverOptions: ServerOptions = { command, args, options: { env: { ...process.env } } };
+    const clientOptions: LanguageClientOptions = {
+      documentSelector: [{ scheme: "file" }, { scheme: "untitled" }],
+      initializationOptions: { tabfill: this.settings.serverSettings },
+      outputChannel: this.log,
+      initializationFailedHandler: (error) => {
+        this.status.fail(`the server did not start: ${error instanceof Error ? error.message : String(error)}`);
+        this.render();
+        return false;
+      },
+    };
+    const client = new TabfillClient("tabfill", "tabfill", serverOptions, clientOptions);
+    this.client = client;
+    this.disposables.push(
+      client.onDidChangeState((event) => {
+        if (event.newState === State.Stopped && this.client === client && this.status.state !== "error") {
+          this.status.fail("the server stopped; see the log");
+          this.render();
+        }
+      }),
+      vscode.languages.registerInlineCompletionItemProvider(
+        [{ scheme: "file" }, { scheme: "untitled" }],
+        new InlineProvider(client, this),
+      ),
+    );
+    this.status.progress("begin", `starting ${command}`);
+    this.render();
+    try {
+      await client.start();
+    } catch (error) {
+      this.status.fail(`could not start \`${command} ${args.join(" ")}\`: ${error instanceof Error ? error.message : String(error)}`);
+      this.render();
+      return;
+    }
+    // Model loading reports $/progress: show it here instead of a notification.
+    client.onRequest(WorkDoneProgressCreateRequest.type, ({ token }) => {
+      const subscription = client.onProgress(WorkDoneProgress.type, token, (value) => {
+        this.status.progress(value.kind, value.message, "percentage" in value ? value.percentage : undefined);
+        this.render();
+        if (value.kind === "end") {
+          subscription.dispose();
+          void this.refresh();
+        }
+      });
+    });
+    this.startPolling();
+  }
+
+  /** Ask the server for its state until the model is ready (or failed). */
+  private startPolling(): void {
+    this.stopPolling();
+    this.poll = setInterval(() => void this.refresh(), STATUS_POLL_MS);
+    void this.refresh();
+  }
+
+  private stopPolling(): void {
+    if (this.poll) {
+      clearInterval(this.poll);
+      this.poll = undefined;
+    }
+  }
+
+  async refresh(): Promise<void> {
+    const client = this.client;
+    if (!client?.isRunning()) {
+      return;
+    }
+    try {
+      const status = (await client.sendRequest(STATUS_METHOD, null)) as ServerStatus;
+      this.status.status(status);
+      if (status.state === "ready" || status.state === "failed") {
+        this.stopPolling();
+      }
+    } catch (error) {
+      this.log.warn(`tabfill/status failed: ${error instanceof Error ? error.message : String(error)}`);
+    }
+    this.render();
+  }
+
+  async onConfigurationChanged(): Promise<void> {
+    const before = this.settings;
+    this.settings = this.read();
+    this.status.setEnabled(this.settings.enable);
+    this.render();
+    if (needsRestart(before.server, this.settings.server)) {
+      await this.restart();
+      return;
+    }
+    if (this.client?.isRunning() && JSON.stringify(before.serverSettings) !== JSON.stringify(this.settings.serverSettings)) {
+      await this.client.sendNotification(DidChangeConfigurationNotification.type, configurationParams(this.settings.serverSettings));
+      this.startPolling(); // a new model loads
+    }
+  }
+
+  async restart(): Promise<void> {
+    this.stopPolling();
+    const client = this.client;
+    this.client = undefined;
+    if (client) {
+      await client.stop().catch(() => undefined);
+    }
+    for (const disposable of this.disposables.splice(0)) {
+      disposable.dispose();
+    }
+    await this.start();
+  }
+
+  async toggle(): Promise<void> {
+    const config = vscode.workspace.getConfiguration("tabfill");
+    await config.update("enable", !this.settings.enable, vscode.ConfigurationTarget.Global);
+  }
+
+  showLog(): void {
+    this.log.show(true);
+  }
+
+  dispose(): void {
+    this.stopPolling();
+    for (const disposable of this.disposables.splice(0)) {
+      disposable.dispose();
+    }
+    this.item.dispose();
+    this.log.dispose();
+  }
+
+  async stop(): Promise<void> {
+    this.stopPolling();
+    await this.client?.stop().catch(() => undefined);
+  }
+}
+
+let extension: Extension | undefined;
+
+export async function activate(context: vscode.ExtensionContext): Promise<void> {
+  const current = new Extension();
+  extension = current;
+  context.subscriptions.push(
+    current,
+    vscode.commands.registerCommand("tabfill.toggle", () => current.toggle()),
+    vscode.commands.registerCommand("tabfill.showLog", () => current.showLog()),
+    vscode.commands.registerCommand("tabfill.restart", () => current.restart()),
+    vscode.workspace.onDidChangeConfiguration((event) => {
+      if (event.affectsConfiguration("tabfill")) {
+        void current.onConfigurationChanged();
+      }
+    }),
+  );
+  await current.start();
+}
+
+export async function deactivate(): Promise<void> {
+  await extension?.stop();
+  extension = undefined;
+}

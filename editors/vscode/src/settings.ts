@@ -1,0 +1,78 @@
+// Pure logic (no `vscode` import): the extension's settings, mapped to the server command and to the
+// server's settings (initializationOptions and workspace/didChangeConfiguration).
+
+/** Reads one setting, like vscode.WorkspaceConfiguration.get. */
+export type Getter = (key: string) => unknown;
+
+/** Settings that go to the server, by their key under `tabfill.` (the server accepts camelCase). */
+export const SERVER_KEYS = [
+  "model",
+  "device",
+  "maxNewTokens",
+  "singleLineMaxNewTokens",
+  "deadlineMs",
+  "enabledLanguages",
+  "maxPrefixTokens",
+  "maxSuffixTokens",
+  "multiLine",
+] as const;
+
+export type ServerSettings = Partial<Record<(typeof SERVER_KEYS)[number], unknown>>;
+
+export interface ServerCommand {
+  command: string;
+  args: string[];
+}
+
+export interface ExtensionSettings {
+  enable: boolean;
+  server: ServerCommand;
+  serverSettings: ServerSettings;
+  problems: string[];
+}
+
+const DEFAULT_COMMAND = "tabfill";
+const DEFAULT_ARGS = ["serve"];
+
+/** Settings from a getter; a value of the wrong type is reported and the default kept. */
+export function readSettings(get: Getter): ExtensionSettings {
+  const problems: string[] = [];
+  const enable = get("enable");
+  const path = get("server.path");
+  const args = get("server.args");
+  let command = DEFAULT_COMMAND;
+  if (typeof path === "string" && path.trim() !== "") {
+    command = path.trim();
+  } else if (path !== undefined && path !== null && path !== "") {
+    problems.push(`tabfill.server.path must be a string, got ${JSON.stringify(path)}`);
+  }
+  let serverArgs = DEFAULT_ARGS;
+  if (Array.isArray(args) && args.every((arg) => typeof arg === "string")) {
+    serverArgs = args.length > 0 ? (args as string[]) : DEFAULT_ARGS;
+  } else if (args !== undefined && args !== null) {
+    problems.push(`tabfill.server.args must be a list of strings, got ${JSON.stringify(args)}`);
+  }
+  const serverSettings: ServerSettings = {};
+  for (const key of SERVER_KEYS) {
+    const value = get(key);
+    if (value !== undefined && value !== null) {
+      serverSettings[key] = value; // the server checks types and ranges and says what it ignored
+    }
+  }
+  return {
+    enable: typeof enable === "boolean" ? enable : true,
+    server: { command, args: serverArgs },
+    serverSettings,
+    problems,
+  };
+}
+
+/** What workspace/didChangeConfiguration carries (the server reads the "tabfill" section). */
+export function configurationParams(settings: ServerSettings): { settings: { tabfill: ServerSettings } } {
+  return { settings: { tabfill: settings } };
+}
+
+/** Whether a change of these settings needs a new server process (the command changed). */
+export function needsRestart(before: ServerCommand, after: ServerCommand): boolean {
+  return before.command !== after.command || before.args.join("\u0000") !== after.args.join("\u0000");
+}
