@@ -205,8 +205,8 @@ def merge(data: dict[str, Any], pending: _Pending) -> None:
     languages: dict[str, Any] = data["languages"]
 
     def entry(language: str) -> dict[str, Any]:
-        if language not in languages and len(languages) >= MAX_LANGUAGES:
-            language = OTHER
+        if language not in languages and language != OTHER and len(languages) >= MAX_LANGUAGES - 1:
+            language = OTHER  # NOTE: one slot stays free for OTHER, so the file holds MAX_LANGUAGES at most
         return languages.setdefault(language, {**dict.fromkeys(COUNTERS, 0), "latenciesMs": []})
 
     for language, counts in pending.counts.items():
