@@ -5,11 +5,17 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from bench.cases import LineCase, TypingCase
+from bench.cases import DATA, LineCase, TypingCase
 from bench.systems import Pending, System
 
 LINE_TIMEOUT_S = 60.0
 LAST_KEY_WAIT_S = 10.0
+
+
+def case_uri(name: str) -> str:
+    """The document is the real file (opened with the case's text), inside the workspace folder bench/data,
+    so cross-file context sees the file's real neighbours."""
+    return (DATA / name.rsplit(":", 1)[0]).resolve().as_uri()
 
 
 def edit_similarity(a: str, b: str) -> float:
@@ -48,7 +54,7 @@ def score_line(predicted: str, expected: str) -> dict[str, Any]:
 async def run_line_cases(system: System, cases: list[LineCase]) -> list[dict[str, Any]]:
     rows = []
     for index, case in enumerate(cases):
-        uri = f"file:///bench/line/{index}/{case.name.replace(':', '_')}"
+        uri = case_uri(case.name)
         text = case.prefix + case.suffix
         await system.open(uri, case.language_id, text)
         handle = system.request(uri, case.language_id, text, len(case.prefix))
@@ -76,7 +82,7 @@ async def run_typing_case(system: System, case: TypingCase, index: int) -> list[
     """Type the case key by key at its recorded times; a request per keystroke, the previous one cancelled.
 
     A request is *served* when its answer arrived before the next keystroke (the editor could show it)."""
-    uri = f"file:///bench/typing/{index}/{case.name.replace(':', '_')}"
+    uri = case_uri(case.name)
     text = case.prefix + case.suffix
     cursor = len(case.prefix)
     await system.open(uri, case.language_id, text)

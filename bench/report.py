@@ -148,7 +148,7 @@ def markdown(results: dict[str, Any]) -> str:
             "| step | p50 ms | p95 ms | max ms |",
             "|---|---|---|---|",
             f"| didChange applied (text, line index, tree) | {update['p50_ms']} | {update['p95_ms']} | {update['max_ms']} |",
-            f"| context_at | {context['p50_ms']} | {context['p95_ms']} | {context['max_ms']} |",
+            f"| tree snapshot + context_at | {context['p50_ms']} | {context['p95_ms']} | {context['max_ms']} |",
         ]
     if results.get("skipped"):
         out += ["", "## Skipped", ""]

@@ -27,7 +27,7 @@ from tabfill.completion.models import SMOLLM2, cache_root, fetch_default_gguf, r
 LLAMA_CPP_REQUIREMENT = "llama-cpp-python[server]==0.3.36"
 ALL_SYSTEMS = ("tabfill", "transformers", "llama.cpp")
 # Line completion only: tabfill with its syntax-aware parts turned off, the plain prefix prompt.
-TABFILL_PLAIN_OPTIONS: dict[str, Any] = {}
+TABFILL_PLAIN_OPTIONS: dict[str, Any] = {"syntaxPostprocess": False, "crossFileContext": False}
 
 
 def log(message: str) -> None:
