@@ -103,6 +103,7 @@ class CompletionService:
         self._results: TTLCache[tuple[object, ...], tuple[str, int, str]] = TTLCache(maxsize=512, ttl=600)
         self.last_timings = Timings()
         self.last_context: SyntaxContext | None = None
+        self.last_cross_file = ""  # the cross-file header of the last request that reached the context stage
 
     # ------------------------------------------------------------------ model lifecycle
     @property
@@ -186,7 +187,7 @@ class CompletionService:
         header = cross_file_header(request, settings)
         timings = timings.add("context", (time.perf_counter() - started) * 1000)
         with self._lock:
-            self.last_context = context
+            self.last_context, self.last_cross_file = context, header
         if context.mode is Mode.NONE:
             return _done(_empty(request, f"no completion here: {context.reason}", timings))
 

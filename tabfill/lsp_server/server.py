@@ -269,6 +269,7 @@ def create_server(settings: Settings | None = None) -> TabfillServer:
             "lastLatencyMs": None if ls.last_latency_ms is None else round(ls.last_latency_ms, 1),
             "documents": len(ls.documents),
             "lastContext": ls.documents.describe_context(ls.service.last_context),
+            "lastCrossFile": ls.service.last_cross_file,
         }
 
     @server.feature(types.SHUTDOWN)

@@ -210,15 +210,19 @@ class Definition:
 
 def _first_doc_line(raw: str) -> str:
     for line in raw.splitlines():
-        line = line.strip().lstrip("/*#").strip().strip("\"'").strip()
+        line = line.strip().lstrip("/*#").strip().removesuffix("*/").strip().strip("\"'").strip()
         if line:
             return line[:160]
     return ""
 
 
-def _header(node: Node, body: Node | None, source: bytes) -> str:
+def _header(node: Node, body: Node | None, source: bytes, start: Node | None = None) -> str:
+    """The declaration up to its body (Python: up to its ":"), whitespace runs joined when it spans lines."""
     end = body.start_byte if body is not None else node.end_byte
-    header = source[node.start_byte : end].decode("utf-8", "replace").rstrip().rstrip("{").rstrip()
+    colon = next((child for child in node.children if child.type == ":" and child.end_byte <= end), None)
+    if colon is not None:
+        end = colon.end_byte
+    header = source[(start or node).start_byte : end].decode("utf-8", "replace").rstrip().rstrip("{").rstrip()
     header = " ".join(header.split()) if "\n" in header and len(header) < 400 else header
     return header[:300]
 
@@ -289,20 +293,20 @@ def _js_definitions(root: Node, source: bytes) -> list[Definition]:
                 value = declarator.child_by_field_name("value")
                 body = value.child_by_field_name("body") if value is not None and value.type in ("arrow_function", "function_expression", "function") else None
                 if body is not None:
-                    signature = _header(target, body, source)
+                    signature = _header(target, body, source, start=node)
                 else:
-                    signature = _text(target).split("\n", 1)[0][:200]
+                    signature = _text(node).split("\n", 1)[0][:200]
                 out.append(Definition(_text(name_node), signature, doc, default))
         elif target.type in _JS_DECLARATIONS:
             name_node, body = target.child_by_field_name("name"), target.child_by_field_name("body")
             if target.type in ("interface_declaration", "type_alias_declaration", "enum_declaration"):
                 text = _text(target)
-                signature = text if len(text) <= 400 and text.count("\n") <= 12 else _header(target, body, source)
+                signature = _text(node) if len(text) <= 400 and text.count("\n") <= 12 else _header(target, body, source, start=node)
             else:
-                signature = _header(target, body, source)
+                signature = _header(target, body, source, start=node)
             out.append(Definition(_text(name_node) if name_node is not None else "default", signature, doc, default))
         elif default:  # export default <expression>
-            out.append(Definition("default", _text(target).split("\n", 1)[0][:200], doc, True))
+            out.append(Definition("default", _text(node).split("\n", 1)[0][:200], doc, True))
     return out
 
 
@@ -382,7 +386,9 @@ class CrossFileIndex:
                     continue
                 files_read += 1
                 definitions = self._definitions(path, document, grammar)
-                chosen = [d for d in definitions if d.name in item.names or (item.default and d.default_export)]
+                order = {name: i for i, name in enumerate(item.names)}
+                chosen = [d for d in definitions if d.name in order or (item.default and d.default_export)]
+                chosen.sort(key=lambda d: order.get(d.name, -1) if not d.default_export else -1)
                 for definition in chosen[: MAX_SNIPPETS - len(out)]:
                     out.append(Snippet(self._relative(path), definition.render(), "definition"))
                 break

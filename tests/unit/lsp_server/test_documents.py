@@ -1,0 +1,106 @@
+"""DocumentStore keeps each document's tree in step with didChange (UTF-16 positions, CRLF, emoji)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from lsprotocol import types
+
+from tabfill.lsp_server.documents import DocumentStore
+from tabfill.syntax_cache.tree import parse_text
+
+URI = "file:///w/t.py"
+
+
+def change(store: DocumentStore, version: int, *edits: tuple[int, int, int, int, str]) -> None:
+    params = types.DidChangeTextDocumentParams(
+        text_document=types.VersionedTextDocumentIdentifier(uri=URI, version=version),
+        content_changes=[
+            types.TextDocumentContentChangePartial(range=types.Range(types.Position(a, b), types.Position(c, d)), text=text)
+            for a, b, c, d, text in edits
+        ],
+    )
+    store.change(params, "utf-16")
+
+
+def open_doc(store: DocumentStore, text: str, language: str = "python", uri: str = URI) -> None:
+    store.open(types.TextDocumentItem(uri=uri, language_id=language, version=1, text=text))
+
+
+def assert_tree_matches(store: DocumentStore, language: str = "python") -> None:
+    document, tree = store.get(URI), store.tree(URI)
+    assert document is not None and tree is not None and tree.tree is not None and not tree.stale
+    fresh = parse_text(language, document.text)
+    assert fresh is not None and str(tree.tree.root_node) == str(fresh.root_node)
+
+
+def test_several_changes_in_one_notification_one_incremental_parse() -> None:
+    store = DocumentStore()
+    open_doc(store, "s = '😀'\r\ndef f(x):\r\n    return x\r\n")
+    # utf-16: the emoji is 2 units; replace "x" in the return, then insert a line before it
+    change(store, 2, (2, 11, 2, 12, "漢 + 1"), (2, 0, 2, 0, "    y = '😀'\r\n"))
+    document = store.get(URI)
+    assert document is not None and document.text == "s = '😀'\r\ndef f(x):\r\n    y = '😀'\r\n    return 漢 + 1\r\n"
+    assert_tree_matches(store)
+    tree = store.tree(URI)
+    assert tree is not None and tree.full_parses == 1 and tree.incremental_parses == 1
+
+
+def test_a_range_past_the_end_is_clamped_logged_and_resynced(caplog: pytest.LogCaptureFixture) -> None:
+    store = DocumentStore()
+    open_doc(store, "x = 1\n")
+    with caplog.at_level(logging.WARNING):
+        change(store, 2, (0, 4, 99, 0, "2\ny = 3\n"))
+    document = store.get(URI)
+    assert document is not None and document.text == "x = 2\ny = 3\n"
+    assert "past the end" in caplog.text
+    assert_tree_matches(store)
+    tree = store.tree(URI)
+    assert tree is not None and tree.resyncs == 1 and tree.full_parses == 2
+
+
+def test_a_full_text_change_reparses_in_full() -> None:
+    store = DocumentStore()
+    open_doc(store, "x = 1\n")
+    store.change(
+        types.DidChangeTextDocumentParams(
+            text_document=types.VersionedTextDocumentIdentifier(uri=URI, version=2),
+            content_changes=[types.TextDocumentContentChangeWholeDocument(text="def g():\n    pass\n")],
+        ),
+        "utf-16",
+    )
+    assert_tree_matches(store)
+
+
+def test_snapshot_and_unknown_language() -> None:
+    store = DocumentStore()
+    open_doc(store, "def f():\n    pass\n")
+    snapshot, snippets = store.request_context(URI)
+    assert snapshot is not None and snapshot.grammar == "python" and snippets == ()
+    open_doc(store, "IDENTIFICATION DIVISION.", language="cobol", uri="file:///w/a.cob")
+    assert store.request_context("file:///w/a.cob") == (None, ())
+    assert store.close(URI) and store.tree(URI) is None
+
+
+def test_request_context_carries_imported_definitions_and_recent_edits(tmp_path: Path) -> None:
+    store = DocumentStore()
+    store.set_workspace([types.WorkspaceFolder(uri=tmp_path.as_uri(), name="w")], None, None)
+    (tmp_path / "geo.py").write_text('def area(r):\n    """Area of a circle."""\n    return 3.14 * r * r\n')
+    other = (tmp_path / "notes.py").as_uri()
+    open_doc(store, "a = 1\nb = 2\n", uri=other)
+    store.change(
+        types.DidChangeTextDocumentParams(
+            text_document=types.VersionedTextDocumentIdentifier(uri=other, version=2),
+            content_changes=[types.TextDocumentContentChangePartial(range=types.Range(types.Position(1, 4), types.Position(1, 5)), text="3")],
+        ),
+        "utf-16",
+    )
+    main = (tmp_path / "main.py").as_uri()
+    open_doc(store, "from geo import area\n\nprint(area(", uri=main)
+    _, snippets = store.request_context(main)
+    assert [(s.kind, s.path, s.text) for s in snippets] == [
+        ("definition", "geo.py", "def area(r):\n    Area of a circle."),
+        ("recent", str(tmp_path / "notes.py"), "a = 1\nb = 3"),
+    ]
