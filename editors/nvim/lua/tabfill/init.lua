@@ -29,6 +29,9 @@ local defaults = {
     trigger = "<M-\\>",
   },
   hl_group = "TabfillSuggestion",
+  -- Neovim 0.12+: let vim.lsp.inline_completion draw and accept (this plugin then only starts the
+  -- server and maps `keys.accept`); ignored, with a warning, on older versions.
+  use_builtin = false,
 }
 
 M.config = vim.deepcopy(defaults)
@@ -543,6 +546,30 @@ function M.setup(opts)
     end,
   })
   local keys = M.config.keys
+  if M.config.use_builtin then
+    local builtin = vim.lsp.inline_completion
+    if builtin and builtin.enable and builtin.get then
+      vim.api.nvim_clear_autocmds({ group = group })
+      vim.api.nvim_create_autocmd("FileType", {
+        group = group,
+        callback = function(args)
+          start_client(args.buf)
+        end,
+      })
+      builtin.enable(true)
+      map(keys.accept, function()
+        return builtin.get() and true or false
+      end)
+      for _, bufnr in ipairs(vim.api.nvim_list_bufs()) do
+        if vim.api.nvim_buf_is_loaded(bufnr) and vim.bo[bufnr].filetype ~= "" then
+          start_client(bufnr)
+        end
+      end
+      return
+    end
+    vim.notify("tabfill: use_builtin needs Neovim 0.12 (vim.lsp.inline_completion); using tabfill's ghost text",
+      vim.log.levels.WARN)
+  end
   map(keys.accept, M.accept)
   map(keys.accept_word, M.accept_word)
   map(keys.accept_line, M.accept_line)
