@@ -183,6 +183,17 @@ def _scope_header(node: Node) -> str:
     return header[:120]
 
 
+def _previous_line_end_node(syntax: SyntaxSnapshot, cursor_byte: int) -> Node | None:
+    """The node holding the last non-blank character before the cursor's line."""
+    source = syntax.source
+    end = source.rfind(b"\n", 0, cursor_byte)
+    while end > 0 and source[end - 1 : end] in (b" ", b"\t", b"\r", b"\n"):
+        end -= 1
+    if end <= 0:
+        return None
+    return syntax.root.descendant_for_byte_range(end - 1, end)
+
+
 def _refine(context: SyntaxContext, syntax: SyntaxSnapshot, cp_offset: int) -> SyntaxContext:
     cursor_byte = syntax.byte_offset(cp_offset)
     root = syntax.root
@@ -219,12 +230,19 @@ def _refine(context: SyntaxContext, syntax: SyntaxSnapshot, cp_offset: int) -> S
         line_start = syntax.source.rfind(b"\n", 0, probe_byte) + 1
         probe_chars = len(syntax.source[line_start:cursor_byte].decode("utf-8", "surrogatepass"))
     named = node if node.is_named else (node.parent or node)
-    reason = context.reason
+    reason, block_indent = context.reason, context.block_indent
     if context.mode is Mode.MULTI and (in_comment or open_quote):
         reason = f"{reason}, inside a {'comment' if in_comment else 'string'}"
+    elif context.mode is Mode.MULTI and context.reason == "empty line after a block opener":
+        opener = _previous_line_end_node(syntax, cursor_byte)
+        if opener is not None and opener.type in ("comment", *_STRING_TYPES, "string_content", "string_end"):
+            # "# for example:" is not a block opener: the cursor line is a statement of the same block
+            previous_indent = max(context.block_indent - 1, 0)
+            reason, block_indent = "empty line in a block (the line above ends in a comment or string)", context.indent or previous_indent
     return dataclasses.replace(
         context,
         reason=reason,
+        block_indent=block_indent,
         scope=scope or context.scope,
         language=syntax.grammar,
         node_type=named.type,

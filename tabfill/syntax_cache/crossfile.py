@@ -115,17 +115,30 @@ def _text(node: Node) -> str:
     return (node.text or b"").decode("utf-8", "replace")
 
 
+_IMPORT_SCAN_GAP = 40  # imports sit at the top: stop after this many top-level statements without one
+
+
 def imports_of(snapshot: SyntaxSnapshot, limit: int = 64) -> list[Import]:
-    """Top-level imports of a Python/JavaScript/TypeScript file, in source order."""
+    """Top-level imports of a Python/JavaScript/TypeScript file, in source order (the scan stops after a run
+    of _IMPORT_SCAN_GAP top-level statements without an import, so a long file costs no more than its head)."""
     grammar = snapshot.grammar
+    root = snapshot.root
     found: list[Import] = []
-    for node in snapshot.root.named_children:
-        if len(found) >= limit:
+    gap = 0
+    for index in range(root.named_child_count):
+        if len(found) >= limit or gap > _IMPORT_SCAN_GAP:
+            break
+        node = root.named_child(index)
+        if node is None:
             break
         if grammar == "python":
-            found.extend(_python_imports(node, snapshot.text))
+            more = _python_imports(node, snapshot.text)
         elif grammar in ("javascript", "typescript", "tsx"):
-            found.extend(_js_imports(node))
+            more = _js_imports(node)
+        else:
+            more = []
+        found.extend(more)
+        gap = 0 if more or node.type == "comment" else gap + 1
     return found
 
 
@@ -150,10 +163,26 @@ def _python_imports(node: Node, text: str) -> list[Import]:
                 module, alias = _text(module_node), _text(alias_node) if alias_node is not None else ""
             else:
                 module = alias = _text(child)
-            used = sorted(set(re.findall(rf"\b{re.escape(alias or module)}\.([A-Za-z_]\w*)", text)))[:16]
-            out.append(Import(module, tuple(used)))
+            out.append(Import(module, _attributes_used(text, alias or module)))
         return out
     return []
+
+
+def _attributes_used(text: str, name: str, limit: int = 16) -> tuple[str, ...]:
+    """The NAME in each `name.NAME` of `text` (sorted, at most `limit`): what `import name` is used for."""
+    needle = name + "."
+    found: set[str] = set()
+    at = text.find(needle)
+    while at >= 0 and len(found) < limit:
+        if at == 0 or not (text[at - 1].isalnum() or text[at - 1] in "_."):
+            match = _IDENTIFIER.match(text, at + len(needle))
+            if match:
+                found.add(match.group())
+        at = text.find(needle, at + len(needle))
+    return tuple(sorted(found))
+
+
+_IDENTIFIER = re.compile(r"[A-Za-z_]\w*")
 
 
 def _js_imports(node: Node) -> list[Import]:

@@ -71,3 +71,17 @@ def test_a_window_of_the_document_maps_into_the_snapshot_with_base() -> None:
     offset = text.index("a, )") + 3
     context = context_at(window, offset - window_start, snapshot, base=window_start)
     assert context.scope == "def f(a):" and context.line_prefix == "    return h(a, " and context.node_type == "argument_list"
+
+
+@pytest.mark.parametrize(
+    "language, source, block_indent",
+    [
+        ("python", "def f():\n    x = 1\n    # for example:\n    |", 4),  # a comment ending in ":" opens nothing
+        ("python", "def f():\n    s = 'a:'\n    |", 4),  # the text rules already see no opener here
+        ("javascript", "function f() {\n  a(); // then {\n  |", 2),
+        ("python", "def f():\n    if x:\n        |", 5),  # a real opener: the body must be indented deeper
+    ],
+)
+def test_a_block_opener_inside_a_comment_opens_nothing(language: str, source: str, block_indent: int) -> None:
+    context = at(language, source)
+    assert context.mode is Mode.MULTI and context.block_indent == block_indent, context.reason
