@@ -78,6 +78,7 @@ async def test_items_carry_the_accept_command_and_signals_are_counted_once(tiny_
         current = await status(lsp)
         assert field(current, "lastLatencyMs") is not None and field(current, "lastLatencyMs") >= 0
 
+    assert isinstance(item.insert_text, str)
     python = row(stats_json(tmp_path), "python")
     assert python["requests"] == 2 and python["suggested"] == 2 and python["latencySamples"] == 2
     assert python["shown"] == 1 and python["accepted"] == 1 and python["partial"] == 2
