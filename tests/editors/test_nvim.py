@@ -293,3 +293,40 @@ def test_checkhealth_reports_server_model_and_latency(editor: Editor, reference_
     report = editor.buffer_text()
     assert "server ready" in report and "tiny-model" in report
     assert re.search(r"last completion: \d+ ms", report), report
+
+
+def test_multi_line_suggestions_and_edits_that_start_before_the_cursor(editor: Editor, reference_text: str) -> None:
+    editor.lua("require('tabfill').config.auto_trigger = false")
+    editor.suggest_at_end()
+    block = "x = 1\n        y = 2\n\n        return y"
+    assert editor.lua("return require('tabfill')._show({insertText = ...})", block)
+    row, col = LAST_ROW, len(LAST_LINE)
+    assert editor.ghost() == (row, col, block)  # inline first line, then virtual lines (a blank one too)
+
+    editor.type("<M-C-Right>")  # accept line: the rest of the current line
+    assert editor.buffer_text() == SOURCE + "x = 1"
+    assert editor.ghost() == (row, col + 5, block[5:])
+    editor.type("<M-Right>")  # accept word at a line end: the line break and the next indentation
+    assert editor.buffer_text() == SOURCE + "x = 1\n        "
+    assert editor.cursor() == (row + 1, 8)
+    assert editor.ghost() == (row + 1, 8, "y = 2\n\n        return y")
+    editor.type("<Tab>")
+    assert editor.buffer_text() == SOURCE + block
+    assert editor.cursor() == (row + 3, len("        return y"))
+
+    # an item whose range starts before the cursor (the typed "ret") and ends after it (a closing paren)
+    editor.reset()
+    editor.lua("vim.api.nvim_buf_set_lines(0, -1, -1, false, {'    ret)'})")
+    editor.type("Gf)i")
+    assert editor.cursor() == (LAST_ROW + 1, 7)
+    item = {"insertText": "return value)", "range": {"start": {"line": LAST_ROW + 1, "character": 4}, "end": {"line": LAST_ROW + 1, "character": 8}}}
+    assert editor.lua("return require('tabfill')._show(...)", item)
+    assert editor.ghost() == (LAST_ROW + 1, 7, "urn value)")
+    editor.type("<Tab>")
+    assert editor.buffer_text() == SOURCE + "\n    return value)"
+    assert editor.cursor() == (LAST_ROW + 1, len("    return value)"))
+
+    # an item that does not fit the text before the cursor is not shown
+    bad = {"insertText": "import", "range": {"start": {"line": LAST_ROW + 1, "character": 0}, "end": {"line": LAST_ROW + 1, "character": 4}}}
+    assert not editor.lua("return require('tabfill')._show(...)", bad)
+    assert editor.ghost() is None

@@ -583,6 +583,17 @@ function M.setup(opts)
   end
 end
 
+--- For tests: draw `item` (an LSP InlineCompletionItem) as if the server had answered it at the cursor.
+function M._show(item)
+  local bufnr = vim.api.nvim_get_current_buf()
+  local client = client_for(bufnr)
+  local row, col = cursor()
+  clear()
+  current = suggestion_from(item, bufnr, row, col, client and client.offset_encoding or "utf-8", client and client.id or -1)
+  render()
+  return current ~= nil
+end
+
 M._next_word = next_word
 M._next_line = next_line
 
