@@ -330,3 +330,18 @@ def test_multi_line_suggestions_and_edits_that_start_before_the_cursor(editor: E
     bad = {"insertText": "import", "range": {"start": {"line": LAST_ROW + 1, "character": 0}, "end": {"line": LAST_ROW + 1, "character": 4}}}
     assert not editor.lua("return require('tabfill')._show(...)", bad)
     assert editor.ghost() is None
+
+
+def test_a_newer_request_cancels_the_older_one_with_cancel_request(editor: Editor, reference_text: str, tmp_path: Path) -> None:
+    editor.lua("require('tabfill').config.auto_trigger = false")
+    editor.suggest_at_end()
+    editor.lua("vim.lsp.set_log_level('debug')")
+    before = editor.info()
+    after = editor.lua("local t = require('tabfill'); t.trigger(); t.trigger(); return t.info()")
+    assert after["requests_sent"] == before["requests_sent"] + 2
+    assert after["cancelled"] == before["cancelled"] + 1 and after["pending"]
+    editor.wait("the newer answer", lambda: not editor.info()["pending"] or None)
+    assert editor.ghost() == (LAST_ROW, len(LAST_LINE), reference_text)
+    log = editor.lua("return vim.lsp.get_log_path()")
+    assert str(tmp_path) in log  # the state folder is the test's
+    assert "$/cancelRequest" in Path(log).read_text(encoding="utf-8")
