@@ -51,6 +51,12 @@ def test_packages_a_vsix_with_the_compiled_extension_and_its_runtime_dependencie
     assert "extension/node_modules/vscode-languageclient/lib/node/main.js" in names
     assert not any(name.startswith("extension/out/test/") or name.endswith(".ts") for name in names)
     assert manifest["engines"]["vscode"] == "^1.91.0"
+    assert manifest["main"] == "./out/src/extension.js"
+    unpacked = tmp_path / "unpacked"
+    with zipfile.ZipFile(vsix) as archive:
+        archive.extractall(unpacked)
+    loaded = run("node", str(EXTENSION / "test" / "support" / "load-with-stub-vscode.js"), str(unpacked / "extension" / "out" / "src" / "extension.js"))
+    assert loaded.stdout.split() == ["function", "function"]  # activate, deactivate: the packaged code loads
     commands = {command["command"] for command in manifest["contributes"]["commands"]}
     assert {"tabfill.toggle", "tabfill.showLog"} <= commands
     settings = manifest["contributes"]["configuration"]["properties"]
