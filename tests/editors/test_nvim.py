@@ -171,6 +171,8 @@ def editor(tmp_path: Path, tiny_model: Path) -> Iterator[Editor]:
             "the server to load the model",
             lambda: (editor.lua("local s = require('tabfill').server_status(0, 2000); return s and s.state") == "ready") or None,
         )
+        messages = nvim.api.exec2("messages", {"output": True})["output"]
+        assert "LSP[tabfill]" not in messages, messages  # e.g. a settings warning from the server
         yield editor
     finally:
         try:

@@ -65,6 +65,12 @@ local state = {
 }
 
 -- ---------------------------------------------------------------------------- clients
+--- Settings as a JSON object even when empty (an empty Lua table would be sent as `[]`).
+local function settings_object()
+  local settings = vim.deepcopy(M.config.settings or {})
+  return next(settings) == nil and vim.empty_dict() or settings
+end
+
 local function client_for(bufnr)
   local clients = util.get_clients({ name = NAME, bufnr = bufnr })
   return clients[1]
@@ -103,8 +109,8 @@ local function start_client(bufnr)
     cmd = cmd,
     root_dir = root or vim.fn.getcwd(),
     capabilities = capabilities,
-    init_options = vim.deepcopy(M.config.settings),
-    settings = { tabfill = vim.deepcopy(M.config.settings) },
+    init_options = settings_object(),
+    settings = { tabfill = settings_object() },
     on_exit = function(code, signal)
       if code ~= 0 then
         state.last_error = ("server exited with code %d (signal %d); see :LspLog"):format(code, signal or 0)
@@ -472,8 +478,8 @@ end
 function M.update_settings(settings)
   M.config.settings = vim.tbl_deep_extend("force", M.config.settings, settings or {})
   for _, client in ipairs(util.get_clients({ name = NAME })) do
-    client.config.settings = { tabfill = vim.deepcopy(M.config.settings) }
-    util.notify(client, "workspace/didChangeConfiguration", { settings = { tabfill = M.config.settings } })
+    client.config.settings = { tabfill = settings_object() }
+    util.notify(client, "workspace/didChangeConfiguration", { settings = { tabfill = settings_object() } })
   end
 end
 
