@@ -104,3 +104,14 @@ def test_request_context_carries_imported_definitions_and_recent_edits(tmp_path:
         ("definition", "geo.py", "def area(r):\n    Area of a circle."),
         ("recent", str(tmp_path / "notes.py"), "a = 1\nb = 3"),
     ]
+
+
+def test_a_5mb_minified_file_falls_back_to_text_rules_and_stays_in_sync() -> None:
+    store = DocumentStore()
+    minified = "var a=[1,2,3];function f(b){return b+1}" * (5 * 1024 * 1024 // 40)
+    open_doc(store, minified, language="javascript")
+    change(store, 2, (0, 0, 0, 3, "let"))
+    document, tree = store.get(URI), store.tree(URI)
+    assert document is not None and document.text == "let" + minified[3:]
+    assert tree is not None and not tree.available and tree.tree is None
+    assert store.request_context(URI) == (None, ())
