@@ -14,7 +14,7 @@ from tabfill.lsp_server.positions import PositionEncoding, range_to_offsets
 from tabfill.syntax_cache.context import SyntaxContext
 from tabfill.syntax_cache.crossfile import CrossFileIndex, RecentEdits, Snippet, uri_to_path
 from tabfill.syntax_cache.document import Document
-from tabfill.syntax_cache.tree import SyntaxSnapshot, SyntaxTree
+from tabfill.syntax_cache.tree import SyntaxSnapshot, SyntaxTree, apply_edit
 
 log = logging.getLogger(__name__)
 
@@ -84,14 +84,12 @@ class DocumentStore:
                     if tree is not None:
                         tree.mark_inconsistent("edit range past the end")
                 start_offset, end_offset = range_to_offsets(document, start.line, start.character, end.line, end.character, encoding)
-                if tree is not None:
-                    tree.edit(document.text, start_offset, end_offset, change.text)
                 self.recent_edits.record(document, min(start_offset, end_offset), change.text)
-                document.replace(start_offset, end_offset, change.text, version)
+                apply_edit(document, tree, start_offset, end_offset, change.text, version, parse=False)
             else:
                 document.set_text(change.text, version)
                 if tree is not None:
-                    tree.mark_inconsistent("full-text change")
+                    tree.invalidate()
         if tree is not None:
             tree.parse(document.text)
         return document

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from tree_sitter import Language, Node, Parser, Tree
 
+from tabfill.syntax_cache.document import Document
 from tabfill.syntax_cache.languages import grammar_name, language_for
 
 log = logging.getLogger(__name__)
@@ -139,6 +140,11 @@ class SyntaxTree:
         self._needs_full = True
         self._parsed_text = None
 
+    def invalidate(self) -> None:
+        """The whole text was replaced (a full sync, not an error): the next parse is a full one."""
+        self._needs_full = True
+        self._parsed_text = None
+
     def reset(self, text: str) -> bool:
         """The whole text changed (full sync): parse from scratch."""
         self._needs_full = True
@@ -204,6 +210,19 @@ class SyntaxTree:
             log.warning("syntax tree for a %s document disabled: %s; using text rules", self.language_id, why)
         self.disabled_reason = why
         self._tree, self._parsed_text, self._source = None, None, b""
+
+
+def apply_edit(
+    document: Document, tree: SyntaxTree | None, cp_start: int, cp_end: int, new_text: str,
+    version: int | None = None, *, parse: bool = True,
+) -> bool:
+    """Replace code points [cp_start, cp_end) of `document` with `new_text` and describe the edit to its tree;
+    with `parse`, re-parse incrementally (bounded). Several edits of one notification: parse=False for all
+    but the last. Returns whether the tree describes the new text (False: text rules for now)."""
+    if tree is not None:
+        tree.edit(document.text, cp_start, cp_end, new_text)
+    document.replace(cp_start, cp_end, new_text, version)
+    return tree.parse(document.text) if tree is not None and parse else False
 
 
 def parse_text(language_id: str, text: str) -> Tree | None:

@@ -204,3 +204,17 @@ def test_the_edit_moves_nodes_after_it_to_their_new_points(before: str, start: i
     assert fresh is not None
     expected = fresh.root_node.children[-1]
     assert (moved.start_byte, moved.start_point, moved.end_point) == (expected.start_byte, expected.start_point, expected.end_point)
+
+
+def test_apply_edit_keeps_document_and_tree_in_step() -> None:
+    from tabfill.syntax_cache.tree import apply_edit
+
+    document = Document("file:///t.rs", "rust", 1, "fn main() {}\n")
+    tree = SyntaxTree("rust", document.text)
+    assert apply_edit(document, tree, 11, 11, "\n    let 漢 = 1;\n", version=2)
+    assert document.text == "fn main() {\n    let 漢 = 1;\n}\n" and document.version == 2
+    fresh = parse_text("rust", document.text)
+    assert tree.tree is not None and fresh is not None and str(tree.tree.root_node) == str(fresh.root_node)
+    assert tree.incremental_parses == 1
+    assert not apply_edit(document, None, 0, 0, "// x\n")  # no tree: the text still changes
+    assert document.text.startswith("// x\nfn main")
