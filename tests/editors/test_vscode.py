@@ -1,28 +1,34 @@
-"""The VS Code extension: `npm ci`, `tsc`, node's tests of its own logic, and a `.vsix` from `vsce package`.
+"""The VS Code extension: `npm ci`, `tsc`, node's tests of its own logic, a `.vsix` from `vsce package`,
+and the built extension driving the real server inside a stand-in for the `vscode` module.
 
-VS Code itself cannot run here; the protocol the extension speaks is covered by tests/lsp.
+VS Code itself cannot run here; the protocol the extension speaks is covered by tests/lsp too.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
 import pytest
+
+from tests.editors.conftest import SOURCE
 
 pytestmark = pytest.mark.vscode
 
 EXTENSION = Path(__file__).resolve().parents[2] / "editors" / "vscode"
 
 
-def run(*command: str) -> subprocess.CompletedProcess[str]:
+def run(*command: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     npm = shutil.which(command[0])
     if npm is None:
         pytest.fail(f"{command[0]} is not on PATH (node >= 20 and npm are needed for the VS Code extension)")
-    result = subprocess.run([npm, *command[1:]], cwd=EXTENSION, capture_output=True, text=True, timeout=600)
+    result = subprocess.run([npm, *command[1:]], cwd=EXTENSION, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     return result
 
@@ -61,3 +67,33 @@ def test_packages_a_vsix_with_the_compiled_extension_and_its_runtime_dependencie
     assert {"tabfill.toggle", "tabfill.showLog"} <= commands
     settings = manifest["contributes"]["configuration"]["properties"]
     assert {"tabfill.server.path", "tabfill.server.args", "tabfill.model", "tabfill.deadlineMs"} <= set(settings)
+
+
+def test_the_extension_drives_the_real_server(installed: None, tiny_model: Path, reference_text: str, tmp_path: Path) -> None:
+    """Status bar through loading to ready with a latency, the server's suggestion, accept, the
+    show/partial-accept hooks, toggle; then the server's local counts."""
+    run("npx", "tsc", "-p", ".")
+    sample = tmp_path / "sample.py"
+    sample.write_text(SOURCE + "\n", encoding="utf-8")
+    server = [sys.executable, "-m", "tabfill.cli", "serve", "--model", str(tiny_model)]
+    line, character = SOURCE.count("\n"), len(SOURCE.rsplit("\n", 1)[1])
+    env = {**os.environ, "TABFILL_CACHE_DIR": str(tmp_path / "cache")}
+    result = run(
+        "node", "test/support/drive-extension.js", "out/src/extension.js", json.dumps(server), str(sample), str(line), str(character),
+        env=env,
+    )
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert seen["messages"] == []
+    assert any(re.fullmatch(r"\$\(loading~spin\) tabfill \d+%", text) for text in seen["seen"]), seen["seen"]
+    assert seen["readyText"].startswith("$(check) tabfill")
+    assert re.fullmatch(r"\$\(check\) tabfill \d+ ms", seen["afterText"]), seen["afterText"]
+    assert [item["insertText"] for item in seen["items"]] == [reference_text]
+    assert seen["items"][0]["command"] == "tabfill.accept" and seen["items"][0]["arguments"][0]["language"] == "python"
+    assert seen["disabledText"] == "$(circle-slash) tabfill" and seen["disabled"] is None
+
+    stats = subprocess.run(
+        [sys.executable, "-m", "tabfill.cli", "stats", "--json"], capture_output=True, text=True, env=env, check=True
+    )
+    python = {row["language"]: row for row in json.loads(stats.stdout)["languages"]}["python"]
+    assert (python["requests"], python["shown"], python["partial"], python["accepted"]) == (1, 1, 1, 1)
+    assert python["acceptedChars"] == len(reference_text)

@@ -87,12 +87,17 @@ class Extension implements vscode.Disposable {
   private readonly log = vscode.window.createOutputChannel("tabfill", { log: true });
   private readonly disposables: vscode.Disposable[] = [];
   private poll: NodeJS.Timeout | undefined;
+  private readonly inFlight = new Set<Promise<void>>(); // signals not yet written
 
   constructor() {
     this.settings = this.read();
     this.signals = new Signals((method, params) => {
       if (this.client?.isRunning()) {
-        void this.client.sendNotification(method, params);
+        const sent: Promise<void> = this.client.sendNotification(method, params).catch((error: unknown) => {
+          this.log.warn(`${method} not sent: ${error instanceof Error ? error.message : String(error)}`);
+        });
+        this.inFlight.add(sent);
+        void sent.finally(() => this.inFlight.delete(sent));
       }
     });
     this.item.name = "tabfill";
@@ -247,6 +252,7 @@ class Extension implements vscode.Disposable {
 
   async stop(): Promise<void> {
     this.stopPolling();
+    await Promise.all(this.inFlight); // NOTE: stopping first would drop them
     await this.client?.stop().catch(() => undefined);
   }
 }

@@ -1,0 +1,82 @@
+// Runs the built extension inside test/support/fake-vscode.js against a real server command and
+// prints what a user would see, as JSON. Usage:
+//   node drive-extension.js <out/src/extension.js> '<server command as a JSON list>' <file> <line> <character>
+"use strict";
+const Module = require("module");
+const path = require("path");
+const fs = require("fs");
+const fake = require("./fake-vscode");
+const original = Module._resolveFilename;
+Module._resolveFilename = function (request, ...rest) {
+  return request === "vscode" ? "vscode" : original.call(this, request, ...rest);
+};
+require.cache["vscode"] = { id: "vscode", filename: "vscode", loaded: true, exports: fake };
+
+const [entry, serverJson, file, line, character] = process.argv.slice(2);
+const server = JSON.parse(serverJson);
+const { record, configuration, openEmitter, textDocument } = fake._test;
+configuration["tabfill.server.path"] = server[0];
+configuration["tabfill.server.args"] = server.slice(1);
+configuration["tabfill.deadlineMs"] = 60000;
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+async function until(what, probe, timeoutMs = 120000) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = probe();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}; log:\n${record.log.join("\n")}`);
+    await sleep(20);
+  }
+}
+
+(async () => {
+  const extension = require(path.resolve(entry));
+  const context = { subscriptions: [] };
+  await extension.activate(context);
+  const status = record.statusBarItems[0];
+  const seen = new Set([status.text]);
+  const timer = setInterval(() => seen.add(status.text), 5);
+  await until("the model to load", () => status.text.startsWith("$(check)") || status.text.startsWith("$(error)"));
+  const readyText = status.text;
+
+  const text = fs.readFileSync(file, "utf8");
+  const document = textDocument(fake.Uri.file(path.resolve(file)), "python", text);
+  fake.workspace.textDocuments.push(document);
+  openEmitter.fire(document);
+  const provider = await until("the inline completion provider", () => record.inlineProviders[0]);
+  const token = new fake.CancellationTokenSource().token;
+  const position = new fake.Position(Number(line), Number(character));
+  const result = await provider.provideInlineCompletionItems(document, position, { triggerKind: 1, selectedCompletionInfo: undefined }, token);
+  const items = (result && (result.items || result)) || [];
+  const item = items[0];
+  const afterText = status.text;
+
+  // what VS Code does on accept: run the item's command (registered by the client for the server)
+  let accepted = null;
+  if (item && item.command) {
+    accepted = await fake.commands.executeCommand(item.command.command, ...(item.command.arguments || []));
+  }
+  // the proposed-API hooks, as VS Code calls them where that API is enabled
+  if (item) {
+    provider.handleDidShowCompletionItem(item, item.insertText);
+    provider.handleDidPartiallyAcceptCompletionItem(item, { kind: 0, acceptedLength: 3 });
+  }
+  // toggle off: no more completions, status says so
+  await fake.commands.executeCommand("tabfill.toggle");
+  const disabled = await provider.provideInlineCompletionItems(document, position, { triggerKind: 1 }, token);
+  const disabledText = status.text;
+  clearInterval(timer);
+  await extension.deactivate();
+  for (const disposable of context.subscriptions) disposable.dispose();
+  console.log(JSON.stringify({
+    readyText, afterText, disabledText, seen: [...seen], accepted,
+    items: items.map((i) => ({ insertText: i.insertText, command: i.command && i.command.command, arguments: i.command && i.command.arguments })),
+    disabled, messages: record.messages, commands: [...record.commands.keys()],
+  }));
+  process.exit(0);
+})().catch((error) => {
+  console.error(error && error.stack ? error.stack : String(error));
+  console.error(record.log.join("\n"));
+  process.exit(1);
+});
