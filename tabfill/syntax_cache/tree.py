@@ -18,7 +18,9 @@ from tabfill.syntax_cache.languages import grammar_name, language_for
 
 log = logging.getLogger(__name__)
 
-PARSE_BUDGET_MS = 40.0  # a parse that takes longer is abandoned for this keystroke (the tree goes stale)
+PARSE_BUDGET_MS = 40.0  # an incremental parse that takes longer is abandoned for this keystroke (the tree goes stale)
+# A full parse (didOpen, a resync) runs once, not per keystroke: a 1 MB file takes ~120 ms here.
+FULL_PARSE_BUDGET_MS = 250.0
 MAX_TREE_BYTES = 2 * 1024 * 1024  # larger documents use text rules only
 _CHUNK_BYTES = 64 * 1024
 _MAX_FULL_PARSE_TIMEOUTS = 3  # after this many full parses over budget in a row, give the document up
@@ -78,16 +80,26 @@ class SyntaxTree:
     """The live tree of one document. Call `edit` for each change (with the text before it), then
     `parse` once with the text after all of a notification's changes. Never raises on bad input."""
 
-    def __init__(self, language_id: str, text: str, *, parse_budget_ms: float = PARSE_BUDGET_MS) -> None:
+    def __init__(
+        self, language_id: str, text: str, *, parse_budget_ms: float = PARSE_BUDGET_MS,
+        full_parse_budget_ms: float = FULL_PARSE_BUDGET_MS,
+    ) -> None:
         self.language_id = language_id
         self.grammar = grammar_name(language_id)
         self.parse_budget_ms = parse_budget_ms
+        self.full_parse_budget_ms = full_parse_budget_ms
         self._language: Language | None = language_for(language_id)
         self._parser: Parser | None = Parser(self._language) if self._language is not None else None
         self._tree: Tree | None = None
-        self._tree_bytes = 0  # byte length of the source the tree (with its edits) describes
         self._parsed_text: str | None = None  # the text the current tree was parsed from, when not stale
-        self._source = b""  # its bytes
+        # NOTE: the bytes the tree (with its edits) describes are kept up to date edit by edit, so a keystroke
+        # never re-encodes the whole document; `_cp_len` is that text's length in code points (a cross-check).
+        self._source = b""
+        self._cp_len = 0
+        # A code-point offset whose byte offset is known and whose prefix no edit since has touched: byte
+        # offsets of nearby edits are measured from it instead of from the start of the document.
+        self._anchor_cp = 0
+        self._anchor_byte = 0
         self._needs_full = True
         self.disabled_reason = "" if self._language is not None else "no grammar"
         self.skipped_parses = 0
@@ -117,20 +129,34 @@ class SyntaxTree:
             self._needs_full = True
             return
         size = len(old_text)
+        if size != self._cp_len:
+            self.mark_inconsistent(f"edit to a text of {size} code points, the tree has {self._cp_len}")
+            return
         cp_start, cp_end = min(max(cp_start, 0), size), min(max(cp_end, 0), size)
         if cp_start > cp_end:
             cp_start, cp_end = cp_end, cp_start
-        start_byte = byte_offset(old_text, cp_start)
-        old_end_byte = start_byte + byte_len(old_text[cp_start:cp_end])
-        new_end_byte = start_byte + byte_len(new_text)
+        start_byte = self._byte_at(old_text, cp_start)
+        removed = encode(old_text[cp_start:cp_end])
+        inserted = encode(new_text)
+        old_end_byte = start_byte + len(removed)
+        new_end_byte = start_byte + len(inserted)
+        if self._source[start_byte:old_end_byte] != removed:
+            self.mark_inconsistent(f"the replaced bytes {start_byte}-{old_end_byte} are not what the tree has")
+            return
         start_point = point_at(old_text, cp_start)
         old_end_point = _end_point(start_point, old_text[cp_start:cp_end])
         new_end_point = _end_point(start_point, new_text)
-        if old_end_byte > self._tree_bytes:
-            self.mark_inconsistent(f"edit ends at byte {old_end_byte}, past the tree's {self._tree_bytes} bytes")
-            return
         self._tree.edit(start_byte, old_end_byte, new_end_byte, start_point, old_end_point, new_end_point)
-        self._tree_bytes += new_end_byte - old_end_byte
+        self._source = self._source[:start_byte] + inserted + self._source[old_end_byte:]
+        self._cp_len += len(new_text) - (cp_end - cp_start)
+        self._anchor_cp, self._anchor_byte = cp_start, start_byte  # text before cp_start is unchanged
+
+    def _byte_at(self, text: str, cp_offset: int) -> int:
+        if text.isascii():
+            return cp_offset
+        if self._anchor_cp <= cp_offset:
+            return self._anchor_byte + byte_len(text[self._anchor_cp : cp_offset])
+        return byte_len(text[:cp_offset])
 
     def mark_inconsistent(self, why: str) -> None:
         """The tree can no longer be trusted: the next parse is a full one (a resync), logged."""
@@ -158,15 +184,19 @@ class SyntaxTree:
             return False
         if self._parsed_text is text:
             return True
-        source = encode(text)
+        old_tree = None if self._needs_full else self._tree
+        if old_tree is not None and len(text) != self._cp_len:
+            self.mark_inconsistent(f"the tree expects {self._cp_len} code points, the document has {len(text)}")
+            old_tree = None
+        source = self._source if old_tree is not None else encode(text)
         if len(source) > MAX_TREE_BYTES:
             self._disable(f"{len(source)} bytes is over the {MAX_TREE_BYTES}-byte limit for syntax trees")
             return False
-        old_tree = None if self._needs_full else self._tree
-        if old_tree is not None and self._tree_bytes != len(source):
-            self.mark_inconsistent(f"tree expects {self._tree_bytes} bytes, the document has {len(source)}")
-            old_tree = None
-        deadline = time.perf_counter() + self.parse_budget_ms / 1000.0
+        if old_tree is None:
+            # a full parse: start the byte bookkeeping afresh (kept when this parse is skipped, for the next try)
+            self._source, self._cp_len, self._anchor_cp, self._anchor_byte = source, len(text), 0, 0
+        budget_ms = self.parse_budget_ms if old_tree is not None else self.full_parse_budget_ms
+        deadline = time.perf_counter() + budget_ms / 1000.0
 
         def read(byte: int, _point: tuple[int, int]) -> bytes:
             return source[byte : byte + _CHUNK_BYTES]
@@ -185,7 +215,7 @@ class SyntaxTree:
             if old_tree is None:
                 self._full_timeouts += 1
                 if self._full_timeouts >= _MAX_FULL_PARSE_TIMEOUTS:
-                    self._disable(f"{_MAX_FULL_PARSE_TIMEOUTS} full parses over {self.parse_budget_ms:g} ms")
+                    self._disable(f"{_MAX_FULL_PARSE_TIMEOUTS} full parses over {budget_ms:g} ms")
             # NOTE: an edited old tree stays valid for the next incremental attempt.
             return False
         self._full_timeouts = 0
@@ -193,8 +223,7 @@ class SyntaxTree:
             self.full_parses += 1
         else:
             self.incremental_parses += 1
-        self._tree, self._tree_bytes, self._parsed_text, self._needs_full = tree, len(source), text, False
-        self._source = source
+        self._tree, self._parsed_text, self._needs_full = tree, text, False
         return True
 
     def snapshot(self, text: str) -> SyntaxSnapshot | None:

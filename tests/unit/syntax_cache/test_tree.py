@@ -65,7 +65,7 @@ def edit_sequences(draw: st.DrawFn) -> tuple[str, str, list[tuple[float, float, 
 def test_incremental_tree_equals_a_fresh_parse(case: tuple[str, str, list[tuple[float, float, str]]]) -> None:
     """100 examples x 10 edits = 1,000 edits, each checked against a fresh parse."""
     language, text, edits = case
-    tree = SyntaxTree(language, text, parse_budget_ms=60_000)
+    tree = SyntaxTree(language, text, parse_budget_ms=60_000, full_parse_budget_ms=60_000)
     document = Document("file:///t", language, 0, text)
     for a, b, inserted in edits:
         start, end = sorted((int(a * len(document.text)), int(b * len(document.text))))
@@ -135,9 +135,9 @@ def test_inconsistent_edits_resync_with_a_full_parse(caplog: pytest.LogCaptureFi
 
 def test_a_parse_over_budget_is_skipped_and_the_tree_catches_up_later() -> None:
     text = "def f(x):\n    return [x, (1, 2), {'a': 3}]\n" * 3000
-    tree = SyntaxTree("python", text, parse_budget_ms=0.0)
+    tree = SyntaxTree("python", text, parse_budget_ms=0.0, full_parse_budget_ms=0.0)
     assert tree.stale and tree.tree is None and tree.skipped_parses == 1
-    tree.parse_budget_ms = 60_000
+    tree.full_parse_budget_ms = 60_000
     assert tree.parse(text) and not tree.stale
     tree.parse_budget_ms = 0.0
     tree.edit(text, 10, 10, "y")
@@ -152,7 +152,7 @@ def test_a_parse_over_budget_is_skipped_and_the_tree_catches_up_later() -> None:
 
 
 def test_repeated_full_parse_timeouts_disable_the_tree() -> None:
-    tree = SyntaxTree("python", "x = 1\n" * 20_000, parse_budget_ms=0.0)
+    tree = SyntaxTree("python", "x = 1\n" * 20_000, full_parse_budget_ms=0.0)
     for _ in range(5):
         tree.parse("x = 2\n" * 20_000)
     assert not tree.available and "full parses over" in tree.disabled_reason
@@ -218,3 +218,13 @@ def test_apply_edit_keeps_document_and_tree_in_step() -> None:
     assert tree.incremental_parses == 1
     assert not apply_edit(document, None, 0, 0, "// x\n")  # no tree: the text still changes
     assert document.text.startswith("// x\nfn main")
+
+
+def test_an_edit_against_a_text_the_tree_does_not_have_forces_a_full_parse(caplog: pytest.LogCaptureFixture) -> None:
+    tree = SyntaxTree("python", "a = 1\n")
+    with caplog.at_level(logging.WARNING, logger="tabfill.syntax_cache.tree"):
+        tree.edit("b = 2\n", 0, 1, "c")  # same length, other bytes: the client and we disagree
+    assert tree.resyncs == 1 and "not what the tree has" in caplog.text
+    assert tree.parse("c = 2\n") and tree.full_parses == 2
+    fresh = parse_text("python", "c = 2\n")
+    assert tree.tree is not None and fresh is not None and str(tree.tree.root_node) == str(fresh.root_node)
