@@ -109,7 +109,9 @@ class DocumentStore:
         snapshot = self.snapshot(uri)
         try:
             snippets = self.cross_file.snippets(uri, snapshot, self._documents)
-            snippets += self.recent_edits.regions(self._documents, uri)
+            document = self._documents.get(uri)
+            language = document.language_id if document is not None else None
+            snippets += self.recent_edits.regions(self._documents, uri, language_id=language)
         except Exception as exc:  # cross-file context is optional: its failure never costs the completion
             log.warning("cross-file context for %s failed: %s: %s", uri, type(exc).__name__, exc)
             snippets = []

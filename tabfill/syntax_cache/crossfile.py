@@ -78,13 +78,19 @@ class RecentEdits:
         self._places.clear()
         self._places.extend(kept)
 
-    def regions(self, documents: dict[str, Document], exclude_uri: str, limit: int = RECENT_REGIONS) -> list[Snippet]:
-        """Recently edited regions of other open documents, newest first, non-overlapping."""
+    def regions(
+        self, documents: dict[str, Document], exclude_uri: str, limit: int = RECENT_REGIONS, language_id: str | None = None
+    ) -> list[Snippet]:
+        """Recently edited regions of other open documents, newest first, non-overlapping; with `language_id`,
+        only documents of the same language family (Python code does not help a Go completion)."""
+        family = _family(language_id) if language_id is not None else None
         out: list[Snippet] = []
         seen: list[tuple[str, int, int]] = []
         for uri, line in reversed(self._places):
             document = documents.get(uri)
             if uri == exclude_uri or document is None:
+                continue
+            if family is not None and _family(document.language_id) != family:
                 continue
             first, last = max(line - RECENT_CONTEXT_LINES, 0), min(line + RECENT_CONTEXT_LINES, document.line_count - 1)
             if any(u == uri and first <= b and a <= last for u, a, b in seen):
@@ -96,6 +102,11 @@ class RecentEdits:
             if len(out) >= limit:
                 break
         return out
+
+
+def _family(language_id: str) -> str:
+    grammar = grammar_name(language_id) or language_id.lower()
+    return "javascript" if grammar in ("javascript", "typescript", "tsx") else grammar
 
 
 def _display(uri: str) -> str:

@@ -113,6 +113,12 @@ def test_recent_edits_of_other_documents_newest_first() -> None:
     regions = recent.regions(documents, exclude_uri="file:///b.py")
     assert [(r.path, r.text) for r in regions] == [("/a.py", "a9 = 9\na10 = 10\na11 = 11\na12 = 12\na13 = 13")]
     assert recent.regions(documents, exclude_uri="file:///a.py")[0].text == "x = 1\ny = 2"
+    # only the same language family when asked: TypeScript and JavaScript mix, Python does not
+    js = Document("file:///c.js", "javascript", 1, "let c = 1;\n")
+    recent.record(js, 0, "l")
+    documents[js.uri] = js
+    assert [r.path for r in recent.regions(documents, "file:///d.ts", language_id="typescript")] == ["/c.js"]
+    assert [r.path for r in recent.regions(documents, "file:///e.py", language_id="python")] == ["/b.py", "/a.py"]
 
 
 def test_render_as_comments_definitions_first_within_budget() -> None:
