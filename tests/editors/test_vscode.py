@@ -83,9 +83,10 @@ def test_the_extension_drives_the_real_server(installed: None, tiny_model: Path,
         env=env,
     )
     seen = json.loads(result.stdout.strip().splitlines()[-1])
-    assert seen["messages"] == []
+    warning = "tabfill: setting 'maxNewTokens' must be an integer in [1, 512], got 0; keeping 48"
+    assert seen["messages"] == [["warning", warning]]  # only the refused setting changed on purpose
     assert any(re.fullmatch(r"\$\(loading~spin\) tabfill \d+%", text) for text in seen["seen"]), seen["seen"]
-    assert seen["readyText"].startswith("$(check) tabfill")
+    assert seen["readyText"].startswith("$(check) tabfill") and "tiny-model" in seen["readyTooltip"]
     assert re.fullmatch(r"\$\(check\) tabfill \d+ ms", seen["afterText"]), seen["afterText"]
     assert [item["insertText"] for item in seen["items"]] == [reference_text]
     assert seen["items"][0]["command"] == "tabfill.accept" and seen["items"][0]["arguments"][0]["language"] == "python"
@@ -97,3 +98,15 @@ def test_the_extension_drives_the_real_server(installed: None, tiny_model: Path,
     python = {row["language"]: row for row in json.loads(stats.stdout)["languages"]}["python"]
     assert (python["requests"], python["shown"], python["partial"], python["accepted"]) == (1, 1, 1, 1)
     assert python["acceptedChars"] == len(reference_text)
+
+
+def test_a_server_that_cannot_start_shows_an_error_with_the_reason(installed: None, tmp_path: Path) -> None:
+    run("npx", "tsc", "-p", ".")
+    sample = tmp_path / "sample.py"
+    sample.write_text(SOURCE + "\n", encoding="utf-8")
+    missing = str(tmp_path / "no-such-tabfill")
+    result = run("node", "test/support/drive-extension.js", "out/src/extension.js", json.dumps([missing, "serve"]), str(sample), "0", "0")
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert seen["readyText"] == "$(error) tabfill"
+    assert "could not start" in seen["readyTooltip"] and missing in seen["readyTooltip"]
+    assert seen["statusCommand"] == "tabfill.showLog"

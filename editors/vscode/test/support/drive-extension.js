@@ -39,6 +39,13 @@ async function until(what, probe, timeoutMs = 120000) {
   const timer = setInterval(() => seen.add(status.text), 5);
   await until("the model to load", () => status.text.startsWith("$(check)") || status.text.startsWith("$(error)"));
   const readyText = status.text;
+  const readyTooltip = status.tooltip;
+  if (readyText.startsWith("$(error)")) {
+    const statusCommand = status.command;
+    await extension.deactivate();
+    console.log(JSON.stringify({ readyText, readyTooltip, statusCommand, seen: [...seen], messages: record.messages }));
+    process.exit(0);
+  }
 
   const text = fs.readFileSync(file, "utf8");
   const document = textDocument(fake.Uri.file(path.resolve(file)), "python", text);
@@ -62,6 +69,9 @@ async function until(what, probe, timeoutMs = 120000) {
     provider.handleDidShowCompletionItem(item, item.insertText);
     provider.handleDidPartiallyAcceptCompletionItem(item, { kind: 0, acceptedLength: 3 });
   }
+  // a changed server setting goes out as workspace/didChangeConfiguration (this value is refused: a warning)
+  await fake.workspace.getConfiguration("tabfill").update("maxNewTokens", 0);
+  await until("the server's warning", () => record.messages.find(([, message]) => /maxNewTokens/.test(message)));
   // toggle off: no more completions, status says so
   await fake.commands.executeCommand("tabfill.toggle");
   const disabled = await provider.provideInlineCompletionItems(document, position, { triggerKind: 1 }, token);
@@ -70,7 +80,7 @@ async function until(what, probe, timeoutMs = 120000) {
   await extension.deactivate();
   for (const disposable of context.subscriptions) disposable.dispose();
   console.log(JSON.stringify({
-    readyText, afterText, disabledText, seen: [...seen], accepted,
+    readyText, readyTooltip, afterText, disabledText, seen: [...seen], accepted,
     items: items.map((i) => ({ insertText: i.insertText, command: i.command && i.command.command, arguments: i.command && i.command.arguments })),
     disabled, messages: record.messages, commands: [...record.commands.keys()],
   }));
