@@ -31,7 +31,9 @@ def postprocess(
     """Returns (text to insert, code points after the cursor it replaces).
 
     `prefix`: the document text before the cursor (its last `context.probe_chars` are parsed with the
-    candidate); `suffix`: the text after the cursor; `syntax`: False gives the plain rules (for A/B)."""
+    candidate); `suffix`: the text after the cursor; `syntax`: False gives the rules from before the syntax
+    layer (cut at the newline or trailing blank lines, a candidate the suffix starts with dropped, the rest of
+    the line replaced when the candidate ends with it): the baseline of an A/B comparison."""
     if finish_reason == "deadline":
         text = _cut_partial_word(text) if context.mode is not Mode.MULTI or "\n" not in text else text[: text.rfind("\n")]
     if context.mode is Mode.SINGLE or context.mode is Mode.NONE:
@@ -55,7 +57,7 @@ def postprocess(
     if not text.strip():
         return "", 0
     if not syntax:
-        return _plain_closers(text, context)
+        return _plain_closers(text, context, suffix)
     rest_of_line = context.line_suffix.strip()
     if rest_of_line and rest_of_line.startswith(text.strip()):
         return "", 0  # only repeats what already follows the cursor on its line
@@ -65,7 +67,11 @@ def postprocess(
     return _reconcile_closers(text, context)
 
 
-def _plain_closers(text: str, context: SyntaxContext) -> tuple[str, int]:
+def _plain_closers(text: str, context: SyntaxContext, suffix: str) -> tuple[str, int]:
+    """The rules before syntax-aware post-processing (the A/B baseline)."""
+    following = suffix.lstrip()
+    if following and following.startswith(text.strip()):
+        return "", 0
     rest_of_line = context.line_suffix.strip()
     if rest_of_line and "\n" not in text and text.rstrip().endswith(rest_of_line):
         return text, len(context.line_suffix)

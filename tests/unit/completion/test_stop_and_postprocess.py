@@ -158,3 +158,4 @@ def test_syntax_off_gives_the_plain_rules_for_ab_comparison() -> None:
     candidate = "return a + 1;\n}\n\nfunction g() {\n  return 2;\n}"
     assert run("javascript", source, candidate, syntax=False) == (candidate.rstrip(), 0)
     assert run("python", "x = foo(a, |)\n", "b)", syntax=False) == ("b)", 1)
+    assert postprocess("return x", ctx(Mode.SINGLE), "\n    return x\n", "stop", syntax=False) == ("", 0)
