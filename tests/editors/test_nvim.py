@@ -323,3 +323,12 @@ def test_a_newer_request_cancels_the_older_one_with_cancel_request(editor: Edito
     log = editor.lua("return vim.lsp.get_log_path()")
     assert str(tmp_path) in log  # the state folder is the test's
     assert "$/cancelRequest" in Path(log).read_text(encoding="utf-8")
+
+
+def test_update_settings_reaches_the_server(editor: Editor) -> None:
+    editor.lua("require('tabfill').update_settings({ maxNewTokens = 0 })")  # refused by the server: it says so
+    messages = editor.wait(
+        "the server's warning",
+        lambda: (lambda text: text if "maxNewTokens" in text else None)(editor.nvim.api.exec2("messages", {"output": True})["output"]),
+    )
+    assert "setting 'maxNewTokens' must be an integer in [1, 512], got 0" in messages
