@@ -44,12 +44,12 @@ def test_cases_are_deterministic_real_code_with_the_line_rest_removed() -> None:
         assert case.expected.strip() and "\n" not in case.expected and "\n" not in case.prefix[case.prefix.rfind("\n") + 1 :]
     typing = typing_cases(4)
     assert typing == typing_cases(4)
-    for case in typing:
-        typed = "".join(key.text for key in case.keys)
-        assert typed == case.body
-        times = [key.at_s for key in case.keys]
+    for function in typing:
+        typed = "".join(key.text for key in function.keys)
+        assert typed == function.body
+        times = [key.at_s for key in function.keys]
         assert times == sorted(times)
-        chars_per_s = len(case.body) / times[-1]
+        chars_per_s = len(function.body) / times[-1]
         assert 3 < chars_per_s < 15  # realistic pace, pauses included
 
 
