@@ -228,13 +228,9 @@ def _fit_suffix(codec: _Codec, suffix: str, budget: int) -> tuple[str, list[int]
         return text, ids
     token_ends = [b for _, b in offsets]
     line_ends = [i + 1 for i in _find_all(text, "\n")]
-    for line_end in reversed(line_ends):  # longest candidate first
-        if bisect_right(token_ends, line_end) > budget + 2:
-            continue
-        kept = text[:line_end]
-        kept_ids, _ = codec.encode(kept, after_marker=True)
-        if len(kept_ids) <= budget:
-            return kept, kept_ids
+    whole_lines = _whole_lines_within(codec, text, token_ends, line_ends, budget, after_marker=True)
+    if whole_lines is not None:
+        return whole_lines
     first_line_end = line_ends[0] if line_ends else len(text)
     cuts = sorted({b for b in token_ends if 0 < b <= first_line_end})
     for cut in reversed(cuts[:budget]):
@@ -257,14 +253,21 @@ def _fit_context(codec: _Codec, context: str, budget: int, after_marker: bool) -
         return text, ids
     token_ends = [b for _, b in offsets]
     line_ends = [i + 1 for i in _find_all(text, "\n")]
+    return _whole_lines_within(codec, text, token_ends, line_ends, budget, after_marker=after_marker) or ("", [])
+
+
+def _whole_lines_within(
+    codec: _Codec, text: str, token_ends: list[int], line_ends: list[int], budget: int, *, after_marker: bool
+) -> tuple[str, list[int]] | None:
+    """The longest start of `text` that ends at a line end and fits `budget` tokens when re-encoded."""
     for line_end in reversed(line_ends):  # longest candidate first
         if bisect_right(token_ends, line_end) > budget + 2:
-            continue
+            continue  # NOTE: re-encoding can merge a token or two across the cut, hence the slack
         kept = text[:line_end]
         kept_ids, _ = codec.encode(kept, after_marker=after_marker)
         if len(kept_ids) <= budget:
             return kept, kept_ids
-    return "", []
+    return None
 
 
 def _heal(codec: _Codec, ids: list[int], offsets: Offsets, text: str, lead: int) -> tuple[list[int], str]:

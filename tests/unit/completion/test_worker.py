@@ -1,4 +1,5 @@
 import threading
+from concurrent.futures import Future
 
 import pytest
 
@@ -6,7 +7,8 @@ from tabfill.completion.types import CancelToken
 from tabfill.completion.worker import Cancelled, EngineWorker
 
 
-def test_newest_wins_for_queued_jobs_and_errors_propagate() -> None:
+def _busy_worker() -> tuple[EngineWorker, threading.Event, Future[str]]:
+    """A worker whose thread is busy until the returned gate is set (so later jobs stay queued)."""
     worker = EngineWorker()
     gate = threading.Event()
     started = threading.Event()
@@ -18,6 +20,11 @@ def test_newest_wins_for_queued_jobs_and_errors_propagate() -> None:
 
     first = worker.submit(blocker, key="other")
     assert started.wait(5)
+    return worker, gate, first
+
+
+def test_newest_wins_for_queued_jobs_and_errors_propagate() -> None:
+    worker, gate, first = _busy_worker()
     old = worker.submit(lambda _t: "old", key="doc")
     new = worker.submit(lambda _t: "new", key="doc")
     failing = worker.submit(lambda _t: 1 / 0, key="x")
@@ -62,17 +69,7 @@ def test_cancelled_before_start_never_runs_and_running_job_sees_token() -> None:
 def test_a_waiter_may_cancel_a_queued_future_and_the_worker_keeps_serving() -> None:
     """asyncio.wrap_future cancels the job's future when the LSP request is cancelled; superseding or
     dropping that job later must not raise (it did: InvalidStateError reached the next request)."""
-    worker = EngineWorker()
-    gate = threading.Event()
-    started = threading.Event()
-
-    def blocker(_token: CancelToken) -> str:
-        started.set()
-        gate.wait(5)
-        return "blocker"
-
-    worker.submit(blocker, key="other")
-    assert started.wait(5)
+    worker, gate, _ = _busy_worker()
     waiter_cancelled = worker.submit(lambda _t: "never", key="doc")
     assert waiter_cancelled.cancel()
     token = CancelToken()
