@@ -2,7 +2,8 @@
 
 The server records every answered inline-completion request (its latency) and the client's signals
 for the items it issued: shown, partially accepted (with the accepted length), accepted. Counts are
-kept in memory and merged into one JSON file under the user cache dir (`stats.json`) by `flush()`:
+kept in memory and merged into one JSON file under the user cache dir (`stats.json`, or
+`$TABFILL_STATS_FILE`) by `flush()`:
 read-modify-write under an advisory lock, written to a temporary file and renamed, so several
 servers (one per editor) and a concurrent `tabfill stats` never see a torn file. The file is
 bounded: at most `MAX_LANGUAGES` languages and the last `MAX_LATENCIES` latencies per language.
@@ -40,6 +41,10 @@ _LANGUAGE_ID = re.compile(r"^[A-Za-z0-9_.+#-]{1,40}$")
 
 
 def stats_path(cache_dir: Path | None = None) -> Path:
+    """`$TABFILL_STATS_FILE`, else `stats.json` in the cache dir (`tabfill.completion.models.cache_root()`)."""
+    explicit = os.environ.get("TABFILL_STATS_FILE")
+    if explicit:
+        return Path(explicit)
     if cache_dir is None:
         from tabfill.completion.models import cache_root
 

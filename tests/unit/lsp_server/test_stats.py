@@ -123,7 +123,7 @@ def test_cli_prints_rate_and_percentiles_per_language(
 ) -> None:
     from tabfill.cli import main
 
-    monkeypatch.setenv("TABFILL_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("TABFILL_STATS_FILE", str(tmp_path / "stats.json"))
     assert main(["stats"]) == 0
     assert "no completions recorded yet" in capsys.readouterr().out
     store = StatsStore(tmp_path / "stats.json")
@@ -143,3 +143,11 @@ def test_cli_prints_rate_and_percentiles_per_language(
     assert data["languages"][0]["p50Ms"] == 200.0
     assert main(["stats", "--reset"]) == 0
     assert not (tmp_path / "stats.json").exists()
+
+
+def test_the_stats_file_follows_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TABFILL_STATS_FILE", str(tmp_path / "mine.json"))
+    assert stats.stats_path() == tmp_path / "mine.json"
+    monkeypatch.delenv("TABFILL_STATS_FILE")
+    monkeypatch.setenv("TABFILL_CACHE_DIR", str(tmp_path / "cache"))
+    assert stats.stats_path() == tmp_path / "cache" / "stats.json"
