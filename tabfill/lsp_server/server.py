@@ -107,11 +107,14 @@ class TabfillServer(LanguageServer):
         elif self._stats_flush is None:
             self._stats_flush = self._loop.call_later(STATS_FLUSH_DELAY_S, self._flush_stats)
 
-    def _flush_stats(self) -> None:
+    def _flush_stats(self, in_background: bool = True) -> None:
         if self._stats_flush is not None:
             self._stats_flush.cancel()
             self._stats_flush = None
-        self.stats.flush()
+        if in_background and self._loop is not None and not self._loop.is_closed():
+            self._loop.run_in_executor(None, self.stats.flush)  # NOTE: file I/O (fsync) stays off the event loop
+        else:
+            self.stats.flush()
 
     # ------------------------------------------------------------------ model lifecycle
     def start_loading(self) -> None:
@@ -274,7 +277,7 @@ def create_server(settings: Settings | None = None) -> TabfillServer:
 
     @server.feature(types.SHUTDOWN)
     def shutdown(ls: TabfillServer, params: Any) -> None:
-        ls._flush_stats()
+        ls._flush_stats(in_background=False)
         ls.service.close()
 
     return server

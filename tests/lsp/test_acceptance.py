@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -118,3 +119,19 @@ async def test_malformed_signals_are_ignored_and_a_bad_accept_is_an_error(tiny_m
         assert again.insert_text == item.insert_text
     python = row(stats_json(tmp_path), "python")
     assert (python["shown"], python["accepted"], python["partial"], python["requests"]) == (0, 0, 0, 2)
+
+
+async def test_counts_are_written_while_the_server_runs(tiny_model: Path, tmp_path: Path) -> None:
+    async with lsp_session(server_args(tiny_model), cache_dir=tmp_path) as lsp:
+        uri = "file:///tmp/running.py"
+        open_document(lsp, uri, SOURCE)
+        item = await suggestion(lsp, uri)
+        lsp.protocol.notify("textDocument/didShowCompletion", {"item": as_json(lsp, item)})
+        deadline = asyncio.get_running_loop().time() + 60  # a bound for slow machines; the flush is batched
+        while True:
+            rows = {entry["language"]: entry for entry in stats_json(tmp_path)["languages"]}
+            if rows.get("python", {}).get("shown") == 1:
+                break
+            assert asyncio.get_running_loop().time() < deadline, rows
+            await asyncio.sleep(0.2)
+        assert rows["python"]["requests"] == 1
