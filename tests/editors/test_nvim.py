@@ -332,3 +332,31 @@ def test_update_settings_reaches_the_server(editor: Editor) -> None:
         lambda: (lambda text: text if "maxNewTokens" in text else None)(editor.nvim.api.exec2("messages", {"output": True})["output"]),
     )
     assert "setting 'maxNewTokens' must be an integer in [1, 512], got 0" in messages
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16", "utf-32"])
+def test_positions_in_every_encoding_with_emoji_and_accents(editor: Editor, encoding: str) -> None:
+    line = 'x = "😀é漢" + ret'
+    codec = {"utf-8": "utf-8", "utf-16": "utf-16-le", "utf-32": "utf-32-le"}[encoding]
+    width = {"utf-8": 1, "utf-16": 2, "utf-32": 4}[encoding]
+
+    def units(text: str) -> int:
+        return len(text.encode(codec)) // width
+
+    byte_col = len(line.encode("utf-8"))
+    util = "require('tabfill.util')"
+    assert editor.lua(f"return {util}.encoded_col(..., #(...), '{encoding}')", line) == units(line)
+    start = line.index("ret")
+    assert editor.lua(f"local l, c = ...; return {util}.byte_col(l, c, '{encoding}')", line, units(line[:start])) == len(line[:start].encode())
+    assert editor.lua(f"local l = ...; return {util}.byte_col(l, 999, '{encoding}')", line) == byte_col  # clamped
+
+    editor.lua("require('tabfill').config.auto_trigger = false")
+    editor.type("Go")
+    editor.lua("vim.api.nvim_set_current_line(...); vim.api.nvim_win_set_cursor(0, {vim.fn.line('.'), #(...)})", line)
+    row = LAST_ROW + 1
+    assert editor.cursor() == (row, byte_col)
+    item = {"insertText": "return 1", "range": {"start": {"line": row, "character": units(line[:start])}, "end": {"line": row, "character": units(line)}}}
+    assert editor.lua("return require('tabfill')._show(...)", item, encoding)
+    assert editor.ghost() == (row, byte_col, "urn 1")
+    editor.type("<Tab>")
+    assert editor.nvim.current.line == line[:start] + "return 1"

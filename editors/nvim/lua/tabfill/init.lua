@@ -589,13 +589,15 @@ function M.setup(opts)
   end
 end
 
---- For tests: draw `item` (an LSP InlineCompletionItem) as if the server had answered it at the cursor.
-function M._show(item)
+--- For tests: draw `item` (an LSP InlineCompletionItem) as if the server had answered it at the cursor
+--- (positions in `encoding`, default: the client's).
+function M._show(item, encoding)
   local bufnr = vim.api.nvim_get_current_buf()
   local client = client_for(bufnr)
   local row, col = cursor()
   clear()
-  current = suggestion_from(item, bufnr, row, col, client and client.offset_encoding or "utf-8", client and client.id or -1)
+  encoding = encoding or (client and client.offset_encoding) or "utf-8"
+  current = suggestion_from(item, bufnr, row, col, encoding, client and client.id or -1)
   render()
   return current ~= nil
 end
