@@ -1,11 +1,13 @@
 """Benchmark cases, generated deterministically from public code this project did not write (bench/data:
-Python 3.11 standard-library modules and the npm package semver 7.6.3, each with its licence)."""
+Python 3.11 standard-library modules and the `json` package, and the npm package semver 7.6.3 in its
+own layout, each with its licence)."""
 
 from __future__ import annotations
 
 import ast
 import random
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,9 +59,10 @@ def _is_candidate_line(stripped: str, language_id: str) -> bool:
 
 
 def line_cases(count: int, seed: int = 7) -> list[LineCase]:
-    """`count` cases spread over the files: the cursor after a non-word character 30–70 % into a line."""
+    """`count` cases, alternating languages and spread over each language's files: the cursor after a
+    non-word character 30–70 % into a line."""
     rng = random.Random(seed)
-    per_file: list[list[LineCase]] = []
+    per_file: dict[str, list[list[LineCase]]] = {}
     for path in source_files():
         language_id = LANGUAGES[path.suffix]
         text = path.read_text(encoding="utf-8")
@@ -83,13 +86,25 @@ def line_cases(count: int, seed: int = 7) -> list[LineCase]:
             suffix = "\n" + "\n".join(lines[number + 1 :])
             cases.append(LineCase(f"{path.relative_to(DATA)}:{number + 1}", language_id, prefix, suffix, line[cut:].rstrip()))
         rng.shuffle(cases)
-        per_file.append(cases)
+        per_file.setdefault(language_id, []).append(cases)
+    queues = {language: _round_robin(files) for language, files in sorted(per_file.items())}
     chosen: list[LineCase] = []
-    while len(chosen) < count and any(per_file):
-        for cases in per_file:  # round robin so every file contributes
-            if cases and len(chosen) < count:
-                chosen.append(cases.pop())
+    while len(chosen) < count and queues:
+        for language in list(queues):
+            case = next(queues[language], None)
+            if case is None:
+                del queues[language]
+            elif len(chosen) < count:
+                chosen.append(case)
     return chosen
+
+
+def _round_robin(files: list[list[LineCase]]) -> Iterator[LineCase]:
+    """One case from each file in turn, so every file contributes."""
+    while any(files):
+        for cases in files:
+            if cases:
+                yield cases.pop()
 
 
 def _python_functions(text: str) -> list[tuple[int, int]]:
