@@ -87,7 +87,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"- Date: {results['date']}; commit `{results['commit']}`; wall time {results.get('wall_s', '?')} s",
         f"- Machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB, AVX2 {machine['avx2']}, "
         f"AVX-512 {machine['avx512f']}; Python {machine['python']}, torch {machine['torch']} ({machine['torch_threads']} threads)",
-        f"- Model: `{results['model']}` ({results['model_dir']}); typing pace ×{results['pace']}",
+        f"- Model: `{results['model']}` ({results['model_dir']}); typing pace ×{results['pace']}"
+        + (f"; tabfill deadline {results['deadline_ms']} ms" if results.get("deadline_ms") else ""),
         "",
         "Every system ran on the same cases in this one run, one after another (never two at once). "
         "Single absolute times on these 2-core machines are noisy: read the ratios.",

@@ -96,6 +96,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "model": args.model,
         "model_dir": model_dir,
         "pace": args.pace,
+        "deadline_ms": args.deadline_ms,
         "systems": [],
         "skipped": {},
     }
@@ -125,10 +126,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         results["skipped"]["syntax"] = f"{type(exc).__name__}: {exc}"
         log(f"syntax measurement failed: {exc}")
 
+    server_options: dict[str, Any] = {} if args.deadline_ms is None else {"deadlineMs": args.deadline_ms}
     for name in systems:
         system: System
         if name == "tabfill":
-            system = TabfillSystem("tabfill", args.model)
+            system = TabfillSystem("tabfill", args.model, server_options)
         elif name == "transformers":
             system = TransformersSystem(model_dir)
         elif name == "llama.cpp":
@@ -140,7 +142,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             raise SystemExit(f"unknown system {name!r}; choose from {', '.join(ALL_SYSTEMS)}")
         results["systems"].append(await run_system(system, lines, typing))
         if name == "tabfill" and TABFILL_PLAIN_OPTIONS and not args.smoke:
-            plain = TabfillSystem("tabfill (plain prompt)", args.model, TABFILL_PLAIN_OPTIONS)
+            plain = TabfillSystem("tabfill (plain prompt)", args.model, {**server_options, **TABFILL_PLAIN_OPTIONS})
             results["systems"].append(await run_system(plain, lines, typing, only_lines=True))
     return results
 
@@ -154,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--typing-cases", type=int, default=6)
     parser.add_argument("--pace", type=float, default=1.0, help="typing speed multiplier (1.0: 8–12 chars/s)")
     parser.add_argument("--syntax-lines", type=int, default=3000)
+    parser.add_argument("--deadline-ms", type=int, help="tabfill's per-request deadline (default: the server's; raise it for a large model on a CPU)")
     parser.add_argument("--no-install", action="store_true", help="skip llama.cpp unless it is already built")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent, help="folder for RESULTS.md, results.json, latency.png")
     args = parser.parse_args(argv)
