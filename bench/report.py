@@ -80,6 +80,7 @@ def markdown(results: dict[str, Any]) -> str:
     summaries = [summarize(system) for system in results["systems"]]
     machine = results["machine"]
     floor = results["floor"]
+    typed = any(s["requests"] for s in summaries)
     out = [
         "# tabfill benchmark results",
         "",
@@ -92,28 +93,9 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         "Every system ran on the same cases in this one run, one after another (never two at once). "
         "Single absolute times on these 2-core machines are noisy: read the ratios.",
-        "",
-        "## Typing replay (a request per keystroke, the previous one cancelled)",
-        "",
-        "A request is *served* when its answer arrived before the next keystroke (an editor could show it); "
-        "latency percentiles are over served requests (an empty answer counts: e.g. tabfill answers at once that "
-        "nothing is to be completed inside a word), *shown* over served requests with a non-empty suggestion. *Agreed*: the shown suggestion's first line is what the "
-        "user typed next. *Accepted chars*: the characters of shown suggestions that match what was typed next.",
-        "",
-        "| system | requests | served | cancelled | late | p50 ms | p95 ms | p99 ms | shown | shown p50 ms | shown p95 ms | agreed | accepted chars / typed | CPU s | peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for s in summaries:
-        if not s["requests"]:
-            continue
-        out.append(
-            f"| {s['name']} | {s['requests']} | {s['served']} | {s['cancelled']} | {s['late']} | {_fmt(s['p50_ms'], 1)} | "
-            f"{_fmt(s['p95_ms'], 1)} | {_fmt(s['p99_ms'], 1)} | {s['shown']} | {_fmt(s['shown_p50_ms'], 1)} | {_fmt(s['shown_p95_ms'], 1)} | {s['agreed']} | "
-            f"{s['accepted_chars']} / {s['typed_chars']} | {_fmt(s['cpu_s'], 1)} | {_fmt(s['peak_rss_mb'], 0)} |"
-        )
-    ratios = _ratios(summaries)
-    if ratios:
-        out += ["", *ratios]
+    if typed:
+        out += _typing_section(summaries)
     out += [
         "",
         "## Line completion (the rest of a real line removed; the rest of the file kept as suffix)",
@@ -158,6 +140,33 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _typing_section(summaries: list[dict[str, Any]]) -> list[str]:
+    out = [
+        "",
+        "## Typing replay (a request per keystroke, the previous one cancelled)",
+        "",
+        "A request is *served* when its answer arrived before the next keystroke (an editor could show it); "
+        "latency percentiles are over served requests (an empty answer counts: e.g. tabfill answers at once that "
+        "nothing is to be completed inside a word), *shown* over served requests with a non-empty suggestion. *Agreed*: the shown suggestion's first line is what the "
+        "user typed next. *Accepted chars*: the characters of shown suggestions that match what was typed next.",
+        "",
+        "| system | requests | served | cancelled | late | p50 ms | p95 ms | p99 ms | shown | shown p50 ms | shown p95 ms | agreed | accepted chars / typed | CPU s | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in summaries:
+        if not s["requests"]:
+            continue
+        out.append(
+            f"| {s['name']} | {s['requests']} | {s['served']} | {s['cancelled']} | {s['late']} | {_fmt(s['p50_ms'], 1)} | "
+            f"{_fmt(s['p95_ms'], 1)} | {_fmt(s['p99_ms'], 1)} | {s['shown']} | {_fmt(s['shown_p50_ms'], 1)} | {_fmt(s['shown_p95_ms'], 1)} | {s['agreed']} | "
+            f"{s['accepted_chars']} / {s['typed_chars']} | {_fmt(s['cpu_s'], 1)} | {_fmt(s['peak_rss_mb'], 0)} |"
+        )
+    ratios = _ratios(summaries)
+    if ratios:
+        out += ["", *ratios]
+    return out
+
+
 def _ratios(summaries: list[dict[str, Any]]) -> list[str]:
     by_name = {s["name"]: s for s in summaries}
     tabfill = by_name.get("tabfill")
@@ -190,6 +199,9 @@ def plot(results: dict[str, Any], path: Path) -> None:
     axes[0].set_title("Typing replay: served requests")
     axes[1].set_title("Line completion: every request")
     for axis in axes:
+        if not axis.lines:
+            axis.text(0.5, 0.5, "not run", ha="center", va="center", transform=axis.transAxes)
+            continue
         axis.set_xscale("log")
         axis.set_xlabel("latency, ms (log)")
         axis.set_ylabel("fraction of requests ≤ latency")
