@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from lsprotocol import types
 
 from tabfill.lsp_server.positions import PositionEncoding, range_to_offsets
-from tabfill.syntax_cache.context import SyntaxContext
 from tabfill.syntax_cache.crossfile import CrossFileIndex, RecentEdits, Snippet, uri_to_path
 from tabfill.syntax_cache.document import Document
 from tabfill.syntax_cache.tree import SyntaxSnapshot, SyntaxTree, apply_edit
@@ -37,24 +34,11 @@ class DocumentStore:
             roots.append(Path(root_path))
         self.cross_file.set_roots(roots)
 
-    @staticmethod
-    def describe_context(context: SyntaxContext | None) -> dict[str, Any] | None:
-        """A SyntaxContext as JSON for `tabfill/status`."""
-        if context is None:
-            return None
-        described = dataclasses.asdict(context)
-        described["mode"] = context.mode.value
-        described["source"] = context.source
-        return described
-
     def get(self, uri: str) -> Document | None:
         return self._documents.get(uri)
 
     def tree(self, uri: str) -> SyntaxTree | None:
         return self._trees.get(uri)
-
-    def documents(self) -> list[Document]:
-        return list(self._documents.values())
 
     def __len__(self) -> int:
         return len(self._documents)
@@ -103,10 +87,13 @@ class DocumentStore:
             tree.parse(document.text)  # the last keystroke's parse was skipped: try again, bounded
         return tree.snapshot(document.text)
 
-    def request_context(self, uri: str) -> tuple[SyntaxSnapshot | None, tuple[Snippet, ...]]:
-        """What a completion request at `uri` carries besides the text: its syntax snapshot and the cross-file
-        snippets (imported definitions, then recently edited regions of other documents)."""
+    def request_context(self, uri: str, cross_file: bool = True) -> tuple[SyntaxSnapshot | None, tuple[Snippet, ...]]:
+        """What a completion request at `uri` carries besides the text: its syntax snapshot and, with
+        `cross_file`, the cross-file snippets (imported definitions, then recently edited regions of other
+        documents)."""
         snapshot = self.snapshot(uri)
+        if not cross_file:
+            return snapshot, ()
         try:
             snippets = self.cross_file.snippets(uri, snapshot, self._documents)
             document = self._documents.get(uri)

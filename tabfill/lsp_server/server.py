@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import uuid
@@ -22,6 +23,7 @@ from tabfill.lsp_server.documents import DocumentStore
 from tabfill.lsp_server.positions import PositionEncoding, offset_at, position_at
 from tabfill.lsp_server.protocol import TabfillProtocol
 from tabfill.lsp_server.stats import StatsStore, accept_arguments, item_reference
+from tabfill.syntax_cache.context import SyntaxContext
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +77,8 @@ class TabfillServer(LanguageServer):
             offset = offset_at(document, line, character, self.encoding)
         except ValueError as exc:
             raise JsonRpcInvalidParams(str(exc)) from exc
-        syntax, cross_file = self.documents.request_context(uri)
+        # NOTE: cross-file lookups cost file reads; skip them when the setting leaves them out of the prompt.
+        syntax, cross_file = self.documents.request_context(uri, self.service.settings.cross_file_context)
         return CompletionRequest(
             uri, document.language_id, document.version, document.text, offset, request_id, syntax=syntax, cross_file=cross_file
         )
@@ -271,7 +274,7 @@ def create_server(settings: Settings | None = None) -> TabfillServer:
             "lastTimings": dict(ls.service.last_timings.stages),
             "lastLatencyMs": None if ls.last_latency_ms is None else round(ls.last_latency_ms, 1),
             "documents": len(ls.documents),
-            "lastContext": ls.documents.describe_context(ls.service.last_context),
+            "lastContext": _describe_context(ls.service.last_context),
             "lastCrossFile": ls.service.last_cross_file,
         }
 
@@ -281,6 +284,16 @@ def create_server(settings: Settings | None = None) -> TabfillServer:
         ls.service.close()
 
     return server
+
+
+def _describe_context(context: SyntaxContext | None) -> dict[str, Any] | None:
+    """A SyntaxContext as JSON for `tabfill/status`."""
+    if context is None:
+        return None
+    described = dataclasses.asdict(context)
+    described["mode"] = context.mode.value
+    described["source"] = context.source
+    return described
 
 
 def _get(params: Any, name: str) -> Any:

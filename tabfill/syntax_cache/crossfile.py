@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from tree_sitter import Node, Parser
+from tree_sitter import Node
 
 from tabfill.syntax_cache.document import Document
-from tabfill.syntax_cache.languages import grammar_name, language_for
-from tabfill.syntax_cache.tree import SyntaxSnapshot, encode
+from tabfill.syntax_cache.languages import grammar_name
+from tabfill.syntax_cache.tree import SyntaxSnapshot, encode, parse_source
 
 log = logging.getLogger(__name__)
 
@@ -352,14 +352,14 @@ def _js_definitions(root: Node, source: bytes) -> list[Definition]:
 
 def definitions_in(grammar: str, source: bytes) -> list[Definition]:
     """Top-level definitions of a Python/JavaScript/TypeScript source."""
-    language = language_for(grammar)
-    if language is None:
-        return []
     try:
-        root = Parser(language).parse(source).root_node
+        tree = parse_source(grammar, source)
     except Exception as exc:  # a parser failure on one file costs only that file's definitions
         log.debug("cross-file parse failed: %s", exc)
         return []
+    if tree is None:
+        return []
+    root = tree.root_node
     return _python_definitions(root, source) if grammar == "python" else _js_definitions(root, source)
 
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import logging
 
-from tree_sitter import Node, Parser, Tree
+from tree_sitter import Node, Tree
 
-from tabfill.syntax_cache.languages import language_for
-from tabfill.syntax_cache.tree import encode
+from tabfill.syntax_cache.tree import encode, parse_source
 
 log = logging.getLogger(__name__)
 
@@ -15,15 +14,13 @@ _CLOSERS = (")", "]", "}")
 
 
 def _parse(grammar: str, text: str) -> tuple[Tree, bytes] | None:
-    language = language_for(grammar)
-    if language is None:
-        return None
     source = encode(text)
     try:
-        return Parser(language).parse(source), source
+        tree = parse_source(grammar, source)
     except Exception as exc:  # never let a probe cost the completion
         log.debug("probe parse failed: %s", exc)
         return None
+    return None if tree is None else (tree, source)
 
 
 def _cp_index(source: bytes, start_byte: int, byte: int) -> int:

@@ -171,12 +171,6 @@ class SyntaxTree:
         self._needs_full = True
         self._parsed_text = None
 
-    def reset(self, text: str) -> bool:
-        """The whole text changed (full sync): parse from scratch."""
-        self._needs_full = True
-        self._parsed_text = None
-        return self.parse(text)
-
     def parse(self, text: str) -> bool:
         """Bring the tree up to `text`: incremental when edits were described, else full. Returns False when
         there is no usable tree for `text` (no grammar, too large, or over the time budget: skipped)."""
@@ -254,9 +248,14 @@ def apply_edit(
     return tree.parse(document.text) if tree is not None and parse else False
 
 
-def parse_text(language_id: str, text: str) -> Tree | None:
-    """A fresh full parse of `text` (no budget): a reference for tests and the benchmark."""
+def parse_source(language_id: str, source: bytes) -> Tree | None:
+    """A fresh full parse of UTF-8 `source` (no budget); None for a language without a grammar."""
     language = language_for(language_id)
     if language is None:
         return None
-    return Parser(language).parse(encode(text))
+    return Parser(language).parse(source)
+
+
+def parse_text(language_id: str, text: str) -> Tree | None:
+    """A fresh full parse of `text` (no budget): a reference for tests and the benchmark."""
+    return parse_source(language_id, encode(text))

@@ -104,6 +104,8 @@ def test_request_context_carries_imported_definitions_and_recent_edits(tmp_path:
         ("definition", "geo.py", "def area(r):\n    Area of a circle."),
         ("recent", str(tmp_path / "notes.py"), "a = 1\nb = 3"),
     ]
+    snapshot, none = store.request_context(main, cross_file=False)  # the setting is off: no lookups at all
+    assert snapshot is not None and none == ()
 
 
 def test_a_5mb_minified_file_falls_back_to_text_rules_and_stays_in_sync() -> None:
