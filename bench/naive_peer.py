@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList
 
-from tabfill.completion.fim import build_prompt, detect_template
-from tabfill.completion.types import Settings, StopRule
+from bench.systems import peer_prompt
+from tabfill.completion.fim import detect_template
 
 
 class _Cancelled(StoppingCriteria):
@@ -38,7 +38,6 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
     template = detect_template(tokenizer)
-    settings = Settings()
     newest: queue.Queue[dict[str, Any]] = queue.Queue()
     cancelled: dict[int, threading.Event] = {}
     lock = threading.Lock()
@@ -57,12 +56,7 @@ def main() -> None:
                 send({"id": request["id"], "cancelled": True})
                 continue
             multi = bool(request["multi"])
-            prompt = build_prompt(
-                request["prefix"], request["suffix"], template, tokenizer,
-                max_prefix_tokens=settings.max_prefix_tokens, max_suffix_tokens=settings.max_suffix_tokens,
-                max_new_tokens=settings.max_new_tokens if multi else settings.single_line_max_new_tokens,
-                stop=StopRule(single_line=not multi, block_indent=0, max_lines=8), heal=False,
-            )
+            prompt = peer_prompt(request["prefix"], request["suffix"], template, tokenizer, multi)
             input_ids = torch.tensor([prompt.token_ids])
             with torch.inference_mode():
                 output = model.generate(

@@ -53,7 +53,7 @@ def score_line(predicted: str, expected: str) -> dict[str, Any]:
 
 async def run_line_cases(system: System, cases: list[LineCase]) -> list[dict[str, Any]]:
     rows = []
-    for index, case in enumerate(cases):
+    for case in cases:
         uri = case_uri(case.name)
         text = case.prefix + case.suffix
         await system.open(uri, case.language_id, text)
@@ -78,7 +78,7 @@ def _latency_ms(handle: Pending) -> float | None:
     return round((handle.received_s - handle.sent_s) * 1000, 2)
 
 
-async def run_typing_case(system: System, case: TypingCase, index: int) -> list[dict[str, Any]]:
+async def run_typing_case(system: System, case: TypingCase) -> list[dict[str, Any]]:
     """Type the case key by key at its recorded times; a request per keystroke, the previous one cancelled.
 
     A request is *served* when its answer arrived before the next keystroke (the editor could show it)."""

@@ -69,16 +69,14 @@ async def run_system(system: System, lines: list[Any], typing: list[Any], only_l
     result["line"] = await run_line_cases(system, lines)
     result["typing"] = []
     if not only_lines:
-        for index, case in enumerate(typing):
+        for case in typing:
             log(f"{system.name}: typing {case.name} ({len(case.keys)} keys)")
-            result["typing"].extend(await run_typing_case(system, case, index))
+            result["typing"].extend(await run_typing_case(system, case))
     usage = system.usage()
     result["cpu_s"], result["peak_rss_mb"] = usage.cpu_s, usage.peak_rss_mb
+    await system.stop()
     if isinstance(system, TabfillSystem):
-        await system.stop()
         result["status"] = system.status
-    else:
-        await system.stop()
     return result
 
 

@@ -4,13 +4,13 @@ tree), and the tree snapshot plus `context_at` at the cursor, while typing into 
 from __future__ import annotations
 
 import random
-import statistics
 import time
 from typing import Any
 
 from lsprotocol import types
 
 from bench.cases import DATA
+from bench.report import percentile
 from tabfill.lsp_server.documents import DocumentStore
 from tabfill.lsp_server.positions import position_at
 from tabfill.syntax_cache.context import context_at
@@ -31,12 +31,11 @@ def large_python_file(min_lines: int) -> str:
 
 
 def _summary(samples_ms: list[float]) -> dict[str, float]:
-    ordered = sorted(samples_ms)
     return {
-        "n": len(ordered),
-        "p50_ms": round(statistics.median(ordered), 4),
-        "p95_ms": round(ordered[int(0.95 * (len(ordered) - 1))], 4),
-        "max_ms": round(ordered[-1], 4),
+        "n": len(samples_ms),
+        "p50_ms": round(percentile(samples_ms, 0.5) or 0.0, 4),
+        "p95_ms": round(percentile(samples_ms, 0.95) or 0.0, 4),
+        "max_ms": round(max(samples_ms), 4),
     }
 
 

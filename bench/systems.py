@@ -22,8 +22,8 @@ from typing import Any
 
 from bench.lsp_client import LspClient, RpcError
 from bench.machine import Usage, process_usage
-from tabfill.completion.fim import build_prompt, detect_template
-from tabfill.completion.types import Settings, StopRule
+from tabfill.completion.fim import FimTemplate, build_prompt, detect_template
+from tabfill.completion.types import Prompt, Settings, StopRule
 from tabfill.syntax_cache.context import Mode, context_at
 from tabfill.syntax_cache.document import Document
 
@@ -182,6 +182,17 @@ class TabfillSystem(System):
             await self.client.close()
 
 
+def peer_prompt(prefix: str, suffix: str, template: FimTemplate | None, tokenizer: Any, multi: bool) -> Prompt:
+    """The prompt the peers get: tabfill's default budgets and template, no token healing (plain tokens)."""
+    settings = Settings()
+    return build_prompt(
+        prefix, suffix, template, tokenizer,
+        max_prefix_tokens=settings.max_prefix_tokens, max_suffix_tokens=settings.max_suffix_tokens,
+        max_new_tokens=settings.max_new_tokens if multi else settings.single_line_max_new_tokens,
+        stop=StopRule(single_line=not multi, block_indent=0, max_lines=8), heal=False,
+    )
+
+
 class _PromptWindow:
     """The peers see the same text window as tabfill's prompt (prefix-only for a model without FIM)."""
 
@@ -190,18 +201,11 @@ class _PromptWindow:
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.template = detect_template(self.tokenizer)
-        self.settings = Settings()
 
-    def prefix(self, text: str, offset: int, multi: bool) -> str:
-        prompt = build_prompt(
-            text[:offset], text[offset:], self.template, self.tokenizer,
-            max_prefix_tokens=self.settings.max_prefix_tokens, max_suffix_tokens=self.settings.max_suffix_tokens,
-            max_new_tokens=self.max_new_tokens(multi), stop=StopRule(not multi, 0, 8), heal=False,
-        )
-        return text[offset - prompt.prefix_chars : offset]
-
-    def max_new_tokens(self, multi: bool) -> int:
-        return self.settings.max_new_tokens if multi else self.settings.single_line_max_new_tokens
+    def prompt(self, text: str, offset: int, multi: bool) -> tuple[str, int]:
+        """The prompt's prefix text and its token allowance for new tokens."""
+        prompt = peer_prompt(text[:offset], text[offset:], self.template, self.tokenizer, multi)
+        return text[offset - prompt.prefix_chars : offset], prompt.max_new_tokens
 
 
 class TransformersSystem(System):
@@ -307,9 +311,10 @@ class LlamaCppSystem(System):
 
     async def _complete(self, uri: str, language_id: str, text: str, offset: int, handle: Pending) -> str:
         multi = _mode(language_id, text, offset) is Mode.MULTI
+        prompt, max_new_tokens = self.window.prompt(text, offset, multi)
         body = {
-            "prompt": self.window.prefix(text, offset, multi),
-            "max_tokens": self.window.max_new_tokens(multi),
+            "prompt": prompt,
+            "max_tokens": max_new_tokens,
             "temperature": 0.0,
             "top_k": 1,
             "stop": ["\n\n\n"] if multi else ["\n"],
