@@ -535,52 +535,41 @@ function M.setup(opts)
       start_client(args.buf)
     end,
   })
-  vim.api.nvim_create_autocmd({ "TextChangedI", "CursorMovedI" }, {
-    group = group,
-    callback = on_change,
-  })
-  vim.api.nvim_create_autocmd("TextChangedP", { group = group, callback = on_change })
-  vim.api.nvim_create_autocmd("InsertEnter", { group = group, callback = schedule_request })
-  vim.api.nvim_create_autocmd({ "InsertLeave", "BufLeave" }, {
-    group = group,
-    callback = function()
-      if state.timer then
-        state.timer:stop()
-      end
-      cancel_pending()
-      clear()
-    end,
-  })
   local keys = M.config.keys
-  if M.config.use_builtin then
-    local builtin = vim.lsp.inline_completion
-    if builtin and builtin.enable and builtin.get then
-      vim.api.nvim_clear_autocmds({ group = group })
-      vim.api.nvim_create_autocmd("FileType", {
-        group = group,
-        callback = function(args)
-          start_client(args.buf)
-        end,
-      })
-      builtin.enable(true)
-      map(keys.accept, function()
-        return builtin.get() and true or false
-      end)
-      for _, bufnr in ipairs(vim.api.nvim_list_bufs()) do
-        if vim.api.nvim_buf_is_loaded(bufnr) and vim.bo[bufnr].filetype ~= "" then
-          start_client(bufnr)
-        end
-      end
-      return
-    end
+  local builtin = M.config.use_builtin and vim.lsp.inline_completion or nil
+  if M.config.use_builtin and not (builtin and builtin.enable and builtin.get) then
+    builtin = nil
     vim.notify("tabfill: use_builtin needs Neovim 0.12 (vim.lsp.inline_completion); using tabfill's ghost text",
       vim.log.levels.WARN)
   end
-  map(keys.accept, M.accept)
-  map(keys.accept_word, M.accept_word)
-  map(keys.accept_line, M.accept_line)
-  map(keys.dismiss, M.dismiss)
-  map(keys.trigger, M.trigger)
+  if builtin then
+    builtin.enable(true)
+    map(keys.accept, function()
+      return builtin.get() and true or false
+    end)
+  else
+    vim.api.nvim_create_autocmd({ "TextChangedI", "CursorMovedI" }, {
+      group = group,
+      callback = on_change,
+    })
+    vim.api.nvim_create_autocmd("TextChangedP", { group = group, callback = on_change })
+    vim.api.nvim_create_autocmd("InsertEnter", { group = group, callback = schedule_request })
+    vim.api.nvim_create_autocmd({ "InsertLeave", "BufLeave" }, {
+      group = group,
+      callback = function()
+        if state.timer then
+          state.timer:stop()
+        end
+        cancel_pending()
+        clear()
+      end,
+    })
+    map(keys.accept, M.accept)
+    map(keys.accept_word, M.accept_word)
+    map(keys.accept_line, M.accept_line)
+    map(keys.dismiss, M.dismiss)
+    map(keys.trigger, M.trigger)
+  end
   -- buffers that are already open
   for _, bufnr in ipairs(vim.api.nvim_list_bufs()) do
     if vim.api.nvim_buf_is_loaded(bufnr) and vim.bo[bufnr].filetype ~= "" then
