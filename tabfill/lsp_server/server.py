@@ -207,7 +207,7 @@ def create_server(settings: Settings | None = None) -> TabfillServer:
         accept = types.Command(
             title="Accept tabfill suggestion",
             command=ACCEPT_COMMAND,
-            arguments=[{"id": item_id, "language": request.language_id, "latencyMs": round(latency_ms, 1)}],
+            arguments=[{"id": item_id, "language": request.language_id, "latencyMs": round(latency_ms, 1), "source": completion.source}],
         )
         item = types.InlineCompletionItem(insert_text=completion.text, range=ls.lsp_range(uri, completion), command=accept)
         return types.InlineCompletionList(items=[item])

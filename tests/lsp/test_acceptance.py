@@ -63,6 +63,7 @@ async def test_items_carry_the_accept_command_and_signals_are_counted_once(tiny_
         argument = item.command.arguments[0]
         assert isinstance(argument, dict)
         assert argument["language"] == "python" and isinstance(argument["id"], str) and argument["latencyMs"] >= 0
+        assert isinstance(argument["source"], str) and argument["source"] != "none"  # where the answer came from (model, cache, ...)
 
         echoed = as_json(lsp, item)
         lsp.protocol.notify("textDocument/didShowCompletion", {"item": echoed})
