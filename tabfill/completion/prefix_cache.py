@@ -1,0 +1,224 @@
+"""Prefix KV cache: token-id prefixes of recent prompts → their KV, in blocks of `block_tokens` tokens.
+
+The engine keeps the KV of its last sequence in its one live slot; this store keeps the KV of *other*
+recent prefixes (other documents, earlier windows), so switching files does not re-prefill.
+
+Blocks are keyed vLLM-style by chained hashes: block i's key is `hash((key of block i-1, token ids of
+block i))`, so a key names the whole prefix up to and including its block. Each block also stores its
+token ids and its parent's key, and a lookup compares both: a hash collision is a miss, never wrong KV.
+
+Bounded in bytes (`max_bytes`, 0 disables the cache), LRU, leaves first: a block whose child is cached
+is never evicted before that child, so every cached block stays reachable from the first block.
+
+NOTE: not thread-safe. It is called from the engine worker's thread only (the thread that owns the model
+and the device), so it takes no lock.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from torch import Tensor
+import torch
+
+# NOTE: the token axis of a KV tensor `[L, 2, Hkv, n, D]` (layers, key/value, kv heads, tokens, head dim).
+TOKEN_DIM = 3
+
+BlockKey = int
+
+
+def _block_hash(parent_key: BlockKey | None, token_ids: tuple[int, ...]) -> BlockKey:
+    """The key of a block: its parent's key chained with its own token ids (tests replace this)."""
+    return hash((parent_key, token_ids))
+
+
+@dataclass(frozen=True)
+class PrefixMatch:
+    """The longest cached prefix of a prompt, as returned by `PrefixCache.match`."""
+
+    num_cached_tokens: int  # a multiple of block_tokens
+    block_hashes: tuple[BlockKey, ...]  # the chain that matched, first block first
+    # NOTE: each stored block gets an id that is never reused, so `load` can tell that a block it finds
+    # under a key is still the one `match` compared tokens against (and not a later one with that key).
+    block_ids: tuple[int, ...] = ()
+
+
+@dataclass
+class PrefixCacheStats:
+    hits: int = 0  # `load` returned KV
+    misses: int = 0  # `load` had nothing (an empty match, or a block evicted since `match`)
+    evictions: int = 0  # blocks evicted to stay within max_bytes
+
+
+@dataclass
+class _Block:
+    block_id: int
+    parent_key: BlockKey | None
+    token_ids: tuple[int, ...]
+    kv: Tensor  # [L, 2, Hkv, block_tokens, D], owns its storage (never a view of a larger tensor)
+    num_bytes: int
+    num_children: int = 0
+
+
+class PrefixCache:
+    """Token-id prefix → KV blocks, bounded in bytes, LRU, leaves evicted first. Engine thread only."""
+
+    def __init__(self, block_tokens: int = 32, max_bytes: int = 256 * 2**20) -> None:
+        if block_tokens <= 0:
+            raise ValueError(f"block_tokens must be positive, got {block_tokens}")
+        if max_bytes < 0:
+            raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
+        self.block_tokens = block_tokens
+        self._max_bytes = max_bytes
+        # NOTE: ordered least recently used first. Touching a chain moves its blocks to the end leaf
+        # first and root last, so a parent is always more recent than its children and the LRU end
+        # holds leaves; eviction still checks `num_children` rather than rely on that alone.
+        self._blocks: OrderedDict[BlockKey, _Block] = OrderedDict()
+        self._num_bytes = 0
+        self._next_block_id = 0
+        self._block_bytes = 0  # bytes of one block, known after the first commit (same model throughout)
+        self.stats = PrefixCacheStats()
+
+    @property
+    def num_bytes(self) -> int:
+        return self._num_bytes
+
+    @property
+    def max_bytes(self) -> int:
+        return self._max_bytes
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self._blocks)
+
+    def clear(self) -> None:
+        self._blocks.clear()
+        self._num_bytes = 0
+
+    def match(self, token_ids: Sequence[int]) -> PrefixMatch:
+        """The longest cached prefix of `token_ids`, in whole blocks. Does not mutate (no LRU touch, no stats)."""
+        keys, blocks = self._cached_chain(token_ids, len(token_ids) // self.block_tokens)
+        return PrefixMatch(len(keys) * self.block_tokens, tuple(keys), tuple(block.block_id for block in blocks))
+
+    def load(self, match: PrefixMatch) -> Tensor | None:
+        """The KV `[L, 2, Hkv, n, D]` of a match (a new tensor), marking its blocks recently used.
+
+        None when the match is empty or one of its blocks was evicted since `match`."""
+        blocks: list[_Block] = []
+        parent_key: BlockKey | None = None
+        for key, block_id in zip(match.block_hashes, match.block_ids, strict=True):
+            block = self._blocks.get(key)
+            if block is None or block.block_id != block_id or block.parent_key != parent_key:
+                break
+            blocks.append(block)
+            parent_key = key
+        if not blocks or len(blocks) != len(match.block_hashes):
+            self.stats.misses += 1
+            return None
+        self._touch(list(match.block_hashes))
+        self.stats.hits += 1
+        return torch.cat([block.kv for block in blocks], dim=TOKEN_DIM)
+
+    def commit(self, token_ids: Sequence[int], num_verified_tokens: int, read_kv: Callable[[int, int], Tensor]) -> int:
+        """Store the full blocks of `token_ids[:num_verified_tokens]` that are not cached yet.
+
+        `read_kv(start, end)` returns the KV of tokens [start, end) as `[L, 2, Hkv, end - start, D]`; it is
+        called once, for the missing blocks only (they are contiguous: a cached block's parent is cached).
+        Returns the number of tokens newly stored. When the blocks do not all fit in `max_bytes`, the first
+        ones are stored (other prefixes are evicted for them, never this prompt's own blocks).
+
+        NOTE: only verified tokens are committed: callers pass the number of prompt/accepted tokens whose
+        KV is in the slot, never draft tokens that a verification may still reject."""
+        if not 0 <= num_verified_tokens <= len(token_ids):
+            raise ValueError(f"num_verified_tokens {num_verified_tokens} outside [0, {len(token_ids)}]")
+        if self._max_bytes == 0:
+            return 0
+        bt = self.block_tokens
+        num_full_blocks = num_verified_tokens // bt
+        keys, blocks = self._cached_chain(token_ids, num_full_blocks)
+        chain = list(keys)
+        first_missing = len(keys)
+        parent_key = keys[-1] if keys else None
+        new_keys: list[BlockKey] = []
+        if first_missing < num_full_blocks:
+            # NOTE: a missing block whose key is taken (by a colliding block) cannot be stored, nor can any
+            # block after it; check the keys before reading any KV.
+            num_storable = 0
+            key = parent_key
+            for i in range(first_missing, num_full_blocks):
+                key = _block_hash(key, tuple(token_ids[i * bt : (i + 1) * bt]))
+                if key in self._blocks or key in new_keys:
+                    break
+                new_keys.append(key)
+                num_storable += 1
+            if self._block_bytes:
+                # NOTE: do not read KV that could never fit next to this prompt's cached blocks.
+                num_storable = min(num_storable, max(0, self._max_bytes // self._block_bytes - len(keys)))
+            if num_storable:
+                start, end = first_missing * bt, (first_missing + num_storable) * bt
+                kv = read_kv(start, end)
+                if kv.shape[TOKEN_DIM] != end - start:
+                    raise ValueError(f"read_kv({start}, {end}) returned {kv.shape[TOKEN_DIM]} tokens")
+                protected = set(chain)
+                for j, key in enumerate(new_keys[:num_storable]):
+                    # NOTE: clone so a block owns exactly its bytes (a view would keep the whole range alive).
+                    block_kv = kv.narrow(TOKEN_DIM, j * bt, bt).clone()
+                    block_bytes = self._block_bytes = block_kv.numel() * block_kv.element_size()
+                    if not self._make_room(block_bytes, protected):
+                        break
+                    block_tokens = tuple(token_ids[start + j * bt : start + (j + 1) * bt])
+                    self._blocks[key] = _Block(self._next_block_id, parent_key, block_tokens, block_kv, block_bytes)
+                    self._next_block_id += 1
+                    self._num_bytes += block_bytes
+                    if parent_key is not None:
+                        self._blocks[parent_key].num_children += 1
+                    chain.append(key)
+                    protected.add(key)
+                    parent_key = key
+        self._touch(chain)
+        return (len(chain) - first_missing) * bt
+
+    def _cached_chain(self, token_ids: Sequence[int], num_blocks: int) -> tuple[list[BlockKey], list[_Block]]:
+        bt = self.block_tokens
+        keys: list[BlockKey] = []
+        blocks: list[_Block] = []
+        parent_key: BlockKey | None = None
+        for i in range(num_blocks):
+            block_token_ids = tuple(token_ids[i * bt : (i + 1) * bt])
+            key = _block_hash(parent_key, block_token_ids)
+            block = self._blocks.get(key)
+            # NOTE: compare tokens and parent, not only the key: a colliding key must be a miss.
+            if block is None or block.parent_key != parent_key or block.token_ids != block_token_ids:
+                break
+            keys.append(key)
+            blocks.append(block)
+            parent_key = key
+        return keys, blocks
+
+    def _touch(self, chain: list[BlockKey]) -> None:
+        # NOTE: leaf first, root last, so each parent ends up more recent than its children.
+        for key in reversed(chain):
+            self._blocks.move_to_end(key)
+
+    def _make_room(self, num_bytes: int, protected: set[BlockKey]) -> bool:
+        """Evict least recently used leaves (never `protected` ones) until `num_bytes` more fit."""
+        if num_bytes > self._max_bytes:
+            return False
+        while self._num_bytes + num_bytes > self._max_bytes:
+            victim = next(
+                (key for key, block in self._blocks.items() if block.num_children == 0 and key not in protected),
+                None,
+            )
+            if victim is None:
+                return False
+            self._evict(victim)
+        return True
+
+    def _evict(self, key: BlockKey) -> None:
+        block = self._blocks.pop(key)
+        self._num_bytes -= block.num_bytes
+        if block.parent_key is not None:
+            self._blocks[block.parent_key].num_children -= 1
+        self.stats.evictions += 1

@@ -1,0 +1,233 @@
+import random
+
+import pytest
+import torch
+from torch import Tensor
+
+from tabfill.completion import prefix_cache
+from tabfill.completion.prefix_cache import PrefixCache
+
+BT = 4  # block_tokens in these tests
+L, HKV, D = 2, 1, 2
+BLOCK_BYTES = L * 2 * HKV * BT * D * 4  # float32
+
+
+class FakeSlot:
+    """KV of a sequence whose values encode (token id, position), so served KV can be checked exactly."""
+
+    def __init__(self, token_ids: list[int]) -> None:
+        self.token_ids = token_ids
+        self.calls: list[tuple[int, int]] = []
+
+    def kv_of(self, start: int, end: int) -> Tensor:
+        values = torch.tensor([float(t * 1000 + i) for i, t in enumerate(self.token_ids[start:end], start)])
+        return values.view(1, 1, 1, -1, 1).expand(L, 2, HKV, end - start, D).clone()  # [L, 2, Hkv, n, D]
+
+    def read_kv(self, start: int, end: int) -> Tensor:
+        self.calls.append((start, end))
+        return self.kv_of(start, end)
+
+
+def commit(cache: PrefixCache, token_ids: list[int], num_verified_tokens: int | None = None) -> FakeSlot:
+    slot = FakeSlot(token_ids)
+    cache.commit(token_ids, len(token_ids) if num_verified_tokens is None else num_verified_tokens, slot.read_kv)
+    return slot
+
+
+def doc(tag: int, num_blocks: int) -> list[int]:
+    """Token ids unique to `tag`, so different documents share no block."""
+    return [tag * 100 + i for i in range(num_blocks * BT)]
+
+
+def cached_tokens(cache: PrefixCache, token_ids: list[int]) -> int:
+    return cache.match(token_ids).num_cached_tokens
+
+
+def test_hit_lengths_count_whole_blocks_only() -> None:
+    cache = PrefixCache(block_tokens=BT, max_bytes=2**20)
+    prompt = doc(1, 3) + [7, 7]  # 3 full blocks and 2 tokens
+    assert cached_tokens(cache, prompt) == 0
+    assert cache.commit(prompt, len(prompt), FakeSlot(prompt).read_kv) == 12  # the partial block is not stored
+    assert cache.num_blocks == 3 and cache.num_bytes == 3 * BLOCK_BYTES
+    assert cached_tokens(cache, prompt) == 12
+    assert cached_tokens(cache, prompt[:12]) == 12
+    assert cached_tokens(cache, prompt[:11]) == 8
+    assert cached_tokens(cache, prompt[:4]) == 4
+    assert cached_tokens(cache, prompt[:3]) == 0
+    assert cached_tokens(cache, []) == 0
+    assert cached_tokens(cache, prompt[:12] + [5] * 9) == 12
+
+
+def test_only_verified_tokens_are_committed() -> None:
+    cache = PrefixCache(block_tokens=BT, max_bytes=2**20)
+    prompt = doc(1, 4)
+    assert cache.commit(prompt, 7, FakeSlot(prompt).read_kv) == 4  # tokens 4..7 are not all verified
+    assert cached_tokens(cache, prompt) == 4
+    with pytest.raises(ValueError):
+        cache.commit(prompt, 17, FakeSlot(prompt).read_kv)
+
+
+@pytest.mark.parametrize("num_blocks", [3, 4])
+def test_a_prompt_differing_in_one_token_matches_only_the_blocks_before_it(num_blocks: int) -> None:
+    cache = PrefixCache(block_tokens=BT, max_bytes=2**20)
+    prompt = doc(1, num_blocks)
+    commit(cache, prompt)
+    for position in range(len(prompt)):
+        other = list(prompt)
+        other[position] = -1
+        match = cache.match(other)
+        assert match.num_cached_tokens == position // BT * BT, position
+        if match.num_cached_tokens:
+            kv = cache.load(match)
+            assert kv is not None
+            torch.testing.assert_close(kv, FakeSlot(other).kv_of(0, match.num_cached_tokens))  # KV of the same tokens
+    assert cached_tokens(cache, prompt) == len(prompt)
+
+
+def test_load_returns_the_kv_of_the_matched_tokens_and_counts_hits_and_misses() -> None:
+    cache = PrefixCache(block_tokens=BT, max_bytes=2**20)
+    prompt = doc(1, 3)
+    slot = commit(cache, prompt)
+    match = cache.match(prompt[:10])
+    assert match.num_cached_tokens == 8 and len(match.block_hashes) == 2
+    assert cache.stats.hits == 0 and cache.stats.misses == 0  # match does not count
+    kv = cache.load(match)
+    assert kv is not None and kv.shape == (L, 2, HKV, 8, D)
+    torch.testing.assert_close(kv, slot.kv_of(0, 8))
+    assert cache.load(cache.match([9, 9, 9, 9])) is None
+    assert (cache.stats.hits, cache.stats.misses) == (1, 1)
+
+
+def test_commit_reads_only_the_missing_blocks_in_one_call() -> None:
+    cache = PrefixCache(block_tokens=BT, max_bytes=2**20)
+    prompt = doc(1, 5)
+    slot = commit(cache, prompt, 9)
+    assert slot.calls == [(0, 8)]
+    slot = commit(cache, prompt)
+    assert slot.calls == [(8, 20)]
+    slot = commit(cache, prompt)
+    assert slot.calls == []  # all cached: no read
+    branch = prompt[:8] + [5] * 8
+    slot = commit(cache, branch)
+    assert slot.calls == [(8, 16)]
+    assert cached_tokens(cache, branch) == 16 and cached_tokens(cache, prompt) == 20
+
+
+def test_eviction_is_lru_in_bytes_and_leaves_first() -> None:
+    cache = PrefixCache(block_tokens=BT, max_bytes=4 * BLOCK_BYTES)
+    a, b = doc(1, 2), doc(2, 2)
+    commit(cache, a)
+    commit(cache, b)
+    assert cache.num_bytes == 4 * BLOCK_BYTES
+    # LRU order now: a1, a0, b1, b0 (leaf first within a chain). One new block evicts a's leaf only.
+    commit(cache, doc(3, 1))
+    assert cache.stats.evictions == 1
+    assert cached_tokens(cache, a) == 4 and cached_tokens(cache, b) == 8
+    # Next: a0 (now a leaf), then b1, then b0: never b0 while b1 is cached.
+    commit(cache, doc(4, 1))
+    assert cached_tokens(cache, a) == 0 and cached_tokens(cache, b) == 8
+    commit(cache, doc(5, 1))
+    assert cached_tokens(cache, b) == 4
+    commit(cache, doc(6, 1))
+    assert cached_tokens(cache, b) == 0
+    assert [cached_tokens(cache, doc(tag, 1)) for tag in (3, 4, 5, 6)] == [4, 4, 4, 4]
+    assert cache.stats.evictions == 4 and cache.num_bytes == 4 * BLOCK_BYTES
+
+
+def test_a_shared_parent_outlives_its_children() -> None:
+    cache = PrefixCache(block_tokens=BT, max_bytes=3 * BLOCK_BYTES)
+    trunk = doc(1, 1)
+    commit(cache, trunk + [5] * BT)
+    commit(cache, trunk + [6] * BT)  # touches the trunk: LRU order 5-leaf, 6-leaf, trunk
+    commit(cache, doc(2, 1))  # evicts the 5-leaf
+    assert cached_tokens(cache, trunk + [5] * BT) == 4
+    assert cached_tokens(cache, trunk + [6] * BT) == 8
+    commit(cache, doc(3, 1))  # evicts the 6-leaf, not its parent
+    assert cached_tokens(cache, trunk + [6] * BT) == 4
+    commit(cache, doc(4, 1))  # now the trunk is a leaf and the least recently used
+    assert cached_tokens(cache, trunk) == 0
+    assert cached_tokens(cache, doc(2, 1)) == 4
+
+
+def test_match_does_not_touch_and_load_does() -> None:
+    cache = PrefixCache(block_tokens=BT, max_bytes=2 * BLOCK_BYTES)
+    a, b = doc(1, 1), doc(2, 1)
+    commit(cache, a)
+    commit(cache, b)
+    for _ in range(3):
+        assert cache.match(a).num_cached_tokens == 4  # no effect on the order: a is still the oldest
+    assert (cache.stats.hits, cache.stats.misses, cache.stats.evictions) == (0, 0, 0)
+    commit(cache, doc(3, 1))
+    assert cached_tokens(cache, a) == 0 and cached_tokens(cache, b) == 4
+
+    match = cache.match(b)
+    commit(cache, doc(4, 1))  # evicts b (the oldest)
+    assert cache.load(match) is None and cache.stats.misses == 1  # evicted meanwhile
+
+    cache.clear()
+    commit(cache, a)
+    commit(cache, b)
+    assert cache.load(cache.match(a)) is not None  # a becomes the most recent
+    commit(cache, doc(3, 1))
+    assert cached_tokens(cache, a) == 4 and cached_tokens(cache, b) == 0
+
+
+def test_a_commit_bigger_than_the_bound_stores_what_fits_from_the_start() -> None:
+    cache = PrefixCache(block_tokens=BT, max_bytes=3 * BLOCK_BYTES)
+    prompt = doc(1, 5)
+    slot = FakeSlot(prompt)
+    assert cache.commit(prompt, len(prompt), slot.read_kv) == 12
+    assert slot.calls == [(0, 20)]  # the block size is not known before the first commit
+    assert cached_tokens(cache, prompt) == 12 and cache.num_bytes == 3 * BLOCK_BYTES
+    slot = commit(cache, doc(2, 5))
+    assert slot.calls == [(0, 12)]  # then only what can fit is read
+    assert cached_tokens(cache, doc(2, 5)) == 12 and cached_tokens(cache, prompt) == 0
+    assert cache.stats.evictions == 3 and cache.num_bytes == 3 * BLOCK_BYTES
+    slot = commit(cache, doc(2, 5) + doc(3, 1))
+    assert slot.calls == [] and cached_tokens(cache, doc(2, 5)) == 12  # its own blocks are never evicted for it
+
+
+def test_max_bytes_zero_disables_the_cache() -> None:
+    cache = PrefixCache(block_tokens=BT, max_bytes=0)
+    slot = commit(cache, doc(1, 3))
+    assert slot.calls == [] and cache.num_blocks == 0 and cache.num_bytes == 0
+    assert cached_tokens(cache, doc(1, 3)) == 0
+    small = PrefixCache(block_tokens=BT, max_bytes=BLOCK_BYTES - 1)  # not even one block fits
+    commit(small, doc(1, 3))
+    assert small.num_blocks == 0 and small.num_bytes == 0
+
+
+def test_bytes_stay_within_the_bound_under_a_stream_of_random_documents() -> None:
+    rng = random.Random(1234)
+    max_bytes = 10 * BLOCK_BYTES + BLOCK_BYTES // 2
+    cache = PrefixCache(block_tokens=BT, max_bytes=max_bytes)
+    documents = [[rng.randrange(50) for _ in range(rng.randrange(1, 40))] for _ in range(20)]
+    for _ in range(500):
+        prompt = list(rng.choice(documents))
+        cut = rng.randrange(len(prompt) + 1)
+        prompt = prompt[:cut] + [rng.randrange(50) for _ in range(rng.randrange(8))]
+        match = cache.match(prompt)
+        if rng.random() < 0.5 and match.num_cached_tokens:
+            kv = cache.load(match)
+            assert kv is not None
+            torch.testing.assert_close(kv, FakeSlot(prompt).kv_of(0, match.num_cached_tokens))
+        commit(cache, prompt, rng.randrange(len(prompt) + 1))
+        assert cache.num_bytes <= max_bytes
+        assert cache.num_bytes == cache.num_blocks * BLOCK_BYTES
+    assert cache.stats.evictions > 0
+
+
+def test_a_hash_collision_never_serves_wrong_kv(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(prefix_cache, "_block_hash", lambda parent_key, token_ids: 42)
+    cache = PrefixCache(block_tokens=BT, max_bytes=2**20)
+    prompt = doc(1, 3)
+    commit(cache, prompt)
+    assert cache.num_blocks == 1  # every block collides with the first: only it is stored
+    assert cached_tokens(cache, prompt) == 4
+    assert cached_tokens(cache, doc(2, 3)) == 0  # same key, other tokens: a miss
+    for position in range(len(prompt)):
+        other = list(prompt)
+        other[position] = -1
+        assert cached_tokens(cache, other) == (4 if position >= BT else 0)
+    slot = commit(cache, doc(2, 3))
+    assert slot.calls == [] and cached_tokens(cache, doc(2, 3)) == 0  # cannot be stored under a taken key
