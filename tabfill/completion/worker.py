@@ -2,6 +2,12 @@
 
 Newest wins: a job submitted with the same key as a queued one replaces it (the old one is cancelled
 before it starts), and a running one sees its cancel token set by the caller.
+
+Background jobs (`background=True`, e.g. warming the prefix cache for an opened document) run only when no
+foreground job is queued. Submitting a foreground job drops every queued background job and cancels the
+running one's token with reason "preempted"; a background job's fn checks its token between steps (prefill
+chunks) and returns or raises early. Background jobs with the same key replace each other, a running one
+included (its token is cancelled with reason "superseded"), since no caller holds their tokens.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ class _Job(Generic[T]):
     fn: Callable[[CancelToken], T]
     cancel: CancelToken
     key: str | None
+    background: bool = False
     future: Future[T] = field(default_factory=Future)
 
 
@@ -48,49 +55,80 @@ def _fail(future: Future[Any], error: Exception) -> None:
 class EngineWorker:
     def __init__(self, name: str = "tabfill-engine") -> None:
         self._queue: deque[_Job[Any]] = deque()
+        self._background: deque[_Job[Any]] = deque()
+        self._running: _Job[Any] | None = None
         self._cond = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def submit(self, fn: Callable[[CancelToken], T], cancel: CancelToken | None = None, key: str | None = None) -> Future[T]:
-        job: _Job[T] = _Job(fn, cancel or CancelToken(), key)
+    def submit(
+        self,
+        fn: Callable[[CancelToken], T],
+        cancel: CancelToken | None = None,
+        key: str | None = None,
+        background: bool = False,
+    ) -> Future[T]:
+        job: _Job[T] = _Job(fn, cancel or CancelToken(), key, background)
         with self._cond:
             if self._closed:
                 _fail(job.future, Cancelled("engine worker is closed"))
                 return job.future
-            if key is not None:
-                for old in [queued for queued in self._queue if queued.key == key]:
-                    self._queue.remove(old)
-                    old.cancel.cancel("superseded")
-                    _fail(old.future, Cancelled("superseded before it started"))
-            self._queue.append(job)
+            if background:
+                if key is not None:
+                    self._drop(self._background, lambda queued: queued.key == key, "superseded")
+                    running = self._running
+                    if running is not None and running.background and running.key == key:
+                        running.cancel.cancel("superseded")
+                self._background.append(job)
+            else:
+                if key is not None:
+                    self._drop(self._queue, lambda queued: queued.key == key, "superseded")
+                # NOTE: a real request always preempts background work, queued or running.
+                self._drop(self._background, lambda _queued: True, "preempted")
+                running = self._running
+                if running is not None and running.background:
+                    running.cancel.cancel("preempted")
+                self._queue.append(job)
             self._cond.notify()
         return job.future
+
+    @staticmethod
+    def _drop(queue: deque[_Job[Any]], which: Callable[[_Job[Any]], bool], reason: str) -> None:
+        for old in [queued for queued in queue if which(queued)]:
+            queue.remove(old)
+            old.cancel.cancel(reason)
+            _fail(old.future, Cancelled(f"{reason} before it started"))
 
     @property
     def pending(self) -> int:
         with self._cond:
-            return len(self._queue)
+            return len(self._queue) + len(self._background)
 
     def close(self, timeout: float = 5.0) -> None:
         with self._cond:
             self._closed = True
-            for job in self._queue:
-                job.cancel.cancel("shutdown")
-                _fail(job.future, Cancelled("shutdown"))
-            self._queue.clear()
+            for queue in (self._queue, self._background):
+                for job in queue:
+                    job.cancel.cancel("shutdown")
+                    _fail(job.future, Cancelled("shutdown"))
+                queue.clear()
+            if self._running is not None and self._running.background:
+                self._running.cancel.cancel("shutdown")
             self._cond.notify_all()
         self._thread.join(timeout)
 
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._queue and not self._closed:
+                self._running = None
+                while not self._queue and not self._background and not self._closed:
                     self._cond.wait()
                 if self._closed:
                     return
-                job = self._queue.popleft()
+                # NOTE: set under the lock that `submit` holds, so a foreground submit either sees this
+                # background job running (and cancels its token) or still queued (and drops it).
+                job = self._running = self._queue.popleft() if self._queue else self._background.popleft()
             if job.cancel.cancelled:
                 _fail(job.future, Cancelled(job.cancel.reason or "cancelled"))
                 continue

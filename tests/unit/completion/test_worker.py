@@ -1,4 +1,6 @@
 import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import Future
 
 import pytest
@@ -81,3 +83,102 @@ def test_a_waiter_may_cancel_a_queued_future_and_the_worker_keeps_serving() -> N
     assert newer.result(5) == "newer"
     assert worker.submit(lambda _t: "still serving").result(5) == "still serving"
     worker.close()
+
+
+def _stepper(log: list[str], name: str, started: threading.Event | None = None) -> Callable[[CancelToken], str]:
+    """A background job in steps (like prefill chunks) that checks its token between steps."""
+
+    def run(token: CancelToken) -> str:
+        log.append(f"{name} start")
+        if started is not None:
+            started.set()
+        for _ in range(500):
+            if token.cancelled:
+                log.append(f"{name} {token.reason}")
+                raise Cancelled(token.reason)
+            time.sleep(0.01)
+        log.append(f"{name} done")
+        return name
+
+    return run
+
+
+def test_background_waits_for_queued_foreground_jobs() -> None:
+    worker, gate, first = _busy_worker()
+    order: list[str] = []
+    warm = worker.submit(lambda _t: order.append("background"), key="doc", background=True)
+    fg = worker.submit(lambda _t: order.append("foreground"), key="other-doc")
+    # NOTE: submitting the foreground job dropped the queued background one.
+    with pytest.raises(Cancelled, match="preempted"):
+        warm.result(1)
+    later = worker.submit(lambda _t: order.append("background 2"), key="doc", background=True)
+    assert worker.pending == 2
+    gate.set()
+    later.result(5)
+    fg.result(5)
+    assert order == ["foreground", "background 2"]
+    assert first.result(5) == "blocker"
+    worker.close()
+
+
+def test_background_runs_when_the_worker_is_idle_and_same_keys_replace_each_other() -> None:
+    worker = EngineWorker()
+    assert worker.submit(lambda _t: "warm", key="doc", background=True).result(5) == "warm"
+    worker2, gate, _ = _busy_worker()
+    old = worker2.submit(lambda _t: "old", key="doc", background=True)
+    other = worker2.submit(lambda _t: "other", key="doc2", background=True)
+    new = worker2.submit(lambda _t: "new", key="doc", background=True)
+    with pytest.raises(Cancelled, match="superseded"):
+        old.result(1)
+    gate.set()
+    assert new.result(5) == "new" and other.result(5) == "other"
+    worker.close()
+    worker2.close()
+
+
+def test_a_foreground_job_preempts_a_running_background_job() -> None:
+    worker = EngineWorker()
+    log: list[str] = []
+    started = threading.Event()
+    token = CancelToken()
+    warm = worker.submit(_stepper(log, "warm", started), token, key="doc", background=True)
+    assert started.wait(5)
+    def request(_token: CancelToken) -> str:
+        log.append("request")
+        return "served"
+
+    fg = worker.submit(request, key="doc")
+    assert fg.result(5) == "served"
+    assert token.cancelled and token.reason == "preempted"
+    with pytest.raises(Cancelled, match="preempted"):
+        warm.result(5)
+    assert log == ["warm start", "warm preempted", "request"]
+    worker.close()
+
+
+def test_a_newer_background_job_supersedes_a_running_one_with_its_key() -> None:
+    worker = EngineWorker()
+    log: list[str] = []
+    started = threading.Event()
+    old = worker.submit(_stepper(log, "old", started), key="doc", background=True)
+    assert started.wait(5)
+    other = worker.submit(lambda _t: "other", key="doc2", background=True)  # another key: not cancelled
+    new = worker.submit(lambda _t: "new", key="doc", background=True)
+    with pytest.raises(Cancelled, match="superseded"):
+        old.result(5)
+    assert other.result(5) == "other" and new.result(5) == "new"
+    worker.close()
+
+
+def test_close_cancels_queued_and_running_background_jobs() -> None:
+    worker = EngineWorker()
+    log: list[str] = []
+    started = threading.Event()
+    running = worker.submit(_stepper(log, "running", started), key="a", background=True)
+    assert started.wait(5)
+    queued = worker.submit(lambda _t: "never", key="b", background=True)
+    worker.close()
+    with pytest.raises(Cancelled, match="shutdown"):
+        queued.result(1)
+    with pytest.raises(Cancelled, match="shutdown"):
+        running.result(5)
