@@ -14,21 +14,23 @@ import torch
 @dataclass(frozen=True)
 class Usage:
     cpu_s: float  # user + system CPU seconds of the process
-    peak_rss_mb: float  # VmHWM
+    peak_rss_mb: float  # VmHWM: the most resident memory the process ever had
+    rss_mb: float = 0.0  # VmRSS: resident memory now
 
 
 def process_usage(pid: int) -> Usage:
-    """CPU time and peak resident memory of a live process (Linux /proc)."""
+    """CPU time, peak and current resident memory of a live process (Linux /proc)."""
     with open(f"/proc/{pid}/stat") as handle:
         fields = handle.read().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
     cpu_s = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime (fields 14 and 15 of stat)
-    peak_kb = 0
+    memory_kb = {"VmHWM:": 0, "VmRSS:": 0}
     with open(f"/proc/{pid}/status") as handle:
         for line in handle:
-            if line.startswith("VmHWM:"):
-                peak_kb = int(line.split()[1])
-    return Usage(round(cpu_s, 2), round(peak_kb / 1024, 1))
+            key = line.split(None, 1)[0] if line.strip() else ""
+            if key in memory_kb:
+                memory_kb[key] = int(line.split()[1])
+    return Usage(round(cpu_s, 2), round(memory_kb["VmHWM:"] / 1024, 1), round(memory_kb["VmRSS:"] / 1024, 1))
 
 
 def describe() -> dict[str, object]:

@@ -67,6 +67,7 @@ async def run_line_cases(system: System, cases: list[LineCase]) -> list[dict[str
         await system.close_document(uri)
         row = {"case": case.name, "language": case.language_id, **score_line(handle.text or "", case.expected)}
         row["latency_ms"] = _latency_ms(handle)
+        row["source"] = handle.source
         row["error"] = handle.error
         rows.append(row)
     return rows
@@ -130,6 +131,7 @@ async def run_typing_case(system: System, case: TypingCase) -> list[dict[str, An
             "latency_ms": _latency_ms(handle),
             "served": served,
             "cancelled": handle.cancelled,
+            "source": handle.source,  # None when no answer came (cancelled, error)
             "error": handle.error,
             "late": handle.text is not None and not served,
             "shown": shown,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import importlib
 import json
 import os
 import shlex
@@ -60,20 +61,36 @@ def default_gguf() -> Path:
     return path
 
 
-async def run_system(system: System, lines: list[Any], typing: list[Any], only_lines: bool = False) -> dict[str, Any]:
+def _memory(system: System, after: str) -> dict[str, Any]:
+    usage = system.usage()
+    return {"after": after, "rss_mb": usage.rss_mb, "peak_rss_mb": usage.peak_rss_mb, "cpu_s": usage.cpu_s}
+
+
+async def run_system(
+    system: System, lines: list[Any], typing: list[Any], only_lines: bool = False,
+    replays: int = 1, repeat_typing: list[Any] | None = None,
+) -> dict[str, Any]:
+    """Line cases, then the typing replay `replays` times in the same process. `typing` holds the first
+    replay's rows (the latency figures), `typing_repeat` the later ones (caches warm: reported apart);
+    `memory` the process's resident memory after each step."""
     started = time.perf_counter()
     log(f"{system.name}: starting")
     await system.start()
     result: dict[str, Any] = {"name": system.name, "startup_s": round(time.perf_counter() - started, 2)}
     log(f"{system.name}: ready in {result['startup_s']} s; {len(lines)} line cases")
     result["line"] = await run_line_cases(system, lines)
-    result["typing"] = []
-    if not only_lines:
-        for case in typing:
-            log(f"{system.name}: typing {case.name} ({len(case.keys)} keys)")
-            result["typing"].extend(await run_typing_case(system, case))
+    result["memory"] = [_memory(system, "line cases")]
+    result["typing"], result["typing_repeat"] = [], []
+    if not only_lines and typing:
+        for replay in range(1, replays + 1):
+            cases = typing if replay == 1 or repeat_typing is None else repeat_typing
+            rows = result["typing"] if replay == 1 else result["typing_repeat"]
+            for case in cases:
+                log(f"{system.name}: replay {replay}/{replays}, typing {case.name} ({len(case.keys)} keys)")
+                rows.extend({**row, "replay": replay} for row in await run_typing_case(system, case))
+            result["memory"].append(_memory(system, f"replay {replay}"))
     usage = system.usage()
-    result["cpu_s"], result["peak_rss_mb"] = usage.cpu_s, usage.peak_rss_mb
+    result["cpu_s"], result["peak_rss_mb"], result["rss_mb"] = usage.cpu_s, usage.peak_rss_mb, usage.rss_mb
     await system.stop()
     if isinstance(system, TabfillSystem):
         result["status"] = system.status
@@ -124,7 +141,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         results["skipped"]["syntax"] = f"{type(exc).__name__}: {exc}"
         log(f"syntax measurement failed: {exc}")
 
+    results["replays"] = args.replays
+    results["repeat_cases"] = args.repeat_cases
+    if args.decode_steps > 0:
+        log("decode step: the engine's variants against the weight-streaming floor")
+        measured, why = measure_decode_step(model_dir, args.decode_steps)
+        if measured is not None:
+            results["decode_step"] = measured
+        else:
+            results["skipped"]["decode step"] = why
+
     server_options: dict[str, Any] = {} if args.deadline_ms is None else {"deadlineMs": args.deadline_ms}
+    repeat_typing = typing if args.repeat_cases == "same" else typing_cases(2 * len(typing), pace=args.pace)[len(typing):]
     for name in systems:
         system: System
         if name == "tabfill":
@@ -138,11 +166,29 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             system = LlamaCppSystem(llama_python, gguf, model_dir)
         else:
             raise SystemExit(f"unknown system {name!r}; choose from {', '.join(ALL_SYSTEMS)}")
-        results["systems"].append(await run_system(system, lines, typing))
+        if name == "tabfill":
+            results["systems"].append(await run_system(system, lines, typing, replays=args.replays, repeat_typing=repeat_typing))
+        else:
+            results["systems"].append(await run_system(system, lines, typing))
         if name == "tabfill" and TABFILL_PLAIN_OPTIONS and not args.smoke:
             plain = TabfillSystem("tabfill (plain prompt)", args.model, {**server_options, **TABFILL_PLAIN_OPTIONS})
             results["systems"].append(await run_system(plain, lines, typing, only_lines=True))
     return results
+
+
+def measure_decode_step(model_dir: str, steps: int) -> tuple[dict[str, float] | None, str]:
+    """bench/decode_step.py's `measure` (ms per token of the engine's decode variants and the floor),
+    when that module is there; (None, why) when it is not or it failed."""
+    try:
+        module = importlib.import_module("bench.decode_step")
+    except ImportError as exc:
+        return None, f"bench/decode_step.py not available ({exc})"
+    try:
+        measured = module.measure(model_dir, steps)
+        return {str(key): float(value) for key, value in dict(measured).items()}, ""
+    except Exception as exc:  # a broken part is reported, the rest of the run goes on
+        log(f"decode step measurement failed: {exc}")
+        return None, f"{type(exc).__name__}: {exc}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,11 +201,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pace", type=float, default=1.0, help="typing speed multiplier (1.0: 8–12 chars/s)")
     parser.add_argument("--syntax-lines", type=int, default=3000)
     parser.add_argument("--deadline-ms", type=int, help="tabfill's per-request deadline (default: the server's; raise it for a large model on a CPU)")
+    parser.add_argument("--replays", type=int, default=2,
+                        help="tabfill only: type the replay this many times in one server process (latency from the first; "
+                        "the rest reported as the repeat replay, and resident memory after each)")
+    parser.add_argument("--repeat-cases", choices=("same", "fresh"), default="same",
+                        help="the repeat replays type the same functions again, or as many other functions")
+    parser.add_argument("--decode-steps", type=int, default=64, help="decode steps for bench/decode_step.py (0: skip)")
     parser.add_argument("--no-install", action="store_true", help="skip llama.cpp unless it is already built")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent, help="folder for RESULTS.md, results.json, latency.png")
     args = parser.parse_args(argv)
+    if args.replays < 1:
+        parser.error("--replays must be at least 1")
     if args.smoke:
         args.line_cases, args.typing_cases, args.syntax_lines = 1, 1, 300
+        args.decode_steps = min(args.decode_steps, 8)
         args.pace = max(args.pace, 3.0)
     args.command_line = shlex.join(["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)])
     started = time.perf_counter()

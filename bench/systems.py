@@ -34,6 +34,10 @@ class Cancelled(Exception):
     pass
 
 
+EMPTY = "empty"  # tabfill answered with no item (over LSP it cannot say whether the model ran)
+UNKNOWN = "unknown"  # an item without a source (a server from before the accept argument carried it)
+
+
 @dataclass
 class Pending:
     """One completion request in flight."""
@@ -44,6 +48,7 @@ class Pending:
     text: str | None = None
     error: str | None = None
     cancelled: bool = False
+    source: str | None = None  # where the answer came from: "model", "cache", "type-through", ... or EMPTY
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -90,6 +95,8 @@ class System(ABC):
                 handle.error = f"{type(task.exception()).__name__}: {task.exception()}"
             else:
                 handle.text = task.result()
+                if handle.source is None:
+                    handle.source = "model"  # the peers: every answer is generated for its request
 
         handle.task.add_done_callback(finished)
         return handle
@@ -168,7 +175,9 @@ class TabfillSystem(System):
             raise
         items = result["items"] if isinstance(result, dict) else result or []
         if not items:
+            handle.source = EMPTY
             return ""
+        handle.source = answer_source(items[0])
         insert = items[0]["insertText"]
         return insert if isinstance(insert, str) else insert["value"]
 
@@ -180,6 +189,15 @@ class TabfillSystem(System):
         if self.client is not None:
             self.status = await self.client.request("tabfill/status", None)
             await self.client.close()
+
+
+def answer_source(item: dict[str, Any]) -> str:
+    """The `source` tabfill puts in its item's `tabfill.accept` argument; any string is its own category."""
+    command = item.get("command")
+    arguments = command.get("arguments") if isinstance(command, dict) else None
+    argument = arguments[0] if isinstance(arguments, list) and arguments else None
+    source = argument.get("source") if isinstance(argument, dict) else None
+    return source if isinstance(source, str) and source else UNKNOWN
 
 
 def peer_prompt(prefix: str, suffix: str, template: FimTemplate | None, tokenizer: Any, multi: bool) -> Prompt:

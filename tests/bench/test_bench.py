@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,8 +11,11 @@ from pathlib import Path
 import pytest
 
 from bench.cases import line_cases, typing_cases
-from bench.report import percentile, summarize
+from bench import report, run
+from bench.machine import process_usage
+from bench.report import memory_growth, percentile, source_breakdown, summarize, targets
 from bench.replay import common_prefix_length, edit_similarity, score_line
+from bench.systems import answer_source
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -67,6 +71,118 @@ def test_summary_counts_served_requests_only() -> None:
     summary = summarize(system)
     assert summary["p50_ms"] == 20.0 and summary["served"] == 1 and summary["cancelled"] == 1
     assert summary["exact_match"] == 1.0 and summary["accepted_chars"] == 2 and summary["typed_chars"] == 2
+
+
+def typing_row(latency_ms: float, source: str | None, served: bool = True, shown: str = "x", replay: int = 1) -> dict[str, object]:
+    return {"case": "c", "typed": 1, "latency_ms": latency_ms, "served": served, "cancelled": not served, "late": False,
+            "error": None, "shown": shown if served else "", "agreed": False, "accepted_chars": 0, "source": source, "replay": replay}
+
+
+def line_rows(predicted: list[str], expected: list[str]) -> list[dict[str, object]]:
+    return [{"case": f"f.py:{i}", "predicted": p, "expected": e, "exact": p == e, "edit_similarity": 1.0 if p == e else 0.5,
+             "empty": not p, "latency_ms": 50.0, "error": None} for i, (p, e) in enumerate(zip(predicted, expected))]
+
+
+def memory(*steps: tuple[str, float, float]) -> list[dict[str, object]]:
+    return [{"after": after, "rss_mb": rss, "peak_rss_mb": peak, "cpu_s": 1.0} for after, rss, peak in steps]
+
+
+def test_served_requests_break_down_by_source_and_any_string_is_its_own_category() -> None:
+    rows = [typing_row(100.0, "model"), typing_row(300.0, "model"), typing_row(2.0, "cache"), typing_row(1.0, "empty", shown=""),
+            typing_row(4.0, "continuation"), typing_row(900.0, None, served=False), typing_row(3.0, "model", served=False)]
+    breakdown = {row["source"]: row for row in source_breakdown(rows)}
+    assert list(breakdown) == ["model", "cache", "continuation", "empty"]  # most served first, then by name
+    assert breakdown["model"]["served"] == 2 and breakdown["model"]["p50_ms"] == 200.0 and breakdown["model"]["share"] == 0.4
+    assert breakdown["model"]["p95_ms"] == pytest.approx(290.0)
+    assert breakdown["empty"]["shown"] == 0 and breakdown["cache"]["shown"] == 1
+    assert source_breakdown([typing_row(5.0, None)])[0]["source"] == "unknown"
+
+
+def test_the_answer_source_is_read_from_the_accept_argument() -> None:
+    item = {"insertText": "x", "command": {"command": "tabfill.accept", "arguments": [{"id": "a", "source": "type-through"}]}}
+    assert answer_source(item) == "type-through"
+    assert answer_source({"insertText": "x"}) == "unknown"
+    assert answer_source({"insertText": "x", "command": {"arguments": [{"id": "a", "source": ""}]}}) == "unknown"
+
+
+def test_memory_growth_between_the_first_and_the_last_replay() -> None:
+    system = {"memory": memory(("line cases", 700.0, 720.0), ("replay 1", 800.0, 850.0), ("replay 2", 810.0, 867.0))}
+    growth = memory_growth(system)
+    assert growth is not None
+    assert growth["rss_growth_mb"] == 10.0 and growth["peak_growth_mb"] == 17.0 and growth["peak_growth"] == 0.02
+    assert memory_growth({"memory": memory(("line cases", 1.0, 1.0), ("replay 1", 2.0, 2.0))}) is None
+    assert memory_growth({}) is None
+    assert process_usage(os.getpid()).rss_mb > 0
+
+
+def synthetic_results(decode: dict[str, float] | None) -> dict[str, object]:
+    expected = ["a", "b", "c", "d"]
+    tabfill_rows = [typing_row(5.0, "type-through"), typing_row(10.0, "cache"), typing_row(20.0, "model"), typing_row(200.0, "model")]
+    systems = [
+        {"name": "tabfill", "line": line_rows(["a", "b", "x", "d"], expected), "typing": tabfill_rows,
+         "typing_repeat": [typing_row(3.0, "cache", replay=2)], "cpu_s": 9.0, "peak_rss_mb": 900.0,
+         "memory": memory(("line cases", 700.0, 720.0), ("replay 1", 800.0, 850.0), ("replay 2", 830.0, 900.0))},
+        {"name": "transformers", "line": line_rows(["a", "b", "c", "x"], expected),
+         "typing": [typing_row(60.0, "model"), typing_row(80.0, "model")], "memory": memory(("replay 1", 1.0, 1.0))},
+        {"name": "llama.cpp", "line": line_rows(["a", "x", "x", "x"], expected), "typing": [typing_row(30.0, "model")]},
+        {"name": "tabfill (plain prompt)", "line": line_rows(["a", "b", "c", "x"], expected), "typing": []},
+    ]
+    machine = {"cpu": "test", "cores": 2, "memory_gib": 4, "avx2": True, "avx512f": False, "python": "3", "torch": "2", "torch_threads": 2}
+    results: dict[str, object] = {
+        "command": "python -m bench", "date": "today", "commit": "abc", "machine": machine, "model": "default", "model_dir": "/m",
+        "pace": 1.0, "deadline_ms": None, "systems": systems, "skipped": {}, "replays": 2, "repeat_cases": "same",
+        "floor": {"copy_bandwidth_gbs": 10.0, "decode_floor_ms": {"fp32": 54.0}, "weight_bytes": {"fp32": 540_000_000}},
+    }
+    if decode is not None:
+        results["decode_step"] = decode
+    return results
+
+
+def test_targets_from_a_synthetic_run() -> None:
+    results = synthetic_results({"tabfill_decode_ms": 70.0, "floor_ms": 50.0, "plain_decode_ms": 90.0})
+    summaries = [summarize(system) for system in results["systems"]]  # type: ignore[attr-defined]
+    rows = targets(results, summaries)
+    assert len(rows) == 9
+    p50, p95, llama, transformers, deadline, decode, em, peak, flat = rows
+    assert p50["status"] == "met" and p50["measured"] == "15.0 ms"  # median of 5, 10, 20, 200
+    assert p95["status"] == "missed" and "over by" in p95["margin"]
+    assert llama["status"] == "met" and "2.00×" in llama["margin"]  # 30 / 15
+    assert transformers["status"] == "met" and "4.67×" in transformers["measured"]  # 70 / 15
+    assert deadline["status"] == "evidence only" and deadline["measured"].startswith("1 of 4")
+    assert decode["status"] == "met" and "1.40×" in decode["measured"]
+    assert em["status"] == "met" and "tabfill (plain prompt)" in em["measured"] and "same first line on 4 of 4" in em["measured"]
+    assert peak["status"] == "met" and peak["measured"] == "850 MiB"
+    assert flat["status"] == "missed" and "+50.0 MiB" in flat["margin"]
+
+    markdown = report.markdown(results)
+    assert "## Issue 5 targets" in markdown and "| **met** |" in markdown and "| **missed** |" in markdown
+    assert "| tabfill | first | model | 2 | 50.0 % | 110.0 | 191.0 | 2 |" in markdown
+    assert "| tabfill | repeat | cache | 1 |" in markdown and "### Repeat replay" in markdown
+    assert "replay 2: 830 / 900 | +30.0 / +50.0 |" in markdown
+    assert "## Decode step" in markdown and "| plain_decode_ms | 90.000 | 1.80× |" in markdown
+
+    bare = synthetic_results(None)
+    bare["systems"] = bare["systems"][:1]  # type: ignore[index]
+    bare_rows = targets(bare, [summarize(bare["systems"][0])])  # type: ignore[index]
+    assert [row["status"] for row in bare_rows].count("not measured") == 4  # two peers, decode step, exact match
+    assert "not measured" in report.markdown(bare) and "## Decode step" not in report.markdown(bare)
+
+
+def test_decode_step_is_optional(monkeypatch: pytest.MonkeyPatch) -> None:
+    def missing(name: str) -> object:
+        raise ImportError(f"No module named {name!r}")
+
+    monkeypatch.setattr(run.importlib, "import_module", missing)
+    measured, why = run.measure_decode_step("/m", 4)
+    assert measured is None and "not available" in why
+
+    class Fake:
+        @staticmethod
+        def measure(model_dir: str, steps: int) -> dict[str, float]:
+            return {"tabfill_decode_ms": 2.0 * steps, "floor_ms": 1}
+
+    monkeypatch.setattr(run.importlib, "import_module", lambda name: Fake)
+    assert run.measure_decode_step("/m", 4) == ({"tabfill_decode_ms": 8.0, "floor_ms": 1.0}, "")
 
 
 @pytest.mark.model
