@@ -9,17 +9,22 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from tabfill.completion.drafts import NgramDrafter
+from tabfill.completion.prefix_cache import PrefixCache
+from tabfill.completion.runners import Runner, TransformersRunner
 from tabfill.completion.types import CancelToken, Deadline, Generation, Prompt, StopRule, Timings
 from tabfill.syntax_cache.context import indent_width
 
 log = logging.getLogger(__name__)
 
 PREFILL_CHUNK_TOKENS = 256
+DRAFT_TOKENS = 6  # speculative tokens verified per forward (prompt lookup)
 
 # NOTE: transformers 5.2x warns that `past_key_values` becomes `cache`, but passing `cache=` there does
 # not fill the given cache; keep the working name and silence just this warning.
@@ -69,27 +74,74 @@ def stop_index(text: str, stop: StopRule) -> int | None:
         line_start = newline + 1
 
 
-class Engine:
-    """Owns one loaded model; not thread-safe: exactly one worker thread calls it."""
+@dataclass(eq=False)
+class Decoding:
+    """One generation in progress. Engine thread only; a deadline hands it back for `Engine.resume`."""
 
-    def __init__(self, model: Any, tokenizer: Any, device: str, info: EngineInfo) -> None:
+    prompt: Prompt
+    stop_ids: frozenset[int]
+    drafter: NgramDrafter
+    generated: list[int] = field(default_factory=list)
+    text: str = ""  # decoded `generated`, healing text included
+    logits: torch.Tensor | None = None  # next-token logits [V]; valid only while the engine's live slot is ours
+    started: bool = False  # its first prefill ran (`cached_tokens` counts the reuse of that one)
+    cached_tokens: int = 0
+    draft_tokens: int = 0
+    accepted_draft_tokens: int = 0
+
+    @property
+    def tokens(self) -> list[int]:
+        return list(self.prompt.token_ids) + self.generated
+
+
+class Engine:
+    """Owns one loaded model and its live KV slot; not thread-safe: exactly one worker thread calls it.
+
+    The live slot holds the KV of `self._live` (verified tokens only: prompt tokens and generated or
+    accepted draft tokens). A new prompt reuses its longest common prefix with the live slot (or with the
+    prefix store, for another document) and prefills only the rest."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        device: str,
+        info: EngineInfo,
+        runner: Runner | None = None,
+        prefix_cache: PrefixCache | None = None,
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.device = torch.device(device)
         self.info = info
+        self.runner: Runner = runner or TransformersRunner(model, self.device)
+        self.prefix_cache = prefix_cache if self.runner.kv_bytes_per_token > 0 else None
         self.eos_ids = frozenset(_eos_ids(model, tokenizer))
+        self.draft_tokens = DRAFT_TOKENS
         self._token_texts: list[str] | None = None
+        self._live: list[int] = []
+        self._owner: Decoding | None = None  # whose next-token logits are valid for the live slot
+        self.last_reused_tokens = 0
 
     @torch.inference_mode()
     def warm_up(self) -> float:
         """One short forward and the vocabulary table, so the first request does not pay for
         kernel initialisation (~1 s on this CPU). Returns milliseconds."""
-        from transformers import DynamicCache
-
         started = time.perf_counter()
-        self._forward(torch.tensor([[0, 0, 0, 0]], device=self.device), DynamicCache())
+        self.runner.forward([0, 0, 0, 0], 0)
+        self._live, self._owner = [0, 0, 0, 0], None
         self.token_texts()
         return (time.perf_counter() - started) * 1000
+
+    def describe(self) -> dict[str, str]:
+        described = self.runner.describe()
+        described["prefix_cache"] = (
+            f"{self.prefix_cache.max_bytes // 2**20} MiB, blocks of {self.prefix_cache.block_tokens} tokens"
+            if self.prefix_cache is not None
+            else "off (the runner does not export KV)"
+        )
+        described["drafts"] = f"prompt lookup, up to {self.draft_tokens} tokens per forward"
+        return described
 
     # ----------------------------------------------------------------- token healing support
     def token_texts(self) -> list[str]:
@@ -114,81 +166,165 @@ class Engine:
         return mask
 
     # ----------------------------------------------------------------- steps
-    def prefill(self, token_ids: list[int], cache: Any, cancel: CancelToken, deadline: Deadline) -> tuple[torch.Tensor | None, Any]:
-        """Run the prompt through the model in chunks; returns last logits [V] (None if interrupted)."""
+    def prefill(self, token_ids: list[int], cancel: CancelToken, deadline: Deadline) -> torch.Tensor | None:
+        """Make the live slot hold `token_ids`: reuse the longest cached prefix, run the rest in chunks.
+        Returns the last position's logits [V], or None when cancelled or past the deadline (the chunks
+        done so far stay in the live slot, so the next call continues from there)."""
+        self._owner = None
+        reuse = self.last_reused_tokens = self._reuse(token_ids)
+        start = reuse
         logits: torch.Tensor | None = None
-        for start in range(0, len(token_ids), PREFILL_CHUNK_TOKENS):
-            if cancel.cancelled or (deadline.expired and start > 0):
-                return None, cache
-            chunk = torch.tensor([token_ids[start : start + PREFILL_CHUNK_TOKENS]], device=self.device)  # [1, S]
-            logits, cache = self._forward(chunk, cache)
-        return logits, cache
+        while start < len(token_ids):
+            if cancel.cancelled or (deadline.expired and start > reuse):
+                return None
+            chunk = token_ids[start : start + PREFILL_CHUNK_TOKENS]
+            logits = self.runner.forward(chunk, start)
+            start += len(chunk)
+            self._live = token_ids[:start]
+        return logits
 
-    def decode_one_token(self, token_id: int, cache: Any) -> tuple[torch.Tensor, Any]:
-        step = torch.tensor([[token_id]], device=self.device)  # [1, 1]
-        return self._forward(step, cache)
+    def _reuse(self, token_ids: list[int]) -> int:
+        """How many leading tokens of `token_ids` already have KV in the live slot (after loading what the
+        prefix store has, when that is more). At least the last token is always left to run."""
+        live = self._live
+        limit = min(len(live), len(token_ids) - 1)
+        common = 0
+        while common < limit and live[common] == token_ids[common]:
+            common += 1
+        store = self.prefix_cache
+        if store is None:
+            common = self.runner.keep(common)
+            self._live = live[:common]
+            return common
+        if common < len(live) - store.block_tokens:
+            # NOTE: the live slot is about to be overwritten with another sequence: keep its blocks first
+            # (only verified tokens are in `live`).
+            store.commit(live, len(live), self.runner.read_kv)
+        match = store.match(token_ids[: len(token_ids) - 1])
+        if match.num_cached_tokens > common:
+            kv = store.load(match)
+            if kv is not None:
+                self.runner.write_kv(common, kv[:, :, :, common : match.num_cached_tokens])
+                common = match.num_cached_tokens
+        common = self.runner.keep(common)
+        self._live = token_ids[:common]
+        return common
 
-    def _forward(self, input_ids: torch.Tensor, cache: Any) -> tuple[torch.Tensor, Any]:
-        out = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        return out.logits[0, -1].float(), out.past_key_values  # [V]
+    def decode_one_token(self, token_id: int) -> torch.Tensor:
+        """Forward one token at the end of the live slot; returns the next-token logits [V]."""
+        logits = self.runner.forward([token_id], len(self._live))
+        self._live.append(token_id)
+        return logits
+
+    def verify_draft(self, token_id: int, draft: list[int]) -> tuple[list[int], torch.Tensor]:
+        """Forward `token_id` and the draft after it in one pass; keep the longest run of draft tokens the
+        model itself would have chosen greedily. Returns (accepted draft tokens, next-token logits [V])."""
+        logits = self.runner.forward([token_id, *draft], len(self._live), all_logits=True)  # [1 + K, V]
+        choices = torch.argmax(logits, dim=-1).tolist()
+        accepted = 0
+        while accepted < len(draft) and choices[accepted] == draft[accepted]:
+            accepted += 1
+        # NOTE: the KV of rejected draft tokens sits past the live length and is overwritten by the next forward.
+        self._live.extend([token_id, *draft[:accepted]])
+        return draft[:accepted], logits[accepted]
 
     # ----------------------------------------------------------------- the loop
-    @torch.inference_mode()
-    def generate(self, prompt: Prompt, cancel: CancelToken, deadline: Deadline) -> Generation:
+    def start(self, prompt: Prompt, corpus: Sequence[int] = ()) -> Decoding:
+        """A new generation of `prompt`; `corpus` (e.g. the previous suggestion's tokens) feeds the drafts."""
+        return Decoding(prompt, self.eos_ids | prompt.stop_token_ids, NgramDrafter(prompt.token_ids, corpus))
+
+    def generate(self, prompt: Prompt, cancel: CancelToken, deadline: Deadline, corpus: Sequence[int] = ()) -> Generation:
         """Greedy decoding of `prompt` until a stop, EOS, max tokens, the deadline or cancellation."""
-        from transformers import DynamicCache
+        return self.resume(self.start(prompt, corpus), cancel, deadline)
 
+    @torch.inference_mode()
+    def resume(self, state: Decoding, cancel: CancelToken, deadline: Deadline) -> Generation:
+        """Run (or continue) `state` until it finishes or is interrupted. A "deadline" result carries
+        `state` as its continuation; resuming later reuses the live slot (or re-prefills what changed)."""
         timings = Timings()
+        if state.logits is None or self._owner is not state:
+            started = time.perf_counter()
+            logits = self.prefill(state.tokens, cancel, deadline)
+            if not state.started:
+                state.cached_tokens, state.started = self.last_reused_tokens, True
+            timings = timings.add("prefill", (time.perf_counter() - started) * 1000)
+            if logits is None:
+                return self._result(state, "cancelled" if cancel.cancelled else "deadline", timings)
+            state.logits, self._owner = logits, state
         started = time.perf_counter()
-        stop_ids = self.eos_ids | prompt.stop_token_ids
-        cache: Any = DynamicCache()
-        logits, cache = self.prefill(list(prompt.token_ids), cache, cancel, deadline)
-        timings = timings.add("prefill", (time.perf_counter() - started) * 1000)
-        if logits is None:
-            reason = "cancelled" if cancel.cancelled else "deadline"
-            return Generation((), "", reason, len(prompt.token_ids), timings)
+        finish = self._decode(state, cancel, deadline)
+        timings = timings.add("decode", (time.perf_counter() - started) * 1000)
+        return self._result(state, finish, timings)
 
-        decode_started = time.perf_counter()
-        generated: list[int] = []
-        text = ""
-        finish = "length"
+    def _decode(self, state: Decoding, cancel: CancelToken, deadline: Deadline) -> str:
+        prompt = state.prompt
         healing = prompt.healing_text
-        vocab_size = logits.shape[-1]
-        for _step in range(prompt.max_new_tokens + (1 if healing else 0)):
-            decoded_so_far = _strip_healing(text, healing)
-            if healing and decoded_so_far is None:
-                if not healing.startswith(text):
+        limit = prompt.max_new_tokens + (1 if healing else 0)
+        assert state.logits is not None
+        logits = state.logits
+        while len(state.generated) < limit:
+            if healing and _strip_healing(state.text, healing) is None:
+                if not healing.startswith(state.text):
                     # The decoded text left the healing text (a tokenizer whose lone tokens decode without
                     # their leading space): give up rather than return text that does not fit the prefix.
-                    text, finish = healing, "stop"
-                    break
+                    state.text = healing
+                    return "stop"
                 # NOTE: token healing — the prompt's last token was removed; only tokens consistent
                 # with re-producing its text may come first.
-                remaining = healing[len(text) :]
-                logits = logits.masked_fill(~self._healing_mask(remaining, vocab_size), float("-inf"))
+                remaining = healing[len(state.text) :]
+                logits = logits.masked_fill(~self._healing_mask(remaining, logits.shape[-1]), float("-inf"))
             token_id = int(torch.argmax(logits).item())
-            if token_id in stop_ids:
-                finish = "eos"
-                break
-            generated.append(token_id)
-            text = self.tokenizer.decode(generated, skip_special_tokens=False)
-            continuation = _strip_healing(text, healing)
-            if continuation is not None:
-                cut = stop_index(continuation, prompt.stop)
-                if cut is not None:
-                    text = healing + continuation[:cut]
-                    finish = "stop"
-                    break
-            if cancel.cancelled:
-                finish = "cancelled"
-                break
-            if deadline.expired:
-                finish = "deadline"
-                break
-            logits, cache = self.decode_one_token(token_id, cache)
-        timings = timings.add("decode", (time.perf_counter() - decode_started) * 1000)
-        continuation = _strip_healing(text, healing)
-        return Generation(tuple(generated), continuation or "", finish, len(prompt.token_ids), timings)
+            if token_id in state.stop_ids:
+                return "eos"
+            finish = self._append(state, token_id)
+            if finish:
+                return finish
+            if cancel.cancelled or deadline.expired:
+                state.logits = None  # the last token is not in the live slot yet; resume forwards it
+                return "cancelled" if cancel.cancelled else "deadline"
+            budget = min(self.draft_tokens, limit - len(state.generated))
+            draft = state.drafter.propose(budget) if budget > 0 and _strip_healing(state.text, healing) is not None else []
+            if draft:
+                accepted, logits = self.verify_draft(token_id, draft)
+                state.draft_tokens += len(draft)
+                state.accepted_draft_tokens += len(accepted)
+                for draft_id in accepted:
+                    if draft_id in state.stop_ids:
+                        return "eos"
+                    finish = self._append(state, draft_id)
+                    if finish:
+                        return finish
+            else:
+                logits = self.decode_one_token(token_id)
+            state.logits = logits
+        return "length"
+
+    def _append(self, state: Decoding, token_id: int) -> str:
+        """Add a chosen token to the generation; "stop" when the stop rule cuts the text, else ""."""
+        state.generated.append(token_id)
+        state.drafter.extend((token_id,))
+        state.text = self.tokenizer.decode(state.generated, skip_special_tokens=False)
+        continuation = _strip_healing(state.text, state.prompt.healing_text)
+        if continuation is not None:
+            cut = stop_index(continuation, state.prompt.stop)
+            if cut is not None:
+                state.text = state.prompt.healing_text + continuation[:cut]
+                return "stop"
+        return ""
+
+    def _result(self, state: Decoding, finish: str, timings: Timings) -> Generation:
+        continuation = _strip_healing(state.text, state.prompt.healing_text)
+        return Generation(
+            tuple(state.generated),
+            continuation or "",
+            finish,
+            len(state.prompt.token_ids),
+            timings,
+            cached_tokens=state.cached_tokens,
+            draft_tokens=state.draft_tokens,
+            accepted_draft_tokens=state.accepted_draft_tokens,
+            continuation=state if finish == "deadline" else None,
+        )
 
 
 def _strip_healing(text: str, healing: str) -> str | None:

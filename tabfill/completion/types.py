@@ -85,6 +85,11 @@ class Generation:
     finish_reason: str  # "stop" | "length" | "eos" | "deadline" | "cancelled"
     prompt_tokens: int
     timings: Timings = Timings()
+    cached_tokens: int = 0  # prompt tokens whose KV was reused (live slot or prefix store), not prefilled
+    draft_tokens: int = 0  # speculative tokens proposed, and how many of them the model agreed with
+    accepted_draft_tokens: int = 0
+    # A generation stopped by its deadline: the engine's handle to resume it (engine thread only).
+    continuation: object | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

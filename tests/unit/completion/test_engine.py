@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -108,3 +109,84 @@ def test_healing_that_cannot_be_matched_gives_up_with_nothing(engine: Engine, mo
     generation = engine.generate(Prompt(tuple(ids), 8, NO_STOP, healing_text=" val"), CancelToken(), Deadline())
     assert (generation.text, generation.finish_reason) == ("", "stop")
     assert len(generation.token_ids) == 1
+
+
+# ----------------------------------------------------------------------------- not recomputing
+def _ids(engine: Engine, text: str) -> list[int]:
+    return list(engine.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _spec_prompts(count: int) -> list[str]:
+    """Code-like prompts with repetition (so prompt lookup proposes drafts) and without."""
+    import random
+
+    rng = random.Random(5)
+    names = ["total", "item", "value", "count", "result", "node", "self.x", "args", "data", "key"]
+    prompts = []
+    for i in range(count):
+        a, b, c = rng.sample(names, 3)
+        lines = [f"{a} = {b} + {rng.randint(0, 99)}", f"for {c} in {b}:", f"    {a} += {c}", f"print({a}, {b})"]
+        rng.shuffle(lines)
+        body = "\n".join(lines * rng.randint(1, 3))
+        prompts.append(body + ("\n" if i % 3 else f"\n{lines[0][: rng.randint(1, len(lines[0]))]}"))
+    return prompts
+
+
+def test_speculative_drafts_give_token_identical_greedy_output_on_200_prompts(engine: Engine) -> None:
+    proposed = accepted = 0
+    for text in _spec_prompts(200):
+        ids = _ids(engine, text)
+        prompt = Prompt(tuple(ids), max_new_tokens=16, stop=NO_STOP)
+        engine.draft_tokens = 0
+        plain = engine.generate(prompt, CancelToken(), Deadline())
+        engine.draft_tokens = 6
+        # the previous suggestion as the draft corpus, with every fourth token wrong
+        corpus = [t if i % 4 else (t + 1) % len(engine.tokenizer) for i, t in enumerate(plain.token_ids[3:])]
+        drafted = engine.generate(prompt, CancelToken(), Deadline(), corpus=corpus)
+        assert drafted.token_ids == plain.token_ids, text
+        proposed += drafted.draft_tokens
+        accepted += drafted.accepted_draft_tokens
+    # the drafts were really exercised, both ways
+    assert accepted > 100 and proposed > accepted
+
+
+def test_a_prompt_differing_in_one_token_at_any_position_never_reuses_stale_kv(engine: Engine) -> None:
+    base = _ids(engine, "def area(width, height):\n    return width * height\n\nprint(area(")
+    fresh_engine = Engine(engine.model, engine.tokenizer, "cpu", engine.info)
+    fresh_engine.eos_ids = frozenset()
+    for position in range(len(base)):
+        engine.generate(Prompt(tuple(base), 4, NO_STOP), CancelToken(), Deadline())  # the live slot holds `base`
+        changed = list(base)
+        changed[position] = (changed[position] + 7) % len(engine.tokenizer)
+        reused = engine.generate(Prompt(tuple(changed), 6, NO_STOP), CancelToken(), Deadline())
+        fresh_engine._live = []
+        fresh = fresh_engine.generate(Prompt(tuple(changed), 6, NO_STOP), CancelToken(), Deadline())
+        assert reused.token_ids == fresh.token_ids, position
+        assert reused.cached_tokens == position
+
+
+def test_a_keystroke_that_extends_the_prompt_prefills_only_the_new_tokens(engine: Engine) -> None:
+    ids = _ids(engine, "import os\n\nfor name in os.listdir(path):\n    print(name)\n")
+    engine.generate(Prompt(tuple(ids[:-3]), 4, NO_STOP), CancelToken(), Deadline())
+    extended = engine.generate(Prompt(tuple(ids), 4, NO_STOP), CancelToken(), Deadline())
+    assert extended.cached_tokens == len(ids) - 3
+    fresh_engine = Engine(engine.model, engine.tokenizer, "cpu", engine.info)
+    fresh_engine.eos_ids = frozenset()
+    assert extended == dataclasses.replace(
+        fresh_engine.generate(Prompt(tuple(ids), 4, NO_STOP), CancelToken(), Deadline()),
+        timings=extended.timings, cached_tokens=extended.cached_tokens,
+    )
+
+
+def test_a_generation_stopped_by_its_deadline_resumes_to_the_same_tokens(engine: Engine) -> None:
+    ids = _ids(engine, "class Point:\n    def __init__(self, x, y):\n        self.")
+    whole = engine.generate(Prompt(tuple(ids), 20, NO_STOP), CancelToken(), Deadline())
+    for other_in_between in (False, True):
+        first = engine.generate(Prompt(tuple(ids), 20, NO_STOP), CancelToken(), Deadline.after_ms(0.001))
+        assert first.finish_reason == "deadline" and first.continuation is not None
+        assert len(first.token_ids) < 20
+        if other_in_between:  # another request used the live slot meanwhile: resume re-prefills what changed
+            engine.generate(Prompt(tuple(_ids(engine, "x = [1, 2, 3]\n")), 3, NO_STOP), CancelToken(), Deadline())
+        rest = engine.resume(first.continuation, CancelToken(), Deadline())  # type: ignore[arg-type]
+        assert rest.finish_reason == "length"
+        assert rest.token_ids == whole.token_ids and rest.text == whole.text

@@ -1,0 +1,135 @@
+"""The model behind the engine: one live KV sequence that forwards append to (or overwrite from) a position.
+
+Two runners with the same small surface:
+- `LeanRunner`: the kernels/ decoder (preallocated KV cache, fused weights, our attention backends), for
+  the architectures it supports (Llama, Qwen2, StarCoder2).
+- `TransformersRunner`: the transformers model itself with a DynamicCache cropped to the reuse point; the
+  fallback for every other architecture and the reference twin in tests.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+class Runner(Protocol):
+    name: str
+    max_tokens: int
+    # bytes of KV one token holds; 0 when the runner cannot copy KV out (no prefix store then)
+    kv_bytes_per_token: int
+
+    def forward(self, token_ids: Sequence[int], start_pos: int, *, all_logits: bool = False) -> torch.Tensor:
+        """Write `token_ids` at positions start_pos.. (dropping whatever was at or after start_pos) and
+        return fp32 logits: [S, V] with `all_logits`, else [V] for the last position."""
+        ...
+
+    def keep(self, num_tokens: int) -> int:
+        """Keep the KV of the first `num_tokens` positions for the next forward; returns how many it could
+        keep (fewer when the cache cannot roll back that far, e.g. past a sliding window)."""
+        ...
+
+    def read_kv(self, start: int, end: int) -> torch.Tensor: ...
+
+    def write_kv(self, start: int, kv: torch.Tensor) -> None: ...
+
+    def describe(self) -> dict[str, str]: ...
+
+
+class TransformersRunner:
+    """transformers' own forward with a DynamicCache (cropped on rollback)."""
+
+    name = "transformers"
+    kv_bytes_per_token = 0
+
+    def __init__(self, model: Any, device: torch.device) -> None:
+        from transformers import DynamicCache
+
+        self.model = model
+        self.device = device
+        self.max_tokens = int(getattr(model.config, "max_position_embeddings", 0) or 32_768)
+        self._cache = DynamicCache()
+
+    def keep(self, num_tokens: int) -> int:
+        from transformers import DynamicCache
+
+        length = self._cache.get_seq_length()
+        if num_tokens == 0:
+            self._cache = DynamicCache()
+        elif length > num_tokens:
+            try:
+                self._cache.crop(num_tokens - length)  # NOTE: transformers 5 takes the (negative) count to remove
+            except (RuntimeError, ValueError) as exc:
+                log.debug("cache cannot roll back to %d tokens (%s); starting over", num_tokens, exc)
+                self._cache = DynamicCache()
+                return 0
+        return min(num_tokens, length)
+
+    def forward(self, token_ids: Sequence[int], start_pos: int, *, all_logits: bool = False) -> torch.Tensor:
+        if self.keep(start_pos) != start_pos:
+            raise ValueError(f"forward at position {start_pos} but the cache holds {self._cache.get_seq_length()} tokens")
+        input_ids = torch.tensor([list(token_ids)], device=self.device)  # [1, S]
+        out = self.model(input_ids=input_ids, past_key_values=self._cache, use_cache=True, logits_to_keep=0 if all_logits else 1)
+        self._cache = out.past_key_values
+        logits = out.logits[0].float()  # [S, V]
+        return logits if all_logits else logits[-1]
+
+    def read_kv(self, start: int, end: int) -> torch.Tensor:
+        raise NotImplementedError("the transformers runner does not export KV")
+
+    def write_kv(self, start: int, kv: torch.Tensor) -> None:
+        raise NotImplementedError("the transformers runner does not import KV")
+
+    def describe(self) -> dict[str, str]:
+        return {"runner": "transformers", "attention": "transformers' own", "quantization": "none"}
+
+
+class LeanRunner:
+    """The kernels/ decoder: preallocated KV slot of `max_tokens` positions."""
+
+    name = "lean"
+
+    def __init__(self, decoder: Any) -> None:
+        self.decoder = decoder
+        self.max_tokens = int(decoder.max_tokens)
+        self.kv_bytes_per_token = int(decoder.kv_bytes_per_token())
+        self._device = next(iter(decoder.parameters())).device if hasattr(decoder, "parameters") else torch.device("cpu")
+
+    def forward(self, token_ids: Sequence[int], start_pos: int, *, all_logits: bool = False) -> torch.Tensor:
+        if start_pos + len(token_ids) > self.max_tokens:
+            raise ValueError(f"{start_pos + len(token_ids)} tokens do not fit the KV slot of {self.max_tokens}")
+        ids = torch.tensor(list(token_ids), device=self._device)  # [S]
+        return self.decoder.forward(ids, start_pos, all_logits=all_logits).float()
+
+    def keep(self, num_tokens: int) -> int:
+        return num_tokens  # positions past the written length are never attended
+
+    def read_kv(self, start: int, end: int) -> torch.Tensor:
+        return self.decoder.read_kv(start, end)
+
+    def write_kv(self, start: int, kv: torch.Tensor) -> None:
+        self.decoder.write_kv(start, kv)
+
+    def describe(self) -> dict[str, str]:
+        from tabfill.kernels import describe
+
+        return {"runner": "lean", **describe(self.decoder)}
+
+
+def make_runner(model: Any, device: torch.device, *, max_tokens: int, quantize: str | None, lean: bool = True) -> Runner:
+    """The lean decoder when the architecture is supported (and it builds), else transformers."""
+    if lean:
+        try:
+            from tabfill.kernels.decoder import LeanDecoder, supports
+
+            if supports(model.config):
+                return LeanRunner(LeanDecoder.from_hf(model, max_tokens=max_tokens, quantize=quantize))
+            log.info("model type %r has no lean forward; using transformers", getattr(model.config, "model_type", "?"))
+        except (ImportError, ValueError, NotImplementedError) as exc:
+            log.warning("lean forward unavailable (%s); using transformers", exc)
+    return TransformersRunner(model, device)
