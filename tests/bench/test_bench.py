@@ -203,6 +203,13 @@ def test_smoke_run_of_the_whole_benchmark(tmp_path: Path) -> None:
         assert all(row["latency_ms"] is not None for row in system["typing"])
         assert system["peak_rss_mb"] > 0 and system["cpu_s"] > 0
         assert system["typing"][-1]["served"] or system["typing"][-1]["late"] or system["typing"][-1]["cancelled"]
+    tabfill = results["systems"][0]
+    assert tabfill["typing_repeat"] and {row["replay"] for row in tabfill["typing_repeat"]} == {2}
+    assert [step["after"] for step in tabfill["memory"]] == ["line cases", "replay 1", "replay 2"]
+    assert all(step["rss_mb"] > 0 for step in tabfill["memory"])
+    for system in results["systems"]:
+        assert all(isinstance(row["source"], str) for row in system["typing"] if row["served"]), system["name"]
     markdown = (tmp_path / "RESULTS.md").read_text()
+    assert "## Issue 5 targets" in markdown and "### Served requests by answer source" in markdown
     assert "| tabfill |" in markdown and "## The floor" in markdown and "python -m bench --smoke" in markdown
     assert (tmp_path / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
