@@ -144,7 +144,7 @@ def test_targets_from_a_synthetic_run() -> None:
     rows = targets(results, summaries)
     assert len(rows) == 9
     p50, p95, llama, transformers, deadline, decode, em, peak, flat = rows
-    assert p50["status"] == "met" and p50["measured"] == "15.0 ms"  # median of 5, 10, 20, 200
+    assert p50["status"] == "met" and p50["measured"] == "15.0 ms (4 of 4 requests served)"  # median of 5, 10, 20, 200
     assert p95["status"] == "missed" and "over by" in p95["margin"]
     assert llama["status"] == "met" and "2.00×" in llama["margin"]  # 30 / 15
     assert transformers["status"] == "met" and "4.67×" in transformers["measured"]  # 70 / 15
