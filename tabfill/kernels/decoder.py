@@ -1,0 +1,498 @@
+"""A lean decoder-only forward (gpt-fast style) for Llama, Qwen2 and StarCoder2 on Hugging Face weights.
+
+The transformers model stays the reference twin (tests compare logits on tiny random-init configs); other
+architectures stay on transformers (``supports`` says which).
+
+The hot path is three short step functions over one ``forward``: ``prefill`` (chunked), ``decode_one_token``
+and ``verify_draft``, writing into a preallocated ``KVCache``. Batch size is 1: one completion at a time.
+
+NOTE: measured on this box (2-core AVX2 EPYC, torch 2.13 CPU, SmolLM2-135M, ``python -m bench.decode_step``):
+- fp32 weights are stored input-major (``[K, N]``, ``x @ w``): at one token MKL streams them about twice as
+  fast as the ``[N, K]`` layout for the wide projections and the 49152-wide lm_head.
+- ``quantize="int8"`` (fbgemm dynamic quantization, per-output-channel int8 weights) reads a quarter of the
+  bytes per token and its kernels stream them well; ``aten._weight_int8pack_mm`` (gpt-fast's CPU path) ran
+  at ~1-2 GB/s here (no AVX-512), so it is not used. See bench/decode_step.py for the numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from tabfill.kernels.attention import attention, select_backend
+
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "starcoder2")
+QUANTIZATIONS = ("none", "int8")
+PREFILL_CHUNK_TOKENS = 256
+
+# rope types whose tables do not depend on the sequence length (the cache keeps rotated keys).
+_STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+
+
+class KVCache:
+    """Preallocated keys and values for every layer: ``k``, ``v`` [L, B, Hkv, max_tokens, D].
+
+    Positions beyond what was written hold garbage; callers bound attention with ``kv_len``.
+    """
+
+    def __init__(
+        self,
+        num_layers: int,
+        num_kv_heads: int,
+        max_tokens: int,
+        head_dim: int,
+        *,
+        dtype: torch.dtype,
+        device: torch.device,
+        batch_size: int = 1,
+    ) -> None:
+        shape = (num_layers, batch_size, num_kv_heads, max_tokens, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)  # [L, B, Hkv, T, D]
+        self.v = torch.zeros(shape, dtype=dtype, device=device)  # [L, B, Hkv, T, D]
+        self.max_tokens = max_tokens
+
+    def update(self, layer: int, input_pos: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write ``k``, ``v`` [B, Hkv, S, D] at positions ``input_pos..input_pos+S-1`` of ``layer``.
+
+        Returns the layer's whole cache ``(k, v)`` [B, Hkv, T, D] (views).
+        """
+        end_pos = input_pos + k.shape[2]
+        self.k[layer, :, :, input_pos:end_pos] = k
+        self.v[layer, :, :, input_pos:end_pos] = v
+        return self.k[layer], self.v[layer]
+
+    def bytes_per_token(self) -> int:
+        per_layer = self.k.shape[1] * self.k.shape[2] * self.k.shape[4] * self.k.element_size()
+        return 2 * self.k.shape[0] * per_layer
+
+
+class _Linear(Protocol):
+    def __call__(self, x: Tensor) -> Tensor: ...
+
+
+class _Dense:
+    """``x @ weight_t + bias`` with the weight stored input-major: ``weight_t`` [K, N]."""
+
+    def __init__(self, weight_t: Tensor, bias: Tensor | None) -> None:
+        self.weight_t = weight_t  # [K, N]
+        self.bias = bias  # [N] or None
+
+    def __call__(self, x: Tensor) -> Tensor:  # [S, K] -> [S, N]
+        if self.bias is None:
+            return x @ self.weight_t
+        return torch.addmm(self.bias, x, self.weight_t)
+
+
+class _Int8Dynamic:
+    """int8 per-output-channel weights, activations quantized per call (fbgemm ``linear_dynamic``)."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None) -> None:  # weight [N, K]
+        w = weight.detach().float()
+        scales = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)  # [N]
+        zero_points = torch.zeros_like(scales, dtype=torch.long)
+        with warnings.catch_warnings():
+            # NOTE: torch 2.13 flags quantized tensor creation as deprecated; fbgemm's prepack still needs it.
+            warnings.simplefilter("ignore", UserWarning)
+            qweight = torch.quantize_per_channel(w, scales.double(), zero_points, 0, torch.qint8)
+        self.packed = torch.ops.quantized.linear_prepack(qweight, None if bias is None else bias.detach().float())
+        self.out_dtype = weight.dtype
+
+    def __call__(self, x: Tensor) -> Tensor:  # [S, K] -> [S, N]
+        # NOTE: reduce_range keeps activations to 7 bits: AVX2's u8*s8 pair sums saturate int16 otherwise.
+        out = torch.ops.quantized.linear_dynamic(x.float(), self.packed, True)
+        return out.to(self.out_dtype)
+
+
+@dataclass
+class _Layer:
+    norm1_weight: Tensor
+    norm1_bias: Tensor | None
+    qkv: _Linear  # [S, D] -> [S, (Hq + 2 Hkv) Dh]
+    o: _Linear  # [S, Hq Dh] -> [S, D]
+    norm2_weight: Tensor
+    norm2_bias: Tensor | None
+    up: _Linear  # gated: [S, D] -> [S, 2 I] (gate | up); plain: [S, D] -> [S, I]
+    down: _Linear  # [S, I] -> [S, D]
+
+
+@dataclass(frozen=True)
+class _Arch:
+    norm: str  # "rms" | "layer"
+    gated_mlp: bool
+    activation: str  # "silu" | "gelu" | "gelu_tanh"
+    eps: float
+
+
+def _rope_parameters(config: Any) -> dict[str, Any]:
+    """``{"rope_type": ..., "rope_theta": ..., ...}`` from a transformers 5 or 4 config."""
+    params = getattr(config, "rope_parameters", None)
+    if isinstance(params, dict) and "rope_theta" in params:
+        return {"rope_type": params.get("rope_type", params.get("type", "default")), **params}
+    if isinstance(params, dict) and params:
+        raise ValueError("per-layer-type rope parameters are not supported")
+    scaling = getattr(config, "rope_scaling", None) or {}
+    theta = getattr(config, "rope_theta", 10000.0)
+    return {"rope_type": scaling.get("rope_type", scaling.get("type", "default")), "rope_theta": theta, **scaling}
+
+
+def _activation(config: Any) -> str:
+    act = getattr(config, "hidden_act", None)
+    if act == "silu":
+        return "silu"
+    if act in ("gelu_pytorch_tanh", "gelu_new", "gelu_fast"):
+        return "gelu_tanh"
+    if act == "gelu":
+        return "gelu"
+    raise ValueError(f"activation {act!r} is not supported")
+
+
+def _config_problem(config: Any, max_tokens: int | None = None) -> str | None:
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        return f"model type {model_type!r} is not one of {', '.join(SUPPORTED_MODEL_TYPES)}"
+    try:
+        rope = _rope_parameters(config)
+        _activation(config)
+    except ValueError as exc:
+        return str(exc)
+    if rope["rope_type"] not in _STATIC_ROPE_TYPES:
+        return f"rope type {rope['rope_type']!r} is not supported (its tables depend on the sequence length)"
+    if getattr(config, "partial_rotary_factor", 1.0) != 1.0:
+        return "partial rotary embeddings are not supported"
+    window = _sliding_window(config)
+    if window is not None and max_tokens is not None and max_tokens > window:
+        return f"sliding window {window} is smaller than max_tokens {max_tokens}; not implemented"
+    return None
+
+
+def _sliding_window(config: Any) -> int | None:
+    window = getattr(config, "sliding_window", None)
+    if window is None:
+        return None
+    layer_types = getattr(config, "layer_types", None)
+    if config.model_type == "qwen2":
+        if not getattr(config, "use_sliding_window", False):
+            return None
+        if layer_types is not None and "sliding_attention" not in layer_types:
+            return None
+    return int(window)
+
+
+def supports(config: Any) -> bool:
+    """True when ``LeanDecoder.from_hf`` can run a model with this transformers config."""
+    return _config_problem(config) is None
+
+
+def _rope_tables(config: Any, rotary: Any, head_dim: int, max_tokens: int) -> tuple[Tensor, Tensor]:
+    """cos and signed sin [max_tokens, Dh] in fp32, as transformers computes them (``rotate_half`` layout)."""
+    rope = _rope_parameters(config)
+    rope_type = rope["rope_type"]
+    if rope_type in ("default", "linear"):
+        inv_freq = 1.0 / (rope["rope_theta"] ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+        if rope_type == "linear":
+            inv_freq = inv_freq / float(rope["factor"])
+        scaling = 1.0
+    else:
+        # NOTE: llama3 / yarn: take the inverse frequencies transformers computed at init.
+        inv_freq = getattr(rotary, "original_inv_freq", rotary.inv_freq).detach().float().cpu()
+        scaling = float(getattr(rotary, "attention_scaling", 1.0))
+    if inv_freq.shape[0] * 2 != head_dim:
+        raise ValueError("rotary dimension differs from head_dim (partial rotary) — not supported")
+    positions = torch.arange(max_tokens, dtype=torch.int64).float()  # [T]
+    freqs = positions[:, None] * inv_freq[None, :]  # [T, Dh/2]
+    cos = torch.cat((freqs, freqs), dim=-1).cos() * scaling  # [T, Dh]
+    sin_half = freqs.sin() * scaling
+    # NOTE: rotate_half(x) * sin == roll(x, Dh/2) * cat(-sin, sin): one roll instead of slice, neg and cat.
+    signed_sin = torch.cat((-sin_half, sin_half), dim=-1)  # [T, Dh]
+    return cos, signed_sin
+
+
+class LeanDecoder:
+    """Llama / Qwen2 / StarCoder2 forward over a preallocated KV cache, sharing a transformers model's weights."""
+
+    def __init__(
+        self,
+        *,
+        arch: _Arch,
+        embed: Tensor,
+        embed_transposed: bool,
+        layers: list[_Layer],
+        final_norm_weight: Tensor,
+        final_norm_bias: Tensor | None,
+        lm_head: _Linear,
+        cos: Tensor,
+        signed_sin: Tensor,
+        num_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        vocab_size: int,
+        max_tokens: int,
+        quantization: str,
+    ) -> None:
+        self.arch = arch
+        self.embed = embed  # [D, V] when embed_transposed (shared with the tied lm_head), else [V, D]
+        self.embed_transposed = embed_transposed
+        self.layers = layers
+        self.final_norm_weight = final_norm_weight
+        self.final_norm_bias = final_norm_bias
+        self.lm_head = lm_head
+        self.cos = cos  # [T, Dh]
+        self.signed_sin = signed_sin  # [T, Dh]
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
+        self.head_dim = head_dim
+        self.vocab_size = vocab_size
+        self.max_tokens = max_tokens
+        self.quantization = quantization
+        self.device = final_norm_weight.device
+        self.dtype = final_norm_weight.dtype
+        self.attention_backend, self.attention_why = select_backend(self.device)
+        self.cache = KVCache(
+            len(layers), num_kv_heads, max_tokens, head_dim, dtype=self.dtype, device=self.device
+        )
+
+    # ---- construction -------------------------------------------------------------------------------
+
+    @classmethod
+    def from_hf(cls, model: Any, *, max_tokens: int = 2048, quantize: str | None = None) -> LeanDecoder:
+        """Build from a loaded transformers causal LM (its device and dtype).
+
+        Without quantization the weights are repacked (q|k|v and gate|up fused, stored input-major) and the
+        transformers model's parameters are rebound to views of the repacked tensors, so memory is not
+        doubled and the transformers model computes exactly what it did. With ``quantize="int8"`` (CPU only)
+        the linear layers get int8 copies; embeddings and norms stay shared.
+        Raises ValueError for configurations it does not implement.
+        """
+        config = model.config
+        problem = _config_problem(config, max_tokens)
+        if problem is not None:
+            raise ValueError(problem)
+        quantization = "none" if quantize in (None, "none") else quantize
+        if quantization not in QUANTIZATIONS:
+            raise ValueError(f"quantize must be one of {QUANTIZATIONS}, got {quantize!r}")
+        inner = model.model
+        first = next(iter(model.parameters()))
+        device, dtype = first.device, first.dtype
+        if quantization == "int8":
+            if device.type != "cpu":
+                raise ValueError("int8 dynamic quantization runs on CPU only")
+            if not {"fbgemm", "x86"} & set(torch.backends.quantized.supported_engines):
+                raise ValueError("this torch build has no fbgemm/x86 quantized engine")
+        num_heads = config.num_attention_heads
+        num_kv_heads = getattr(config, "num_key_value_heads", None) or num_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // num_heads
+        attn0 = inner.layers[0].self_attn
+        if not math.isclose(float(getattr(attn0, "scaling", head_dim**-0.5)), head_dim**-0.5, rel_tol=1e-6):
+            raise ValueError("attention scaling other than 1/sqrt(head_dim) is not supported")
+        if config.model_type == "starcoder2":
+            arch = _Arch(norm="layer", gated_mlp=False, activation=_activation(config), eps=config.norm_epsilon)
+        else:
+            arch = _Arch(norm="rms", gated_mlp=True, activation=_activation(config), eps=config.rms_norm_eps)
+
+        with torch.no_grad():
+            layers = [_pack_layer(layer, arch, quantization) for layer in inner.layers]
+            embed_param = inner.embed_tokens.weight
+            head_param = model.lm_head.weight
+            tied = head_param is embed_param or head_param.data_ptr() == embed_param.data_ptr()
+            lm_head: _Linear
+            if quantization == "int8":
+                lm_head = _Int8Dynamic(head_param, getattr(model.lm_head, "bias", None))
+                embed, embed_transposed = embed_param.detach(), False
+            else:
+                head_t = _rebind_transposed(head_param)  # [D, V]
+                lm_head = _Dense(head_t, _detached(getattr(model.lm_head, "bias", None)))
+                if tied:
+                    embed, embed_transposed = head_t, True
+                else:
+                    embed, embed_transposed = embed_param.detach(), False
+            cos, signed_sin = _rope_tables(config, getattr(inner, "rotary_emb", None), head_dim, max_tokens)
+        return cls(
+            arch=arch,
+            embed=embed,
+            embed_transposed=embed_transposed,
+            layers=layers,
+            final_norm_weight=inner.norm.weight.detach(),
+            final_norm_bias=_detached(getattr(inner.norm, "bias", None)),
+            lm_head=lm_head,
+            cos=cos.to(device=device, dtype=dtype),
+            signed_sin=signed_sin.to(device=device, dtype=dtype),
+            num_heads=num_heads,
+            num_kv_heads=num_kv_heads,
+            head_dim=head_dim,
+            vocab_size=config.vocab_size,
+            max_tokens=max_tokens,
+            quantization="int8 dynamic (fbgemm, per-channel weights)" if quantization == "int8" else "none",
+        )
+
+    # ---- the forward --------------------------------------------------------------------------------
+
+    def _norm(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        if self.arch.norm == "rms":
+            return F.rms_norm(x, (x.shape[-1],), weight, self.arch.eps)
+        return F.layer_norm(x, (x.shape[-1],), weight, bias, self.arch.eps)
+
+    def _mlp(self, layer: _Layer, x: Tensor) -> Tensor:  # [S, D] -> [S, D]
+        h = layer.up(x)  # [S, 2I] gated, else [S, I]
+        if self.arch.gated_mlp:
+            gate, up = h.chunk(2, dim=-1)  # [S, I] each
+            h = F.silu(gate) * up
+        elif self.arch.activation == "gelu_tanh":
+            h = F.gelu(h, approximate="tanh")
+        else:
+            h = F.gelu(h)
+        return layer.down(h)
+
+    def _embed(self, token_ids: Tensor) -> Tensor:  # [S] -> [S, D]
+        if self.embed_transposed:
+            return self.embed[:, token_ids].t()
+        return F.embedding(token_ids, self.embed)
+
+    @torch.no_grad()
+    def forward(self, token_ids: Tensor, start_pos: int, *, all_logits: bool = False) -> Tensor:
+        """Run ``token_ids`` [S] at cache positions ``start_pos..start_pos+S-1``, attending to ``0..start_pos+S-1``.
+
+        Returns fp32 logits [S, V] when ``all_logits``, else [V] for the last position. Writing at a
+        ``start_pos`` below what was written before overwrites (rollback / prefix reuse).
+        """
+        q_len = token_ids.shape[0]
+        end_pos = start_pos + q_len
+        if q_len == 0 or start_pos < 0 or end_pos > self.max_tokens:
+            raise ValueError(f"positions {start_pos}..{end_pos - 1} outside the cache (max_tokens {self.max_tokens})")
+        hq, hkv, dh = self.num_heads, self.num_kv_heads, self.head_dim
+        cos = self.cos[start_pos:end_pos, None, :]  # [S, 1, Dh]
+        sin = self.signed_sin[start_pos:end_pos, None, :]  # [S, 1, Dh]
+        x = self._embed(token_ids)  # [S, D]
+        for index, layer in enumerate(self.layers):
+            h = self._norm(x, layer.norm1_weight, layer.norm1_bias)
+            qkv = layer.qkv(h)  # [S, (Hq + 2 Hkv) Dh]
+            qk = qkv[:, : (hq + hkv) * dh].view(q_len, hq + hkv, dh)  # [S, Hq + Hkv, Dh]
+            qk = torch.addcmul(qk * cos, qk.roll(dh // 2, dims=-1), sin)  # rotary, q and k at once
+            q = qk[:, :hq].transpose(0, 1).unsqueeze(0)  # [1, Hq, S, Dh]
+            k = qk[:, hq:].transpose(0, 1).unsqueeze(0)  # [1, Hkv, S, Dh]
+            v = qkv[:, (hq + hkv) * dh :].view(q_len, hkv, dh).transpose(0, 1).unsqueeze(0)  # [1, Hkv, S, Dh]
+            k_all, v_all = self.cache.update(index, start_pos, k, v)  # [1, Hkv, T, Dh]
+            o = attention(q, k_all, v_all, q_start=start_pos, kv_len=end_pos, backend=self.attention_backend)
+            o = o[0].transpose(0, 1).reshape(q_len, hq * dh)  # [S, Hq Dh]
+            x = x + layer.o(o)
+            x = x + self._mlp(layer, self._norm(x, layer.norm2_weight, layer.norm2_bias))
+        if not all_logits:
+            x = x[-1:]  # [1, D]
+        logits = self.lm_head(self._norm(x, self.final_norm_weight, self.final_norm_bias)).float()  # [S|1, V]
+        return logits if all_logits else logits[0]
+
+    # ---- step functions -----------------------------------------------------------------------------
+
+    def _ids(self, token_ids: list[int]) -> Tensor:
+        return torch.tensor(token_ids, dtype=torch.long, device=self.device)  # [S]
+
+    def prefill(self, token_ids: list[int], start_pos: int) -> Tensor:
+        """Write ``token_ids`` from ``start_pos`` in chunks; returns the last position's logits [V]."""
+        if not token_ids:
+            raise ValueError("prefill needs at least one token")
+        logits = torch.empty(0)
+        for offset in range(0, len(token_ids), PREFILL_CHUNK_TOKENS):
+            chunk = token_ids[offset : offset + PREFILL_CHUNK_TOKENS]
+            logits = self.forward(self._ids(chunk), start_pos + offset)
+        return logits
+
+    def decode_one_token(self, token_id: int, pos: int) -> Tensor:
+        """Logits [V] after writing ``token_id`` at ``pos``."""
+        return self.forward(self._ids([token_id]), pos)
+
+    def verify_draft(self, token_ids: list[int], start_pos: int) -> Tensor:
+        """Logits [S, V] for every position of ``token_ids`` written from ``start_pos``, in one forward."""
+        return self.forward(self._ids(token_ids), start_pos, all_logits=True)
+
+    # ---- the cache as data --------------------------------------------------------------------------
+
+    def kv_bytes_per_token(self) -> int:
+        return self.cache.bytes_per_token()
+
+    def read_kv(self, start: int, end: int) -> Tensor:
+        """A copy of cache positions ``[start, end)``: [L, 2, Hkv, n, Dh]."""
+        k = self.cache.k[:, 0, :, start:end]  # [L, Hkv, n, Dh]
+        v = self.cache.v[:, 0, :, start:end]
+        return torch.stack((k, v), dim=1)  # [L, 2, Hkv, n, Dh]
+
+    def write_kv(self, start: int, kv: Tensor) -> None:
+        """Inverse of ``read_kv``: ``kv`` [L, 2, Hkv, n, Dh] into positions ``[start, start+n)``."""
+        end = start + kv.shape[3]
+        if end > self.max_tokens:
+            raise ValueError(f"positions {start}..{end - 1} outside the cache (max_tokens {self.max_tokens})")
+        self.cache.k[:, 0, :, start:end] = kv[:, 0]
+        self.cache.v[:, 0, :, start:end] = kv[:, 1]
+
+
+def _detached(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.detach()
+
+
+def _rebind_transposed(param: Tensor) -> Tensor:
+    """An input-major contiguous copy [K, N] of a transformers weight [N, K]; the parameter becomes its view."""
+    weight_t = param.detach().t().contiguous()  # [K, N]
+    param.data = weight_t.t()
+    return weight_t
+
+
+def _rebind_fused(params: list[Tensor]) -> Tensor:
+    """``cat`` of weights [N_i, K] stored input-major [K, sum N_i]; each parameter becomes a view of it."""
+    fused_t = torch.cat([p.detach() for p in params], dim=0).t().contiguous()  # [K, N]
+    offset = 0
+    for p in params:
+        p.data = fused_t[:, offset : offset + p.shape[0]].t()
+        offset += p.shape[0]
+    return fused_t
+
+
+def _fused_bias(biases: list[Tensor | None]) -> Tensor | None:
+    present = [b for b in biases if b is not None]
+    if not present:
+        return None
+    if len(present) != len(biases):
+        raise ValueError("some of the fused projections have a bias and some do not")
+    return torch.cat([b.detach() for b in present])
+
+
+def _pack_linear(modules: list[Any], quantization: str) -> _Linear:
+    bias = _fused_bias([getattr(m, "bias", None) for m in modules])
+    if quantization == "int8":
+        return _Int8Dynamic(torch.cat([m.weight.detach() for m in modules], dim=0), bias)
+    return _Dense(_rebind_fused([m.weight for m in modules]), bias)
+
+
+def _pack_layer(layer: Any, arch: _Arch, quantization: str) -> _Layer:
+    attn, mlp = layer.self_attn, layer.mlp
+    if arch.gated_mlp:
+        up = _pack_linear([mlp.gate_proj, mlp.up_proj], quantization)
+        down = _pack_linear([mlp.down_proj], quantization)
+    else:
+        up = _pack_linear([mlp.c_fc], quantization)
+        down = _pack_linear([mlp.c_proj], quantization)
+    return _Layer(
+        norm1_weight=layer.input_layernorm.weight.detach(),
+        norm1_bias=_detached(getattr(layer.input_layernorm, "bias", None)),
+        qkv=_pack_linear([attn.q_proj, attn.k_proj, attn.v_proj], quantization),
+        o=_pack_linear([attn.o_proj], quantization),
+        norm2_weight=layer.post_attention_layernorm.weight.detach(),
+        norm2_bias=_detached(getattr(layer.post_attention_layernorm, "bias", None)),
+        up=up,
+        down=down,
+    )
+
+
+def describe(decoder: LeanDecoder) -> dict[str, str]:
+    """What ``tabfill doctor`` prints about the decoder in use."""
+    return {
+        "device": str(decoder.device),
+        "dtype": str(decoder.dtype).removeprefix("torch."),
+        "attention backend": decoder.attention_backend,
+        "attention backend why": decoder.attention_why,
+        "quantization": decoder.quantization,
+        "kv cache": f"{decoder.max_tokens} tokens x {decoder.kv_bytes_per_token()} bytes",
+    }

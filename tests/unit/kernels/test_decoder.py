@@ -1,0 +1,169 @@
+"""LeanDecoder against its transformers twin on tiny random-init Llama, Qwen2 and StarCoder2 configs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Qwen2Config, Starcoder2Config
+
+from tabfill.kernels import KVCache, LeanDecoder, describe, supports
+
+VOCAB = 320
+ATOL = 1e-4
+
+
+def _config(arch: str) -> Any:
+    common: dict[str, Any] = dict(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+    )
+    if arch == "llama":
+        return LlamaConfig(**common, tie_word_embeddings=True, rope_parameters={"rope_type": "default", "rope_theta": 100000.0})
+    if arch == "llama_untied_bias":
+        return LlamaConfig(**common, tie_word_embeddings=False, attention_bias=True, mlp_bias=True)
+    if arch == "llama_linear_rope":
+        return LlamaConfig(**common, rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0})
+    if arch == "qwen2":
+        return Qwen2Config(**common, tie_word_embeddings=True)
+    if arch == "starcoder2":
+        return Starcoder2Config(**common, sliding_window=None, tie_word_embeddings=True)
+    raise AssertionError(arch)
+
+
+ARCHS = ["llama", "llama_untied_bias", "llama_linear_rope", "qwen2", "starcoder2"]
+
+
+def _model(arch: str) -> Any:
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(_config(arch), dtype=torch.float32).eval()
+    with torch.no_grad():  # random-init biases are zero; make them count
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+def _prompt(n: int, seed: int = 1) -> list[int]:
+    return torch.randint(0, VOCAB, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def _hf_logits(model: Any, ids: list[int]) -> torch.Tensor:
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].float()  # [S, V]
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def twin(request: pytest.FixtureRequest) -> tuple[Any, LeanDecoder, torch.Tensor]:
+    model = _model(request.param)
+    prompt = _prompt(24)
+    before = _hf_logits(model, prompt)
+    decoder = LeanDecoder.from_hf(model, max_tokens=64)
+    return model, decoder, before
+
+
+def test_from_hf_leaves_transformers_logits_unchanged(twin: tuple[Any, LeanDecoder, torch.Tensor]) -> None:
+    model, _, before = twin
+    torch.testing.assert_close(_hf_logits(model, _prompt(24)), before, atol=1e-6, rtol=1e-6)
+
+
+def test_forward_matches_transformers(twin: tuple[Any, LeanDecoder, torch.Tensor]) -> None:
+    _, decoder, expected = twin
+    got = decoder.forward(torch.tensor(_prompt(24)), 0, all_logits=True)
+    assert got.shape == (24, VOCAB) and got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, atol=ATOL, rtol=ATOL)
+    torch.testing.assert_close(decoder.forward(torch.tensor(_prompt(24)), 0), expected[-1], atol=ATOL, rtol=ATOL)
+
+
+def test_prefill_then_decode_matches_full_sequence(twin: tuple[Any, LeanDecoder, torch.Tensor]) -> None:
+    _, decoder, expected = twin
+    prompt = _prompt(24)
+    torch.testing.assert_close(decoder.prefill(prompt[:16], 0), expected[15], atol=ATOL, rtol=ATOL)
+    for pos in range(16, 24):
+        torch.testing.assert_close(decoder.decode_one_token(prompt[pos], pos), expected[pos], atol=ATOL, rtol=ATOL)
+
+
+def test_verify_draft_equals_sequential_decode(twin: tuple[Any, LeanDecoder, torch.Tensor]) -> None:
+    _, decoder, _ = twin
+    prompt = _prompt(24)
+    decoder.prefill(prompt[:16], 0)
+    sequential = torch.stack([decoder.decode_one_token(prompt[p], p) for p in range(16, 24)])
+    decoder.prefill(prompt[:16], 0)
+    torch.testing.assert_close(decoder.verify_draft(prompt[16:24], 16), sequential, atol=ATOL, rtol=ATOL)
+
+
+def test_rollback_overwrites_rejected_positions(twin: tuple[Any, LeanDecoder, torch.Tensor]) -> None:
+    _, decoder, expected = twin
+    prompt = _prompt(24)
+    decoder.prefill(prompt[:16], 0)
+    decoder.verify_draft(_prompt(6, seed=7), 16)  # a rejected draft at 16..21
+    torch.testing.assert_close(decoder.verify_draft(prompt[16:20], 16), expected[16:20], atol=ATOL, rtol=ATOL)
+
+
+def test_read_kv_write_kv_round_trip(twin: tuple[Any, LeanDecoder, torch.Tensor]) -> None:
+    _, decoder, expected = twin
+    prompt = _prompt(24)
+    decoder.prefill(prompt[:20], 0)
+    saved = decoder.read_kv(0, 20)
+    assert saved.shape == (2, 2, 2, 20, 16)
+    assert saved.numel() * saved.element_size() == 20 * decoder.kv_bytes_per_token()
+    decoder.prefill(_prompt(20, seed=9), 0)  # clobber
+    decoder.write_kv(0, saved)
+    torch.testing.assert_close(decoder.verify_draft(prompt[20:24], 20), expected[20:24], atol=ATOL, rtol=ATOL)
+
+
+def test_prefill_is_chunked_beyond_the_chunk_size() -> None:
+    model = _model("llama")
+    prompt = _prompt(300)
+    decoder = LeanDecoder.from_hf(model, max_tokens=320)
+    torch.testing.assert_close(decoder.prefill(prompt, 0), _hf_logits(model, prompt)[-1], atol=ATOL, rtol=ATOL)
+
+
+def test_int8_is_close_to_fp32() -> None:
+    model = _model("llama")
+    prompt = _prompt(32)
+    expected = _hf_logits(model, prompt)
+    decoder = LeanDecoder.from_hf(model, max_tokens=64, quantize="int8")
+    got = decoder.forward(torch.tensor(prompt), 0, all_logits=True)
+    assert (got - expected).abs().max() < 0.05 * expected.abs().max()
+    assert (got.argmax(-1) == expected.argmax(-1)).float().mean() >= 0.8
+    assert "int8" in describe(decoder)["quantization"]
+
+
+def test_unsupported_configs() -> None:
+    gpt2 = GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64)
+    assert not supports(gpt2)
+    model = AutoModelForCausalLM.from_config(gpt2)
+    with pytest.raises(ValueError):
+        LeanDecoder.from_hf(model)
+    dynamic = LlamaConfig(**{**_config("llama").to_dict(), "rope_parameters": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}})
+    assert not supports(dynamic)
+    assert supports(_config("qwen2")) and supports(_config("starcoder2"))
+    windowed = _model("starcoder2")
+    windowed.config.sliding_window = 32
+    with pytest.raises(ValueError, match="sliding window"):
+        LeanDecoder.from_hf(windowed, max_tokens=64)
+
+
+def test_positions_outside_the_cache_raise(twin: tuple[Any, LeanDecoder, torch.Tensor]) -> None:
+    _, decoder, _ = twin
+    with pytest.raises(ValueError):
+        decoder.verify_draft([1, 2, 3], decoder.max_tokens - 2)
+
+
+def test_describe_and_kv_cache() -> None:
+    decoder = LeanDecoder.from_hf(_model("llama"), max_tokens=32)
+    info = describe(decoder)
+    assert info["device"] == "cpu" and info["dtype"] == "float32"
+    assert info["attention backend"] == "sdpa" and info["attention backend why"]
+    assert info["quantization"] == "none"
+    cache = KVCache(2, 2, 8, 4, dtype=torch.float32, device=torch.device("cpu"))
+    k_all, _ = cache.update(1, 3, torch.ones(1, 2, 2, 4), torch.ones(1, 2, 2, 4))
+    assert k_all.shape == (1, 2, 8, 4) and k_all[0, :, 3:5].eq(1).all() and k_all[0, :, 5:].eq(0).all()
+    assert cache.bytes_per_token() == 2 * 2 * 2 * 4 * 4
