@@ -307,10 +307,11 @@ def targets(results: dict[str, Any], summaries: list[dict[str, Any]]) -> list[di
     else:
         add("deadline: partial answer, the rest by type-through from background generation", "not run", "not measured", "–")
 
-    decode = results.get("decode_step") or {}
+    decode = {key: value for key, value in (results.get("decode_step") or {}).items() if isinstance(value, float)}
     ratio = decode["tabfill_decode_ms"] / decode["floor_ms"] if decode.get("tabfill_decode_ms") and decode.get("floor_ms") else None
+    missing = "not measured" if not decode else "not measured: no tabfill_decode_ms / floor_ms from decode_step.py (see the Decode step table)"
     add(f"decode step ≤ {TARGET_DECODE_VS_FLOOR:g}× the weight-streaming floor",
-        f"{_fmt(decode.get('tabfill_decode_ms'), 2)} / {_fmt(decode.get('floor_ms'), 2)} ms = {_fmt(ratio, 2)}×" if ratio else "not measured",
+        f"{_fmt(decode.get('tabfill_decode_ms'), 2)} / {_fmt(decode.get('floor_ms'), 2)} ms = {_fmt(ratio, 2)}×" if ratio else missing,
         *(("met" if ratio <= TARGET_DECODE_VS_FLOOR else "missed",
            f"{ratio:.2f}× the floor against ≤ {TARGET_DECODE_VS_FLOOR:g}×"
            + ("" if ratio <= TARGET_DECODE_VS_FLOOR else f" ({ratio / TARGET_DECODE_VS_FLOOR:.2f}× over)"))
@@ -467,18 +468,38 @@ def _decode_section(results: dict[str, Any]) -> list[str]:
     decode = results.get("decode_step")
     if not decode:
         return []
-    floor = decode.get("floor_ms")
     out = [
         "",
         "## Decode step (`bench/decode_step.py`)",
+        "",
+        "Every figure `measure()` returned; a time per token is divided by the floor of its weight format when "
+        "one is named in its key (e.g. `int8 floor ms/token` for `lean int8 decode ms/token`), else by `floor_ms`.",
         "",
         "| measure | value | / floor |",
         "|---|---|---|",
     ]
     for key, value in decode.items():
-        ratio = f"{value / floor:.2f}×" if floor and key.endswith("_ms") and key != "floor_ms" else "–"
+        if isinstance(value, str):
+            out.append(f"| {key} | {value} | – |")
+            continue
+        floor = _floor_for(key, decode)
+        ratio = f"{value / floor:.2f}×" if floor else "–"
         out.append(f"| {key} | {_fmt(float(value), 3)} | {ratio} |")
     return out
+
+
+def _floor_for(key: str, decode: dict[str, Any]) -> float | None:
+    """The floor a decode time is read against: `<format> floor ms/token` when the key names that format,
+    else `floor_ms`; None for what is not a time per token, or is a floor."""
+    if "floor" in key or not (key.endswith("_ms") or "ms/token" in key):
+        return None
+    floors = {name.split(" floor", 1)[0]: value for name, value in decode.items()
+              if " floor ms" in name and isinstance(value, float) and value > 0}
+    for weight_format, value in floors.items():
+        if weight_format and weight_format in key.split():
+            return float(value)
+    floor = decode.get("floor_ms")
+    return float(floor) if isinstance(floor, float) and floor > 0 else None
 
 
 def plot(results: dict[str, Any], path: Path) -> None:

@@ -176,16 +176,25 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
-def measure_decode_step(model_dir: str, steps: int) -> tuple[dict[str, float] | None, str]:
+def measure_decode_step(model_dir: str, steps: int) -> tuple[dict[str, float | str] | None, str]:
     """bench/decode_step.py's `measure` (ms per token of the engine's decode variants and the floor),
-    when that module is there; (None, why) when it is not or it failed."""
+    when that module is there; (None, why) when it is not or it failed. Numbers and strings (a dtype's
+    name) are kept, anything else left out."""
     try:
         module = importlib.import_module("bench.decode_step")
     except ImportError as exc:
         return None, f"bench/decode_step.py not available ({exc})"
     try:
-        measured = module.measure(model_dir, steps)
-        return {str(key): float(value) for key, value in dict(measured).items()}, ""
+        measured = dict(module.measure(model_dir, steps))
+        kept: dict[str, float | str] = {}
+        for key, value in measured.items():
+            if isinstance(value, str):
+                kept[str(key)] = value
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                kept[str(key)] = float(value)
+        if len(kept) < len(measured):
+            log(f"decode step: left out what is neither a number nor a string: {sorted(set(map(str, measured)) - set(kept))}")
+        return kept, ""
     except Exception as exc:  # a broken part is reported, the rest of the run goes on
         log(f"decode step measurement failed: {exc}")
         return None, f"{type(exc).__name__}: {exc}"
@@ -206,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
                         "the rest reported as the repeat replay, and resident memory after each)")
     parser.add_argument("--repeat-cases", choices=("same", "fresh"), default="same",
                         help="the repeat replays type the same functions again, or as many other functions")
-    parser.add_argument("--decode-steps", type=int, default=64, help="decode steps for bench/decode_step.py (0: skip)")
+    parser.add_argument("--decode-steps", type=int, default=32, help="decode steps for bench/decode_step.py (0: skip)")
     parser.add_argument("--no-install", action="store_true", help="skip llama.cpp unless it is already built")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent, help="folder for RESULTS.md, results.json, latency.png")
     args = parser.parse_args(argv)

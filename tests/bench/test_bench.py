@@ -115,7 +115,7 @@ def test_memory_growth_between_the_first_and_the_last_replay() -> None:
     assert process_usage(os.getpid()).rss_mb > 0
 
 
-def synthetic_results(decode: dict[str, float] | None) -> dict[str, object]:
+def synthetic_results(decode: dict[str, float | str] | None) -> dict[str, object]:
     expected = ["a", "b", "c", "d"]
     tabfill_rows = [typing_row(5.0, "type-through"), typing_row(10.0, "cache"), typing_row(20.0, "model"), typing_row(200.0, "model")]
     systems = [
@@ -139,7 +139,7 @@ def synthetic_results(decode: dict[str, float] | None) -> dict[str, object]:
 
 
 def test_targets_from_a_synthetic_run() -> None:
-    results = synthetic_results({"tabfill_decode_ms": 70.0, "floor_ms": 50.0, "plain_decode_ms": 90.0})
+    results = synthetic_results({"tabfill_decode_ms": 70.0, "floor_ms": 50.0, "plain_decode_ms": 90.0, "dtype": "float32"})
     summaries = [summarize(system) for system in results["systems"]]  # type: ignore[attr-defined]
     rows = targets(results, summaries)
     assert len(rows) == 9
@@ -159,13 +159,20 @@ def test_targets_from_a_synthetic_run() -> None:
     assert "| tabfill | first | model | 2 | 50.0 % | 110.0 | 191.0 | 2 |" in markdown
     assert "| tabfill | repeat | cache | 1 |" in markdown and "### Repeat replay" in markdown
     assert "replay 2: 830 / 900 | +30.0 / +50.0 |" in markdown
-    assert "## Decode step" in markdown and "| plain_decode_ms | 90.000 | 1.80× |" in markdown
+    assert "## Decode step" in markdown and "| plain_decode_ms | 90.000 | 1.80× |" in markdown and "| dtype | float32 | – |" in markdown
 
     bare = synthetic_results(None)
     bare["systems"] = bare["systems"][:1]  # type: ignore[index]
     bare_rows = targets(bare, [summarize(bare["systems"][0])])  # type: ignore[index]
     assert [row["status"] for row in bare_rows].count("not measured") == 4  # two peers, decode step, exact match
     assert "not measured" in report.markdown(bare) and "## Decode step" not in report.markdown(bare)
+
+    named = synthetic_results({"fp32 floor ms/token": 50.0, "int8 floor ms/token": 20.0, "lean fp32 decode ms/token": 60.0,
+                               "lean int8 decode ms/token": 30.0, "transformers / lean fp32": 2.0})
+    markdown = report.markdown(named)
+    assert "| lean fp32 decode ms/token | 60.000 | 1.20× |" in markdown and "| lean int8 decode ms/token | 30.000 | 1.50× |" in markdown
+    assert "| transformers / lean fp32 | 2.000 | – |" in markdown and "| int8 floor ms/token | 20.000 | – |" in markdown
+    assert "no tabfill_decode_ms / floor_ms" in markdown
 
 
 def test_decode_step_is_optional(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -179,10 +186,10 @@ def test_decode_step_is_optional(monkeypatch: pytest.MonkeyPatch) -> None:
     class Fake:
         @staticmethod
         def measure(model_dir: str, steps: int) -> dict[str, float]:
-            return {"tabfill_decode_ms": 2.0 * steps, "floor_ms": 1}
+            return {"tabfill_decode_ms": 2.0 * steps, "floor_ms": 1, "dtype": "float32", "shape": [1, 2]}  # type: ignore[dict-item]
 
     monkeypatch.setattr(run.importlib, "import_module", lambda name: Fake)
-    assert run.measure_decode_step("/m", 4) == ({"tabfill_decode_ms": 8.0, "floor_ms": 1.0}, "")
+    assert run.measure_decode_step("/m", 4) == ({"tabfill_decode_ms": 8.0, "floor_ms": 1.0, "dtype": "float32"}, "")
 
 
 @pytest.mark.model
