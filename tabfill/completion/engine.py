@@ -183,6 +183,16 @@ class Engine:
             self._live = token_ids[:start]
         return logits
 
+    @torch.inference_mode()
+    def warm(self, token_ids: list[int], cancel: CancelToken) -> int:
+        """Prefill all but the last token of a prompt expected soon (a real request then forwards at least
+        that one). Stops between chunks when cancelled. Returns the tokens it ran."""
+        head = token_ids[:-1]
+        if len(head) < 2 or self._live[: len(head)] == head:
+            return 0
+        self.prefill(head, cancel, Deadline())
+        return len(self._live) - self.last_reused_tokens
+
     def _reuse(self, token_ids: list[int]) -> int:
         """How many leading tokens of `token_ids` already have KV in the live slot (after loading what the
         prefix store has, when that is more). At least the last token is always left to run."""

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 from cachetools import TTLCache
 
-from tabfill.completion.engine import Engine, EngineInfo
-from tabfill.completion.fim import MAX_CHARS_PER_TOKEN, FimTemplate, build_prompt, detect_template
+from tabfill.completion.engine import Decoding, Engine, EngineInfo
+from tabfill.completion.fim import MAX_CHARS_PER_TOKEN, FimTemplate, build_prompt, detect_template, stable_prefix_start
 from tabfill.completion.models import LoadedModel, ModelError, ProgressFn, load_model
 from tabfill.completion.postprocess import postprocess
 from tabfill.completion.settings import deadline_ms, language_enabled
@@ -26,6 +26,8 @@ from tabfill.completion.types import (
     Completion,
     CompletionRequest,
     Deadline,
+    Generation,
+    Prompt,
     Settings,
     StopRule,
     Timings,
@@ -39,6 +41,15 @@ log = logging.getLogger(__name__)
 
 MULTI_LINE_MAX_LINES = 8
 CONTEXT_WINDOW_CHARS = 32_000  # how far back the context rules may look for an enclosing block
+# The prompt window: about this many characters per prefix token (code averages 3-4, so the window nearly
+# always fits its token budget whole and `build_prompt` need not drop lines, which would move its start),
+# and its start snapped to chunks of 1/8 of it (fim.stable_prefix_start) so typing keeps the cached prefix.
+WINDOW_CHARS_PER_TOKEN = 3
+WINDOW_CHUNKS = 8
+# After a deadline, the rest is generated in the background in slices of this many milliseconds, each
+# publishing the text so far for type-through, for at most CONTINUE_MAX_MS.
+CONTINUE_SLICE_MS = 40
+CONTINUE_MAX_MS = 5_000
 
 
 @dataclass(frozen=True)
@@ -52,6 +63,29 @@ class _Shown:
 
 def _empty(request: CompletionRequest, reason: str, timings: Timings) -> Completion:
     return Completion("", request.offset, 0, request.request_id, "none", reason, timings)
+
+
+@dataclass(eq=False)
+class _Flight:
+    """A model job in flight for a document; identical requests share it (coalescing)."""
+
+    key: tuple[object, ...]
+    token: CancelToken
+    future: Future[Completion]
+    waiters: int = 1
+
+
+@dataclass(eq=False)
+class _Continuation:
+    """A generation cut by its deadline, still going in the background (or resumable by the same prompt)."""
+
+    key: tuple[object, ...]
+    sequence: int  # the model request it belongs to; only the newest one per document may publish
+    request: CompletionRequest
+    context: SyntaxContext
+    suffix: str
+    state: Decoding
+    running: bool = True  # its background job has not ended yet
 
 
 def _done(value: Completion) -> Future[Completion]:
@@ -98,10 +132,14 @@ class CompletionService:
         self._template: FimTemplate | None = None
         self.state = "idle"  # idle | loading | ready | failed
         self.error = ""
-        self._inflight: dict[str, CancelToken] = {}
+        self._inflight: dict[str, _Flight] = {}
+        self._continuations: dict[str, _Continuation] = {}
+        self._sequence: dict[str, int] = {}  # per document: the newest model request's number
+        self._previous_tokens: dict[str, tuple[int, ...]] = {}  # per document: the last generation (drafts)
         self._shown: dict[str, _Shown] = {}
         self._results: TTLCache[tuple[object, ...], tuple[str, int, str]] = TTLCache(maxsize=512, ttl=600)
         self.last_timings = Timings()
+        self.last_generation: Generation | None = None
         self.last_context: SyntaxContext | None = None
         self.last_cross_file = ""  # the cross-file header of the last request that reached the context stage
 
@@ -153,17 +191,20 @@ class CompletionService:
         return reload and self.state != "idle"
 
     def close(self) -> None:
-        for token in list(self._inflight.values()):
-            token.cancel("shutdown")
+        for flight in list(self._inflight.values()):
+            flight.token.cancel("shutdown")
         self._worker.close()
 
     def forget(self, uri: str) -> None:
         """The document was closed: drop what we keep for it."""
         with self._lock:
             self._shown.pop(uri, None)
-            token = self._inflight.pop(uri, None)
-        if token:
-            token.cancel("document closed")
+            self._continuations.pop(uri, None)
+            self._previous_tokens.pop(uri, None)
+            self._sequence.pop(uri, None)
+            flight = self._inflight.pop(uri, None)
+        if flight:
+            flight.token.cancel("document closed")
 
     # ------------------------------------------------------------------ the request path
     def submit(self, request: CompletionRequest, cancel: CancelToken | None = None) -> Future[Completion]:
@@ -180,6 +221,7 @@ class CompletionService:
         hit = self._type_through(request)
         timings = timings.add("type_through", (time.perf_counter() - started) * 1000)
         if hit is not None:
+            self.warm(request)
             return _done(dataclasses.replace(hit, timings=timings))
 
         started = time.perf_counter()
@@ -189,12 +231,11 @@ class CompletionService:
         with self._lock:
             self.last_context, self.last_cross_file = context, header
         if context.mode is Mode.NONE:
+            self.warm(request)
             return _done(_empty(request, f"no completion here: {context.reason}", timings))
 
         started = time.perf_counter()
-        # NOTE: the same character cap build_prompt applies, so the key holds exactly what the prompt can see.
-        prefix = request.text[max(0, request.offset - settings.max_prefix_tokens * MAX_CHARS_PER_TOKEN) : request.offset]
-        suffix = request.text[request.offset : request.offset + settings.max_suffix_tokens * MAX_CHARS_PER_TOKEN]
+        prefix, suffix = self._window(request)
         key = (settings, context.mode, context.block_indent, header, prefix, suffix)
         with self._lock:
             cached = self._results.get(key)
@@ -204,6 +245,7 @@ class CompletionService:
             text, replace_chars, finish = cached
             completion = Completion(text, request.offset, replace_chars, request.request_id, "cache", finish, timings)
             self._remember(request, completion)
+            self.warm(request)
             return _done(completion)
         if engine is None:
             return _done(_empty(request, f"model {self.state}" + (f": {self.error}" if self.error else ""), timings))
@@ -211,20 +253,69 @@ class CompletionService:
             return _done(_empty(request, "code after the cursor and the model has no FIM", timings))
 
         with self._lock:
+            flight = self._inflight.get(request.uri)
+            if flight is not None and flight.key == key and not flight.future.done():
+                flight.waiters += 1
+                shared = flight
+            else:
+                shared = None
+        if shared is not None:  # coalescing: the same prompt is already being generated
+            return self._join(shared, request, cancel)
+
+        token = CancelToken()  # the job's own token: cancelled when every waiter has cancelled
+        with self._lock:
             previous = self._inflight.get(request.uri)
-            self._inflight[request.uri] = cancel
+            sequence = self._sequence[request.uri] = self._sequence.get(request.uri, 0) + 1
         if previous is not None:
-            previous.cancel("superseded")
+            previous.token.cancel("superseded")
 
-        def run(token: CancelToken) -> Completion:
-            try:
-                return self._model_stages(engine, template, request, context, header, prefix, suffix, key, token, deadline, timings)
-            finally:
-                with self._lock:
-                    if self._inflight.get(request.uri) is token:
-                        del self._inflight[request.uri]
+        def run(job_token: CancelToken) -> Completion:
+            return self._model_stages(engine, template, request, context, header, prefix, suffix, key, job_token, deadline, timings, sequence)
 
-        return self._worker.submit(run, cancel, key=request.uri)
+        future = self._worker.submit(run, token, key=request.uri)
+        flight = _Flight(key, token, future)
+        with self._lock:
+            self._inflight[request.uri] = flight
+        future.add_done_callback(lambda _: self._land(request.uri, flight))
+        cancel.on_cancel(lambda reason: self._leave(flight, reason))
+        return future
+
+    def _window(self, request: CompletionRequest) -> tuple[str, str]:
+        """The prefix and suffix text the prompt may use; the prefix starts at a stable line start."""
+        settings = self.settings
+        max_chars = settings.max_prefix_tokens * WINDOW_CHARS_PER_TOKEN
+        start = stable_prefix_start(request.text, request.offset, max_chars, max(1, max_chars // WINDOW_CHUNKS))
+        suffix = request.text[request.offset : request.offset + settings.max_suffix_tokens * MAX_CHARS_PER_TOKEN]
+        return request.text[start : request.offset], suffix
+
+    def _join(self, flight: _Flight, request: CompletionRequest, cancel: CancelToken) -> Future[Completion]:
+        joined: Future[Completion] = Future()
+
+        def relay(done: Future[Completion]) -> None:
+            if joined.done():
+                return
+            error = done.exception() if not done.cancelled() else Cancelled("cancelled")
+            if error is not None:
+                joined.set_exception(error)
+            else:
+                joined.set_result(dataclasses.replace(done.result(), request_id=request.request_id))
+
+        flight.future.add_done_callback(relay)
+        cancel.on_cancel(lambda reason: self._leave(flight, reason))
+        return joined
+
+    def _leave(self, flight: _Flight, reason: str) -> None:
+        """A waiter cancelled; the generation stops when no waiter is left."""
+        with self._lock:
+            flight.waiters -= 1
+            last = flight.waiters <= 0
+        if last:
+            flight.token.cancel(reason)
+
+    def _land(self, uri: str, flight: _Flight) -> None:
+        with self._lock:
+            if self._inflight.get(uri) is flight:
+                del self._inflight[uri]
 
     def complete(self, request: CompletionRequest, cancel: CancelToken | None = None) -> Completion:
         """Synchronous `submit` (CLI, tests). Cancelled work returns an empty completion."""
@@ -246,12 +337,51 @@ class CompletionService:
         cancel: CancelToken,
         deadline: Deadline,
         timings: Timings,
+        sequence: int,
     ) -> Completion:
-        settings = self.settings
+        with self._lock:
+            resumable = self._continuations.pop(request.uri, None)
+            corpus = self._previous_tokens.get(request.uri, ())
+        if resumable is not None and resumable.key == key:
+            # NOTE: the same prompt as a generation cut by its deadline: go on with it, not from scratch.
+            generation = engine.resume(resumable.state, cancel, deadline)
+        else:
+            started = time.perf_counter()
+            prompt = self._prompt(engine, template, context, header, prefix, suffix)
+            timings = timings.add("prompt", (time.perf_counter() - started) * 1000)
+            generation = engine.generate(prompt, cancel, deadline, corpus)
+        timings = timings.merged(generation.timings)
+        if generation.finish_reason == "cancelled":
+            raise Cancelled(cancel.reason or "cancelled")
+
         started = time.perf_counter()
+        text, replace_chars = self._postprocess(request, context, suffix, generation)
+        timings = timings.add("postprocess", (time.perf_counter() - started) * 1000)
+        completion = Completion(text, request.offset, replace_chars, request.request_id, "model", generation.finish_reason, timings)
+        log.debug(
+            "completion %s: %d prompt tokens (%d cached), drafts %d/%d, %s",
+            request.request_id, generation.prompt_tokens, generation.cached_tokens,
+            generation.accepted_draft_tokens, generation.draft_tokens, timings.describe(),
+        )
+        with self._lock:
+            if generation.finish_reason != "deadline":
+                self._results[key] = (text, replace_chars, generation.finish_reason)
+            self.last_timings = timings
+            self.last_generation = generation
+            self._previous_tokens[request.uri] = generation.token_ids
+        self._remember(request, completion)
+        state = generation.continuation
+        if isinstance(state, Decoding):
+            self._continue(engine, _Continuation(key, sequence, request, context, suffix, state))
+        return completion
+
+    def _prompt(
+        self, engine: Engine, template: FimTemplate | None, context: SyntaxContext, header: str, prefix: str, suffix: str
+    ) -> Prompt:
+        settings = self.settings
         multi = context.mode is Mode.MULTI and settings.multi_line
         stop = StopRule(single_line=not multi, block_indent=context.block_indent, max_lines=MULTI_LINE_MAX_LINES if multi else 1)
-        prompt = build_prompt(
+        return build_prompt(
             prefix,
             suffix,
             template,
@@ -263,28 +393,74 @@ class CompletionService:
             context=header,
             max_context_tokens=settings.cross_file_tokens,
         )
-        timings = timings.add("prompt", (time.perf_counter() - started) * 1000)
 
-        generation = engine.generate(prompt, cancel, deadline)
-        timings = timings.merged(generation.timings)
-        if generation.finish_reason == "cancelled":
-            raise Cancelled(cancel.reason or "cancelled")
-
-        started = time.perf_counter()
+    def _postprocess(self, request: CompletionRequest, context: SyntaxContext, suffix: str, generation: Generation) -> tuple[str, int]:
+        multi = context.mode is Mode.MULTI and self.settings.multi_line
         effective = context if multi or context.mode is not Mode.MULTI else dataclasses.replace(context, mode=Mode.SINGLE)
         probe_prefix = request.text[max(0, request.offset - context.probe_chars) : request.offset]
-        text, replace_chars = postprocess(
-            generation.text, effective, suffix, generation.finish_reason, prefix=probe_prefix, syntax=settings.syntax_postprocess
+        return postprocess(
+            generation.text, effective, suffix, generation.finish_reason, prefix=probe_prefix, syntax=self.settings.syntax_postprocess
         )
-        timings = timings.add("postprocess", (time.perf_counter() - started) * 1000)
-        completion = Completion(text, request.offset, replace_chars, request.request_id, "model", generation.finish_reason, timings)
-        log.debug("completion %s: %d prompt tokens, %s", request.request_id, generation.prompt_tokens, timings.describe())
+
+    # ------------------------------------------------------------------ after the deadline
+    def _continue(self, engine: Engine, continuation: _Continuation) -> None:
+        """Generate the rest of a deadline-cut answer in the background, publishing it for type-through.
+        Any real request preempts it; one with the same prompt resumes it."""
+        uri = continuation.request.uri
         with self._lock:
-            if generation.finish_reason != "deadline":
-                self._results[key] = (text, replace_chars, generation.finish_reason)
-            self.last_timings = timings
-        self._remember(request, completion)
-        return completion
+            self._continuations[uri] = continuation
+
+        def run(token: CancelToken) -> None:
+            until = Deadline.after_ms(CONTINUE_MAX_MS)
+            try:
+                while not token.cancelled and not until.expired:
+                    generation = engine.resume(continuation.state, token, Deadline.after_ms(CONTINUE_SLICE_MS))
+                    if generation.finish_reason == "cancelled" or not self._publish(continuation, generation):
+                        return
+                    if generation.finish_reason != "deadline":
+                        return
+            finally:
+                continuation.running = False
+
+        self._worker.submit(run, key=uri, background=True)
+
+    def _publish(self, continuation: _Continuation, generation: Generation) -> bool:
+        """Show what the continuation has so far; False when a newer request for the document took over."""
+        request = continuation.request
+        text, replace_chars = self._postprocess(request, continuation.context, continuation.suffix, generation)
+        finished = generation.finish_reason != "deadline"
+        completion = Completion(text, request.offset, replace_chars, request.request_id, "continuation", generation.finish_reason)
+        with self._lock:
+            if self._sequence.get(request.uri) != continuation.sequence:
+                return False
+            if finished:
+                self._continuations.pop(request.uri, None)
+                self._results[continuation.key] = (text, replace_chars, generation.finish_reason)
+                self._previous_tokens[request.uri] = generation.token_ids
+            if text:
+                self._shown[request.uri] = _Shown(request.text[: request.offset], request.text[request.offset :], completion)
+        return True
+
+    # ------------------------------------------------------------------ warm-up
+    def warm(self, request: CompletionRequest) -> None:
+        """Prefill the prompt for `request` in the background (document opened, or answered without the
+        model), so the next real request there finds its prefix cached. Any real request preempts it."""
+        with self._lock:
+            engine, template = self._engine, self._template
+            continuation = self._continuations.get(request.uri)
+            busy = request.uri in self._inflight or (continuation is not None and continuation.running)
+        if engine is None or busy or not language_enabled(self.settings, request.language_id):
+            return
+
+        def run(token: CancelToken) -> None:
+            context = request_context(request)
+            if context.mode is Mode.NONE or (template is None and context.suffix_has_code):
+                return
+            prefix, suffix = self._window(request)
+            prompt = self._prompt(engine, template, context, cross_file_header(request, self.settings), prefix, suffix)
+            engine.warm(list(prompt.token_ids), token)
+
+        self._worker.submit(run, key=request.uri, background=True)
 
     # ------------------------------------------------------------------ type-through
     def _remember(self, request: CompletionRequest, completion: Completion) -> None:

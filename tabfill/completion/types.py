@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tabfill.syntax_cache.crossfile import Snippet
@@ -108,16 +109,31 @@ class Completion:
 class CancelToken:
     """Set once; checked by the decode loop between steps. Thread-safe."""
 
-    __slots__ = ("_event", "reason")
+    __slots__ = ("_event", "_lock", "_callbacks", "reason")
 
     def __init__(self) -> None:
         self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._callbacks: list[Callable[[str], None]] = []
         self.reason = ""
 
     def cancel(self, reason: str = "cancelled") -> None:
-        if not self._event.is_set():
+        with self._lock:
+            if self._event.is_set():
+                return
             self.reason = reason
             self._event.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback(reason)
+
+    def on_cancel(self, callback: Callable[[str], None]) -> None:
+        """Call `callback(reason)` once when cancelled (at once if it already is)."""
+        with self._lock:
+            if not self._event.is_set():
+                self._callbacks.append(callback)
+                return
+        callback(self.reason)
 
     @property
     def cancelled(self) -> bool:

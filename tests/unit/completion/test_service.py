@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -89,12 +91,52 @@ def test_newer_request_for_the_same_document_cancels_the_older(service: Completi
     older_token = CancelToken()
     older = service.submit(request(TEXT + "  "), older_token)
     newer = service.submit(request())
-    assert older_token.cancelled and older_token.reason == "superseded"
     gate.set()
     blocker.result(5)
-    with pytest.raises(Cancelled):
+    with pytest.raises(Cancelled, match="superseded"):
         older.result(5)
+    assert not older_token.cancelled  # the caller's token is the caller's; the job has its own
     assert newer.result(5).text
+
+
+def test_identical_requests_in_flight_share_one_generation(service: CompletionService) -> None:
+    gate, running = threading.Event(), threading.Event()
+    blocker = service._worker.submit(lambda _t: (running.set(), gate.wait(5)))
+    running.wait(5)
+    text = TEXT + "    "
+    first = service.submit(request(text))
+    second = service.submit(dataclasses.replace(request(text), request_id="second"))
+    assert service._worker.pending == 1  # one model job for both
+    gate.set()
+    blocker.result(5)
+    one, two = first.result(5), second.result(5)
+    assert (one.text, one.source) == (two.text, two.source) and one.source == "model" and two.request_id == "second"
+
+
+def test_a_shared_generation_stops_only_when_every_waiter_cancels(service: CompletionService) -> None:
+    gate = threading.Event()
+    blocker = service._worker.submit(lambda _t: gate.wait(5))
+    text = TEXT + "        "
+    first_token, second_token = CancelToken(), CancelToken()
+    first = service.submit(request(text), first_token)
+    second = service.submit(request(text), second_token)
+    first_token.cancel("$/cancelRequest")
+    gate.set()
+    blocker.result(5)
+    assert second.result(5).source == "model"  # still generated for the waiter that stayed
+
+    gate.clear()
+    blocker = service._worker.submit(lambda _t: gate.wait(5))
+    text += "#"
+    tokens = [CancelToken(), CancelToken()]
+    futures = [service.submit(request(text), token) for token in tokens]
+    for token in tokens:
+        token.cancel("$/cancelRequest")
+    gate.set()
+    blocker.result(5)
+    for future in futures:
+        with pytest.raises(Cancelled):
+            future.result(5)
 
 
 def test_large_document_context_window_keeps_the_cursor_line(service: CompletionService) -> None:
@@ -103,3 +145,26 @@ def test_large_document_context_window_keeps_the_cursor_line(service: Completion
     mid = "def f(a):\n" + "    y = 1\n" * 10_000 + "    return a" + "\nz = 2\n" * 10_000
     inside = service.complete(request(mid, offset=mid.index("return a") + 3))  # inside `return`
     assert "identifier" in inside.finish_reason
+
+
+def test_a_deadline_answer_is_completed_in_the_background_and_served_by_type_through(model_dir: Path) -> None:
+    text = "def total(items):\n    result = 0\n    for item in items:\n        result += "
+    unhurried = CompletionService(Settings(model=str(model_dir), deadline_ms=60_000))
+    hurried = CompletionService(Settings(model=str(model_dir), deadline_ms=1))
+    try:
+        unhurried.load().result()
+        hurried.load().result()
+        full = unhurried.complete(request(text))
+        partial = hurried.complete(request(text))
+        assert partial.finish_reason == "deadline" and full.text.startswith(partial.text)
+        give_up = time.monotonic() + 30
+        while hurried._continuations and time.monotonic() < give_up:  # the background job publishes, then ends
+            time.sleep(0.01)
+        again = hurried.complete(request(text))
+        assert (again.source, again.text) == ("cache", full.text)
+        if len(full.text) > 1:  # the user types the first character of the suggestion: the rest, no model
+            typed = hurried.complete(request(text + full.text[0]))
+            assert (typed.source, typed.text) == ("type-through", full.text[1:])
+    finally:
+        unhurried.close()
+        hurried.close()
