@@ -101,7 +101,12 @@ def test_newer_request_for_the_same_document_cancels_the_older(service: Completi
 
 def test_identical_requests_in_flight_share_one_generation(service: CompletionService) -> None:
     gate, running = threading.Event(), threading.Event()
-    blocker = service._worker.submit(lambda _t: (running.set(), gate.wait(5)))
+
+    def block(_token: CancelToken) -> None:
+        running.set()
+        gate.wait(5)
+
+    blocker = service._worker.submit(block)
     running.wait(5)
     text = TEXT + "    "
     first = service.submit(request(text))
