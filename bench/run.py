@@ -150,6 +150,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             results["decode_step"] = measured
         else:
             results["skipped"]["decode step"] = why
+    else:
+        results["skipped"]["decode step"] = "not run (--decode-steps 0; --smoke skips it unless --decode-steps is given)"
 
     server_options: dict[str, Any] = {} if args.deadline_ms is None else {"deadlineMs": args.deadline_ms}
     repeat_typing = typing if args.repeat_cases == "same" else typing_cases(2 * len(typing), pace=args.pace)[len(typing):]
@@ -215,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                         "the rest reported as the repeat replay, and resident memory after each)")
     parser.add_argument("--repeat-cases", choices=("same", "fresh"), default="same",
                         help="the repeat replays type the same functions again, or as many other functions")
-    parser.add_argument("--decode-steps", type=int, default=32, help="decode steps for bench/decode_step.py (0: skip)")
+    parser.add_argument("--decode-steps", type=int, help="decode steps for bench/decode_step.py (default 32; 0 skips; --smoke skips it unless given)")
     parser.add_argument("--no-install", action="store_true", help="skip llama.cpp unless it is already built")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent, help="folder for RESULTS.md, results.json, latency.png")
     args = parser.parse_args(argv)
@@ -223,8 +225,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--replays must be at least 1")
     if args.smoke:
         args.line_cases, args.typing_cases, args.syntax_lines = 1, 1, 300
-        args.decode_steps = min(args.decode_steps, 8)
         args.pace = max(args.pace, 3.0)
+    if args.decode_steps is None:
+        args.decode_steps = 0 if args.smoke else 32  # it loads the model three ways and prefills each: not for a smoke run
     args.command_line = shlex.join(["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)])
     started = time.perf_counter()
     results = asyncio.run(run(args))
