@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import gc
 import importlib
 import json
 import os
@@ -188,6 +189,7 @@ def measure_decode_step(model_dir: str, steps: int) -> tuple[dict[str, float | s
         return None, f"bench/decode_step.py not available ({exc})"
     try:
         measured = dict(module.measure(model_dir, steps))
+        gc.collect()  # its models go before the servers start
         kept: dict[str, float | str] = {}
         for key, value in measured.items():
             if isinstance(value, str):
