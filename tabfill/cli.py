@@ -102,14 +102,23 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     import torch
 
     from tabfill.completion.models import cache_root, default_model_dir, pick_device
+    from tabfill.kernels import select_backend, supports
 
     device = pick_device(getattr(args, "device", None) or "auto")
     print(f"tabfill {__version__}, python {sys.version.split()[0]}, torch {torch.__version__}")
     print(f"device: {device} (cuda available: {torch.cuda.is_available()}), threads: {torch.get_num_threads()}")
     print(f"dtype: {'bf16/fp16' if device.startswith('cuda') else 'fp32'} (no native bf16 assumed on CPU)")
+    backend, why = select_backend(torch.device(device))
+    print(f"attention backend: {backend} ({why})")
     print(f"cache: {cache_root()}")
     pulled = (default_model_dir() / "model.safetensors").is_file()
     print(f"default model: {default_model_dir()} ({'converted' if pulled else 'not pulled: run `tabfill model pull`'})")
+    if pulled:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(default_model_dir())
+        forward = "lean kernels/ forward" if supports(config) else "transformers forward (no lean forward for this architecture)"
+        print(f"default model forward: {forward} ({config.model_type}); prefix KV store and prompt-lookup drafts on")
     return 0
 
 

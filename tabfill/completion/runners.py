@@ -98,7 +98,7 @@ class LeanRunner:
         self.decoder = decoder
         self.max_tokens = int(decoder.max_tokens)
         self.kv_bytes_per_token = int(decoder.kv_bytes_per_token())
-        self._device = next(iter(decoder.parameters())).device if hasattr(decoder, "parameters") else torch.device("cpu")
+        self._device = decoder.device
 
     def forward(self, token_ids: Sequence[int], start_pos: int, *, all_logits: bool = False) -> torch.Tensor:
         if start_pos + len(token_ids) > self.max_tokens:

@@ -14,13 +14,16 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 
+import torch
 from cachetools import TTLCache
 
 from tabfill.completion.engine import Decoding, Engine, EngineInfo
 from tabfill.completion.fim import MAX_CHARS_PER_TOKEN, FimTemplate, build_prompt, detect_template, stable_prefix_start
 from tabfill.completion.models import LoadedModel, ModelError, ProgressFn, load_model
 from tabfill.completion.postprocess import postprocess
-from tabfill.completion.settings import deadline_ms, language_enabled
+from tabfill.completion.prefix_cache import PrefixCache
+from tabfill.completion.runners import make_runner
+from tabfill.completion.settings import deadline_ms, kv_slot_tokens, language_enabled
 from tabfill.completion.types import (
     CancelToken,
     Completion,
@@ -44,6 +47,7 @@ CONTEXT_WINDOW_CHARS = 32_000  # how far back the context rules may look for an 
 # The prompt window: about this many characters per prefix token (code averages 3-4, so the window nearly
 # always fits its token budget whole and `build_prompt` need not drop lines, which would move its start),
 # and its start snapped to chunks of 1/8 of it (fim.stable_prefix_start) so typing keeps the cached prefix.
+PREFIX_BLOCK_TOKENS = 32
 WINDOW_CHARS_PER_TOKEN = 3
 WINDOW_CHUNKS = 8
 # After a deadline, the rest is generated in the background in slices of this many milliseconds, each
@@ -148,6 +152,28 @@ class CompletionService:
     def info(self) -> EngineInfo | None:
         return self._engine.info if self._engine else None
 
+    def describe_engine(self) -> dict[str, object]:
+        """The engine set-up and its caches' counters, for `tabfill/status` (empty before a model is loaded)."""
+        engine, generation = self._engine, self.last_generation
+        if engine is None:
+            return {}
+        described: dict[str, object] = dict(engine.describe())
+        store = engine.prefix_cache
+        if store is not None:
+            described["prefixCacheBytes"] = store.num_bytes
+            described["prefixCacheBlocks"] = store.num_blocks
+            described["prefixCacheStats"] = dataclasses.asdict(store.stats)
+        if generation is not None:
+            described["lastGeneration"] = {
+                "promptTokens": generation.prompt_tokens,
+                "cachedTokens": generation.cached_tokens,
+                "generatedTokens": len(generation.token_ids),
+                "draftTokens": generation.draft_tokens,
+                "acceptedDraftTokens": generation.accepted_draft_tokens,
+                "finishReason": generation.finish_reason,
+            }
+        return described
+
     def load(self, progress: ProgressFn | None = None) -> Future[EngineInfo]:
         """Load (or reload) the configured model on the worker; the future fails with ModelError."""
         settings = self.settings
@@ -163,7 +189,15 @@ class CompletionService:
                     loaded.source, loaded.device, loaded.dtype, loaded.load_ms,
                     template.name if template else "prefix-only", loaded.import_ms,
                 )
-                engine = Engine(loaded.model, loaded.tokenizer, loaded.device, info)
+                runner = make_runner(
+                    loaded.model,
+                    torch.device(loaded.device),
+                    max_tokens=kv_slot_tokens(settings),
+                    quantize=None if settings.quantize == "none" else settings.quantize,
+                    lean=settings.lean_forward,
+                )
+                store = PrefixCache(PREFIX_BLOCK_TOKENS, settings.prefix_cache_mb * 2**20) if settings.prefix_cache_mb else None
+                engine = Engine(loaded.model, loaded.tokenizer, loaded.device, info, runner=runner, prefix_cache=store)
                 info = dataclasses.replace(info, warmup_ms=engine.warm_up())
                 engine.info = info
             except ModelError as exc:
@@ -183,8 +217,15 @@ class CompletionService:
         return self._worker.submit(run)
 
     def update_settings(self, settings: Settings) -> bool:
-        """Apply new settings; returns True when the model must be reloaded (model or device changed)."""
-        reload = (settings.model, settings.device) != (self.settings.model, self.settings.device)
+        """Apply new settings; returns True when the model must be reloaded (model, device or engine set-up
+        changed, or longer prompts than the KV slot holds)."""
+        def setup(value: Settings) -> tuple[object, ...]:
+            return (value.model, value.device, value.lean_forward, value.quantize, value.prefix_cache_mb)
+
+        engine = self._engine
+        reload = setup(settings) != setup(self.settings) or (
+            engine is not None and kv_slot_tokens(settings) > engine.runner.max_tokens
+        )
         with self._lock:
             self.settings = settings
             self._results.clear()
@@ -280,10 +321,15 @@ class CompletionService:
         cancel.on_cancel(lambda reason: self._leave(flight, reason))
         return future
 
+    @property
+    def window_chars(self) -> int:
+        """At most this many characters before the cursor reach the prompt."""
+        return self.settings.max_prefix_tokens * WINDOW_CHARS_PER_TOKEN
+
     def _window(self, request: CompletionRequest) -> tuple[str, str]:
         """The prefix and suffix text the prompt may use; the prefix starts at a stable line start."""
         settings = self.settings
-        max_chars = settings.max_prefix_tokens * WINDOW_CHARS_PER_TOKEN
+        max_chars = self.window_chars
         start = stable_prefix_start(request.text, request.offset, max_chars, max(1, max_chars // WINDOW_CHUNKS))
         suffix = request.text[request.offset : request.offset + settings.max_suffix_tokens * MAX_CHARS_PER_TOKEN]
         return request.text[start : request.offset], suffix

@@ -12,6 +12,8 @@ from tabfill.completion.types import Settings
 # clean boundary) and the rest is generated in the background for type-through (service.CONTINUE_*).
 DEFAULT_DEADLINE_MS = {"cuda": 100, "cpu": 80}
 
+QUANTIZE_CHOICES = ("none", "int8")
+
 _INT_LIMITS = {
     "max_new_tokens": (1, 512),
     "single_line_max_new_tokens": (1, 256),
@@ -19,6 +21,7 @@ _INT_LIMITS = {
     "max_prefix_tokens": (16, 32_768),
     "max_suffix_tokens": (0, 32_768),
     "cross_file_tokens": (0, 8_192),
+    "prefix_cache_mb": (0, 65_536),
 }
 
 
@@ -49,7 +52,7 @@ def parse_settings(raw: Any, base: Settings | None = None) -> tuple[Settings, li
                 problems.append(f"setting {key!r} must be an integer in [{low}, {high}], got {value!r}; keeping {getattr(base, name)!r}")
                 continue
             changes[name] = value
-        elif name in ("multi_line", "syntax_postprocess", "cross_file_context"):
+        elif name in ("multi_line", "syntax_postprocess", "cross_file_context", "lean_forward"):
             if not isinstance(value, bool):
                 problems.append(f"setting {key!r} must be true or false, got {value!r}")
                 continue
@@ -59,6 +62,11 @@ def parse_settings(raw: Any, base: Settings | None = None) -> tuple[Settings, li
                 problems.append(f"setting {key!r} must be a list of language ids, got {value!r}")
                 continue
             changes[name] = tuple(value)
+        elif name == "quantize":
+            if value not in QUANTIZE_CHOICES:
+                problems.append(f"setting {key!r} must be one of {', '.join(QUANTIZE_CHOICES)}, got {value!r}")
+                continue
+            changes[name] = value
         else:  # model, device
             if not isinstance(value, str) or not value.strip():
                 problems.append(f"setting {key!r} must be a non-empty string, got {value!r}")
@@ -78,3 +86,10 @@ def deadline_ms(settings: Settings, device: str) -> int:
 
 def language_enabled(settings: Settings, language_id: str) -> bool:
     return "*" in settings.enabled_languages or language_id in settings.enabled_languages
+
+
+def kv_slot_tokens(settings: Settings) -> int:
+    """Positions the engine's live KV slot needs for the longest prompt these settings allow, plus the
+    answer and a draft (fim markers and BOS included), rounded up; at least 2,048."""
+    needed = settings.max_prefix_tokens + settings.max_suffix_tokens + max(settings.max_new_tokens, settings.single_line_max_new_tokens) + 64
+    return max(2048, -(-needed // 256) * 256)

@@ -173,3 +173,8 @@ class Settings:
     # Cross-file context (imported definitions, recent edits in other files) before the prefix, in tokens.
     cross_file_context: bool = True
     cross_file_tokens: int = 192
+    # Speed: the lean kernels/ forward where the architecture has one (off: transformers' own forward),
+    # int8 weights for it ("none" | "int8"), and the bytes of KV the prefix store keeps for other prompts.
+    lean_forward: bool = True
+    quantize: str = "none"
+    prefix_cache_mb: int = 256

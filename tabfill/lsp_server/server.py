@@ -24,6 +24,7 @@ from tabfill.lsp_server.positions import PositionEncoding, offset_at, position_a
 from tabfill.lsp_server.protocol import TabfillProtocol
 from tabfill.lsp_server.stats import StatsStore, accept_arguments, item_reference
 from tabfill.syntax_cache.context import SyntaxContext
+from tabfill.syntax_cache.document import Document
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,21 @@ class TabfillServer(LanguageServer):
             offset = offset_at(document, line, character, self.encoding)
         except ValueError as exc:
             raise JsonRpcInvalidParams(str(exc)) from exc
+        return self._request_at(document, offset, request_id)
+
+    def warm(self, uri: str) -> None:
+        """A document was opened: prefill its prompt in the background when the whole document fits the
+        prompt window (the cursor is unknown; the prefix from the top is shared by any cursor in it)."""
+        document = self.documents.get(uri)
+        if document is None or len(document.text) > self.service.window_chars:
+            return
+        try:
+            self.service.warm(self._request_at(document, len(document.text), "warm-up"))
+        except Exception:  # a warm-up is an optimisation: never let it break document sync
+            log.exception("warm-up of %s failed", uri)
+
+    def _request_at(self, document: Document, offset: int, request_id: str) -> CompletionRequest:
+        uri = document.uri
         # NOTE: cross-file lookups cost file reads; skip them when the setting leaves them out of the prompt.
         syntax, cross_file = self.documents.request_context(uri, self.service.settings.cross_file_context)
         return CompletionRequest(
@@ -175,6 +191,7 @@ def create_server(settings: Settings | None = None) -> TabfillServer:
     @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
     def did_open(ls: TabfillServer, params: types.DidOpenTextDocumentParams) -> None:
         ls.documents.open(params.text_document)
+        ls.warm(params.text_document.uri)
 
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def did_change(ls: TabfillServer, params: types.DidChangeTextDocumentParams) -> None:
@@ -276,6 +293,7 @@ def create_server(settings: Settings | None = None) -> TabfillServer:
             "documents": len(ls.documents),
             "lastContext": _describe_context(ls.service.last_context),
             "lastCrossFile": ls.service.last_cross_file,
+            "engine": ls.service.describe_engine(),
         }
 
     @server.feature(types.SHUTDOWN)

@@ -1,4 +1,4 @@
-from tabfill.completion.settings import deadline_ms, language_enabled, parse_settings
+from tabfill.completion.settings import deadline_ms, kv_slot_tokens, language_enabled, parse_settings
 from tabfill.completion.types import Settings
 
 
@@ -28,7 +28,20 @@ def test_none_is_no_change() -> None:
 
 def test_deadline_by_device_and_languages() -> None:
     assert deadline_ms(Settings(), "cuda:0") == 100
-    assert deadline_ms(Settings(), "cpu") == 2500
+    assert deadline_ms(Settings(), "cpu") == 80
     assert deadline_ms(Settings(deadline_ms=50), "cpu") == 50
     assert language_enabled(Settings(), "anything")
     assert not language_enabled(Settings(enabled_languages=("python",)), "go")
+
+
+def test_engine_settings_are_checked() -> None:
+    settings, problems = parse_settings({"quantize": "int4", "prefixCacheMb": -1, "leanForward": "yes"})
+    assert settings == Settings() and len(problems) == 3
+    settings, problems = parse_settings({"quantize": "int8", "prefixCacheMb": 0, "leanForward": False})
+    assert (settings.quantize, settings.prefix_cache_mb, settings.lean_forward, problems) == ("int8", 0, False, [])
+
+
+def test_the_kv_slot_holds_the_longest_prompt_the_settings_allow() -> None:
+    assert kv_slot_tokens(Settings()) == 2048
+    big = Settings(max_prefix_tokens=4000, max_suffix_tokens=1000, max_new_tokens=200)
+    assert kv_slot_tokens(big) >= 4000 + 1000 + 200 + 16 and kv_slot_tokens(big) % 256 == 0
