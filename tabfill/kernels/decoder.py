@@ -30,6 +30,7 @@ from tabfill.kernels.attention import attention, select_backend
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "starcoder2")
 QUANTIZATIONS = ("none", "int8")
 PREFILL_CHUNK_TOKENS = 256
+CALIBRATION_TOKENS = 128  # int8: one forward over fixed random tokens to find the outlier input channels
 
 # rope types whose tables do not depend on the sequence length (the cache keeps rotated keys).
 _STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
@@ -90,10 +91,22 @@ class _Dense:
 
 
 class _Int8Dynamic:
-    """int8 per-output-channel weights, activations quantized per call (fbgemm ``linear_dynamic``)."""
+    """int8 per-output-channel weights, activations quantized per call (fbgemm ``linear_dynamic``).
 
-    def __init__(self, weight: Tensor, bias: Tensor | None) -> None:  # weight [N, K]
-        w = weight.detach().float()
+    NOTE: per-token activation quantization alone lost the argmax on half the positions of SmolLM2 (a few
+    input channels carry outlier activations). SmoothQuant-style smoothing fixes most of it: input channel
+    ``j`` is divided by ``s_j = amax_x_j ** alpha / amax_w_j ** (1 - alpha)`` before quantization and the
+    weight's column multiplied by it, with ``amax_x`` from a calibration forward.
+    """
+
+    def __init__(self, weight: Tensor, bias: Tensor | None, input_absmax: Tensor | None, alpha: float) -> None:
+        w = weight.detach().float()  # [N, K]
+        self.inv_smooth: Tensor | None = None
+        if input_absmax is not None:
+            w_absmax = w.abs().amax(dim=0).clamp(min=1e-5)  # [K]
+            smooth = (input_absmax.float().clamp(min=1e-5) ** alpha / w_absmax ** (1 - alpha)).clamp(min=1e-5)
+            w = w * smooth[None, :]
+            self.inv_smooth = (1.0 / smooth).to(weight.device)  # [K]
         scales = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)  # [N]
         zero_points = torch.zeros_like(scales, dtype=torch.long)
         with warnings.catch_warnings():
@@ -104,8 +117,11 @@ class _Int8Dynamic:
         self.out_dtype = weight.dtype
 
     def __call__(self, x: Tensor) -> Tensor:  # [S, K] -> [S, N]
+        x = x.float()
+        if self.inv_smooth is not None:
+            x = x * self.inv_smooth
         # NOTE: reduce_range keeps activations to 7 bits: AVX2's u8*s8 pair sums saturate int16 otherwise.
-        out = torch.ops.quantized.linear_dynamic(x.float(), self.packed, True)
+        out = torch.ops.quantized.linear_dynamic(x, self.packed, True)
         return out.to(self.out_dtype)
 
 
@@ -260,7 +276,9 @@ class LeanDecoder:
     # ---- construction -------------------------------------------------------------------------------
 
     @classmethod
-    def from_hf(cls, model: Any, *, max_tokens: int = 2048, quantize: str | None = None) -> LeanDecoder:
+    def from_hf(
+        cls, model: Any, *, max_tokens: int = 2048, quantize: str | None = None, smooth_alpha: float | None = 0.5
+    ) -> LeanDecoder:
         """Build from a loaded transformers causal LM (its device and dtype).
 
         Without quantization the weights are repacked (q|k|v and gate|up fused, stored input-major) and the
@@ -295,14 +313,21 @@ class LeanDecoder:
         else:
             arch = _Arch(norm="rms", gated_mlp=True, activation=_activation(config), eps=config.rms_norm_eps)
 
+        absmax: dict[int, Tensor] = {}
+        if quantization == "int8" and smooth_alpha is not None:
+            calibration = torch.randint(
+                0, config.vocab_size, (CALIBRATION_TOKENS,), generator=torch.Generator().manual_seed(0)
+            )
+            absmax = _calibrate_input_absmax(model, calibration)
+        packing = _Packing(quantization, absmax, smooth_alpha)
         with torch.no_grad():
-            layers = [_pack_layer(layer, arch, quantization) for layer in inner.layers]
+            layers = [_pack_layer(layer, arch, packing) for layer in inner.layers]
             embed_param = inner.embed_tokens.weight
             head_param = model.lm_head.weight
             tied = head_param is embed_param or head_param.data_ptr() == embed_param.data_ptr()
             lm_head: _Linear
             if quantization == "int8":
-                lm_head = _Int8Dynamic(head_param, getattr(model.lm_head, "bias", None))
+                lm_head = packing.linear([model.lm_head])
                 embed, embed_transposed = embed_param.detach(), False
             else:
                 head_t = _rebind_transposed(head_param)  # [D, V]
@@ -459,26 +484,61 @@ def _fused_bias(biases: list[Tensor | None]) -> Tensor | None:
     return torch.cat([b.detach() for b in present])
 
 
-def _pack_linear(modules: list[Any], quantization: str) -> _Linear:
-    bias = _fused_bias([getattr(m, "bias", None) for m in modules])
-    if quantization == "int8":
-        return _Int8Dynamic(torch.cat([m.weight.detach() for m in modules], dim=0), bias)
-    return _Dense(_rebind_fused([m.weight for m in modules]), bias)
+class _Packing:
+    """How ``from_hf`` packs linear layers: fp32 repacked in place, or int8 with calibrated smoothing."""
+
+    def __init__(self, quantization: str, input_absmax: dict[int, Tensor], alpha: float | None) -> None:
+        self.quantization = quantization
+        self.input_absmax = input_absmax  # id(nn.Linear) -> [K]
+        self.alpha = alpha
+
+    def linear(self, modules: list[Any], *, outlier_input: bool = False) -> _Linear:
+        """``outlier_input``: the MLP's down projection, whose input (act(gate) * up) has massive outliers."""
+        bias = _fused_bias([getattr(m, "bias", None) for m in modules])
+        if self.quantization == "int8" and not outlier_input:
+            # the fused projections share their input: one set of statistics
+            absmax = self.input_absmax.get(id(modules[0])) if self.alpha is not None else None
+            weight = torch.cat([m.weight.detach() for m in modules], dim=0)  # [N, K]
+            return _Int8Dynamic(weight, bias, absmax, self.alpha if self.alpha is not None else 0.0)
+        return _Dense(_rebind_fused([m.weight for m in modules]), bias)
 
 
-def _pack_layer(layer: Any, arch: _Arch, quantization: str) -> _Layer:
+def _calibrate_input_absmax(model: Any, token_ids: Tensor) -> dict[int, Tensor]:
+    """Per-input-channel max |x| of every ``nn.Linear`` over one forward of ``token_ids`` [S]."""
+    absmax: dict[int, Tensor] = {}
+    handles = []
+
+    def record(module: torch.nn.Module, args: tuple[Tensor, ...]) -> None:
+        x = args[0].detach().abs().flatten(0, -2).amax(dim=0)  # [K]
+        key = id(module)
+        absmax[key] = x if key not in absmax else torch.maximum(absmax[key], x)
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            handles.append(module.register_forward_pre_hook(record))
+    try:
+        with torch.no_grad():
+            model(token_ids[None, :].to(next(iter(model.parameters())).device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return absmax
+
+
+def _pack_layer(layer: Any, arch: _Arch, packing: _Packing) -> _Layer:
     attn, mlp = layer.self_attn, layer.mlp
+    _pack_linear = packing.linear
     if arch.gated_mlp:
-        up = _pack_linear([mlp.gate_proj, mlp.up_proj], quantization)
-        down = _pack_linear([mlp.down_proj], quantization)
+        up = _pack_linear([mlp.gate_proj, mlp.up_proj])
+        down = _pack_linear([mlp.down_proj], outlier_input=True)
     else:
-        up = _pack_linear([mlp.c_fc], quantization)
-        down = _pack_linear([mlp.c_proj], quantization)
+        up = _pack_linear([mlp.c_fc])
+        down = _pack_linear([mlp.c_proj], outlier_input=True)
     return _Layer(
         norm1_weight=layer.input_layernorm.weight.detach(),
         norm1_bias=_detached(getattr(layer.input_layernorm, "bias", None)),
-        qkv=_pack_linear([attn.q_proj, attn.k_proj, attn.v_proj], quantization),
-        o=_pack_linear([attn.o_proj], quantization),
+        qkv=_pack_linear([attn.q_proj, attn.k_proj, attn.v_proj]),
+        o=_pack_linear([attn.o_proj]),
         norm2_weight=layer.post_attention_layernorm.weight.detach(),
         norm2_bias=_detached(getattr(layer.post_attention_layernorm, "bias", None)),
         up=up,
