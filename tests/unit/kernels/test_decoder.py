@@ -167,3 +167,18 @@ def test_describe_and_kv_cache() -> None:
     k_all, _ = cache.update(1, 3, torch.ones(1, 2, 2, 4), torch.ones(1, 2, 2, 4))
     assert k_all.shape == (1, 2, 8, 4) and k_all[0, :, 3:5].eq(1).all() and k_all[0, :, 5:].eq(0).all()
     assert cache.bytes_per_token() == 2 * 2 * 2 * 4 * 4
+
+
+@pytest.mark.parametrize("threads", [1, 2, 4])
+def test_matches_transformers_for_any_thread_split(threads: int) -> None:
+    model = _model("qwen2")
+    prompt = _prompt(12)
+    expected = _hf_logits(model, prompt)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        decoder = LeanDecoder.from_hf(model, max_tokens=32)
+    finally:
+        torch.set_num_threads(previous)
+    assert decoder.layers[0].o.k_splits == threads  # type: ignore[attr-defined]
+    torch.testing.assert_close(decoder.verify_draft(prompt, 0), expected, atol=ATOL, rtol=ATOL)
