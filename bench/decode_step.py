@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from tabfill.kernels import LeanDecoder, describe
+from tabfill.kernels import LeanDecoder
 
 DEFAULT_MODEL_DIR = Path.home() / ".cache" / "tabfill" / "models" / "smollm2-135m"
 PREFILL_TOKENS = 384
@@ -179,7 +179,6 @@ def measure(model_dir: str, steps: int, *, context: int = 400, try_compile: bool
     results["lean fp32 / fp32 floor"] = results["lean fp32 decode ms/token"] / results["fp32 floor ms/token"]
     results["lean int8 / int8 floor"] = results["lean int8 decode ms/token"] / results["int8 floor ms/token"]
     results["transformers / lean fp32"] = results["transformers decode ms/token"] / results["lean fp32 decode ms/token"]
-    print("decoder:", describe(fp32))
     return results
 
 
