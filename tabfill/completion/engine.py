@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from bisect import bisect_left
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,7 +25,8 @@ from tabfill.syntax_cache.context import indent_width
 log = logging.getLogger(__name__)
 
 PREFILL_CHUNK_TOKENS = 256
-DRAFT_TOKENS = 6  # speculative tokens verified per forward (prompt lookup)
+DRAFT_TOKENS = 6  # at most this many speculative tokens verified per forward (prompt lookup)
+DRAFT_PAUSE_STEPS = 3
 
 # NOTE: transformers 5.2x warns that `past_key_values` becomes `cache`, but passing `cache=` there does
 # not fill the given cache; keep the working name and silence just this warning.
@@ -89,9 +91,23 @@ class Decoding:
     draft_tokens: int = 0
     accepted_draft_tokens: int = 0
 
+    # NOTE: a rejected draft costs a wider forward (here 8 tokens ≈ 2 single-token steps), so the draft
+    # length follows its success: doubled when all is accepted, halved when not, and after a draft that
+    # was rejected outright drafting pauses for a few steps.
+    draft_budget: int = DRAFT_TOKENS
+    draft_pause: int = 0
+
     @property
     def tokens(self) -> list[int]:
         return list(self.prompt.token_ids) + self.generated
+
+    def adapt_drafts(self, proposed: int, accepted: int, most: int) -> None:
+        if accepted == proposed:
+            self.draft_budget = min(most, self.draft_budget * 2)
+        else:
+            self.draft_budget = max(1, self.draft_budget // 2)
+            if accepted == 0:
+                self.draft_pause = DRAFT_PAUSE_STEPS
 
 
 class Engine:
@@ -119,6 +135,7 @@ class Engine:
         self.eos_ids = frozenset(_eos_ids(model, tokenizer))
         self.draft_tokens = DRAFT_TOKENS
         self._token_texts: list[str] | None = None
+        self._sorted: tuple[list[str], list[int]] | None = None
         self._live: list[int] = []
         self._owner: Decoding | None = None  # whose next-token logits are valid for the live slot
         self.last_reused_tokens = 0
@@ -130,7 +147,7 @@ class Engine:
         started = time.perf_counter()
         self.runner.forward([0, 0, 0, 0], 0)
         self._live, self._owner = [0, 0, 0, 0], None
-        self.token_texts()
+        self._sorted_vocabulary()
         return (time.perf_counter() - started) * 1000
 
     def describe(self) -> dict[str, str]:
@@ -153,17 +170,29 @@ class Engine:
         return self._token_texts
 
     def _healing_mask(self, remaining: str, vocab_size: int) -> torch.Tensor:
-        """Boolean mask [V] of tokens consistent with having to produce `remaining` next."""
-        texts = self.token_texts()
-        allowed = [
-            i
-            for i, text in enumerate(texts[:vocab_size])
-            if text and "\ufffd" not in text and (text.startswith(remaining) or remaining.startswith(text))
-        ]
+        """Boolean mask [V] of tokens consistent with having to produce `remaining` next: tokens whose text
+        starts with it (a range of the sorted vocabulary) or is a prefix of it (one lookup per length)."""
+        texts, ids = self._sorted_vocabulary()
+        low = bisect_left(texts, remaining)
+        high = bisect_left(texts, remaining + "\U0010ffff", low)
+        allowed = ids[low:high]
+        for end in range(1, len(remaining)):
+            at = bisect_left(texts, remaining[:end])
+            while at < len(texts) and texts[at] == remaining[:end]:
+                allowed.append(ids[at])
+                at += 1
         mask = torch.zeros(vocab_size, dtype=torch.bool, device=self.device)
+        allowed = [i for i in allowed if i < vocab_size]
         if allowed:
             mask[torch.tensor(allowed, device=self.device)] = True
         return mask
+
+    def _sorted_vocabulary(self) -> tuple[list[str], list[int]]:
+        """The usable token texts sorted, with their ids (built once)."""
+        if self._sorted is None:
+            pairs = sorted((text, i) for i, text in enumerate(self.token_texts()) if text and "\ufffd" not in text)
+            self._sorted = ([text for text, _ in pairs], [i for _, i in pairs])
+        return self._sorted
 
     # ----------------------------------------------------------------- steps
     def prefill(self, token_ids: list[int], cancel: CancelToken, deadline: Deadline) -> torch.Tensor | None:
@@ -241,7 +270,8 @@ class Engine:
     # ----------------------------------------------------------------- the loop
     def start(self, prompt: Prompt, corpus: Sequence[int] = ()) -> Decoding:
         """A new generation of `prompt`; `corpus` (e.g. the previous suggestion's tokens) feeds the drafts."""
-        return Decoding(prompt, self.eos_ids | prompt.stop_token_ids, NgramDrafter(prompt.token_ids, corpus))
+        drafter = NgramDrafter(prompt.token_ids, corpus)
+        return Decoding(prompt, self.eos_ids | prompt.stop_token_ids, drafter, draft_budget=min(4, self.draft_tokens))
 
     def generate(self, prompt: Prompt, cancel: CancelToken, deadline: Deadline, corpus: Sequence[int] = ()) -> Generation:
         """Greedy decoding of `prompt` until a stop, EOS, max tokens, the deadline or cancellation."""
@@ -292,12 +322,15 @@ class Engine:
             if cancel.cancelled or deadline.expired:
                 state.logits = None  # the last token is not in the live slot yet; resume forwards it
                 return "cancelled" if cancel.cancelled else "deadline"
-            budget = min(self.draft_tokens, limit - len(state.generated))
-            draft = state.drafter.propose(budget) if budget > 0 and _strip_healing(state.text, healing) is not None else []
+            budget = min(state.draft_budget, limit - len(state.generated))
+            wants_draft = budget > 0 and state.draft_pause == 0 and _strip_healing(state.text, healing) is not None
+            draft = state.drafter.propose(budget) if wants_draft else []
+            state.draft_pause = max(0, state.draft_pause - 1)
             if draft:
                 accepted, logits = self.verify_draft(token_id, draft)
                 state.draft_tokens += len(draft)
                 state.accepted_draft_tokens += len(accepted)
+                state.adapt_drafts(len(draft), len(accepted), self.draft_tokens)
                 for draft_id in accepted:
                     if draft_id in state.stop_ids:
                         return "eos"

@@ -190,3 +190,14 @@ def test_a_generation_stopped_by_its_deadline_resumes_to_the_same_tokens(engine:
         rest = engine.resume(first.continuation, CancelToken(), Deadline())  # type: ignore[arg-type]
         assert rest.finish_reason == "length"
         assert rest.token_ids == whole.token_ids and rest.text == whole.text
+
+
+@pytest.mark.parametrize("remaining", [" val", "x", "  ", "(", "def", "\n    ret", "😀", "é"])
+def test_healing_mask_equals_a_scan_of_the_whole_vocabulary(engine: Engine, remaining: str) -> None:
+    texts = engine.token_texts()
+    expected = {
+        i for i, text in enumerate(texts)
+        if text and "\ufffd" not in text and (text.startswith(remaining) or remaining.startswith(text))
+    }
+    mask = engine._healing_mask(remaining, len(texts))
+    assert set(torch.nonzero(mask).flatten().tolist()) == expected
