@@ -23,7 +23,10 @@ NOTE: measured on this box (2-core AVX2 EPYC, torch 2.13 CPU, SmolLM2-135M, ``py
 
 from __future__ import annotations
 
+import ctypes
 import math
+import os
+import sys
 import warnings
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -316,6 +319,14 @@ class LeanDecoder:
         if quantization not in QUANTIZATIONS:
             raise ValueError(f"quantize must be one of {QUANTIZATIONS}, got {quantize!r}")
         inner = model.model
+        if quantization == "none":
+            # NOTE: from_pretrained maps the safetensors file, and one small tensor left in that mapping (a
+            # norm weight) keeps the whole file mapped next to the repacked copies (+500 MB RSS on
+            # SmolLM2). Vectors (norms, biases) are copied out here; the matrices are repacked below.
+            with torch.no_grad():
+                for param in model.parameters():
+                    if param.dim() < 2:
+                        param.data = param.data.clone()
         first = next(iter(model.parameters()))
         device, dtype = first.device, first.dtype
         if quantization == "int8":
@@ -479,20 +490,51 @@ def _detached(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.detach()
 
 
+_MADV_PAGEOUT = 21  # Linux >= 5.4
+
+
+def _page_out(tensors: list[Tensor]) -> None:
+    """Ask the kernel to drop the resident pages of tensors that are no longer used.
+
+    NOTE: from_pretrained maps the safetensors file; the pages a repack reads stay resident until the whole
+    mapping goes, so repacking every matrix would peak at file + copies (~1.4 GB for SmolLM2 in fp32).
+    MADV_PAGEOUT drops clean file pages as each matrix is done (they would be read again from the file if
+    touched) and is a no-op for anonymous memory without swap, so it never changes what a tensor holds."""
+    if sys.platform != "linux":
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        page = os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        return
+    for tensor in tensors:
+        if tensor.device.type != "cpu":
+            continue
+        storage = tensor.untyped_storage()
+        start = -(-storage.data_ptr() // page) * page
+        end = (storage.data_ptr() + storage.nbytes()) // page * page
+        if end > start:
+            libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_PAGEOUT)
+
+
 def _rebind_transposed(param: Tensor) -> Tensor:
     """An input-major contiguous copy [K, N] of a transformers weight [N, K]; the parameter becomes its view."""
-    weight_t = param.detach().t().contiguous()  # [K, N]
+    old = param.detach()
+    weight_t = old.t().contiguous()  # [K, N]
     param.data = weight_t.t()
+    _page_out([old])
     return weight_t
 
 
 def _rebind_fused(params: list[Tensor]) -> Tensor:
     """``cat`` of weights [N_i, K] stored input-major [K, sum N_i]; each parameter becomes a view of it."""
-    fused_t = torch.cat([p.detach() for p in params], dim=0).t().contiguous()  # [K, N]
+    old = [p.detach() for p in params]
+    fused_t = torch.cat(old, dim=0).t().contiguous()  # [K, N]
     offset = 0
     for p in params:
         p.data = fused_t[:, offset : offset + p.shape[0]].t()
         offset += p.shape[0]
+    _page_out(old)
     return fused_t
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -182,3 +185,16 @@ def test_matches_transformers_for_any_thread_split(threads: int) -> None:
         torch.set_num_threads(previous)
     assert decoder.layers[0].o.k_splits == threads  # type: ignore[attr-defined]
     torch.testing.assert_close(decoder.verify_draft(prompt, 0), expected, atol=ATOL, rtol=ATOL)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+def test_from_hf_keeps_no_tensor_in_the_weights_file_mapping(tmp_path: Path) -> None:
+    """A single norm weight left in from_pretrained's mapping of model.safetensors kept the whole file
+    resident next to the repacked copies (+500 MB RSS with the default model)."""
+    _model("llama").save_pretrained(tmp_path)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    decoder = LeanDecoder.from_hf(model, max_tokens=64)
+    gc.collect()
+    weights = str(tmp_path / "model.safetensors")
+    assert not [line for line in Path("/proc/self/maps").read_text().splitlines() if line.endswith(weights)]
+    assert decoder.forward(torch.tensor([1, 2, 3]), 0).shape == (decoder.vocab_size,)
