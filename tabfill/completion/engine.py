@@ -139,6 +139,7 @@ class Engine:
         self._live: list[int] = []
         self._owner: Decoding | None = None  # whose next-token logits are valid for the live slot
         self.last_reused_tokens = 0
+        self._step_ms = 0.0  # moving average of a one-token forward
 
     @torch.inference_mode()
     def warm_up(self) -> float:
@@ -319,7 +320,9 @@ class Engine:
             finish = self._append(state, token_id)
             if finish:
                 return finish
-            if cancel.cancelled or deadline.expired:
+            # NOTE: stop before a step that would end past the deadline (the answer is due by then), judged
+            # by the last steps' duration.
+            if cancel.cancelled or deadline.within_ms(self._step_ms):
                 state.logits = None  # the last token is not in the live slot yet; resume forwards it
                 return "cancelled" if cancel.cancelled else "deadline"
             budget = min(state.draft_budget, limit - len(state.generated))
@@ -338,7 +341,9 @@ class Engine:
                     if finish:
                         return finish
             else:
+                started = time.perf_counter()
                 logits = self.decode_one_token(token_id)
+                self._step_ms = 0.8 * self._step_ms + 0.2 * (time.perf_counter() - started) * 1000
             state.logits = logits
         return "length"
 

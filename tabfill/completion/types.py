@@ -154,6 +154,11 @@ class Deadline:
     def expired(self) -> bool:
         return self.at is not None and time.monotonic() >= self.at
 
+    def within_ms(self, ms: float) -> bool:
+        """True when the deadline is at most `ms` milliseconds away (or past): a step of that length
+        started now would end after it."""
+        return self.at is not None and time.monotonic() + ms / 1000.0 >= self.at
+
 
 @dataclass(frozen=True)
 class Settings:
