@@ -119,8 +119,11 @@ async def run_typing_case(system: System, case: TypingCase) -> list[dict[str, An
     await system.close_document(uri)
 
     rows = []
-    for handle, chars, next_key_s in handles:
+    typed_after = [chars for _, chars, _ in handles[1:]] + [None]
+    for (handle, chars, next_key_s), chars_after_next_key in zip(handles, typed_after):
         upcoming = case.body[chars:]
+        # the key typed while this answer was on screen (None after the last key)
+        next_key = case.body[chars:chars_after_next_key] if chars_after_next_key is not None else ""
         served = handle.text is not None and handle.received_s is not None and handle.received_s <= next_key_s
         shown = handle.text if served and handle.text else ""
         first_line = shown.split("\n", 1)[0]
@@ -136,6 +139,8 @@ async def run_typing_case(system: System, case: TypingCase) -> list[dict[str, An
             "late": handle.text is not None and not served,
             "shown": shown,
             "agreed": bool(first_line.strip()) and upcoming.startswith(first_line),
-            "accepted_chars": common_prefix_length(shown, upcoming),
+            # NOTE: each typed character counts once: the one typed next, when the ghost text on screen
+            # showed it (summing the agreeing prefix of every answer counted a suggestion once per keystroke)
+            "accepted_chars": len(next_key) if next_key and shown.startswith(next_key) else 0,
         })
     return rows

@@ -212,7 +212,7 @@ def _typing_section(summaries: list[dict[str, Any]]) -> list[str]:
         "A request is *served* when its answer arrived before the next keystroke (an editor could show it); "
         "latency percentiles are over served requests (an empty answer counts: e.g. tabfill answers at once that "
         "nothing is to be completed inside a word), *shown* over served requests with a non-empty suggestion. *Agreed*: the shown suggestion's first line is what the "
-        "user typed next. *Accepted chars*: the characters of shown suggestions that match what was typed next. "
+        "user typed next. *Accepted chars*: typed characters that the ghost text on screen showed just before they were typed (each counted once; what Tab would have inserted). "
         "*CPU s*, *peak RSS*: the process from its start to the end of the first replay (line cases included).",
         "",
         "| system | requests | served | cancelled | late | p50 ms | p95 ms | p99 ms | shown | shown p50 ms | shown p95 ms | agreed | accepted chars / typed | CPU s | peak RSS MiB |",

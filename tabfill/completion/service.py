@@ -144,6 +144,9 @@ class CompletionService:
         self._results: TTLCache[tuple[object, ...], tuple[str, int, str]] = TTLCache(maxsize=512, ttl=600)
         self.last_timings = Timings()
         self.last_generation: Generation | None = None
+        # Called (from the engine thread) when a deadline-cut answer has been generated to its end: the
+        # caller may tell the editor to ask again at that place (the result cache then has it whole).
+        self.on_ready: Callable[[CompletionRequest, Completion], None] | None = None
         self.last_context: SyntaxContext | None = None
         self.last_cross_file = ""  # the cross-file header of the last request that reached the context stage
 
@@ -485,6 +488,12 @@ class CompletionService:
                 self._previous_tokens[request.uri] = generation.token_ids
             if text:
                 self._shown[request.uri] = _Shown(request.text[: request.offset], request.text[request.offset :], completion)
+            notify = self.on_ready if finished else None
+        if notify is not None:
+            try:
+                notify(request, completion)
+            except Exception:  # the editor hint is optional; the generation's result is already kept
+                log.exception("on_ready callback failed")
         return True
 
     # ------------------------------------------------------------------ warm-up

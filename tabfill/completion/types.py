@@ -182,4 +182,4 @@ class Settings:
     # int8 weights for it ("none" | "int8"), and the bytes of KV the prefix store keeps for other prompts.
     lean_forward: bool = True
     quantize: str = "none"
-    prefix_cache_mb: int = 256
+    prefix_cache_mb: int = 128

@@ -29,6 +29,8 @@ from tabfill.syntax_cache.document import Document
 log = logging.getLogger(__name__)
 
 STATUS_METHOD = "tabfill/status"
+# Server -> client: a completion that was cut by its deadline has been generated whole (see README).
+READY_NOTIFICATION = "tabfill/completionReady"
 # Copilot-style acceptance signals (sent by the tabfill editor clients); counted locally only.
 DID_SHOW_COMPLETION = "textDocument/didShowCompletion"
 DID_PARTIALLY_ACCEPT_COMPLETION = "textDocument/didPartiallyAcceptCompletion"
@@ -41,6 +43,7 @@ class TabfillServer(LanguageServer):
         super().__init__("tabfill", __version__, protocol_cls=TabfillProtocol, max_workers=2)
         self.documents = DocumentStore()
         self.service = service or CompletionService(settings)
+        self.service.on_ready = lambda request, completion: self.call_from_thread(self._completion_ready, request, completion)
         self._loop: asyncio.AbstractEventLoop | None = None
         self.initial_options: Any = None
         self.stats = StatsStore()
@@ -90,6 +93,18 @@ class TabfillServer(LanguageServer):
             self.service.warm(self._request_at(document, len(document.text), "warm-up"))
         except Exception:  # a warm-up is an optimisation: never let it break document sync
             log.exception("warm-up of %s failed", uri)
+
+    def _completion_ready(self, request: CompletionRequest, completion: Completion) -> None:
+        """A deadline-cut answer is now complete: tell the client, if the document is still at that version,
+        so it can ask again at that position (answered from the result cache at once)."""
+        document = self.documents.get(request.uri)
+        if document is None or document.version != request.version or not completion.text:
+            return
+        line, character = position_at(document, request.offset, self.encoding)
+        self.protocol.notify(
+            READY_NOTIFICATION,
+            {"textDocument": {"uri": request.uri, "version": request.version}, "position": {"line": line, "character": character}},
+        )
 
     def _request_at(self, document: Document, offset: int, request_id: str) -> CompletionRequest:
         uri = document.uri
@@ -224,7 +239,7 @@ def create_server(settings: Settings | None = None) -> TabfillServer:
         accept = types.Command(
             title="Accept tabfill suggestion",
             command=ACCEPT_COMMAND,
-            arguments=[{"id": item_id, "language": request.language_id, "latencyMs": round(latency_ms, 1), "source": completion.source}],
+            arguments=[{"id": item_id, "language": request.language_id, "latencyMs": round(latency_ms, 1), "source": completion.source, "partial": completion.finish_reason == "deadline"}],
         )
         item = types.InlineCompletionItem(insert_text=completion.text, range=ls.lsp_range(uri, completion), command=accept)
         return types.InlineCompletionList(items=[item])

@@ -220,3 +220,34 @@ def test_smoke_run_of_the_whole_benchmark(tmp_path: Path) -> None:
     assert "## Issue 5 targets" in markdown and "### Served requests by answer source" in markdown
     assert "| tabfill |" in markdown and "## The floor" in markdown and "python -m bench --smoke" in markdown
     assert (tmp_path / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_accepted_chars_count_each_typed_character_once() -> None:
+    """A system whose ghost text is always the exact rest of the function: every key after the first was on
+    screen when typed; summing each answer's agreeing prefix instead counted the body once per keystroke."""
+    import asyncio
+
+    from bench.cases import Keystroke, TypingCase
+    from bench.replay import run_typing_case
+    from bench.systems import Pending, System
+
+    body = "return a +\n    b"
+    keys = (Keystroke(0.0, "r"), Keystroke(0.01, "et"), Keystroke(0.02, "urn a +"), Keystroke(0.03, "\n    "), Keystroke(0.04, "b"))
+    case = TypingCase("fake.py:1", "python", "def f(a, b):\n    ", "\n", body, keys)
+
+    class Oracle(System):
+        name = "oracle"
+
+        async def start(self) -> None:
+            return None
+
+        async def stop(self) -> None:
+            return None
+
+        async def _complete(self, uri: str, language_id: str, text: str, offset: int, handle: Pending) -> str:
+            typed = text[len(case.prefix) : offset]
+            return body[len(typed) :]
+
+    rows = asyncio.run(run_typing_case(Oracle(), case))
+    assert [row["accepted_chars"] for row in rows] == [2, 7, 5, 1, 0]
+    assert sum(row["accepted_chars"] for row in rows) == len(body) - len("r")

@@ -136,3 +136,25 @@ async def test_counts_are_written_while_the_server_runs(tiny_model: Path, tmp_pa
             assert asyncio.get_running_loop().time() < deadline, rows
             await asyncio.sleep(0.2)
         assert rows["python"]["requests"] == 1
+
+
+async def test_a_deadline_cut_answer_is_announced_when_whole_and_then_served_from_the_cache(tiny_model: Path, tmp_path: Path) -> None:
+    async with lsp_session(["--model", str(tiny_model), "--deadline-ms", "1"], cache_dir=tmp_path) as lsp:
+        announced: asyncio.Queue[Any] = asyncio.Queue()
+
+        @lsp.feature("tabfill/completionReady")
+        def on_ready(params: Any) -> None:
+            announced.put_nowait(params)
+
+        uri = "file:///tmp/ready.py"
+        open_document(lsp, uri, SOURCE)
+        first = await inline(lsp, uri, *END)
+        assert all(as_json(lsp, item)["command"]["arguments"][0]["partial"] for item in first.items)
+        ready = await asyncio.wait_for(announced.get(), 60)
+        assert field(field(ready, "textDocument"), "uri") == uri and field(field(ready, "textDocument"), "version") == 1
+        assert (field(field(ready, "position"), "line"), field(field(ready, "position"), "character")) == END
+        whole = await suggestion(lsp, uri)
+        arguments = as_json(lsp, whole)["command"]["arguments"][0]
+        assert (arguments["source"], arguments["partial"]) == ("cache", False)
+        if first.items:  # what was shown first is the start of the whole answer
+            assert isinstance(first.items[0].insert_text, str) and whole.insert_text.startswith(first.items[0].insert_text)

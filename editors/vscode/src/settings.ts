@@ -15,6 +15,12 @@ export const SERVER_KEYS = [
   "maxPrefixTokens",
   "maxSuffixTokens",
   "multiLine",
+  "syntaxPostprocess",
+  "crossFileContext",
+  "crossFileTokens",
+  "leanForward",
+  "quantize",
+  "prefixCacheMb",
 ] as const;
 
 export type ServerSettings = Partial<Record<(typeof SERVER_KEYS)[number], unknown>>;
