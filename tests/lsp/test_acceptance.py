@@ -157,4 +157,5 @@ async def test_a_deadline_cut_answer_is_announced_when_whole_and_then_served_fro
         arguments = as_json(lsp, whole)["command"]["arguments"][0]
         assert (arguments["source"], arguments["partial"]) == ("cache", False)
         if first.items:  # what was shown first is the start of the whole answer
-            assert isinstance(first.items[0].insert_text, str) and whole.insert_text.startswith(first.items[0].insert_text)
+            assert isinstance(first.items[0].insert_text, str) and isinstance(whole.insert_text, str)
+            assert whole.insert_text.startswith(first.items[0].insert_text)
