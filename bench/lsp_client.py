@@ -4,6 +4,7 @@ the time from writing a request to reading its response is not hidden behind a f
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 import itertools
 import json
 import os
@@ -22,6 +23,7 @@ class LspClient:
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self.messages: list[str] = []  # window/showMessage texts, for the report
+        self.handlers: dict[str, Callable[[Any], None]] = {}  # server notifications by method
         self._reader = asyncio.create_task(self._read_loop())
 
     @classmethod
@@ -66,6 +68,9 @@ class LspClient:
         if "method" in message:
             if message["method"] == "window/showMessage":
                 self.messages.append(message["params"]["message"])
+            handler = self.handlers.get(message["method"])
+            if handler is not None and "id" not in message:
+                handler(message.get("params"))
             if "id" in message:  # a request from the server (e.g. workDoneProgress/create): accept it
                 self._write({"id": message["id"], "result": None})
             return

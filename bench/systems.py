@@ -105,6 +105,11 @@ class System(ABC):
         if not handle.task.done():
             await self._cancel(handle)
 
+    async def settle(self, uri: str, language_id: str, text: str, offset: int, handle: Pending, timeout_s: float) -> Pending | None:
+        """After an answer cut by a deadline: wait until the server says the whole answer is ready and ask
+        again at the same place, as an editor plugin does. None when nothing more is coming (the peers)."""
+        return None
+
     def usage(self) -> Usage:
         return process_usage(self.pid)
 
@@ -125,9 +130,11 @@ class TabfillSystem(System):
         self.client: LspClient | None = None
         self.versions: dict[str, int] = {}
         self.status: dict[str, Any] = {}
+        self.ready: dict[tuple[str, int], asyncio.Event] = {}  # tabfill/completionReady by (uri, version)
 
     async def start(self) -> None:
         self.client = await LspClient.spawn([sys.executable, "-m", "tabfill.cli", "serve"])
+        self.client.handlers["tabfill/completionReady"] = self._on_ready
         self.pid = self.client.process.pid
         capabilities = {"general": {"positionEncodings": ["utf-16"]}, "textDocument": {"inlineCompletion": {}}}
         await self.client.request(
@@ -161,6 +168,35 @@ class TabfillSystem(System):
     async def close_document(self, uri: str) -> None:
         assert self.client is not None
         self.client.notify("textDocument/didClose", {"textDocument": {"uri": uri}})
+        for key in [key for key in self.ready if key[0] == uri]:
+            del self.ready[key]
+
+    def _ready_event(self, uri: str, version: int) -> asyncio.Event:
+        return self.ready.setdefault((uri, version), asyncio.Event())
+
+    def _on_ready(self, params: Any) -> None:
+        document = params.get("textDocument", {}) if isinstance(params, dict) else {}
+        if isinstance(document.get("uri"), str) and isinstance(document.get("version"), int):
+            self._ready_event(document["uri"], document["version"]).set()
+
+    async def settle(self, uri: str, language_id: str, text: str, offset: int, handle: Pending, timeout_s: float) -> Pending | None:
+        assert self.client is not None
+        if handle.text is None:
+            return None
+        if not handle.extra.get("partial"):
+            if handle.text:
+                return None
+            # an empty answer says nothing over LSP: the status says whether the deadline cut it
+            generation = (await self.client.request("tabfill/status", None)).get("engine", {}).get("lastGeneration") or {}
+            if generation.get("finishReason") != "deadline":
+                return None
+        try:
+            await asyncio.wait_for(self._ready_event(uri, self.versions[uri]).wait(), timeout_s)
+        except asyncio.TimeoutError:
+            return None
+        again = self.request(uri, language_id, text, offset)
+        await asyncio.wait_for(asyncio.shield(again.task), timeout_s)
+        return again
 
     async def _complete(self, uri: str, language_id: str, text: str, offset: int, handle: Pending) -> str:
         assert self.client is not None
@@ -178,6 +214,7 @@ class TabfillSystem(System):
             handle.source = EMPTY
             return ""
         handle.source = answer_source(items[0])
+        handle.extra["partial"] = answer_argument(items[0]).get("partial") is True
         insert = items[0]["insertText"]
         return insert if isinstance(insert, str) else insert["value"]
 
@@ -191,12 +228,17 @@ class TabfillSystem(System):
             await self.client.close()
 
 
-def answer_source(item: dict[str, Any]) -> str:
-    """The `source` tabfill puts in its item's `tabfill.accept` argument; any string is its own category."""
+def answer_argument(item: dict[str, Any]) -> dict[str, Any]:
+    """The argument tabfill puts in its item's `tabfill.accept` command ({} when there is none)."""
     command = item.get("command")
     arguments = command.get("arguments") if isinstance(command, dict) else None
     argument = arguments[0] if isinstance(arguments, list) and arguments else None
-    source = argument.get("source") if isinstance(argument, dict) else None
+    return argument if isinstance(argument, dict) else {}
+
+
+def answer_source(item: dict[str, Any]) -> str:
+    """The `source` tabfill puts in its item's `tabfill.accept` argument; any string is its own category."""
+    source = answer_argument(item).get("source")
     return source if isinstance(source, str) and source else UNKNOWN
 
 

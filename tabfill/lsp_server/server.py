@@ -98,7 +98,7 @@ class TabfillServer(LanguageServer):
         """A deadline-cut answer is now complete: tell the client, if the document is still at that version,
         so it can ask again at that position (answered from the result cache at once)."""
         document = self.documents.get(request.uri)
-        if document is None or document.version != request.version or not completion.text:
+        if document is None or document.version != request.version:
             return
         line, character = position_at(document, request.offset, self.encoding)
         self.protocol.notify(
