@@ -126,6 +126,33 @@ def _decoder_numbers(name: str, decoder: LeanDecoder, prompt: list[int], steps: 
     }
 
 
+def _profile(decoder: LeanDecoder, prompt: list[int], steps: int) -> dict[str, float]:
+    """Where a fp32 decode step's time goes, by wall clock: the step, the same matrix products alone (every
+    layer's projections and the lm_head on one token, as the step runs them), and the rest (attention over
+    the cache, norms, rotary, Python)."""
+    context = len(prompt)
+    decoder.prefill(prompt, 0)
+    step_ms = _time_per_call_ms(lambda i: decoder.decode_one_token(prompt[i % context], context), steps)
+    hidden = decoder.embed.shape[0] if decoder.embed_transposed else decoder.embed.shape[1]
+    x = torch.randn(1, hidden, dtype=decoder.dtype, device=decoder.device)  # [1, D]
+
+    def matrices(_: int) -> None:
+        for layer in decoder.layers:
+            layer.qkv(x)
+            layer.o(x[:, : decoder.num_heads * decoder.head_dim])
+            up = layer.up(x)  # [1, 2I] or [1, I]
+            layer.down(up[:, : up.shape[1] // 2] if decoder.arch.gated_mlp else up)
+        decoder.lm_head(x)
+
+    with torch.inference_mode():
+        matrix_ms = _time_per_call_ms(matrices, steps)
+    return {
+        "profile: whole step (ms per fp32 step)": step_ms,
+        "profile: matrix products alone (ms per fp32 step)": matrix_ms,
+        "profile: everything else (ms per fp32 step)": max(0.0, step_ms - matrix_ms),
+    }
+
+
 def _compiled_decode(decoder: LeanDecoder, prompt: list[int], steps: int) -> dict[str, float]:
     context = len(prompt)
     decoder.prefill(prompt, 0)
@@ -161,6 +188,7 @@ def measure(model_dir: str, steps: int, *, context: int = 400, try_compile: bool
     results["transformers decode ms/token"] = _transformers_decode_ms(model, prompt, steps)
     fp32 = LeanDecoder.from_hf(model, max_tokens=context + 64)
     results.update(_decoder_numbers("lean fp32", fp32, prompt, steps))
+    results.update(_profile(fp32, prompt, max(8, steps // 2)))
     int8 = LeanDecoder.from_hf(model, max_tokens=context + 64, quantize="int8")
     results.update(_decoder_numbers("lean int8", int8, prompt, steps))
     with torch.no_grad():
