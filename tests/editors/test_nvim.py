@@ -49,8 +49,8 @@ class Editor:
         info: dict[str, Any] = self.lua("return require('tabfill').info()")
         return info
 
-    def wait(self, what: str, probe: Callable[[], T | None]) -> T:
-        deadline = time.monotonic() + WAIT_S
+    def wait(self, what: str, probe: Callable[[], T | None], timeout_s: float = WAIT_S) -> T:
+        deadline = time.monotonic() + timeout_s
         while True:
             value = probe()
             if value:
@@ -111,7 +111,13 @@ class Editor:
 
 
 @pytest.fixture
-def editor(tmp_path: Path, tiny_model: Path) -> Iterator[Editor]:
+def server_settings() -> dict[str, Any]:
+    """The plugin's `settings` (the server's initializationOptions); a test overrides it by parametrizing."""
+    return {}
+
+
+@pytest.fixture
+def editor(tmp_path: Path, tiny_model: Path, server_settings: dict[str, Any]) -> Iterator[Editor]:
     env = dict(os.environ)
     for name in ("XDG_STATE_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_RUNTIME_DIR"):
         env[name] = str(tmp_path / name.lower())
@@ -124,7 +130,8 @@ def editor(tmp_path: Path, tiny_model: Path) -> Iterator[Editor]:
     init.write_text(
         f"vim.opt.runtimepath:prepend({json.dumps(str(PLUGIN))})\n"
         "vim.lsp.set_log_level('warn')\n"
-        f"require('tabfill').setup({{ cmd = vim.json.decode({json.dumps(json.dumps(server))}), debounce_ms = 20 }})\n",
+        f"require('tabfill').setup({{ cmd = vim.json.decode({json.dumps(json.dumps(server))}), debounce_ms = 20,"
+        f" settings = vim.json.decode({json.dumps(json.dumps(server_settings))}) }})\n",
         encoding="utf-8",
     )
     sample = tmp_path / "sample.py"
@@ -360,3 +367,41 @@ def test_positions_in_every_encoding_with_emoji_and_accents(editor: Editor, enco
     assert editor.ghost() == (row, byte_col, "urn 1")
     editor.type("<Tab>")
     assert editor.nvim.current.line == line[:start] + "return 1"
+
+
+@pytest.mark.parametrize("server_settings", [{"deadlineMs": 1}])
+def test_a_deadline_cut_answer_fills_in_when_the_server_says_it_is_ready(editor: Editor, reference_text: str) -> None:
+    """With a 1 ms deadline the first answer is a stub (or nothing); the server finishes it in the
+    background and sends tabfill/completionReady; the plugin asks again and shows the whole answer."""
+    editor.type("GA")
+    assert editor.cursor() == (LAST_ROW, len(LAST_LINE))
+    ghost = editor.wait(
+        "the whole answer as ghost text",
+        lambda: (lambda g: g if g is not None and g[2] == reference_text else None)(editor.ghost()),
+        timeout_s=30,  # the tiny model finishes in well under a second; without the handler it never shows
+    )
+    assert ghost[:2] == (LAST_ROW, len(LAST_LINE))
+    info = editor.info()
+    assert info["ready_seen"] >= 1 and info["ready_requests"] >= 1, info
+    assert info["last_answer"]["source"] == "cache" and info["last_answer"]["partial"] is False, info
+    assert editor.buffer_text() == SOURCE  # nothing was typed or inserted to get there
+    messages = editor.nvim.api.exec2("messages", {"output": True})["output"]
+    assert "LSP[tabfill]" not in messages, messages
+
+    # a notification for another version, or with the cursor elsewhere, asks nothing
+    sent = editor.info()["requests_sent"]
+    uri = editor.lua("return vim.uri_from_bufnr(0)")
+    version = editor.lua("return vim.lsp.util.buf_versions[vim.api.nvim_get_current_buf()]")
+    client = editor.lua("return vim.lsp.get_clients({name = 'tabfill'})[1].id")
+    notify = (
+        "local client_id, params = ...\n"
+        "local client = vim.lsp.get_client_by_id(client_id)\n"
+        "client.handlers['tabfill/completionReady'](nil, params, {method = 'tabfill/completionReady', client_id = client_id})"
+    )
+    here = {"line": LAST_ROW, "character": len(LAST_LINE)}
+    editor.lua(notify, client, {"textDocument": {"uri": uri, "version": version + 1}, "position": here})
+    editor.lua(notify, client, {"textDocument": {"uri": uri, "version": version}, "position": {"line": LAST_ROW, "character": 0}})
+    editor.lua(notify, client, {"textDocument": {"uri": uri + "x", "version": version}, "position": here})
+    assert editor.info()["requests_sent"] == sent
+    editor.lua(notify, client, {"textDocument": {"uri": uri, "version": version}, "position": here})
+    assert editor.info()["requests_sent"] == sent + 1  # the same one again: asked at once, no debounce

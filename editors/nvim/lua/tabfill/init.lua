@@ -51,6 +51,7 @@ local current = nil
 
 local state = {
   enabled = true,
+  builtin = false, -- vim.lsp.inline_completion draws (use_builtin on 0.12+)
   timer = nil, ---@type uv.uv_timer_t|nil
   pending = nil, ---@type {client: table, id: integer, seq: integer}|nil
   seq = 0,
@@ -60,7 +61,9 @@ local state = {
   last_latency_ms = nil, ---@type number|nil
   last_error = nil, ---@type string|nil
   last_request = nil, ---@type {bufnr: integer, row: integer, col: integer}|nil
-  last_answer = nil, ---@type {bufnr: integer, row: integer, col: integer, text: string}|nil
+  last_answer = nil, ---@type {bufnr: integer, row: integer, col: integer, text: string, source: string?, partial: boolean?}|nil
+  ready_seen = 0, -- tabfill/completionReady notifications received
+  ready_requests = 0, -- ... that asked again (the cursor was still where the cut answer was for)
   fallbacks = {}, ---@type table<string, table>
 }
 
@@ -84,6 +87,8 @@ local function filetype_enabled(ft)
   end
   return false
 end
+
+local on_completion_ready -- tabfill/completionReady handler (below, with the requests)
 
 local function start_client(bufnr)
   if vim.bo[bufnr].buftype ~= "" or not filetype_enabled(vim.bo[bufnr].filetype) then
@@ -111,6 +116,7 @@ local function start_client(bufnr)
     capabilities = capabilities,
     init_options = settings_object(),
     settings = { tabfill = settings_object() },
+    handlers = { ["tabfill/completionReady"] = on_completion_ready },
     on_exit = function(code, signal)
       if code ~= 0 then
         state.last_error = ("server exited with code %d (signal %d); see :LspLog"):format(code, signal or 0)
@@ -264,7 +270,16 @@ local function request(trigger_kind)
         break
       end
     end
-    state.last_answer = { bufnr = bufnr, row = row, col = col, text = suggestion and suggestion.text or "" }
+    local argument = suggestion and suggestion.item.command and (suggestion.item.command.arguments or {})[1]
+    argument = type(argument) == "table" and argument or {}
+    state.last_answer = {
+      bufnr = bufnr,
+      row = row,
+      col = col,
+      text = suggestion and suggestion.text or "",
+      source = argument.source, -- "model", "cache", ... (the server's accept-command argument)
+      partial = argument.partial, -- true: cut by the server's deadline
+    }
     clear()
     current = suggestion
     render()
@@ -273,6 +288,42 @@ local function request(trigger_kind)
     state.requests_sent = state.requests_sent + 1
     state.pending = { client = client, id = id, seq = seq }
   end
+end
+
+--- `tabfill/completionReady`: an answer cut by the server's deadline is now whole (in the server's result
+--- cache). Ask again at once when nothing moved since: same buffer and document version, same cursor,
+--- still in insert mode, and this plugin's last request was for that position.
+on_completion_ready = function(_, params, ctx)
+  state.ready_seen = state.ready_seen + 1
+  if state.builtin then
+    return -- NOTE: vim.lsp.inline_completion (0.12) has no API to ask again without a keystroke
+  end
+  if type(params) ~= "table" or type(params.textDocument) ~= "table" or type(params.position) ~= "table" then
+    return
+  end
+  local bufnr = vim.api.nvim_get_current_buf()
+  local client = util.get_client_by_id(ctx and ctx.client_id or -1)
+  if not client or not state.enabled or vim.fn.mode() ~= "i" or client_for(bufnr) ~= client then
+    return
+  end
+  if params.textDocument.uri ~= vim.uri_from_bufnr(bufnr) or params.textDocument.version ~= vim.lsp.util.buf_versions[bufnr] then
+    return
+  end
+  local row, col = cursor()
+  local line = vim.api.nvim_buf_get_lines(bufnr, row, row + 1, false)[1] or ""
+  local encoding = client.offset_encoding or "utf-16"
+  if params.position.line ~= row or params.position.character ~= util.encoded_col(line, col, encoding) then
+    return
+  end
+  local last = state.last_request
+  if not last or last.bufnr ~= bufnr or last.row ~= row or last.col ~= col then
+    return -- not our request (e.g. textDocument/completion from a completion plugin)
+  end
+  if state.timer then
+    state.timer:stop()
+  end
+  state.ready_requests = state.ready_requests + 1
+  request(2)
 end
 
 local function schedule_request()
@@ -456,6 +507,8 @@ function M.info()
     last_error = state.last_error,
     last_request = state.last_request,
     last_answer = state.last_answer,
+    ready_seen = state.ready_seen,
+    ready_requests = state.ready_requests,
   }
 end
 
@@ -542,6 +595,7 @@ function M.setup(opts)
     vim.notify("tabfill: use_builtin needs Neovim 0.12 (vim.lsp.inline_completion); using tabfill's ghost text",
       vim.log.levels.WARN)
   end
+  state.builtin = builtin ~= nil
   if builtin then
     builtin.enable(true)
     map(keys.accept, function()
