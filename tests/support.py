@@ -6,7 +6,7 @@ import functools
 import inspect
 import textwrap
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -29,6 +29,11 @@ FIM_FAMILIES: dict[str, list[str]] = {
 }
 
 EOS = "<|endoftext|>"
+
+# The size of every tiny random-init model the tests build.
+TINY_DIMENSIONS: dict[str, Any] = {
+    "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+}
 
 _SNIPPETS = (
     textwrap.dedent(
@@ -143,11 +148,7 @@ def make_tiny_model_dir(path: Path, fim_family: str | None = None, architecture:
     config_classes: dict[str, type[LlamaConfig] | type[Qwen2Config]] = {"llama": LlamaConfig, "qwen2": Qwen2Config}
     config = config_classes[architecture](
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        **TINY_DIMENSIONS,
         max_position_embeddings=2048,
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,

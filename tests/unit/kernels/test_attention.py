@@ -27,15 +27,25 @@ def _inputs(shape: tuple[int, int, int, int, int, int], device: str, dtype: torc
     return tuple(t.to(device=device, dtype=dtype) for t in (q, k, v))
 
 
+XFORMERS = pytest.param(
+    "xformers", "cuda", torch.float16, 2e-3,
+    marks=[
+        pytest.mark.skipif(not torch.cuda.is_available(), reason="xformers memory-efficient attention needs CUDA; none here"),
+        pytest.mark.skipif(not xformers_available(), reason="xformers is not installed"),
+    ],
+)
+
+
+@pytest.mark.parametrize(("backend", "device", "dtype", "tolerance"), [("sdpa", "cpu", torch.float32, 1e-5), XFORMERS])
 @pytest.mark.parametrize("name", list(SHAPES))
-def test_sdpa_matches_reference(name: str) -> None:
+def test_backend_matches_reference(name: str, backend: str, device: str, dtype: torch.dtype, tolerance: float) -> None:
     shape = SHAPES[name]
-    q, k, v = _inputs(shape, "cpu", torch.float32)
+    q, k, v = _inputs(shape, device, dtype)
     q_start, kv_len = shape[2], shape[3]
     expected = attention(q, k, v, q_start=q_start, kv_len=kv_len, backend="reference")
-    got = attention(q, k, v, q_start=q_start, kv_len=kv_len, backend="sdpa")
+    got = attention(q, k, v, q_start=q_start, kv_len=kv_len, backend=backend)
     assert got.shape == q.shape
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got, expected, atol=tolerance, rtol=tolerance)
 
 
 def test_keys_beyond_kv_len_are_never_read() -> None:
@@ -55,18 +65,6 @@ def test_reference_is_causal_by_absolute_position() -> None:
     # the first draft query (position 11) equals a decode step at position 11 with kv_len 12
     one = attention(q[:, :, :1], k, v, q_start=11, kv_len=12, backend="reference")
     torch.testing.assert_close(full[:, :, :1], one, atol=1e-6, rtol=1e-6)
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="xformers memory-efficient attention needs CUDA; none here")
-@pytest.mark.skipif(not xformers_available(), reason="xformers is not installed")
-@pytest.mark.parametrize("name", list(SHAPES))
-def test_xformers_matches_reference(name: str) -> None:
-    shape = SHAPES[name]
-    q, k, v = _inputs(shape, "cuda", torch.float16)
-    q_start, kv_len = shape[2], shape[3]
-    expected = attention(q, k, v, q_start=q_start, kv_len=kv_len, backend="reference")
-    got = attention(q, k, v, q_start=q_start, kv_len=kv_len, backend="xformers")
-    torch.testing.assert_close(got, expected, atol=2e-3, rtol=2e-3)
 
 
 def test_select_backend_on_cpu_is_sdpa_with_a_reason() -> None:

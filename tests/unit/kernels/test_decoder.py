@@ -12,21 +12,14 @@ import torch
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Qwen2Config, Starcoder2Config
 
 from tabfill.kernels import KVCache, LeanDecoder, describe, supports
+from tests.support import TINY_DIMENSIONS
 
 VOCAB = 320
 ATOL = 1e-4
 
 
 def _config(arch: str) -> Any:
-    common: dict[str, Any] = dict(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-    )
+    common: dict[str, Any] = dict(vocab_size=VOCAB, **TINY_DIMENSIONS, max_position_embeddings=256)
     if arch == "llama":
         return LlamaConfig(**common, tie_word_embeddings=True, rope_parameters={"rope_type": "default", "rope_theta": 100000.0})
     if arch == "llama_untied_bias":
