@@ -12,6 +12,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tabfill.completion.engine import Engine, EngineInfo
+from tabfill.completion.prefix_cache import PrefixCache
+from tabfill.completion.runners import LeanRunner, make_runner
 from tabfill.completion.types import CancelToken, Deadline, Prompt, StopRule
 from tests.support import make_tiny_model_dir
 
@@ -24,12 +26,20 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+@pytest.fixture(scope="module", params=["transformers", "lean"])
+def engine(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    """The engine on transformers' forward, and on the lean kernels/ forward with a prefix store of small
+    blocks (so short prompts exercise it)."""
     directory = make_tiny_model_dir(tmp_path_factory.mktemp("engine-model"))
     tokenizer = AutoTokenizer.from_pretrained(directory)
     model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
-    loaded = Engine(model, tokenizer, "cpu", EngineInfo(str(directory), "cpu", "float32", 0.0, "prefix-only"))
+    info = EngineInfo(str(directory), "cpu", "float32", 0.0, "prefix-only")
+    if request.param == "lean":
+        runner = make_runner(model, torch.device("cpu"), max_tokens=2048, quantize=None)
+        assert isinstance(runner, LeanRunner)
+        loaded = Engine(model, tokenizer, "cpu", info, runner=runner, prefix_cache=PrefixCache(8, 4 * 2**20))
+    else:
+        loaded = Engine(model, tokenizer, "cpu", info)
     loaded.eos_ids = frozenset()  # a random model may pick EOS anywhere; these tests run to their limits
     yield loaded
 
@@ -201,3 +211,17 @@ def test_healing_mask_equals_a_scan_of_the_whole_vocabulary(engine: Engine, rema
     }
     mask = engine._healing_mask(remaining, len(texts))
     assert set(torch.nonzero(mask).flatten().tolist()) == expected
+
+
+def test_switching_documents_reuses_the_prefix_store_and_answers_the_same(engine: Engine) -> None:
+    first = _ids(engine, "import os\n\nfor name in os.listdir(path):\n    print(name, os.path.getsize(name))\n")
+    other = _ids(engine, "class Point:\n    def __init__(self, x, y):\n        self.x = x\n        self.y = y\n")
+    before = engine.generate(Prompt(tuple(first), 6, NO_STOP), CancelToken(), Deadline())
+    engine.generate(Prompt(tuple(other), 6, NO_STOP), CancelToken(), Deadline())  # the live slot now holds `other`
+    again = engine.generate(Prompt(tuple(first), 6, NO_STOP), CancelToken(), Deadline())
+    assert again.token_ids == before.token_ids and again.text == before.text
+    if engine.prefix_cache is not None:
+        block = engine.prefix_cache.block_tokens
+        assert again.cached_tokens == (len(first) - 1) // block * block > 0
+    else:
+        assert again.cached_tokens == 0
