@@ -100,6 +100,30 @@ def test_the_extension_drives_the_real_server(installed: None, tiny_model: Path,
     assert python["acceptedChars"] == len(reference_text)
 
 
+def test_a_deadline_cut_answer_triggers_the_inline_suggestion_again(installed: None, tiny_model: Path, reference_text: str, tmp_path: Path) -> None:
+    """With tabfill.deadlineMs = 1 the first answer is cut; on tabfill/completionReady the extension runs
+    editor.action.inlineSuggest.trigger (the cursor has not moved), and asking again gets the whole answer."""
+    run("npx", "tsc", "-p", ".")
+    sample = tmp_path / "sample.py"
+    sample.write_text(SOURCE + "\n", encoding="utf-8")
+    server = [sys.executable, "-m", "tabfill.cli", "serve", "--model", str(tiny_model)]
+    line, character = SOURCE.count("\n"), len(SOURCE.rsplit("\n", 1)[1])
+    env = {**os.environ, "TABFILL_CACHE_DIR": str(tmp_path / "cache")}
+    result = run(
+        "node", "test/support/drive-extension.js", "out/src/extension.js", json.dumps(server), str(sample), str(line), str(character), "ready",
+        env=env,
+    )
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert seen["messages"] == []  # no warning from the server about the settings
+    assert [item["insertText"] for item in seen["first"]] != [reference_text]  # cut by the deadline
+    assert all(item["arguments"][0]["partial"] for item in seen["first"])
+    assert seen["executed"].count("editor.action.inlineSuggest.trigger") == 1, seen["executed"]
+    assert len(seen["retriggered"]) == 1
+    again = seen["retriggered"][0]
+    assert [item["insertText"] for item in again] == [reference_text]
+    assert again[0]["arguments"][0]["source"] == "cache" and again[0]["arguments"][0]["partial"] is False
+
+
 def test_a_server_that_cannot_start_shows_an_error_with_the_reason(installed: None, tmp_path: Path) -> None:
     run("npx", "tsc", "-p", ".")
     sample = tmp_path / "sample.py"

@@ -12,12 +12,14 @@ import {
   type ServerOptions,
   type StaticFeature,
 } from "vscode-languageclient/node";
+import { COMPLETION_READY, decide, parseCompletionReady } from "./ready";
 import { configurationParams, needsRestart, readSettings, type ExtensionSettings } from "./settings";
 import { Signals } from "./signals";
 import { StatusModel, type ServerStatus } from "./status";
 
 const STATUS_METHOD = "tabfill/status";
 const STATUS_POLL_MS = 1000;
+const TRIGGER_INLINE_SUGGEST = "editor.action.inlineSuggest.trigger";
 
 /**
  * A LanguageClient without the library's own inline completion provider: ours (below) is the same
@@ -159,6 +161,8 @@ class Extension implements vscode.Disposable {
       this.render();
       return;
     }
+    // A deadline-cut answer is whole now (in the server's cache): ask again if nothing moved since.
+    this.disposables.push(client.onNotification(COMPLETION_READY, (params: unknown) => this.completionReady(client, params)));
     // Model loading reports $/progress: show it here instead of a notification.
     client.onRequest(WorkDoneProgressCreateRequest.type, ({ token }) => {
       const subscription = client.onProgress(WorkDoneProgress.type, token, (value) => {
@@ -171,6 +175,32 @@ class Extension implements vscode.Disposable {
       });
     });
     this.startPolling();
+  }
+
+  /** `tabfill/completionReady`: re-run VS Code's inline suggestion request when the active editor is still
+   * at the notified document version with an empty cursor at the notified position. */
+  private completionReady(client: LanguageClient, params: unknown): void {
+    const ready = parseCompletionReady(params);
+    if (!ready || !this.settings.enable || this.client !== client) {
+      return;
+    }
+    const editor = vscode.window.activeTextEditor;
+    const position = client.protocol2CodeConverter.asPosition(ready.position);
+    const decision = decide(
+      { ...ready, position: { line: position.line, character: position.character } },
+      editor && {
+        uri: client.code2ProtocolConverter.asUri(editor.document.uri),
+        version: editor.document.version,
+        selection: { anchor: editor.selection.anchor, active: editor.selection.active },
+      },
+    );
+    if (decision === "trigger") {
+      void vscode.commands.executeCommand(TRIGGER_INLINE_SUGGEST).then(undefined, (error: unknown) => {
+        this.log.warn(`${TRIGGER_INLINE_SUGGEST} failed: ${error instanceof Error ? error.message : String(error)}`);
+      });
+    } else {
+      this.log.debug(`${COMPLETION_READY} ignored: ${decision}`);
+    }
   }
 
   /** Ask the server for its state until the model is ready (or failed). */

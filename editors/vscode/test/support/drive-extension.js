@@ -1,6 +1,8 @@
 // Runs the built extension inside test/support/fake-vscode.js against a real server command and
 // prints what a user would see, as JSON. Usage:
-//   node drive-extension.js <out/src/extension.js> '<server command as a JSON list>' <file> <line> <character>
+//   node drive-extension.js <out/src/extension.js> '<server command as a JSON list>' <file> <line> <character> [ready]
+// With `ready`: tabfill.deadlineMs = 1 and the file in the active editor, cursor at <line> <character>;
+// prints the first (deadline-cut) answer and what VS Code's inline-suggest trigger asked for afterwards.
 "use strict";
 const Module = require("module");
 const path = require("path");
@@ -12,12 +14,12 @@ Module._resolveFilename = function (request, ...rest) {
 };
 require.cache["vscode"] = { id: "vscode", filename: "vscode", loaded: true, exports: fake };
 
-const [entry, serverJson, file, line, character] = process.argv.slice(2);
+const [entry, serverJson, file, line, character, mode] = process.argv.slice(2);
 const server = JSON.parse(serverJson);
 const { record, configuration, openEmitter, textDocument } = fake._test;
 configuration["tabfill.server.path"] = server[0];
 configuration["tabfill.server.args"] = server.slice(1);
-configuration["tabfill.deadlineMs"] = 60000;
+configuration["tabfill.deadlineMs"] = mode === "ready" ? 1 : 60000;
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 async function until(what, probe, timeoutMs = 120000) {
@@ -54,10 +56,28 @@ async function until(what, probe, timeoutMs = 120000) {
   const provider = await until("the inline completion provider", () => record.inlineProviders[0]);
   const token = new fake.CancellationTokenSource().token;
   const position = new fake.Position(Number(line), Number(character));
+  const describe = (list) => list.map((i) => ({ insertText: i.insertText, command: i.command && i.command.command, arguments: i.command && i.command.arguments }));
+  const retriggered = [];
+  if (mode === "ready") {
+    // VS Code's side of the trigger command: ask the provider again at the cursor, as the editor does.
+    fake.commands.registerCommand("editor.action.inlineSuggest.trigger", async () => {
+      const again = await provider.provideInlineCompletionItems(document, fake.window.activeTextEditor.selection.active, { triggerKind: 0 }, token);
+      retriggered.push(describe((again && (again.items || again)) || []));
+    });
+    fake.window.activeTextEditor = { document, selection: { anchor: position, active: position, isEmpty: true }, selections: [] };
+  }
   const result = await provider.provideInlineCompletionItems(document, position, { triggerKind: 1, selectedCompletionInfo: undefined }, token);
   const items = (result && (result.items || result)) || [];
   const item = items[0];
   const afterText = status.text;
+
+  if (mode === "ready") {
+    await until("the inline-suggest trigger after tabfill/completionReady", () => retriggered.length > 0, 30000);
+    await sleep(200); // no second trigger
+    await extension.deactivate();
+    console.log(JSON.stringify({ first: describe(items), retriggered, executed: record.executed, messages: record.messages }));
+    process.exit(0);
+  }
 
   // what VS Code does on accept: run the item's command (registered by the client for the server)
   let accepted = null;
@@ -81,7 +101,7 @@ async function until(what, probe, timeoutMs = 120000) {
   for (const disposable of context.subscriptions) disposable.dispose();
   console.log(JSON.stringify({
     readyText, readyTooltip, afterText, disabledText, seen: [...seen], accepted,
-    items: items.map((i) => ({ insertText: i.insertText, command: i.command && i.command.command, arguments: i.command && i.command.arguments })),
+    items: describe(items),
     disabled, messages: record.messages, commands: [...record.commands.keys()],
   }));
   process.exit(0);

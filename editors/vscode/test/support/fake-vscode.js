@@ -82,7 +82,7 @@ const configuration = {}; // "section.key" -> value
 const configurationEmitter = new EventEmitter();
 const openEmitter = new EventEmitter();
 const events = new Map();
-const record = { statusBarItems: [], commands: new Map(), inlineProviders: [], messages: [], log: [] };
+const record = { statusBarItems: [], commands: new Map(), inlineProviders: [], messages: [], log: [], executed: [] };
 
 function event(name) {
   if (!events.has(name)) events.set(name, new EventEmitter());
@@ -150,7 +150,12 @@ const commands = {
     record.commands.set(id, handler);
     return new Disposable(() => record.commands.delete(id));
   },
-  executeCommand: async (id, ...args) => record.commands.get(id)(...args),
+  executeCommand: async (id, ...args) => {
+    record.executed.push(id);
+    const handler = record.commands.get(id);
+    if (!handler) throw new Error(`command '${id}' not found`);
+    return handler(...args);
+  },
 };
 
 const known = {
