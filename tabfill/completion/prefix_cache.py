@@ -57,7 +57,7 @@ class _Block:
     block_id: int
     parent_key: BlockKey | None
     token_ids: tuple[int, ...]
-    kv: Tensor  # [L, 2, Hkv, block_tokens, D], owns its storage (never a view of a larger tensor)
+    slot: int  # its KV is `pool[slot]`: [L, 2, Hkv, block_tokens, D]
     num_bytes: int
     num_children: int = 0
 
@@ -79,6 +79,11 @@ class PrefixCache:
         self._num_bytes = 0
         self._next_block_id = 0
         self._block_bytes = 0  # bytes of one block, known after the first commit (same model throughout)
+        # NOTE: blocks live in one pool of `max_bytes // block bytes` slots, allocated at the first commit:
+        # a block per allocation churned the allocator (RSS crept +70 MB past the bound under a stream of
+        # documents); a pool's pages are touched once and reused, so the bound holds for the process too.
+        self._pool: Tensor | None = None  # [slots, L, 2, Hkv, block_tokens, D]
+        self._free_slots: list[int] = []
         self.stats = PrefixCacheStats()
 
     @property
@@ -96,6 +101,7 @@ class PrefixCache:
     def clear(self) -> None:
         self._blocks.clear()
         self._num_bytes = 0
+        self._pool, self._free_slots = None, []
 
     def match(self, token_ids: Sequence[int]) -> PrefixMatch:
         """The longest cached prefix of `token_ids`, in whole blocks. Does not mutate (no LRU touch, no stats)."""
@@ -119,7 +125,9 @@ class PrefixCache:
             return None
         self._touch(list(match.block_hashes))
         self.stats.hits += 1
-        return torch.cat([block.kv for block in blocks], dim=TOKEN_DIM)
+        pool = self._pool
+        assert pool is not None
+        return torch.cat([pool[block.slot] for block in blocks], dim=TOKEN_DIM)
 
     def commit(self, token_ids: Sequence[int], num_verified_tokens: int, read_kv: Callable[[int, int], Tensor]) -> int:
         """Store the full blocks of `token_ids[:num_verified_tokens]` that are not cached yet.
@@ -163,13 +171,15 @@ class PrefixCache:
                     raise ValueError(f"read_kv({start}, {end}) returned {kv.shape[TOKEN_DIM]} tokens")
                 protected = set(chain)
                 for j, key in enumerate(new_keys[:num_storable]):
-                    # NOTE: clone so a block owns exactly its bytes (a view would keep the whole range alive).
-                    block_kv = kv.narrow(TOKEN_DIM, j * bt, bt).clone()
+                    block_kv = kv.narrow(TOKEN_DIM, j * bt, bt)  # [L, 2, Hkv, bt, D]
                     block_bytes = self._block_bytes = block_kv.numel() * block_kv.element_size()
-                    if not self._make_room(block_bytes, protected):
+                    pool = self._pool_for(block_kv)
+                    if pool is None or not self._make_room(block_bytes, protected):
                         break
+                    slot = self._free_slots.pop()
+                    pool[slot].copy_(block_kv)
                     block_tokens = tuple(token_ids[start + j * bt : start + (j + 1) * bt])
-                    self._blocks[key] = _Block(self._next_block_id, parent_key, block_tokens, block_kv, block_bytes)
+                    self._blocks[key] = _Block(self._next_block_id, parent_key, block_tokens, slot, block_bytes)
                     self._next_block_id += 1
                     self._num_bytes += block_bytes
                     if parent_key is not None:
@@ -179,6 +189,17 @@ class PrefixCache:
                     parent_key = key
         self._touch(chain)
         return (len(chain) - first_missing) * bt
+
+    def _pool_for(self, block_kv: Tensor) -> Tensor | None:
+        """The slot pool for blocks shaped like `block_kv` (allocated at the first commit); None when not
+        even one block fits in max_bytes."""
+        if self._pool is None:
+            num_slots = self._max_bytes // (block_kv.numel() * block_kv.element_size())
+            if num_slots == 0:
+                return None
+            self._pool = torch.empty((num_slots, *block_kv.shape), dtype=block_kv.dtype, device=block_kv.device)
+            self._free_slots = list(range(num_slots - 1, -1, -1))
+        return self._pool
 
     def _cached_chain(self, token_ids: Sequence[int], num_blocks: int) -> tuple[list[BlockKey], list[_Block]]:
         bt = self.block_tokens
@@ -219,6 +240,7 @@ class PrefixCache:
     def _evict(self, key: BlockKey) -> None:
         block = self._blocks.pop(key)
         self._num_bytes -= block.num_bytes
+        self._free_slots.append(block.slot)
         if block.parent_key is not None:
             self._blocks[block.parent_key].num_children -= 1
         self.stats.evictions += 1

@@ -231,3 +231,18 @@ def test_a_hash_collision_never_serves_wrong_kv(monkeypatch: pytest.MonkeyPatch)
         assert cached_tokens(cache, other) == (4 if position >= BT else 0)
     slot = commit(cache, doc(2, 3))
     assert slot.calls == [] and cached_tokens(cache, doc(2, 3)) == 0  # cannot be stored under a taken key
+
+
+def test_blocks_live_in_one_pool_whose_slots_are_reused_and_served_exactly() -> None:
+    cache = PrefixCache(BT, 5 * BLOCK_BYTES)
+    rng = random.Random(3)
+    pool = None
+    for step in range(200):
+        prompt = doc(rng.randint(1, 40), rng.randint(1, 4))
+        slot = commit(cache, prompt)
+        pool = cache._pool if pool is None else pool
+        assert pool is not None and cache._pool is pool and pool.shape[0] == 5  # allocated once, never grown
+        assert len(cache._free_slots) + cache.num_blocks == 5
+        match = cache.match(prompt)
+        loaded = cache.load(match)
+        assert loaded is not None and torch.equal(loaded, slot.kv_of(0, match.num_cached_tokens)), step
