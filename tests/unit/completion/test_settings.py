@@ -42,6 +42,6 @@ def test_engine_settings_are_checked() -> None:
 
 
 def test_the_kv_slot_holds_the_longest_prompt_the_settings_allow() -> None:
-    assert kv_slot_tokens(Settings()) == 2048
+    assert kv_slot_tokens(Settings()) == 1024
     big = Settings(max_prefix_tokens=4000, max_suffix_tokens=1000, max_new_tokens=200)
     assert kv_slot_tokens(big) >= 4000 + 1000 + 200 + 16 and kv_slot_tokens(big) % 256 == 0
