@@ -14,6 +14,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -69,9 +70,9 @@ def test_packages_a_vsix_with_the_compiled_extension_and_its_runtime_dependencie
     assert {"tabfill.server.path", "tabfill.server.args", "tabfill.model", "tabfill.deadlineMs"} <= set(settings)
 
 
-def test_the_extension_drives_the_real_server(installed: None, tiny_model: Path, reference_text: str, tmp_path: Path) -> None:
-    """Status bar through loading to ready with a latency, the server's suggestion, accept, the
-    show/partial-accept hooks, toggle; then the server's local counts."""
+def drive_real_server(tiny_model: Path, tmp_path: Path, *mode: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """Build the extension and run test/support/drive-extension.js against the real server at the end of
+    SOURCE; returns what the stand-in editor saw and the environment (its cache dir)."""
     run("npx", "tsc", "-p", ".")
     sample = tmp_path / "sample.py"
     sample.write_text(SOURCE + "\n", encoding="utf-8")
@@ -80,9 +81,16 @@ def test_the_extension_drives_the_real_server(installed: None, tiny_model: Path,
     env = {**os.environ, "TABFILL_CACHE_DIR": str(tmp_path / "cache")}
     result = run(
         "node", "test/support/drive-extension.js", "out/src/extension.js", json.dumps(server), str(sample), str(line), str(character),
-        env=env,
+        *mode, env=env,
     )
-    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    seen: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return seen, env
+
+
+def test_the_extension_drives_the_real_server(installed: None, tiny_model: Path, reference_text: str, tmp_path: Path) -> None:
+    """Status bar through loading to ready with a latency, the server's suggestion, accept, the
+    show/partial-accept hooks, toggle; then the server's local counts."""
+    seen, env = drive_real_server(tiny_model, tmp_path)
     warning = "tabfill: setting 'maxNewTokens' must be an integer in [1, 512], got 0; keeping 48"
     assert seen["messages"] == [["warning", warning]]  # only the refused setting changed on purpose
     assert any(re.fullmatch(r"\$\(loading~spin\) tabfill \d+%", text) for text in seen["seen"]), seen["seen"]
@@ -103,17 +111,7 @@ def test_the_extension_drives_the_real_server(installed: None, tiny_model: Path,
 def test_a_deadline_cut_answer_triggers_the_inline_suggestion_again(installed: None, tiny_model: Path, reference_text: str, tmp_path: Path) -> None:
     """With tabfill.deadlineMs = 1 the first answer is cut; on tabfill/completionReady the extension runs
     editor.action.inlineSuggest.trigger (the cursor has not moved), and asking again gets the whole answer."""
-    run("npx", "tsc", "-p", ".")
-    sample = tmp_path / "sample.py"
-    sample.write_text(SOURCE + "\n", encoding="utf-8")
-    server = [sys.executable, "-m", "tabfill.cli", "serve", "--model", str(tiny_model)]
-    line, character = SOURCE.count("\n"), len(SOURCE.rsplit("\n", 1)[1])
-    env = {**os.environ, "TABFILL_CACHE_DIR": str(tmp_path / "cache")}
-    result = run(
-        "node", "test/support/drive-extension.js", "out/src/extension.js", json.dumps(server), str(sample), str(line), str(character), "ready",
-        env=env,
-    )
-    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    seen, _ = drive_real_server(tiny_model, tmp_path, "ready")
     assert seen["messages"] == []  # no warning from the server about the settings
     assert [item["insertText"] for item in seen["first"]] != [reference_text]  # cut by the deadline
     assert all(item["arguments"][0]["partial"] for item in seen["first"])
