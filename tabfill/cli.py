@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -10,6 +11,8 @@ import time
 from pathlib import Path
 
 from tabfill import __version__
+
+ONE_SHOT_DEADLINE_MS = 600_000  # `tabfill complete` waits for the whole answer unless --deadline-ms says otherwise
 
 
 def _progress(stage: str, fraction: float | None) -> None:
@@ -62,6 +65,9 @@ def cmd_complete(args: argparse.Namespace) -> int:
     offset = min(document.line_start(line) + args.col, document.line_end(line))
 
     settings = _settings(args)
+    if getattr(args, "deadline_ms", None) is None:
+        # NOTE: one answer and no keystrokes to follow: the whole answer, not what an editor's deadline allows
+        settings = dataclasses.replace(settings, deadline_ms=ONE_SHOT_DEADLINE_MS)
     service = CompletionService(settings)
     try:
         info = service.load(_progress).result()
@@ -166,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--model", help="'default', a Hugging Face directory, a .gguf file or a hub id")
         sub.add_argument("--device", help="auto | cpu | cuda | cuda:N")
         sub.add_argument("--max-new-tokens", type=int, dest="max_new_tokens")
-        sub.add_argument("--deadline-ms", type=int, dest="deadline_ms", help="per-request deadline (0: by device)")
+        sub.add_argument("--deadline-ms", type=int, dest="deadline_ms", help="per-request deadline (0: by device; `complete` waits for the whole answer by default)")
 
     serve = commands.add_parser("serve", help="run the language server (stdio by default)")
     serve.add_argument("--stdio", action="store_true", help="talk LSP over stdin/stdout (the default)")
