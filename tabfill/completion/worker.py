@@ -136,6 +136,10 @@ class EngineWorker:
                 continue
             try:
                 job.future.set_result(job.fn(job.cancel))
+            except Cancelled as exc:
+                log.debug("job cancelled: %s", exc)
+                _fail(job.future, exc)
             except Exception as exc:  # delivered to the waiter; the worker must survive it
-                log.debug("job failed: %r", exc)
+                # NOTE: a background job (warm-up, continuation) has no waiter to see this: say it here.
+                log.warning("%s job failed", "background" if job.background else "engine", exc_info=exc)
                 _fail(job.future, exc)
