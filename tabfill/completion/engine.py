@@ -1,15 +1,16 @@
-"""Greedy generation over a transformers causal LM with a KV cache.
+"""Greedy generation over one live KV slot of a model runner (the lean kernels/ forward or transformers).
 
-The hot path is three short steps — `prefill`, `decode_one_token`, `stop_index` — driven by `generate`,
-which checks the cancel token and the deadline between steps, so cancelled work stops within one step.
+The hot path is a few short steps — `prefill`, `decode_one_token`, `verify_draft`, `stop_index` — driven by
+`resume`, which checks the cancel token and the deadline between steps, so cancelled work stops within one
+step and a deadline leaves a generation that can be resumed.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from bisect import bisect_left
 import warnings
+from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -232,20 +233,17 @@ class Engine:
         while common < limit and live[common] == token_ids[common]:
             common += 1
         store = self.prefix_cache
-        if store is None:
-            common = self.runner.keep(common)
-            self._live = live[:common]
-            return common
-        if common < len(live) - store.block_tokens:
-            # NOTE: the live slot is about to be overwritten with another sequence: keep its blocks first
-            # (only verified tokens are in `live`).
-            store.commit(live, len(live), self.runner.read_kv)
-        match = store.match(token_ids[: len(token_ids) - 1])
-        if match.num_cached_tokens > common:
-            kv = store.load(match)
-            if kv is not None:
-                self.runner.write_kv(common, kv[:, :, :, common : match.num_cached_tokens])
-                common = match.num_cached_tokens
+        if store is not None:
+            if common < len(live) - store.block_tokens:
+                # NOTE: the live slot is about to be overwritten with another sequence: keep its blocks
+                # first (only verified tokens are in `live`).
+                store.commit(live, len(live), self.runner.read_kv)
+            match = store.match(token_ids[: len(token_ids) - 1])
+            if match.num_cached_tokens > common:
+                kv = store.load(match)
+                if kv is not None:
+                    self.runner.write_kv(common, kv[:, :, :, common : match.num_cached_tokens])
+                    common = match.num_cached_tokens
         common = self.runner.keep(common)
         self._live = token_ids[:common]
         return common

@@ -19,7 +19,6 @@ log = logging.getLogger(__name__)
 
 
 class Runner(Protocol):
-    name: str
     max_tokens: int
     # bytes of KV one token holds; 0 when the runner cannot copy KV out (no prefix store then)
     kv_bytes_per_token: int
@@ -44,7 +43,6 @@ class Runner(Protocol):
 class TransformersRunner:
     """transformers' own forward with a DynamicCache (cropped on rollback)."""
 
-    name = "transformers"
     kv_bytes_per_token = 0
 
     def __init__(self, model: Any, device: torch.device) -> None:
@@ -92,8 +90,6 @@ class TransformersRunner:
 class LeanRunner:
     """The kernels/ decoder: preallocated KV slot of `max_tokens` positions."""
 
-    name = "lean"
-
     def __init__(self, decoder: Any) -> None:
         self.decoder = decoder
         self.max_tokens = int(decoder.max_tokens)
@@ -101,10 +97,9 @@ class LeanRunner:
         self._device = decoder.device
 
     def forward(self, token_ids: Sequence[int], start_pos: int, *, all_logits: bool = False) -> torch.Tensor:
-        if start_pos + len(token_ids) > self.max_tokens:
-            raise ValueError(f"{start_pos + len(token_ids)} tokens do not fit the KV slot of {self.max_tokens}")
+        # the decoder checks the positions against its slot (ValueError) and returns fp32 logits
         ids = torch.tensor(list(token_ids), device=self._device)  # [S]
-        return self.decoder.forward(ids, start_pos, all_logits=all_logits).float()
+        return self.decoder.forward(ids, start_pos, all_logits=all_logits)
 
     def keep(self, num_tokens: int) -> int:
         return num_tokens  # positions past the written length are never attended
