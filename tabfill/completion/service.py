@@ -64,6 +64,10 @@ class _Shown:
     suffix: str
     completion: Completion
 
+    @staticmethod
+    def of(request: CompletionRequest, completion: Completion) -> _Shown:
+        return _Shown(request.text[: request.offset], request.text[request.offset :], completion)
+
 
 def _empty(request: CompletionRequest, reason: str, timings: Timings) -> Completion:
     return Completion("", request.offset, 0, request.request_id, "none", reason, timings)
@@ -297,21 +301,19 @@ class CompletionService:
             return _done(_empty(request, "code after the cursor and the model has no FIM", timings))
 
         with self._lock:
-            flight = self._inflight.get(request.uri)
-            if flight is not None and flight.key == key and not flight.future.done():
-                flight.waiters += 1
-                shared = flight
+            previous = self._inflight.get(request.uri)
+            shared: _Flight | None = None
+            if previous is not None and previous.key == key and not previous.future.done():
+                previous.waiters += 1
+                shared = previous
             else:
-                shared = None
+                sequence = self._sequence[request.uri] = self._sequence.get(request.uri, 0) + 1
         if shared is not None:  # coalescing: the same prompt is already being generated
             return self._join(shared, request, cancel)
-
-        token = CancelToken()  # the job's own token: cancelled when every waiter has cancelled
-        with self._lock:
-            previous = self._inflight.get(request.uri)
-            sequence = self._sequence[request.uri] = self._sequence.get(request.uri, 0) + 1
         if previous is not None:
             previous.token.cancel("superseded")
+
+        token = CancelToken()  # the job's own token: cancelled when every waiter has cancelled
 
         def run(job_token: CancelToken) -> Completion:
             return self._model_stages(engine, template, request, context, header, prefix, suffix, key, job_token, deadline, timings, sequence)
@@ -487,7 +489,7 @@ class CompletionService:
                 self._results[continuation.key] = (text, replace_chars, generation.finish_reason)
                 self._previous_tokens[request.uri] = generation.token_ids
             if text:
-                self._shown[request.uri] = _Shown(request.text[: request.offset], request.text[request.offset :], completion)
+                self._shown[request.uri] = _Shown.of(request, completion)
             notify = self.on_ready if finished else None
         if notify is not None:
             try:
@@ -521,7 +523,7 @@ class CompletionService:
     def _remember(self, request: CompletionRequest, completion: Completion) -> None:
         if not completion.text:
             return
-        shown = _Shown(request.text[: request.offset], request.text[request.offset :], completion)
+        shown = _Shown.of(request, completion)
         with self._lock:
             self._shown[request.uri] = shown
 
