@@ -152,7 +152,7 @@ class Deadline:
 
     @property
     def expired(self) -> bool:
-        return self.at is not None and time.monotonic() >= self.at
+        return self.within_ms(0)
 
     def within_ms(self, ms: float) -> bool:
         """True when the deadline is at most `ms` milliseconds away (or past): a step of that length

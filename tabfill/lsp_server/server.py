@@ -87,7 +87,8 @@ class TabfillServer(LanguageServer):
         """A document was opened: prefill its prompt in the background when the whole document fits the
         prompt window (the cursor is unknown; the prefix from the top is shared by any cursor in it)."""
         document = self.documents.get(uri)
-        if document is None or len(document.text) > self.service.window_chars:
+        # NOTE: building the request reads cross-file definitions; not for a model that is not there yet
+        if document is None or self.service.state != "ready" or len(document.text) > self.service.window_chars:
             return
         try:
             self.service.warm(self._request_at(document, len(document.text), "warm-up"))
