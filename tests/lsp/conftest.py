@@ -94,6 +94,16 @@ def open_document(client: LanguageClient, uri: str, text: str, language_id: str 
     )
 
 
+def change_document(client: LanguageClient, uri: str, version: int, start: tuple[int, int], end: tuple[int, int], text: str) -> None:
+    """One incremental edit, as an editor sends it: replace `start`..`end` (line, character) with `text`."""
+    client.text_document_did_change(
+        types.DidChangeTextDocumentParams(
+            text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=version),
+            content_changes=[types.TextDocumentContentChangePartial(range=types.Range(types.Position(*start), types.Position(*end)), text=text)],
+        )
+    )
+
+
 async def inline(client: LanguageClient, uri: str, line: int, character: int) -> types.InlineCompletionList:
     result = await client.text_document_inline_completion_async(
         types.InlineCompletionParams(

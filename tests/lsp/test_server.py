@@ -13,7 +13,7 @@ from pygls.exceptions import JsonRpcException
 
 from tabfill.completion.service import CompletionService
 from tabfill.completion.types import Completion, CompletionRequest, Settings
-from tests.lsp.conftest import CLIENTS, field, inline, lsp_session, open_document, raw_request, server_capabilities, status, wait_for_state
+from tests.lsp.conftest import CLIENTS, change_document, field, inline, lsp_session, open_document, raw_request, server_capabilities, status, wait_for_state
 
 SOURCE = "import os\n\n\ndef read(path):\n    with open(path) as handle:\n        return handle.re"
 
@@ -67,16 +67,7 @@ async def test_incremental_edits_are_applied(tiny_model: Path, reference: Comple
         uri = "file:///work/edit.py"
         open_document(lsp, uri, "def f(x):\n    return x\n")
         # replace "x" in the return with "handle.re" and type at the end, as an editor would
-        lsp.text_document_did_change(
-            types.DidChangeTextDocumentParams(
-                text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=2),
-                content_changes=[
-                    types.TextDocumentContentChangePartial(
-                        range=types.Range(types.Position(1, 11), types.Position(1, 12)), text="handle.re"
-                    )
-                ],
-            )
-        )
+        change_document(lsp, uri, 2, (1, 11), (1, 12), "handle.re")
         text = "def f(x):\n    return handle.re\n"
         result = await inline(lsp, uri, 1, 20)
         want = expected(reference, text, text.index("\n", 10))

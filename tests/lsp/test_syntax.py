@@ -6,7 +6,7 @@ from pathlib import Path
 
 from lsprotocol import types
 
-from tests.lsp.conftest import field, inline, lsp_session, open_document, status
+from tests.lsp.conftest import change_document, field, inline, lsp_session, open_document, status
 
 
 def server_args(tiny_model: Path) -> list[str]:
@@ -21,16 +21,7 @@ async def test_tree_context_and_cross_file_context_reach_the_request(tiny_model:
     async with lsp_session(server_args(tiny_model)) as lsp:
         open_document(lsp, uri, "from geo import area\n\ndef ring(r1, r2):\n" + line + ")\n")
         # edits after open keep the tree in step: type "r2, " before the closer
-        lsp.text_document_did_change(
-            types.DidChangeTextDocumentParams(
-                text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=2),
-                content_changes=[
-                    types.TextDocumentContentChangePartial(
-                        range=types.Range(types.Position(3, len(line)), types.Position(3, len(line))), text="r2, "
-                    )
-                ],
-            )
-        )
+        change_document(lsp, uri, 2, (3, len(line)), (3, len(line)), "r2, ")
         await inline(lsp, uri, 3, len(line) + 4)
         current = await status(lsp)
         context = field(current, "lastContext")
@@ -51,16 +42,7 @@ async def test_binary_text_and_an_edit_past_the_end_do_not_break_the_server(tiny
     async with lsp_session(server_args(tiny_model)) as lsp:
         uri = "file:///tmp/bin.py"
         open_document(lsp, uri, "\x00\x01\ufffd def f(:\n\x7f😀")
-        lsp.text_document_did_change(
-            types.DidChangeTextDocumentParams(
-                text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=2),
-                content_changes=[
-                    types.TextDocumentContentChangePartial(
-                        range=types.Range(types.Position(1, 1), types.Position(40, 0)), text="\ndef g():\n    "
-                    )
-                ],
-            )
-        )
+        change_document(lsp, uri, 2, (1, 1), (40, 0), "\ndef g():\n    ")
         result = await inline(lsp, uri, 3, 4)  # the document is "...\n\x7f\ndef g():\n    " after the clamped edit
         assert isinstance(result, types.InlineCompletionList)
         context = field(await status(lsp), "lastContext")
