@@ -11,6 +11,7 @@ from lsprotocol import types
 from tabfill.lsp_server.positions import PositionEncoding, range_to_offsets
 from tabfill.syntax_cache.crossfile import CrossFileIndex, RecentEdits, Snippet, uri_to_path
 from tabfill.syntax_cache.document import Document
+from tabfill.syntax_cache.neighbours import SimilarCode
 from tabfill.syntax_cache.tree import SyntaxSnapshot, SyntaxTree, apply_edit
 
 log = logging.getLogger(__name__)
@@ -22,6 +23,7 @@ class DocumentStore:
         self._trees: dict[str, SyntaxTree] = {}
         self.recent_edits = RecentEdits()
         self.cross_file = CrossFileIndex()
+        self.similar = SimilarCode()
 
     def set_workspace(self, folders: Sequence[types.WorkspaceFolder] | None, root_uri: str | None, root_path: str | None) -> None:
         """The folders cross-file context may read (nothing outside them)."""
@@ -33,6 +35,7 @@ class DocumentStore:
         if not roots and root_path:
             roots.append(Path(root_path))
         self.cross_file.set_roots(roots)
+        self.similar.set_roots(self.cross_file.roots)
 
     def get(self, uri: str) -> Document | None:
         return self._documents.get(uri)
@@ -87,27 +90,32 @@ class DocumentStore:
             tree.parse(document.text)  # the last keystroke's parse was skipped: try again, bounded
         return tree.snapshot(document.text)
 
-    def request_context(self, uri: str, cross_file: bool = True) -> tuple[SyntaxSnapshot | None, tuple[Snippet, ...]]:
+    def request_context(
+        self, uri: str, offset: int | None = None, cross_file: bool = True, exclude_chars: int = 0
+    ) -> tuple[SyntaxSnapshot | None, tuple[Snippet, ...]]:
         """What a completion request at `uri` carries besides the text: its syntax snapshot and, with
-        `cross_file`, the cross-file snippets (imported definitions, then recently edited regions of other
-        documents)."""
+        `cross_file`, the cross-file snippets: imported definitions, code like the code before `offset` (the
+        cursor; from other files and from this one outside the `exclude_chars` before the cursor, which the
+        prompt holds already), then recently edited regions of other documents."""
         snapshot = self.snapshot(uri)
-        if not cross_file:
+        document = self._documents.get(uri)
+        if not cross_file or document is None:
             return snapshot, ()
+        snippets: list[Snippet] = []
         try:
-            snippets = self.cross_file.snippets(uri, snapshot, self._documents)
-            document = self._documents.get(uri)
-            language = document.language_id if document is not None else None
-            snippets += self.recent_edits.regions(self._documents, uri, language_id=language)
+            snippets += self.cross_file.snippets(uri, snapshot, self._documents)
+            if offset is not None:
+                snippets += self.similar.snippets(document, offset, self._documents, exclude_chars)
+            snippets += self.recent_edits.regions(self._documents, uri, language_id=document.language_id)
         except Exception as exc:  # cross-file context is optional: its failure never costs the completion
             log.warning("cross-file context for %s failed: %s: %s", uri, type(exc).__name__, exc)
-            snippets = []
         return snapshot, tuple(snippets)
 
     def close(self, uri: str) -> bool:
         self._trees.pop(uri, None)
         self.recent_edits.forget(uri)
         self.cross_file.forget(uri)
+        self.similar.forget(uri)
         return self._documents.pop(uri, None) is not None
 
 

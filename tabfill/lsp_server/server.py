@@ -110,7 +110,9 @@ class TabfillServer(LanguageServer):
     def _request_at(self, document: Document, offset: int, request_id: str) -> CompletionRequest:
         uri = document.uri
         # NOTE: cross-file lookups cost file reads; skip them when the setting leaves them out of the prompt.
-        syntax, cross_file = self.documents.request_context(uri, self.service.settings.cross_file_context)
+        syntax, cross_file = self.documents.request_context(
+            uri, offset, self.service.settings.cross_file_context, exclude_chars=self.service.window_chars
+        )
         return CompletionRequest(
             uri, document.language_id, document.version, document.text, offset, request_id, syntax=syntax, cross_file=cross_file
         )

@@ -83,14 +83,14 @@ class RecentEdits:
     ) -> list[Snippet]:
         """Recently edited regions of other open documents, newest first, non-overlapping; with `language_id`,
         only documents of the same language family (Python code does not help a Go completion)."""
-        family = _family(language_id) if language_id is not None else None
+        wanted = family(language_id) if language_id is not None else None
         out: list[Snippet] = []
         seen: list[tuple[str, int, int]] = []
         for uri, line in reversed(self._places):
             document = documents.get(uri)
             if uri == exclude_uri or document is None:
                 continue
-            if family is not None and _family(document.language_id) != family:
+            if wanted is not None and family(document.language_id) != wanted:
                 continue
             first, last = max(line - RECENT_CONTEXT_LINES, 0), min(line + RECENT_CONTEXT_LINES, document.line_count - 1)
             if any(u == uri and first <= b and a <= last for u, a, b in seen):
@@ -98,20 +98,27 @@ class RecentEdits:
             seen.append((uri, first, last))
             text = "\n".join(document.line_text(row) for row in range(first, last + 1)).strip("\n")
             if text.strip():
-                out.append(Snippet(_display(uri), text, "recent"))
+                out.append(Snippet(relative_display(uri, []), text, "recent"))
             if len(out) >= limit:
                 break
         return out
 
 
-def _family(language_id: str) -> str:
+def family(language_id: str) -> str:
+    """The language family whose files can inform each other (JavaScript, TypeScript and TSX are one)."""
     grammar = grammar_name(language_id) or language_id.lower()
     return "javascript" if grammar in ("javascript", "typescript", "tsx") else grammar
 
 
-def _display(uri: str) -> str:
+def relative_display(uri: str, roots: list[Path]) -> str:
+    """How a snippet names its file: relative to the workspace root that holds it, else the full path (or URI)."""
     path = uri_to_path(uri)
-    return uri if path is None else str(path)
+    if path is None:
+        return uri
+    for root in roots:
+        if path.is_relative_to(root):
+            return str(path.relative_to(root))
+    return str(path)
 
 
 # ---------------------------------------------------------------------------------------------- imports
@@ -430,15 +437,9 @@ class CrossFileIndex:
                 chosen = [d for d in definitions if d.name in order or (item.default and d.default_export)]
                 chosen.sort(key=lambda d: order.get(d.name, -1) if not d.default_export else -1)
                 for definition in chosen[: MAX_SNIPPETS - len(out)]:
-                    out.append(Snippet(self._relative(path), definition.render(), "definition"))
+                    out.append(Snippet(relative_display(path.as_uri(), self.roots), definition.render(), "definition"))
                 break
         return out
-
-    def _relative(self, path: Path) -> str:
-        for root in self.roots:
-            if path.is_relative_to(root):
-                return str(path.relative_to(root))
-        return path.name
 
     def _candidates(self, module: str, grammar: str, here: Path | None) -> list[Path]:
         out: list[Path] = []
@@ -517,23 +518,42 @@ def _grammar_for_path(path: Path, fallback: str) -> str:
     return fallback
 
 
+_TITLES = {"definition": "from", "similar": "compare this snippet from", "recent": "recently edited in"}
+# NOTE: what fills the budget first is not what comes first: similar code earns the most exact match (see
+# bench/RESULTS.md, the ablation), definitions change least and so lead the prompt, where the prefix cache keeps them.
+_BUDGET_PRIORITY = {"similar": 0, "definition": 1, "recent": 2}
+_PROMPT_ORDER = {"definition": 0, "similar": 1, "recent": 2}
+
+
 def render_context(snippets: list[Snippet] | tuple[Snippet, ...], language_id: str, max_chars: int) -> str:
-    """The snippets as comments in the file's language, definitions first (stable across keystrokes), then
-    recent edits; whole snippets only, within `max_chars`. "" when there is nothing or no comment syntax."""
+    """The snippets as comments in the file's language, within `max_chars`, whole snippets only: chosen similar
+    code first, then definitions, then recent edits, each kind in its given order; written definitions first
+    (stable across keystrokes), then similar code, then recent edits. "" when there is nothing or no comment
+    syntax."""
     marker = comment_prefix(language_id)
     if not marker or not snippets or max_chars <= 0:
         return ""
-    ordered = [s for s in snippets if s.kind == "definition"] + [s for s in snippets if s.kind != "definition"]
-    blocks: list[str] = []
+
+    def title(snippet: Snippet) -> str:
+        return f"{marker} {_TITLES.get(snippet.kind, 'from')} {snippet.path}:"
+
+    def lines(snippet: Snippet) -> list[str]:
+        return [f"{marker} {line}".rstrip() for line in snippet.text.splitlines()]
+
+    chosen: list[tuple[int, int]] = []
     used = 0
+    for index, snippet in sorted(enumerate(snippets), key=lambda item: (_BUDGET_PRIORITY.get(item[1].kind, 3), item[0])):
+        cost = len("\n".join([title(snippet), *lines(snippet)])) + 1  # its title counted even when shared
+        if used + cost <= max_chars:
+            chosen.append((_PROMPT_ORDER.get(snippet.kind, 3), index))
+            used += cost
+    blocks: list[str] = []
     last_header = ""
-    for snippet in ordered:
-        title = f"{marker} {'from' if snippet.kind == 'definition' else 'recently edited in'} {snippet.path}:"
-        lines = ([title] if title != last_header else []) + [f"{marker} {line}".rstrip() for line in snippet.text.splitlines()]
-        block = "\n".join(lines) + "\n"
-        if used + len(block) > max_chars:
-            continue
-        blocks.append(block)
-        used += len(block)
-        last_header = title
+    for _, index in sorted(chosen):
+        snippet = snippets[index]
+        header = title(snippet)
+        # NOTE: definitions of one file share a title; two similar windows of one file are two places, two titles
+        repeat = header == last_header and snippet.kind != "similar"
+        blocks.append("\n".join(([] if repeat else [header]) + lines(snippet)) + "\n")
+        last_header = header
     return "".join(blocks)

@@ -38,7 +38,10 @@ async def lsp_session(
     position_encodings: list[str] | None = None,
     wait_ready: bool = True,
     cache_dir: Path | None = None,
+    root_uri: str | None = None,
 ) -> AsyncIterator[LanguageClient]:
+    """A started, initialized server. No workspace folder unless `root_uri` is given: the workspace is what
+    cross-file context may read, and a shared folder such as /tmp would put other tests' files in prompts."""
     env = dict(os.environ)
     if cache_dir is not None:
         env["TABFILL_CACHE_DIR"] = str(cache_dir)
@@ -49,7 +52,7 @@ async def lsp_session(
     if position_encodings is not None:
         capabilities.general = types.GeneralClientCapabilities(position_encodings=position_encodings)
     _INIT_RESULTS[id(lsp_client)] = await lsp_client.initialize_session(
-        types.InitializeParams(capabilities=capabilities, initialization_options=init_options, root_uri="file:///tmp")
+        types.InitializeParams(capabilities=capabilities, initialization_options=init_options, root_uri=root_uri)
     )
     try:
         if wait_ready:

@@ -1,0 +1,289 @@
+"""Similar code: windows of lines from the workspace and the open documents that look like the code at the
+cursor (Jaccard similarity of their identifier sets), for the prompt's cross-file context.
+
+Why: a prefix-only model sees neither the code after the cursor nor the files beside this one, and code is
+repetitive across both (sibling modules written to one pattern, a method like the one above it). The lines
+before the cursor are the query; the best windows of other files, and of this document outside the prompt's
+own window (the code after the cursor included), are shown to the model as comments.
+
+Bounded and cheap per keystroke: at most MAX_FILES files of the document's language family, each at most
+MAX_FILE_BYTES, read from the workspace roots only, nearest by path first, within a time budget per lookup
+(what is not read yet is read by a later one); windows are cached per file (mtime and size) and per open
+document version. The choice is made once per cursor line and kept while it stays nearly as good
+(KEEP_RATIO), so the prompt's cached prefix survives typing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+from tabfill.syntax_cache.crossfile import Snippet, family, relative_display, uri_to_path
+from tabfill.syntax_cache.document import Document
+
+WINDOW_LINES = 8  # lines per window (a window is what one snippet shows)
+WINDOW_STRIDE = 4
+QUERY_LINES = 8  # the cursor line and the lines before it
+MAX_FILES = 48
+MAX_FILE_BYTES = 256 * 1024
+MAX_LISTED = 4000  # directory entries a workspace listing visits at most
+LISTING_TTL_S = 30.0
+TIME_BUDGET_MS = 15.0
+MAX_SNIPPETS = 3
+MIN_SCORE = 0.2  # Jaccard similarity below which a window is not worth its tokens
+KEEP_RATIO = 0.8  # the previous choice stays while it scores at least this share of the new best
+# (and each of its windows at least MIN_SCORE / 2)
+_EXTENSIONS = {"python": (".py", ".pyi"), "javascript": (".js", ".jsx", ".mjs", ".cjs", ".ts", ".tsx"),
+               "go": (".go",), "rust": (".rs",)}
+_SKIPPED_DIRS = {"node_modules", "__pycache__", "venv", "site-packages", "build", "dist", "target", "vendor"}
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Words every file of a language has: they say nothing about which code is alike.
+_STOP_WORDS = frozenset(
+    "def class return if elif else for while in not and or is None True False import from as pass with try except "
+    "finally raise yield lambda self cls const let var function new null undefined true false this export default "
+    "async await typeof instanceof break continue switch case do of func package type struct fn pub impl use mut "
+    "match mod where".split()
+)
+
+
+@dataclass(frozen=True)
+class Window:
+    """Lines `first`..`last` (0-based, inclusive) of one file or document; `start`/`end`: code-point offsets."""
+
+    display: str
+    first: int
+    last: int
+    start: int
+    end: int
+    text: str
+    words: frozenset[str]
+
+
+def words_of(text: str) -> frozenset[str]:
+    return frozenset(word for word in _IDENTIFIER.findall(text) if word not in _STOP_WORDS)
+
+
+def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
+    if not a or not b:
+        return 0.0
+    shared = len(a & b)
+    return shared / (len(a) + len(b) - shared)
+
+
+def windows_of(text: str, display: str) -> list[Window]:
+    """Overlapping windows of WINDOW_LINES lines every WINDOW_STRIDE lines (a short file is one window);
+    blank lines at a window's ends are left out."""
+    lines = text.split("\n")
+    starts = [0]
+    for line in lines[:-1]:
+        starts.append(starts[-1] + len(line) + 1)
+    out: list[Window] = []
+    for first in range(0, max(1, len(lines) - WINDOW_LINES + WINDOW_STRIDE), WINDOW_STRIDE):
+        last = min(first + WINDOW_LINES, len(lines)) - 1
+        while first <= last and not lines[first].strip():
+            first += 1
+        while last >= first and not lines[last].strip():
+            last -= 1
+        if first > last:
+            continue
+        body = "\n".join(lines[first : last + 1])
+        words = words_of(body)
+        if words:
+            out.append(Window(display, first, last, starts[first], starts[last] + len(lines[last]), body, words))
+    return out
+
+
+class SimilarCode:
+    """Finds windows like the code at the cursor in the workspace and the open documents."""
+
+    def __init__(self, max_cached_files: int = 512) -> None:
+        self.roots: list[Path] = []
+        self._windows: OrderedDict[tuple[str, object], list[Window]] = OrderedDict()
+        self._max_cached = max_cached_files
+        self._listings: dict[str, tuple[float, list[Path]]] = {}
+        # per document: (cursor line, query words, open documents' versions) -> the choice, and the last choice
+        self._chosen: dict[str, tuple[object, list[Snippet]]] = {}
+        self._last: dict[str, list[Window]] = {}
+
+    def set_roots(self, roots: list[Path]) -> None:
+        self.roots = list(roots)
+        self._listings.clear()
+
+    def forget(self, uri: str) -> None:
+        self._chosen.pop(uri, None)
+        self._last.pop(uri, None)
+
+    def snippets(
+        self, document: Document, offset: int, documents: dict[str, Document], exclude_chars: int = 0,
+        budget_ms: float = TIME_BUDGET_MS,
+    ) -> list[Snippet]:
+        """The windows most like the QUERY_LINES lines up to the cursor, best first. This document's own
+        windows count unless they overlap the `exclude_chars` before the cursor (already in the prompt) or the
+        cursor line."""
+        kind = family(document.language_id)
+        if kind not in _EXTENSIONS:
+            return []
+        line = document.line_of(offset)
+        query_start = document.line_start(max(0, line - QUERY_LINES + 1))
+        query = words_of(document.text[query_start:offset])
+        if not query:
+            return []
+        others = tuple(sorted((d.uri, d.version) for d in documents.values() if d.uri != document.uri))
+        key = (line, others)
+        cached = self._chosen.get(document.uri)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        deadline = time.perf_counter() + budget_ms / 1000.0
+        candidates = self._candidates(document, offset, exclude_chars, documents, kind, deadline)
+        chosen = self._choose(document.uri, query, candidates)
+        snippets = [Snippet(w.display, w.text, "similar") for w in chosen]
+        self._chosen[document.uri] = (key, snippets)
+        return snippets
+
+    def _choose(self, uri: str, query: frozenset[str], candidates: list[Window]) -> list[Window]:
+        scored = sorted(((jaccard(query, w.words), i) for i, w in enumerate(candidates)), key=lambda s: (-s[0], s[1]))
+        chosen: list[Window] = []
+        best: list[float] = []
+        for score, i in scored:
+            if score < MIN_SCORE or len(chosen) >= MAX_SNIPPETS:
+                break
+            window = candidates[i]
+            if any(c.display == window.display and c.first <= window.last and window.first <= c.last for c in chosen):
+                continue
+            chosen.append(window)
+            best.append(score)
+        previous = self._last.get(uri)
+        if previous:
+            # NOTE: a new choice changes the prompt's first tokens and costs a full prefill; keep the old one while it
+            # is nearly as good for the new query (and none of it has become unlike the code at the cursor).
+            texts = {(w.display, w.text) for w in candidates}
+            if all((w.display, w.text) in texts for w in previous):
+                scores = [jaccard(query, w.words) for w in previous]
+                if min(scores) >= MIN_SCORE / 2 and sum(scores) >= KEEP_RATIO * sum(best[: len(previous)]):
+                    return previous
+        self._last[uri] = chosen
+        return chosen
+
+    # ------------------------------------------------------------------------------------------ sources
+    def _candidates(
+        self, document: Document, offset: int, exclude_chars: int, documents: dict[str, Document], kind: str, deadline: float
+    ) -> list[Window]:
+        line_end = document.text.find("\n", offset)
+        hidden_from, hidden_to = max(0, offset - exclude_chars), len(document.text) if line_end < 0 else line_end
+        # NOTE: this document's windows are not cached: its version changes with every keystroke
+        own = windows_of(document.text[:MAX_FILE_BYTES], relative_display(document.uri, self.roots))
+        own = [w for w in own if w.end < hidden_from or w.start > hidden_to]
+        out = list(own)
+        here = uri_to_path(document.uri)
+        open_paths: set[Path] = set()
+        for other in documents.values():
+            if other.uri == document.uri or family(other.language_id) != kind:
+                continue
+            path = uri_to_path(other.uri)
+            if path is not None:
+                open_paths.add(_resolved(path))
+            out += self._document_windows(other)
+        if here is not None:
+            open_paths.add(_resolved(here))
+        for path in self._nearby_files(here, kind):
+            if path in open_paths:
+                continue  # the open document's text is the truth, not the file on disk
+            if time.perf_counter() > deadline:
+                break
+            out += self._file_windows(path)
+        return out
+
+    def _document_windows(self, document: Document) -> list[Window]:
+        key = (document.uri, document.version)
+        windows = self._windows.get(key)
+        if windows is None:
+            windows = windows_of(document.text[:MAX_FILE_BYTES], relative_display(document.uri, self.roots))
+            self._store(key, windows)
+        else:
+            self._windows.move_to_end(key)
+        return windows
+
+    def _store(self, key: tuple[str, object], windows: list[Window]) -> None:
+        self._windows[key] = windows
+        while len(self._windows) > self._max_cached:
+            self._windows.popitem(last=False)
+
+    def _file_windows(self, path: Path) -> list[Window]:
+        try:
+            stat = path.stat()
+        except OSError:
+            return []
+        if stat.st_size > MAX_FILE_BYTES:
+            return []
+        key = (str(path), (stat.st_mtime_ns, stat.st_size))
+        windows = self._windows.get(key)
+        if windows is not None:
+            self._windows.move_to_end(key)
+            return windows
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except (OSError, UnicodeDecodeError):
+            text = ""
+        windows = windows_of(text, relative_display(path.as_uri(), self.roots)) if text else []
+        self._store(key, windows)
+        return windows
+
+    def _nearby_files(self, here: Path | None, kind: str) -> list[Path]:
+        """Workspace files of the family, nearest to `here` first (same folder, then by shared path), at most MAX_FILES."""
+        listing = self._listing(kind)
+        if here is None:
+            return listing[:MAX_FILES]
+        parent = _resolved(here).parent.parts
+
+        def distance(path: Path) -> tuple[int, str]:
+            parts = path.parent.parts
+            shared = 0
+            for a, b in zip(parts, parent):
+                if a != b:
+                    break
+                shared += 1
+            return (len(parent) - shared) + (len(parts) - shared), str(path)
+
+        return sorted(listing, key=distance)[:MAX_FILES]
+
+    def _listing(self, kind: str) -> list[Path]:
+        cached = self._listings.get(kind)
+        now = time.monotonic()
+        if cached is not None and now - cached[0] < LISTING_TTL_S:
+            return cached[1]
+        extensions = _EXTENSIONS[kind]
+        found: list[Path] = []
+        visited = 0
+        for root in self.roots:
+            stack = [root]
+            while stack and visited < MAX_LISTED:
+                folder = stack.pop()
+                try:
+                    entries = sorted(os.scandir(folder), key=lambda e: e.name)
+                except OSError:
+                    continue
+                for entry in entries:
+                    visited += 1
+                    if entry.name.startswith("."):
+                        continue
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            if entry.name not in _SKIPPED_DIRS:
+                                stack.append(Path(entry.path))
+                        elif entry.name.endswith(extensions) and entry.is_file(follow_symlinks=False):
+                            found.append(_resolved(Path(entry.path)))
+                    except OSError:
+                        continue
+        self._listings[kind] = (now, found)
+        return found
+
+
+def _resolved(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except OSError:
+        return Path(os.path.normpath(path))
