@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import machine, report, syntax
+from bench import line_eval, machine, report, syntax
 from bench.cases import line_cases, typing_cases
 from bench.replay import run_line_cases, run_typing_case
 from bench.systems import LlamaCppSystem, System, TabfillSystem, TransformersSystem
@@ -154,6 +154,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     else:
         results["skipped"]["decode step"] = "not run (--decode-steps 0; --smoke skips it unless --decode-steps is given)"
 
+    if args.ablation_cases > 0:
+        log(f"line completion ablation: {args.ablation_cases} cases, whole answers, each part of the syntax layer on and off")
+        try:
+            results["ablation"] = line_eval.measure(args.model, args.ablation_cases)
+            gc.collect()  # its model goes before the servers start
+        except Exception as exc:  # a broken part is reported, the rest of the run goes on
+            results["skipped"]["line completion ablation"] = f"{type(exc).__name__}: {exc}"
+            log(f"line completion ablation failed: {exc}")
+    else:
+        results["skipped"]["line completion ablation"] = "not run (--ablation-cases 0; --smoke skips it unless given)"
+
     server_options: dict[str, Any] = {} if args.deadline_ms is None else {"deadlineMs": args.deadline_ms}
     repeat_typing = typing if args.repeat_cases == "same" else typing_cases(2 * len(typing), pace=args.pace)[len(typing):]
     for name in systems:
@@ -220,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat-cases", choices=("same", "fresh"), default="same",
                         help="the repeat replays type the same functions again, or as many other functions")
     parser.add_argument("--decode-steps", type=int, help="decode steps for bench/decode_step.py (default 32; 0 skips; --smoke skips it unless given)")
+    parser.add_argument("--ablation-cases", type=int,
+                        help="line cases for bench/line_eval.py, in process, whole answers (default 72; 0 skips; --smoke skips it unless given)")
     parser.add_argument("--no-install", action="store_true", help="skip llama.cpp unless it is already built")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent, help="folder for RESULTS.md, results.json, latency.png")
     args = parser.parse_args(argv)
@@ -228,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         args.line_cases, args.typing_cases, args.syntax_lines = 1, 1, 300
         args.pace = max(args.pace, 3.0)
+    if args.ablation_cases is None:
+        args.ablation_cases = 0 if args.smoke else 72
     if args.decode_steps is None:
         args.decode_steps = 0 if args.smoke else 32  # it loads the model three ways and prefills each: not for a smoke run
     args.command_line = shlex.join(["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)])

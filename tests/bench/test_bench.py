@@ -142,8 +142,8 @@ def test_targets_from_a_synthetic_run() -> None:
     results = synthetic_results({"tabfill_decode_ms": 70.0, "floor_ms": 50.0, "plain_decode_ms": 90.0, "dtype": "float32"})
     summaries = [summarize(system) for system in results["systems"]]  # type: ignore[attr-defined]
     rows = targets(results, summaries)
-    assert len(rows) == 9
-    p50, p95, llama, transformers, deadline, decode, em, peak, flat = rows
+    assert len(rows) == 12
+    p50, p95, llama, transformers, deadline, decode, em, update, context, gain, peak, flat = rows
     assert p50["status"] == "met" and p50["measured"] == "15.0 ms (4 of 4 requests served)"  # median of 5, 10, 20, 200
     assert p95["status"] == "missed" and "over by" in p95["margin"]
     assert llama["status"] == "met" and "2.00×" in llama["margin"]  # 30 / 15
@@ -151,11 +151,13 @@ def test_targets_from_a_synthetic_run() -> None:
     assert deadline["status"] == "evidence only" and deadline["measured"].startswith("1 of 4")
     assert decode["status"] == "met" and "1.40×" in decode["measured"]
     assert em["status"] == "met" and "tabfill (plain prompt)" in em["measured"] and "same first line on 4 of 4" in em["measured"]
+    assert update["status"] == context["status"] == "not measured"  # no syntax measurement in this run
+    assert gain["status"] == "missed" and gain["margin"] == "+0.0 points" and "(4 cases)" in gain["measured"]  # 3 of 4 both
     assert peak["status"] == "met" and peak["measured"] == "850 MiB"
     assert flat["status"] == "missed" and "+50.0 MiB" in flat["margin"]
 
     markdown = report.markdown(results)
-    assert "## Issue 5 targets" in markdown and "| **met** |" in markdown and "| **missed** |" in markdown
+    assert "## Targets (issues 4 and 5)" in markdown and "| **met** |" in markdown and "| **missed** |" in markdown
     assert "| tabfill | first | model | 2 | 50.0 % | 110.0 | 191.0 | 2 |" in markdown
     assert "| tabfill | repeat | cache | 1 |" in markdown and "### Repeat replay" in markdown
     assert "replay 2: 830 / 900 | +30.0 / +50.0 |" in markdown
@@ -164,7 +166,8 @@ def test_targets_from_a_synthetic_run() -> None:
     bare = synthetic_results(None)
     bare["systems"] = bare["systems"][:1]  # type: ignore[index]
     bare_rows = targets(bare, [summarize(bare["systems"][0])])  # type: ignore[index]
-    assert [row["status"] for row in bare_rows].count("not measured") == 4  # two peers, decode step, exact match
+    # two peers, decode step, exact match, the two syntax budgets, the gain over the plain prompt
+    assert [row["status"] for row in bare_rows].count("not measured") == 7
     assert "not measured" in report.markdown(bare) and "## Decode step" not in report.markdown(bare)
 
     named = synthetic_results({"fp32 floor ms/token": 50.0, "int8 floor ms/token": 20.0, "lean fp32 decode ms/token": 60.0,
@@ -173,6 +176,28 @@ def test_targets_from_a_synthetic_run() -> None:
     assert "| lean fp32 decode ms/token | 60.000 | 1.20× |" in markdown and "| lean int8 decode ms/token | 30.000 | 1.50× |" in markdown
     assert "| transformers / lean fp32 | 2.000 | – |" in markdown and "| int8 floor ms/token | 20.000 | – |" in markdown
     assert "no tabfill_decode_ms / floor_ms" in markdown
+
+
+def test_issue_4_targets_and_the_ablation_table() -> None:
+    results = synthetic_results(None)
+    results["syntax"] = {"lines": 3000, "chars": 1, "incremental_update": {"n": 400, "p50_ms": 0.9, "p95_ms": 2, "max_ms": 3},
+                         "context_at": {"n": 400, "p50_ms": 2.5, "p95_ms": 3, "max_ms": 4}}
+    summary = [{"variant": v, "language": lang, "cases": n, "exact_match": em, "edit_similarity": es}
+               for v, lang, n, em, es in (("plain", "all", 72, 12.5, 0.4), ("plain", "python", 36, 10.0, 0.3),
+                                          ("tabfill", "all", 72, 30.6, 0.6), ("tabfill", "python", 36, 25.0, 0.5))]
+    results["ablation"] = {"cases": 72, "summary": summary, "rows": {}}
+    summaries = [summarize(system) for system in results["systems"]]  # type: ignore[attr-defined]
+    rows = {row["target"]: row for row in targets(results, summaries)}
+    update = next(row for name, row in rows.items() if name.startswith("syntax: didChange"))
+    context = next(row for name, row in rows.items() if name.startswith("syntax: tree snapshot"))
+    ablation = next(row for name, row in rows.items() if name.endswith("(ablation, in process)"))
+    assert update["status"] == "met" and update["measured"] == "0.90 ms" and "3,000-line" in next(n for n in rows if n.startswith("syntax: didChange"))
+    assert context["status"] == "missed"
+    assert ablation["status"] == "met" and ablation["margin"] == "+18.1 points" and "(72 cases)" in ablation["measured"]
+    markdown = report.markdown(results)
+    assert "## Line completion: what each part of the syntax layer earns (72 cases" in markdown
+    assert "| tabfill | python | 36 | 25.0 % | 0.500 | +15.0 points |" in markdown
+    assert "| plain | all | 72 | 12.5 % | 0.400 | +0.0 points |" in markdown
 
 
 def test_decode_step_is_optional(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -217,7 +242,7 @@ def test_smoke_run_of_the_whole_benchmark(tmp_path: Path) -> None:
     for system in results["systems"]:
         assert all(isinstance(row["source"], str) for row in system["typing"] if row["served"]), system["name"]
     markdown = (tmp_path / "RESULTS.md").read_text()
-    assert "## Issue 5 targets" in markdown and "### Served requests by answer source" in markdown
+    assert "## Targets (issues 4 and 5)" in markdown and "### Served requests by answer source" in markdown
     assert "| tabfill |" in markdown and "## The floor" in markdown and "python -m bench --smoke" in markdown
     assert (tmp_path / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
