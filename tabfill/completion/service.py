@@ -260,7 +260,7 @@ class CompletionService:
         A newer request for the same document cancels this document's older one (newest wins)."""
         cancel = cancel or CancelToken()
         settings = self.settings
-        timings = Timings()
+        timings = Timings().add("lookup", request.lookup_ms) if request.lookup_ms else Timings()
         deadline = Deadline.after_ms(deadline_ms(settings, self._engine.info.device if self._engine else "cpu"))
         if not language_enabled(settings, request.language_id):
             return _done(_empty(request, "language disabled", timings))

@@ -26,6 +26,8 @@ class CompletionRequest:
     # The document's syntax tree at this version (None: text rules), and context from other files.
     syntax: SyntaxSnapshot | None = field(default=None, compare=False, repr=False)
     cross_file: tuple[Snippet, ...] = ()
+    # Milliseconds the caller spent gathering `syntax` and `cross_file` (the first timed stage, "lookup").
+    lookup_ms: float = field(default=0.0, compare=False)
 
 
 @dataclass(frozen=True)

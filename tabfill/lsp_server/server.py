@@ -109,12 +109,14 @@ class TabfillServer(LanguageServer):
 
     def _request_at(self, document: Document, offset: int, request_id: str) -> CompletionRequest:
         uri = document.uri
+        started = time.perf_counter()
         # NOTE: cross-file lookups cost file reads; skip them when the setting leaves them out of the prompt.
         syntax, cross_file = self.documents.request_context(
             uri, offset, self.service.settings.cross_file_context, exclude_chars=self.service.window_chars
         )
         return CompletionRequest(
-            uri, document.language_id, document.version, document.text, offset, request_id, syntax=syntax, cross_file=cross_file
+            uri, document.language_id, document.version, document.text, offset, request_id, syntax=syntax, cross_file=cross_file,
+            lookup_ms=(time.perf_counter() - started) * 1000,
         )
 
     async def complete(self, request: CompletionRequest) -> Completion:

@@ -42,8 +42,11 @@ def test_model_then_cache(service: CompletionService) -> None:
     assert [name for name, _ in first.timings.stages] == [
         "type_through", "context", "cache", "prompt", "prefill", "decode", "postprocess",
     ]
-    again = service.complete(request(uri="file:///other.py"))
+    # the time the server spent gathering the request's syntax and cross-file context is the first stage
+    again = service.complete(dataclasses.replace(request(uri="file:///other.py"), lookup_ms=2.5))
     assert (again.source, again.text) == ("cache", first.text)
+    assert [name for name, _ in again.timings.stages] == ["lookup", "type_through", "context", "cache"]
+    assert again.timings.get("lookup") == 2.5
 
 
 def test_type_through_answers_without_the_model(service: CompletionService) -> None:
