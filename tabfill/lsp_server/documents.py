@@ -27,15 +27,23 @@ class DocumentStore:
 
     def set_workspace(self, folders: Sequence[types.WorkspaceFolder] | None, root_uri: str | None, root_path: str | None) -> None:
         """The folders cross-file context may read (nothing outside them)."""
-        roots: list[Path] = []
-        for uri in [folder.uri for folder in folders or []] or ([root_uri] if root_uri else []):
-            path = uri_to_path(uri)
-            if path is not None:
-                roots.append(path)
+        uris = [folder.uri for folder in folders or []] or ([root_uri] if root_uri else [])
+        roots = [path for path in map(uri_to_path, uris) if path is not None]
         if not roots and root_path:
             roots.append(Path(root_path))
+        self._set_roots(roots)
+
+    def change_workspace(self, event: types.WorkspaceFoldersChangeEvent) -> None:
+        """workspace/didChangeWorkspaceFolders: folders added to or removed from what cross-file context may read."""
+        removed = {_resolved(path) for path in map(uri_to_path, (f.uri for f in event.removed)) if path is not None}
+        added = [path for path in map(uri_to_path, (f.uri for f in event.added)) if path is not None]
+        kept = [root for root in self.cross_file.roots if root not in removed]
+        self._set_roots(kept + [path for path in added if _resolved(path) not in kept and _resolved(path) not in removed])
+
+    def _set_roots(self, roots: list[Path]) -> None:
         self.cross_file.set_roots(roots)
         self.similar.set_roots(self.cross_file.roots)
+        log.info("workspace folders: %s", ", ".join(map(str, self.cross_file.roots)) or "none")
 
     def get(self, uri: str) -> Document | None:
         return self._documents.get(uri)
@@ -117,6 +125,13 @@ class DocumentStore:
         self.cross_file.forget(uri)
         self.similar.forget(uri)
         return self._documents.pop(uri, None) is not None
+
+
+def _resolved(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except OSError:
+        return path
 
 
 def _past_end(document: Document, position: types.Position) -> bool:

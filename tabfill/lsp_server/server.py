@@ -222,6 +222,10 @@ def create_server(settings: Settings | None = None) -> TabfillServer:
         ls.documents.close(params.text_document.uri)
         ls.service.forget(params.text_document.uri)
 
+    @server.feature(types.WORKSPACE_DID_CHANGE_WORKSPACE_FOLDERS)
+    def did_change_workspace_folders(ls: TabfillServer, params: types.DidChangeWorkspaceFoldersParams) -> None:
+        ls.documents.change_workspace(params.event)
+
     @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
     def did_change_configuration(ls: TabfillServer, params: types.DidChangeConfigurationParams) -> None:
         ls.apply_settings(params.settings)

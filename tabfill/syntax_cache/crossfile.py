@@ -394,6 +394,7 @@ class CrossFileIndex:
             except OSError:
                 continue
         self.roots = resolved
+        self._resolved.clear()  # what was found under the old roots
 
     def _inside(self, path: Path) -> bool:
         return any(path == root or path.is_relative_to(root) for root in self.roots)

@@ -105,17 +105,22 @@ class SimilarCode:
         self._windows: OrderedDict[tuple[str, object], list[Window]] = OrderedDict()
         self._max_cached = max_cached_files
         self._listings: dict[str, tuple[float, list[Path]]] = {}
-        # per document: (cursor line, query words, open documents' versions) -> the choice, and the last choice
+        self._nearby: dict[tuple[Path, str], tuple[list[Path], list[Path]]] = {}  # (file, family) -> (listing, nearest)
+        # per document: (cursor line, other open documents' versions) -> the choice; and the last choice made
         self._chosen: dict[str, tuple[object, list[Snippet]]] = {}
         self._last: dict[str, list[Window]] = {}
 
     def set_roots(self, roots: list[Path]) -> None:
         self.roots = list(roots)
         self._listings.clear()
+        self._nearby.clear()
 
     def forget(self, uri: str) -> None:
         self._chosen.pop(uri, None)
         self._last.pop(uri, None)
+        path = uri_to_path(uri)
+        for key in [key for key in self._nearby if key[0] == path]:
+            del self._nearby[key]
 
     def snippets(
         self, document: Document, offset: int, documents: dict[str, Document], exclude_chars: int = 0,
@@ -237,6 +242,10 @@ class SimilarCode:
         listing = self._listing(kind)
         if here is None:
             return listing[:MAX_FILES]
+        key = (here, kind)
+        cached = self._nearby.get(key)
+        if cached is not None and cached[0] is listing:
+            return cached[1]
         parent = _resolved(here).parent.parts
 
         def distance(path: Path) -> tuple[int, str]:
@@ -248,7 +257,9 @@ class SimilarCode:
                 shared += 1
             return (len(parent) - shared) + (len(parts) - shared), str(path)
 
-        return sorted(listing, key=distance)[:MAX_FILES]
+        nearby = sorted(listing, key=distance)[:MAX_FILES]
+        self._nearby[key] = (listing, nearby)
+        return nearby
 
     def _listing(self, kind: str) -> list[Path]:
         cached = self._listings.get(kind)

@@ -46,3 +46,21 @@ async def test_binary_text_and_an_edit_past_the_end_do_not_break_the_server(tiny
         assert isinstance(result, types.InlineCompletionList)
         context = field(await status(lsp), "lastContext")
         assert field(context, "source") == "tree" and field(context, "scope") == "def g():" and field(context, "mode") == "multi"
+
+
+async def test_workspace_folders_changed_by_the_client_are_what_cross_file_context_reads(tiny_model: Path, tmp_path: Path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    for folder in (first, second):
+        folder.mkdir()
+    (second / "geo.py").write_text('def area(r):\n    """Area of a circle."""\n    return 3.14 * r * r\n')
+    uri = (second / "main.py").as_uri()
+    text = "from geo import area\n\nprint(area("
+    async with lsp_session(server_args(tiny_model), root_uri=first.as_uri()) as lsp:
+        open_document(lsp, uri, text)
+        await inline(lsp, uri, 2, 11)
+        assert field(await status(lsp), "lastCrossFile") == ""  # geo.py is outside the workspace
+        lsp.workspace_did_change_workspace_folders(types.DidChangeWorkspaceFoldersParams(types.WorkspaceFoldersChangeEvent(
+            added=[types.WorkspaceFolder(second.as_uri(), "second")], removed=[types.WorkspaceFolder(first.as_uri(), "first")],
+        )))
+        await inline(lsp, uri, 2, 11)
+        assert field(await status(lsp), "lastCrossFile") == "# from geo.py:\n# def area(r):\n#     Area of a circle.\n"

@@ -115,6 +115,26 @@ def test_request_context_carries_imported_definitions_and_recent_edits(tmp_path:
     assert snapshot is not None and none == ()
 
 
+def test_workspace_folders_added_and_removed_change_what_cross_file_context_reads(tmp_path: Path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    for folder in (first, second):
+        folder.mkdir()
+    (second / "geo.py").write_text("def area(r):\n    return 3.14 * r * r\n")
+    main = (second / "main.py").as_uri()
+    store = DocumentStore()
+    store.set_workspace([types.WorkspaceFolder(uri=first.as_uri(), name="first")], None, None)
+    open_doc(store, "from geo import area\n\nprint(area(", uri=main)
+    assert store.request_context(main)[1] == ()  # geo.py is outside the workspace: not read
+    store.change_workspace(types.WorkspaceFoldersChangeEvent(
+        added=[types.WorkspaceFolder(uri=second.as_uri(), name="second")],
+        removed=[types.WorkspaceFolder(uri=first.as_uri(), name="first")],
+    ))
+    assert store.cross_file.roots == store.similar.roots == [second.resolve()]
+    assert [(s.path, s.text) for s in store.request_context(main)[1]] == [("geo.py", "def area(r):")]
+    store.change_workspace(types.WorkspaceFoldersChangeEvent(added=[], removed=[types.WorkspaceFolder(uri=second.as_uri(), name="second")]))
+    assert store.cross_file.roots == [] and store.request_context(main)[1] == ()
+
+
 def test_a_5mb_minified_file_falls_back_to_text_rules_and_stays_in_sync() -> None:
     store = DocumentStore()
     minified = "var a=[1,2,3];function f(b){return b+1}" * (5 * 1024 * 1024 // 40)
