@@ -87,7 +87,7 @@ def evaluate(service: CompletionService, cases: list[LineCase], variants: tuple[
                 text = case.prefix + case.suffix
                 store.open(types.TextDocumentItem(uri, case.language_id, 1, text))
                 offset = len(case.prefix)
-                syntax, cross_file = store.request_context(uri, offset, variant.cross_file_context, service.window_chars)
+                syntax, cross_file = store.request_context(uri, offset, variant.cross_file_context, service.prompt_chars)
                 request = CompletionRequest(uri, case.language_id, 1, text, offset, case.name, syntax=syntax, cross_file=cross_file)
                 started = time.perf_counter()
                 completion = service.complete(request)

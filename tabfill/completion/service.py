@@ -331,6 +331,13 @@ class CompletionService:
         """At most this many characters before the cursor reach the prompt."""
         return self.settings.max_prefix_tokens * WINDOW_CHARS_PER_TOKEN
 
+    @property
+    def prompt_chars(self) -> tuple[int, int]:
+        """About how many characters (before, after) the cursor the prompt holds; after is 0 for a prefix-only
+        model. Cross-file context need not repeat them."""
+        after = self.settings.max_suffix_tokens * WINDOW_CHARS_PER_TOKEN if self._template is not None else 0
+        return self.window_chars, after
+
     def _window(self, request: CompletionRequest) -> tuple[str, str]:
         """The prefix and suffix text the prompt may use; the prefix starts at a stable line start."""
         settings = self.settings

@@ -99,7 +99,7 @@ class DocumentStore:
         return tree.snapshot(document.text)
 
     def request_context(
-        self, uri: str, offset: int | None = None, cross_file: bool = True, exclude_chars: int = 0
+        self, uri: str, offset: int | None = None, cross_file: bool = True, in_prompt: tuple[int, int] = (0, 0)
     ) -> tuple[SyntaxSnapshot | None, tuple[Snippet, ...]]:
         """What a completion request at `uri` carries besides the text: its syntax snapshot and, with
         `cross_file`, the cross-file snippets: imported definitions, code like the code before `offset` (the
@@ -113,7 +113,7 @@ class DocumentStore:
         try:
             snippets += self.cross_file.snippets(uri, snapshot, self._documents)
             if offset is not None:
-                snippets += self.similar.snippets(document, offset, self._documents, exclude_chars)
+                snippets += self.similar.snippets(document, offset, self._documents, in_prompt)
             snippets += self.recent_edits.regions(self._documents, uri, language_id=document.language_id)
         except Exception as exc:  # cross-file context is optional: its failure never costs the completion
             log.warning("cross-file context for %s failed: %s: %s", uri, type(exc).__name__, exc)

@@ -112,7 +112,7 @@ class TabfillServer(LanguageServer):
         started = time.perf_counter()
         # NOTE: cross-file lookups cost file reads; skip them when the setting leaves them out of the prompt.
         syntax, cross_file = self.documents.request_context(
-            uri, offset, self.service.settings.cross_file_context, exclude_chars=self.service.window_chars
+            uri, offset, self.service.settings.cross_file_context, in_prompt=self.service.prompt_chars
         )
         return CompletionRequest(
             uri, document.language_id, document.version, document.text, offset, request_id, syntax=syntax, cross_file=cross_file,

@@ -123,12 +123,12 @@ class SimilarCode:
             del self._nearby[key]
 
     def snippets(
-        self, document: Document, offset: int, documents: dict[str, Document], exclude_chars: int = 0,
+        self, document: Document, offset: int, documents: dict[str, Document], in_prompt: tuple[int, int] = (0, 0),
         budget_ms: float = TIME_BUDGET_MS,
     ) -> list[Snippet]:
         """The windows most like the QUERY_LINES lines up to the cursor, best first. This document's own
-        windows count unless they overlap the `exclude_chars` before the cursor (already in the prompt) or the
-        cursor line."""
+        windows count unless they overlap the cursor line or `in_prompt`: the characters (before, after) the
+        cursor that the prompt holds already (after: 0 for a prefix-only model, which never sees the suffix)."""
         kind = family(document.language_id)
         if kind not in _EXTENSIONS:
             return []
@@ -143,7 +143,7 @@ class SimilarCode:
         if cached is not None and cached[0] == key:
             return cached[1]
         deadline = time.perf_counter() + budget_ms / 1000.0
-        candidates = self._candidates(document, offset, exclude_chars, documents, kind, deadline)
+        candidates = self._candidates(document, offset, in_prompt, documents, kind, deadline)
         chosen = self._choose(document.uri, query, candidates)
         snippets = [Snippet(w.display, w.text, "similar") for w in chosen]
         self._chosen[document.uri] = (key, snippets)
@@ -175,10 +175,11 @@ class SimilarCode:
 
     # ------------------------------------------------------------------------------------------ sources
     def _candidates(
-        self, document: Document, offset: int, exclude_chars: int, documents: dict[str, Document], kind: str, deadline: float
+        self, document: Document, offset: int, in_prompt: tuple[int, int], documents: dict[str, Document], kind: str, deadline: float
     ) -> list[Window]:
         line_end = document.text.find("\n", offset)
-        hidden_from, hidden_to = max(0, offset - exclude_chars), len(document.text) if line_end < 0 else line_end
+        hidden_from = max(0, offset - in_prompt[0])
+        hidden_to = max(len(document.text) if line_end < 0 else line_end, offset + in_prompt[1])
         # NOTE: this document's windows are not cached: its version changes with every keystroke
         own = windows_of(document.text[:MAX_FILE_BYTES], relative_display(document.uri, self.roots))
         own = [w for w in own if w.end < hidden_from or w.start > hidden_to]

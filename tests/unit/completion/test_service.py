@@ -176,3 +176,18 @@ def test_a_deadline_answer_is_completed_in_the_background_and_served_by_type_thr
     finally:
         unhurried.close()
         hurried.close()
+
+
+def test_the_prompt_span_cross_file_context_need_not_repeat(model_dir: Path, tmp_path: Path) -> None:
+    """Before the cursor: the prefix window; after it: the suffix budget for a FIM model, nothing for a
+    prefix-only one (it never sees the code after the cursor, so similar code there is worth showing)."""
+    prefix_only = CompletionService(Settings(model=str(model_dir), max_prefix_tokens=100, max_suffix_tokens=50))
+    fim = CompletionService(Settings(model=str(make_tiny_model_dir(tmp_path, fim_family="starcoder")), max_prefix_tokens=100, max_suffix_tokens=50))
+    try:
+        prefix_only.load().result()
+        fim.load().result()
+        assert prefix_only.prompt_chars == (300, 0) and prefix_only.window_chars == 300
+        assert fim.prompt_chars == (300, 150)
+    finally:
+        prefix_only.close()
+        fim.close()

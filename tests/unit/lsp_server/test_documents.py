@@ -105,11 +105,11 @@ def test_request_context_carries_imported_definitions_and_recent_edits(tmp_path:
         ("recent", str(tmp_path / "notes.py"), "a = 1\nb = 3"),
     ]
     # with the cursor: code like the lines at the cursor (a workspace file written to the same pattern) comes
-    # between the definitions and the recent edits; the prompt's own window (exclude_chars) is not repeated
+    # between the definitions and the recent edits; what the prompt holds already (in_prompt) is not repeated
     (tmp_path / "shapes.py").write_text("def ring_perimeter(outer, inner):\n    return perimeter(outer) + perimeter(inner)\n")
     text = "from geo import area\n\ndef ring_area(outer, inner):\n    return area(outer) - area("
     open_doc(store, text, uri=main)
-    _, snippets = store.request_context(main, len(text), exclude_chars=len(text))
+    _, snippets = store.request_context(main, len(text), in_prompt=(len(text), 0))
     assert [(s.kind, s.path) for s in snippets] == [("definition", "geo.py"), ("similar", "shapes.py"), ("recent", str(tmp_path / "notes.py"))]
     snapshot, none = store.request_context(main, len(text), cross_file=False)  # the setting is off: no lookups at all
     assert snapshot is not None and none == ()

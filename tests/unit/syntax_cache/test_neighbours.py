@@ -60,12 +60,15 @@ def test_this_documents_code_after_the_cursor_counts_but_not_what_the_prompt_hol
     text = above + "\n" * 11 + "def scale_points_by(points, factor):\n    return [p * factor for p in " + "\n" * 11 + below + "\n"
     offset = text.index("for p in ", len(above)) + len("for p in ")
     document = Document((tmp_path / "geo.py").as_uri(), "python", 1, text)
-    # the whole prefix is in the prompt (exclude_chars covers it): only the code after the cursor may be shown
-    shown = index(tmp_path).snippets(document, offset, {document.uri: document}, exclude_chars=offset)
+    # a prefix-only prompt holding the whole prefix: only the code after the cursor may be shown
+    shown = index(tmp_path).snippets(document, offset, {document.uri: document}, in_prompt=(offset, 0))
     assert [s.text for s in shown] == [below]
     # a prompt that holds only the cursor line: the function above (the most alike) comes first
-    shown = index(tmp_path).snippets(document, offset, {document.uri: document}, exclude_chars=10)
+    shown = index(tmp_path).snippets(document, offset, {document.uri: document}, in_prompt=(10, 0))
     assert [s.text for s in shown] == [above, below]
+    # a fill-in-the-middle prompt holding the suffix too: nothing after the cursor is repeated
+    shown = index(tmp_path).snippets(document, offset, {document.uri: document}, in_prompt=(10, len(text)))
+    assert [s.text for s in shown] == [above]
 
 
 def test_open_documents_win_over_their_files_and_nothing_outside_the_workspace_is_read(tmp_path: Path) -> None:
