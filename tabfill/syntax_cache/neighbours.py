@@ -19,6 +19,7 @@ import os
 import re
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,13 +144,25 @@ class SimilarCode:
         if cached is not None and cached[0] == key:
             return cached[1]
         deadline = time.perf_counter() + budget_ms / 1000.0
-        candidates = self._candidates(document, offset, in_prompt, documents, kind, deadline)
-        chosen = self._choose(document.uri, query, candidates)
+        line_end = document.text.find("\n", offset)
+        hidden = (max(0, offset - in_prompt[0]), max(len(document.text) if line_end < 0 else line_end, offset + in_prompt[1]))
+        candidates = self._candidates(document, hidden, documents, kind, deadline)
+        own = relative_display(document.uri, self.roots)
+
+        def still_there(window: Window) -> bool:
+            """A window chosen before is still shown as it was: in another file unchanged, or in this document
+            (whose lines move as the user types, so its windows are cut anew) as the same text outside the prompt."""
+            if window.display != own:
+                return any(c.display == window.display and c.text == window.text for c in candidates)
+            at = document.text.find(window.text)
+            return at >= 0 and (at + len(window.text) < hidden[0] or at > hidden[1])
+
+        chosen = self._choose(document.uri, query, candidates, still_there)
         snippets = [Snippet(w.display, w.text, "similar") for w in chosen]
         self._chosen[document.uri] = (key, snippets)
         return snippets
 
-    def _choose(self, uri: str, query: frozenset[str], candidates: list[Window]) -> list[Window]:
+    def _choose(self, uri: str, query: frozenset[str], candidates: list[Window], still_there: Callable[[Window], bool]) -> list[Window]:
         scored = sorted(((jaccard(query, w.words), i) for i, w in enumerate(candidates)), key=lambda s: (-s[0], s[1]))
         chosen: list[Window] = []
         best: list[float] = []
@@ -165,8 +178,7 @@ class SimilarCode:
         if previous:
             # NOTE: a new choice changes the prompt's first tokens and costs a full prefill; keep the old one while it
             # is nearly as good for the new query (and none of it has become unlike the code at the cursor).
-            texts = {(w.display, w.text) for w in candidates}
-            if all((w.display, w.text) in texts for w in previous):
+            if all(still_there(w) for w in previous):
                 scores = [jaccard(query, w.words) for w in previous]
                 if min(scores) >= MIN_SCORE / 2 and sum(scores) >= KEEP_RATIO * sum(best[: len(previous)]):
                     return previous
@@ -175,11 +187,11 @@ class SimilarCode:
 
     # ------------------------------------------------------------------------------------------ sources
     def _candidates(
-        self, document: Document, offset: int, in_prompt: tuple[int, int], documents: dict[str, Document], kind: str, deadline: float
+        self, document: Document, hidden: tuple[int, int], documents: dict[str, Document], kind: str, deadline: float
     ) -> list[Window]:
-        line_end = document.text.find("\n", offset)
-        hidden_from = max(0, offset - in_prompt[0])
-        hidden_to = max(len(document.text) if line_end < 0 else line_end, offset + in_prompt[1])
+        """Windows of this document outside `hidden` (the cursor line and what the prompt holds), of the other
+        open documents of the family, and of the workspace's files nearest to this one (within `deadline`)."""
+        hidden_from, hidden_to = hidden
         # NOTE: this document's windows are not cached: its version changes with every keystroke
         own = windows_of(document.text[:MAX_FILE_BYTES], relative_display(document.uri, self.roots))
         own = [w for w in own if w.end < hidden_from or w.start > hidden_to]

@@ -120,3 +120,18 @@ def test_at_most_max_snippets_and_no_two_overlapping_windows_of_one_file(tmp_pat
     # windows start every 4 lines and hold 8: equally alike, so the first, then the next that does not overlap it
     assert [s.text.split("\n")[0] for s in snippets] == [f"total = price * count + tax_rate  # row {i}" for i in (0, 8, 16)]
     assert all(len(s.text.split("\n")) == 8 for s in snippets)
+
+
+def test_a_window_of_this_document_stays_chosen_when_typing_moves_its_lines(tmp_path: Path) -> None:
+    """New lines above a chosen window of this document re-cut its windows (every 4 lines from the top);
+    the window's text is still there, so the choice and the prompt's cached prefix stay."""
+    below = "\n".join(f"    total = price * count + tax_rate  # again, {i}" for i in range(6))  # every cut scores alike
+    head = "def totals(prices, counts, tax_rate):\n    total = price * count + "
+    tail = "\n" * 12 + "def totals_below(prices, counts, tax_rate):\n" + below + "\n"
+    similar = index(tmp_path)
+    uri = (tmp_path / "shop.py").as_uri()
+    first = similar.snippets(Document(uri, "python", 1, head + tail), len(head), {})
+    assert first and first[0].text.startswith("def totals_below")
+    typed = head + "tax_rate\n    total = price * count + "  # Enter and a new line: everything below moved a line down
+    again = similar.snippets(Document(uri, "python", 2, typed + tail), len(typed), {})
+    assert again == first
