@@ -9,7 +9,7 @@ from pathlib import Path
 from lsprotocol import types
 
 from tabfill.lsp_server.positions import PositionEncoding, range_to_offsets
-from tabfill.syntax_cache.crossfile import CrossFileIndex, RecentEdits, Snippet, uri_to_path
+from tabfill.syntax_cache.crossfile import CrossFileIndex, RecentEdits, Snippet, normalize_path, uri_to_path
 from tabfill.syntax_cache.document import Document
 from tabfill.syntax_cache.neighbours import SimilarCode
 from tabfill.syntax_cache.tree import SyntaxSnapshot, SyntaxTree, apply_edit
@@ -35,10 +35,10 @@ class DocumentStore:
 
     def change_workspace(self, event: types.WorkspaceFoldersChangeEvent) -> None:
         """workspace/didChangeWorkspaceFolders: folders added to or removed from what cross-file context may read."""
-        removed = {_resolved(path) for path in map(uri_to_path, (f.uri for f in event.removed)) if path is not None}
+        removed = {normalize_path(path) for path in map(uri_to_path, (f.uri for f in event.removed)) if path is not None}
         added = [path for path in map(uri_to_path, (f.uri for f in event.added)) if path is not None]
         kept = [root for root in self.cross_file.roots if root not in removed]
-        self._set_roots(kept + [path for path in added if _resolved(path) not in kept and _resolved(path) not in removed])
+        self._set_roots(kept + [path for path in added if normalize_path(path) not in kept and normalize_path(path) not in removed])
 
     def _set_roots(self, roots: list[Path]) -> None:
         self.cross_file.set_roots(roots)
@@ -125,13 +125,6 @@ class DocumentStore:
         self.cross_file.forget(uri)
         self.similar.forget(uri)
         return self._documents.pop(uri, None) is not None
-
-
-def _resolved(path: Path) -> Path:
-    try:
-        return path.resolve()
-    except OSError:
-        return path
 
 
 def _past_end(document: Document, position: types.Position) -> bool:

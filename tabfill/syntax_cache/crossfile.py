@@ -422,7 +422,7 @@ class CrossFileIndex:
         for other in documents.values():
             other_path = uri_to_path(other.uri)
             if other_path is not None and other.uri != uri:
-                open_by_path[_normalize(other_path)] = other
+                open_by_path[normalize_path(other_path)] = other
         out: list[Snippet] = []
         files_read = 0
         for item in imports:
@@ -465,7 +465,7 @@ class CrossFileIndex:
             out.append(stem)
             out += [stem.with_name(stem.name + ext) for ext in _JS_EXTENSIONS]
             out += [stem / f"index{ext}" for ext in _JS_EXTENSIONS]
-        return [_normalize(p) for p in out]
+        return [normalize_path(p) for p in out]
 
     def _definitions(self, path: Path, document: Document | None, grammar: str) -> list[Definition]:
         target_grammar = _grammar_for_path(path, grammar)
@@ -499,7 +499,8 @@ class CrossFileIndex:
         return definitions
 
 
-def _normalize(path: Path) -> Path:
+def normalize_path(path: Path) -> Path:
+    """The resolved path (symlinks followed), or the normalized one when it cannot be resolved."""
     try:
         return path.resolve()
     except OSError:

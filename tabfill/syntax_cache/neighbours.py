@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tabfill.syntax_cache.crossfile import Snippet, family, relative_display, uri_to_path
+from tabfill.syntax_cache.crossfile import Snippet, family, normalize_path, relative_display, uri_to_path
 from tabfill.syntax_cache.document import Document
 
 WINDOW_LINES = 8  # lines per window (a window is what one snippet shows)
@@ -203,10 +203,10 @@ class SimilarCode:
                 continue
             path = uri_to_path(other.uri)
             if path is not None:
-                open_paths.add(_resolved(path))
+                open_paths.add(normalize_path(path))
             out += self._document_windows(other)
         if here is not None:
-            open_paths.add(_resolved(here))
+            open_paths.add(normalize_path(here))
         for path in self._nearby_files(here, kind):
             if path in open_paths:
                 continue  # the open document's text is the truth, not the file on disk
@@ -259,7 +259,7 @@ class SimilarCode:
         cached = self._nearby.get(key)
         if cached is not None and cached[0] is listing:
             return cached[1]
-        parent = _resolved(here).parent.parts
+        parent = normalize_path(here).parent.parts
 
         def distance(path: Path) -> tuple[int, str]:
             parts = path.parent.parts
@@ -299,15 +299,9 @@ class SimilarCode:
                             if entry.name not in _SKIPPED_DIRS:
                                 stack.append(Path(entry.path))
                         elif entry.name.endswith(extensions) and entry.is_file(follow_symlinks=False):
-                            found.append(_resolved(Path(entry.path)))
+                            found.append(normalize_path(Path(entry.path)))
                     except OSError:
                         continue
         self._listings[kind] = (now, found)
         return found
 
-
-def _resolved(path: Path) -> Path:
-    try:
-        return path.resolve()
-    except OSError:
-        return Path(os.path.normpath(path))
