@@ -14,8 +14,10 @@ import os
 import re
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import unquote, urlparse
 
 from tree_sitter import Node
@@ -469,34 +471,47 @@ class CrossFileIndex:
 
     def _definitions(self, path: Path, document: Document | None, grammar: str) -> list[Definition]:
         target_grammar = _grammar_for_path(path, grammar)
-        if document is not None:
-            key: tuple[str, object] = (document.uri, document.version)
-            source: bytes | None = None
-        else:
-            try:
-                stat = path.stat()
-            except OSError:
-                return []
-            if stat.st_size > MAX_FILE_BYTES:
-                return []
-            key = (str(path), (stat.st_mtime_ns, stat.st_size))
-            source = None
-        cached = self._files.get(key)
-        if cached is not None:
-            self._files.move_to_end(key)
-            return cached
-        if document is not None:
-            source = encode(document.text[: MAX_FILE_BYTES])
-        else:
-            try:
-                source = path.read_bytes()[:MAX_FILE_BYTES]
-            except OSError:
-                return []
-        definitions = definitions_in(target_grammar, source)
-        self._files[key] = definitions
-        while len(self._files) > self._max_cached:
-            self._files.popitem(last=False)
-        return definitions
+        found = cached_source(self._files, self._max_cached, path, document, lambda source: definitions_in(target_grammar, source))
+        return found or []
+
+
+T = TypeVar("T")
+
+
+def cached_source(
+    cache: OrderedDict[tuple[str, object], T], bound: int, path: Path | None, document: Document | None, parse: Callable[[bytes], T]
+) -> T | None:
+    """`parse` of an open document's text (cached by uri and version) or else of the file at `path` (cached by
+    path, mtime and size; None when it cannot be read or is over MAX_FILE_BYTES), at most MAX_FILE_BYTES of
+    it, through `cache`: least recently used first out beyond `bound` entries."""
+    if document is not None:
+        key: tuple[str, object] = (document.uri, document.version)
+        text = document.text
+        read: Callable[[], bytes] = lambda: encode(text[:MAX_FILE_BYTES])
+    elif path is not None:
+        try:
+            stat = path.stat()
+        except OSError:
+            return None
+        if stat.st_size > MAX_FILE_BYTES:
+            return None
+        key = (str(path), (stat.st_mtime_ns, stat.st_size))
+        file = path
+        read = lambda: file.read_bytes()[:MAX_FILE_BYTES]
+    else:
+        return None
+    cached = cache.get(key)
+    if cached is not None:
+        cache.move_to_end(key)
+        return cached
+    try:
+        source = read()
+    except OSError:
+        return None
+    value = cache[key] = parse(source)
+    while len(cache) > bound:
+        cache.popitem(last=False)
+    return value
 
 
 def normalize_path(path: Path) -> Path:

@@ -23,14 +23,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tabfill.syntax_cache.crossfile import Snippet, family, normalize_path, relative_display, uri_to_path
+from tabfill.syntax_cache.crossfile import MAX_FILE_BYTES, Snippet, cached_source, family, normalize_path, relative_display, uri_to_path
 from tabfill.syntax_cache.document import Document
 
 WINDOW_LINES = 8  # lines per window (a window is what one snippet shows)
 WINDOW_STRIDE = 4
 QUERY_LINES = 8  # the cursor line and the lines before it
 MAX_FILES = 48
-MAX_FILE_BYTES = 256 * 1024
 MAX_LISTED = 4000  # directory entries a workspace listing visits at most
 LISTING_TTL_S = 30.0
 TIME_BUDGET_MS = 15.0
@@ -216,39 +215,16 @@ class SimilarCode:
         return out
 
     def _document_windows(self, document: Document) -> list[Window]:
-        key = (document.uri, document.version)
-        windows = self._windows.get(key)
-        if windows is None:
-            windows = windows_of(document.text[:MAX_FILE_BYTES], relative_display(document.uri, self.roots))
-            self._store(key, windows)
-        else:
-            self._windows.move_to_end(key)
-        return windows
-
-    def _store(self, key: tuple[str, object], windows: list[Window]) -> None:
-        self._windows[key] = windows
-        while len(self._windows) > self._max_cached:
-            self._windows.popitem(last=False)
+        return self._windows_of(None, document)
 
     def _file_windows(self, path: Path) -> list[Window]:
-        try:
-            stat = path.stat()
-        except OSError:
-            return []
-        if stat.st_size > MAX_FILE_BYTES:
-            return []
-        key = (str(path), (stat.st_mtime_ns, stat.st_size))
-        windows = self._windows.get(key)
-        if windows is not None:
-            self._windows.move_to_end(key)
-            return windows
-        try:
-            text = path.read_bytes().decode("utf-8")
-        except (OSError, UnicodeDecodeError):
-            text = ""
-        windows = windows_of(text, relative_display(path.as_uri(), self.roots)) if text else []
-        self._store(key, windows)
-        return windows
+        return self._windows_of(path, None)
+
+    def _windows_of(self, path: Path | None, document: Document | None) -> list[Window]:
+        uri = document.uri if document is not None else path.as_uri() if path is not None else ""
+        display = relative_display(uri, self.roots)
+        found = cached_source(self._windows, self._max_cached, path, document, lambda source: windows_of(source.decode("utf-8", "replace"), display))
+        return found or []
 
     def _nearby_files(self, here: Path | None, kind: str) -> list[Path]:
         """Workspace files of the family, nearest to `here` first (same folder, then by shared path), at most MAX_FILES."""
