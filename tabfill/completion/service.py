@@ -283,7 +283,7 @@ class CompletionService:
             return _done(_empty(request, f"no completion here: {context.reason}", timings))
 
         started = time.perf_counter()
-        prefix, suffix = self._window(request)
+        prefix, suffix = self._window(request, header)
         key = (settings, context.mode, context.block_indent, header, prefix, suffix)
         with self._lock:
             cached = self._results.get(key)
@@ -338,10 +338,15 @@ class CompletionService:
         after = self.settings.max_suffix_tokens * WINDOW_CHARS_PER_TOKEN if self._template is not None else 0
         return self.window_chars, after
 
-    def _window(self, request: CompletionRequest) -> tuple[str, str]:
-        """The prefix and suffix text the prompt may use; the prefix starts at a stable line start."""
+    def _window(self, request: CompletionRequest, header: str) -> tuple[str, str]:
+        """The prefix and suffix text the prompt may use; the prefix starts at a stable line start.
+
+        NOTE: the cross-file `header` takes its tokens out of the prefix budget. A window longer than what is
+        left is cut again by build_prompt, from its start, a line at a time as the user types: the prompt's
+        first code tokens then change with every new line and the cached prefix after the header is lost. So
+        the window leaves the header's room (about as many characters as the header has; at most half)."""
         settings = self.settings
-        max_chars = self.window_chars
+        max_chars = self.window_chars - min(len(header), self.window_chars // 2)
         start = stable_prefix_start(request.text, request.offset, max_chars, max(1, max_chars // WINDOW_CHUNKS))
         suffix = request.text[request.offset : request.offset + settings.max_suffix_tokens * MAX_CHARS_PER_TOKEN]
         return request.text[start : request.offset], suffix
@@ -520,8 +525,9 @@ class CompletionService:
             context = request_context(request)
             if context.mode is Mode.NONE or (template is None and context.suffix_has_code):
                 return
-            prefix, suffix = self._window(request)
-            prompt = self._prompt(engine, template, context, cross_file_header(request, self.settings), prefix, suffix)
+            header = cross_file_header(request, self.settings)
+            prefix, suffix = self._window(request, header)
+            prompt = self._prompt(engine, template, context, header, prefix, suffix)
             engine.warm(list(prompt.token_ids), token)
 
         self._worker.submit(run, key=request.uri, background=True)

@@ -14,6 +14,7 @@ from tabfill.completion.models import ModelError
 from tabfill.completion.service import CompletionService
 from tabfill.completion.types import CancelToken, CompletionRequest, Settings
 from tabfill.completion.worker import Cancelled
+from tabfill.syntax_cache.crossfile import Snippet
 from tests.support import make_tiny_model_dir
 
 TEXT = "import os\n\n\ndef read(path):\n    with open(path) as handle:\n        return handle.re"
@@ -191,3 +192,24 @@ def test_the_prompt_span_cross_file_context_need_not_repeat(model_dir: Path, tmp
     finally:
         prefix_only.close()
         fim.close()
+
+
+def test_typing_a_new_line_keeps_the_cached_prompt_when_a_header_takes_part_of_the_budget(service: CompletionService) -> None:
+    """The cross-file header's tokens come out of the prefix budget; a window that ignored it was cut again
+    by the prompt builder a line at a time from its start, so each new line changed the prompt's first code
+    tokens and the whole prefix after the header was prefilled again."""
+    # text the tiny tokenizer splits like real code with a real one (about 3.5 characters per token)
+    snippet = Snippet("lib.py", "\n".join("        result = self.function(argument, default=None)" for _ in range(12)), "similar")
+    names = [f"{verb}_{noun}" for verb in ("read", "write", "open", "close", "parse", "load", "save", "send")
+             for noun in ("file", "path", "name", "data", "line", "text", "item", "node")]
+    body = "def run(self):\n" + "".join(f"        {name} = self.{name}(argument, default=None)\n" for name in names)
+    first_text = body + "        result = "
+    service.complete(CompletionRequest("file:///w.py", "python", 1, first_text, len(first_text), "a", cross_file=(snippet,)))
+    first = service.last_generation
+    assert first is not None and service.last_cross_file  # the header is in the prompt
+    second_text = first_text + "x\n        y = "  # a short new line (the window's start snaps every 1/8 of it)
+    service.complete(CompletionRequest("file:///w.py", "python", 2, second_text, len(second_text), "b", cross_file=(snippet,)))
+    second = service.last_generation
+    assert second is not None and second is not first
+    # everything up to the first request's cursor line is reused: the prompt start did not move
+    assert second.cached_tokens >= first.prompt_tokens - 8, (second.cached_tokens, first.prompt_tokens)
