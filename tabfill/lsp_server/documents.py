@@ -38,7 +38,8 @@ class DocumentStore:
         removed = {normalize_path(path) for path in map(uri_to_path, (f.uri for f in event.removed)) if path is not None}
         added = [path for path in map(uri_to_path, (f.uri for f in event.added)) if path is not None]
         kept = [root for root in self.cross_file.roots if root not in removed]
-        self._set_roots(kept + [path for path in added if normalize_path(path) not in kept and normalize_path(path) not in removed])
+        new = [path for path in map(normalize_path, added) if path not in kept and path not in removed]
+        self._set_roots(kept + new)
 
     def _set_roots(self, roots: list[Path]) -> None:
         self.cross_file.set_roots(roots)
@@ -103,8 +104,8 @@ class DocumentStore:
     ) -> tuple[SyntaxSnapshot | None, tuple[Snippet, ...]]:
         """What a completion request at `uri` carries besides the text: its syntax snapshot and, with
         `cross_file`, the cross-file snippets: imported definitions, code like the code before `offset` (the
-        cursor; from other files and from this one outside the `exclude_chars` before the cursor, which the
-        prompt holds already), then recently edited regions of other documents."""
+        cursor; from other files, and from this one outside the characters (before, after) the cursor that
+        `in_prompt` says the prompt holds already), then recently edited regions of other documents."""
         snapshot = self.snapshot(uri)
         document = self._documents.get(uri)
         if not cross_file or document is None:

@@ -145,8 +145,8 @@ class SimilarCode:
         deadline = time.perf_counter() + budget_ms / 1000.0
         line_end = document.text.find("\n", offset)
         hidden = (max(0, offset - in_prompt[0]), max(len(document.text) if line_end < 0 else line_end, offset + in_prompt[1]))
-        candidates = self._candidates(document, hidden, documents, kind, deadline)
         own = relative_display(document.uri, self.roots)
+        candidates = self._candidates(document, own, hidden, documents, kind, deadline)
 
         def still_there(window: Window) -> bool:
             """A window chosen before is still shown as it was: in another file unchanged, or in this document
@@ -186,15 +186,14 @@ class SimilarCode:
 
     # ------------------------------------------------------------------------------------------ sources
     def _candidates(
-        self, document: Document, hidden: tuple[int, int], documents: dict[str, Document], kind: str, deadline: float
+        self, document: Document, display: str, hidden: tuple[int, int], documents: dict[str, Document], kind: str, deadline: float
     ) -> list[Window]:
-        """Windows of this document outside `hidden` (the cursor line and what the prompt holds), of the other
-        open documents of the family, and of the workspace's files nearest to this one (within `deadline`)."""
+        """Windows of this document (shown as `display`) outside `hidden` (the cursor line and what the prompt
+        holds), of the other open documents of the family, and of the workspace's files nearest to this one
+        (within `deadline`)."""
         hidden_from, hidden_to = hidden
         # NOTE: this document's windows are not cached: its version changes with every keystroke
-        own = windows_of(document.text[:MAX_FILE_BYTES], relative_display(document.uri, self.roots))
-        own = [w for w in own if w.end < hidden_from or w.start > hidden_to]
-        out = list(own)
+        out = [w for w in windows_of(document.text[:MAX_FILE_BYTES], display) if w.end < hidden_from or w.start > hidden_to]
         here = uri_to_path(document.uri)
         open_paths: set[Path] = set()
         for other in documents.values():
@@ -203,7 +202,7 @@ class SimilarCode:
             path = uri_to_path(other.uri)
             if path is not None:
                 open_paths.add(normalize_path(path))
-            out += self._document_windows(other)
+            out += self._windows_of(None, other)
         if here is not None:
             open_paths.add(normalize_path(here))
         for path in self._nearby_files(here, kind):
@@ -211,16 +210,11 @@ class SimilarCode:
                 continue  # the open document's text is the truth, not the file on disk
             if time.perf_counter() > deadline:
                 break
-            out += self._file_windows(path)
+            out += self._windows_of(path, None)
         return out
 
-    def _document_windows(self, document: Document) -> list[Window]:
-        return self._windows_of(None, document)
-
-    def _file_windows(self, path: Path) -> list[Window]:
-        return self._windows_of(path, None)
-
     def _windows_of(self, path: Path | None, document: Document | None) -> list[Window]:
+        """Windows of an open document (cached by version), else of the workspace file at `path` (by mtime, size)."""
         uri = document.uri if document is not None else path.as_uri() if path is not None else ""
         display = relative_display(uri, self.roots)
         found = cached_source(self._windows, self._max_cached, path, document, lambda source: windows_of(source.decode("utf-8", "replace"), display))
