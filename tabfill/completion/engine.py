@@ -7,6 +7,7 @@ step and a deadline leaves a generation that can be resumed.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import warnings
@@ -20,7 +21,7 @@ import torch
 from tabfill.completion.drafts import NgramDrafter
 from tabfill.completion.prefix_cache import PrefixCache
 from tabfill.completion.runners import Runner, TransformersRunner
-from tabfill.completion.types import CancelToken, Deadline, Generation, Prompt, StopRule, Timings
+from tabfill.completion.types import CancelToken, Deadline, EngineInfo, FinishReason, Generation, Prompt, Resumable, StopRule, Timings
 from tabfill.syntax_cache.context import indent_width
 
 log = logging.getLogger(__name__)
@@ -32,17 +33,6 @@ DRAFT_PAUSE_STEPS = 3
 # NOTE: transformers 5.2x warns that `past_key_values` becomes `cache`, but passing `cache=` there does
 # not fill the given cache; keep the working name and silence just this warning.
 warnings.filterwarnings("ignore", message=r"`past_key_values` is deprecated", category=FutureWarning)
-
-
-@dataclass(frozen=True)
-class EngineInfo:
-    source: str
-    device: str
-    dtype: str
-    load_ms: float
-    template: str
-    import_ms: float = 0.0
-    warmup_ms: float = 0.0
 
 
 def stop_index(text: str, stop: StopRule) -> int | None:
@@ -152,15 +142,21 @@ class Engine:
         self._sorted_vocabulary()
         return (time.perf_counter() - started) * 1000
 
-    def describe(self) -> dict[str, str]:
-        described = self.runner.describe()
+    def describe(self) -> dict[str, object]:
+        """The runner, the prefix store (set-up and counters) and the drafts, for `tabfill/status`."""
+        described: dict[str, object] = dict(self.runner.describe())
+        store = self.prefix_cache
         described["prefix_cache"] = (
-            f"{self.prefix_cache.max_bytes // 2**20} MiB, blocks of {self.prefix_cache.block_tokens} tokens"
-            if self.prefix_cache is not None
-            else "off (the runner does not export KV)"
+            f"{store.max_bytes // 2**20} MiB, blocks of {store.block_tokens} tokens" if store else "off (the runner does not export KV)"
         )
         described["drafts"] = f"prompt lookup, up to {self.draft_tokens} tokens per forward"
+        if store is not None:
+            described.update(prefixCacheBytes=store.num_bytes, prefixCacheBlocks=store.num_blocks, prefixCacheStats=dataclasses.asdict(store.stats))
         return described
+
+    def close(self) -> None:
+        """Nothing to release but memory: the model goes with the last reference to this engine."""
+        self._live, self._owner = [], None
 
     # ----------------------------------------------------------------- token healing support
     def token_texts(self) -> list[str]:
@@ -277,9 +273,11 @@ class Engine:
         return self.resume(self.start(prompt, corpus), cancel, deadline)
 
     @torch.inference_mode()
-    def resume(self, state: Decoding, cancel: CancelToken, deadline: Deadline) -> Generation:
+    def resume(self, state: Resumable, cancel: CancelToken, deadline: Deadline) -> Generation:
         """Run (or continue) `state` until it finishes or is interrupted. A "deadline" result carries
         `state` as its continuation; resuming later reuses the live slot (or re-prefills what changed)."""
+        if not isinstance(state, Decoding):
+            raise TypeError(f"not a generation of this engine: {type(state).__name__}")
         timings = Timings()
         if state.logits is None or self._owner is not state:
             started = time.perf_counter()
@@ -295,7 +293,7 @@ class Engine:
         timings = timings.add("decode", (time.perf_counter() - started) * 1000)
         return self._result(state, finish, timings)
 
-    def _decode(self, state: Decoding, cancel: CancelToken, deadline: Deadline) -> str:
+    def _decode(self, state: Decoding, cancel: CancelToken, deadline: Deadline) -> FinishReason:
         prompt = state.prompt
         healing = prompt.healing_text
         limit = prompt.max_new_tokens + (1 if healing else 0)
@@ -345,8 +343,8 @@ class Engine:
             state.logits = logits
         return "length"
 
-    def _append(self, state: Decoding, token_id: int) -> str:
-        """Add a chosen token to the generation; "stop" when the stop rule cuts the text, else ""."""
+    def _append(self, state: Decoding, token_id: int) -> FinishReason | None:
+        """Add a chosen token to the generation; "stop" when the stop rule cuts the text."""
         state.generated.append(token_id)
         state.drafter.extend((token_id,))
         state.text = self.tokenizer.decode(state.generated, skip_special_tokens=False)
@@ -356,9 +354,9 @@ class Engine:
             if cut is not None:
                 state.text = state.prompt.healing_text + continuation[:cut]
                 return "stop"
-        return ""
+        return None
 
-    def _result(self, state: Decoding, finish: str, timings: Timings) -> Generation:
+    def _result(self, state: Decoding, finish: FinishReason, timings: Timings) -> Generation:
         continuation = _strip_healing(state.text, state.prompt.healing_text)
         return Generation(
             tuple(state.generated),

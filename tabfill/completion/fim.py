@@ -10,8 +10,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from transformers import PreTrainedTokenizerBase
-
+from tabfill.completion.source import TokenizerLike
 from tabfill.completion.types import Prompt, StopRule
 
 # NOTE: only bounds how much text is tokenized per keystroke (a 1 MB document is never tokenized whole);
@@ -77,13 +76,13 @@ TEMPLATES: Mapping[str, FimTemplate] = {
 }
 
 
-def _vocabulary(tokenizer: PreTrainedTokenizerBase) -> set[str]:
+def _vocabulary(tokenizer: TokenizerLike) -> set[str]:
     vocabulary = set(tokenizer.get_vocab())
     vocabulary.update(str(token) for token in tokenizer.added_tokens_decoder.values())
     return vocabulary
 
 
-def detect_template(tokenizer: PreTrainedTokenizerBase) -> FimTemplate | None:
+def detect_template(tokenizer: TokenizerLike) -> FimTemplate | None:
     """The FIM template whose special tokens the tokenizer has (never judged by model name); None: prefix-only."""
     vocabulary = _vocabulary(tokenizer)
 
@@ -104,7 +103,7 @@ def detect_template(tokenizer: PreTrainedTokenizerBase) -> FimTemplate | None:
     return None
 
 
-def _token_id(tokenizer: PreTrainedTokenizerBase, token: str) -> int | None:
+def _token_id(tokenizer: TokenizerLike, token: str) -> int | None:
     token_id = tokenizer.convert_tokens_to_ids(token)
     if isinstance(token_id, int) and token_id >= 0 and tokenizer.convert_ids_to_tokens(token_id) == token:
         return token_id
@@ -115,7 +114,7 @@ def _token_id(tokenizer: PreTrainedTokenizerBase, token: str) -> int | None:
 class _Codec:
     """Encodes document text as plain text: a special token's spelling in the document never becomes that token."""
 
-    tokenizer: PreTrainedTokenizerBase
+    tokenizer: TokenizerLike
     forbidden: frozenset[int]  # ids plain text must not produce: special tokens, markers, stop tokens
     # SentencePiece-style tokenizers put a dummy "▁" before the first word; text after a marker must not get it,
     # so it is encoded after this anchor (a special token) and the anchor dropped — like mistral-common's
@@ -124,7 +123,7 @@ class _Codec:
     anchor: str
 
     @staticmethod
-    def create(tokenizer: PreTrainedTokenizerBase, extra_forbidden: Iterable[int]) -> _Codec:
+    def create(tokenizer: TokenizerLike, extra_forbidden: Iterable[int]) -> _Codec:
         added = tokenizer.added_tokens_decoder
         forbidden = frozenset(extra_forbidden) | {i for i, token in added.items() if token.special}
         first = tokenizer.convert_ids_to_tokens(tokenizer("a", add_special_tokens=False)["input_ids"][:1])
@@ -305,7 +304,7 @@ def _heal(codec: _Codec, ids: list[int], offsets: Offsets, text: str, lead: int)
     return ids, ""
 
 
-def _default_bos(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+def _default_bos(tokenizer: TokenizerLike) -> list[int]:
     with_special = list(tokenizer("a")["input_ids"])
     without = list(tokenizer("a", add_special_tokens=False)["input_ids"])
     bos = tokenizer.bos_token_id
@@ -318,7 +317,7 @@ def build_prompt(
     prefix: str,
     suffix: str,
     template: FimTemplate | None,
-    tokenizer: PreTrainedTokenizerBase,
+    tokenizer: TokenizerLike,
     *,
     max_prefix_tokens: int,
     max_suffix_tokens: int,

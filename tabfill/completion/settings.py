@@ -67,6 +67,11 @@ def parse_settings(raw: Any, base: Settings | None = None) -> tuple[Settings, li
                 problems.append(f"setting {key!r} must be one of {', '.join(QUANTIZE_CHOICES)}, got {value!r}")
                 continue
             changes[name] = value
+        elif name == "engine":  # "" (this process) or scheme://address; completion.sources checks the scheme
+            if not isinstance(value, str):
+                problems.append(f"setting {key!r} must be a string, got {value!r}")
+                continue
+            changes[name] = value.strip()
         else:  # model, device
             if not isinstance(value, str) or not value.strip():
                 problems.append(f"setting {key!r} must be a non-empty string, got {value!r}")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Literal, Protocol
 
 from tabfill.syntax_cache.crossfile import Snippet
 from tabfill.syntax_cache.tree import SyntaxSnapshot
@@ -56,17 +58,29 @@ class Prompt:
     context_chars: int = 0  # characters of cross-file context (comments before the prefix)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Timings:
-    """Milliseconds per named stage, in the order they ran."""
+    """Milliseconds per named stage, in the order they ran. The request that owns it records its stages
+    (`measure`, `add`); once handed on in a Completion or Generation it is only read."""
 
     stages: tuple[tuple[str, float], ...] = ()
 
     def add(self, name: str, ms: float) -> Timings:
-        return Timings(self.stages + ((name, ms),))
+        self.stages += ((name, ms),)
+        return self
 
-    def merged(self, other: Timings) -> Timings:
-        return Timings(self.stages + other.stages)
+    def extend(self, other: Timings) -> Timings:
+        self.stages += other.stages
+        return self
+
+    @contextmanager
+    def measure(self, name: str) -> Iterator[None]:
+        """Time the `with` block as stage `name` (recorded also when the block raises)."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(name, (time.perf_counter() - started) * 1000)
 
     def get(self, name: str) -> float:
         return sum(ms for stage, ms in self.stages if stage == name)
@@ -79,20 +93,45 @@ class Timings:
         return " ".join(f"{name}={ms:.1f}ms" for name, ms in self.stages)
 
 
+FinishReason = Literal["stop", "length", "eos", "deadline", "cancelled"]
+Source = Literal["model", "cache", "type-through", "continuation", "none"]
+
+
+class Resumable(Protocol):
+    """The opaque handle of a generation cut by its deadline: only the TokenSource that made it can resume it
+    (in process: an `engine.Decoding`)."""
+
+    @property
+    def prompt(self) -> Prompt: ...
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """How a TokenSource was set up: where its model came from, where it runs, and what loading it cost."""
+
+    source: str
+    device: str
+    dtype: str
+    load_ms: float
+    template: str  # the FIM template's name (fim.TEMPLATES), or "prefix-only"
+    import_ms: float = 0.0
+    warmup_ms: float = 0.0
+
+
 @dataclass(frozen=True)
 class Generation:
     """What the engine produced for a prompt (healing text already removed from `text`)."""
 
     token_ids: tuple[int, ...]
     text: str
-    finish_reason: str  # "stop" | "length" | "eos" | "deadline" | "cancelled"
+    finish_reason: FinishReason
     prompt_tokens: int
-    timings: Timings = Timings()
+    timings: Timings = field(default_factory=Timings)
     cached_tokens: int = 0  # prompt tokens whose KV was reused (live slot or prefix store), not prefilled
     draft_tokens: int = 0  # speculative tokens proposed, and how many of them the model agreed with
     accepted_draft_tokens: int = 0
-    # A generation stopped by its deadline: the engine's handle to resume it (engine thread only).
-    continuation: object | None = field(default=None, compare=False, repr=False)
+    # A generation stopped by its deadline: the source's handle to resume it (engine thread only).
+    continuation: Resumable | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -103,9 +142,9 @@ class Completion:
     offset: int
     replace_chars: int = 0
     request_id: str = ""
-    source: str = "model"  # "model" | "cache" | "type-through" | "none"
-    finish_reason: str = ""
-    timings: Timings = Timings()
+    source: Source = "model"
+    finish_reason: str = ""  # the Generation's, or why there is no text ("language disabled", ...)
+    timings: Timings = field(default_factory=Timings)
 
 
 class CancelToken:
@@ -185,3 +224,5 @@ class Settings:
     lean_forward: bool = True
     quantize: str = "none"
     prefix_cache_mb: int = 128
+    # Where tokens come from (completion.sources): "" or "local" = this process.
+    engine: str = ""

@@ -11,7 +11,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tabfill.completion.engine import Engine, EngineInfo
+from tabfill.completion.engine import Engine
+from tabfill.completion.types import EngineInfo
 from tabfill.completion.prefix_cache import PrefixCache
 from tabfill.completion.runners import LeanRunner, make_runner
 from tabfill.completion.types import CancelToken, Deadline, Prompt, StopRule

@@ -6,7 +6,7 @@ import pytest
 from transformers import PreTrainedTokenizerBase
 
 from tabfill.completion.fim import TEMPLATES, FimTemplate, build_prompt
-from tabfill.completion.service import cross_file_header, request_context
+from tabfill.completion.service import cross_file_header, cursor_context
 from tabfill.completion.types import CompletionRequest, Prompt, Settings, StopRule
 from tabfill.syntax_cache.crossfile import Snippet
 from tabfill.syntax_cache.tree import SyntaxTree
@@ -62,12 +62,12 @@ def test_service_header_follows_the_settings() -> None:
     assert cross_file_header(request, Settings(cross_file_tokens=0)) == ""
 
 
-def test_request_context_uses_the_snapshot_only_for_the_same_text() -> None:
+def test_cursor_context_uses_the_snapshot_only_for_the_same_text() -> None:
     text = "def f(a):\n    return g(a, )\n"
     snapshot = SyntaxTree("python", text).snapshot(text)
     offset = text.index(")")
-    with_tree = request_context(CompletionRequest("file:///a.py", "python", 1, text, offset, syntax=snapshot))
+    with_tree = cursor_context(CompletionRequest("file:///a.py", "python", 1, text, offset, syntax=snapshot))
     assert with_tree.source == "tree" and with_tree.scope == "def f(a):"
     other = text.replace("g(", "h(")
-    stale = request_context(CompletionRequest("file:///a.py", "python", 2, other, offset, syntax=snapshot))
+    stale = cursor_context(CompletionRequest("file:///a.py", "python", 2, other, offset, syntax=snapshot))
     assert stale.source == "text"

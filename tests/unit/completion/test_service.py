@@ -167,7 +167,7 @@ def test_a_deadline_answer_is_completed_in_the_background_and_served_by_type_thr
         partial = hurried.complete(request(text))
         assert partial.finish_reason == "deadline" and full.text.startswith(partial.text)
         give_up = time.monotonic() + 30
-        while hurried._continuations and time.monotonic() < give_up:  # the background job publishes, then ends
+        while hurried.flights.continuation("file:///a.py") is not None and time.monotonic() < give_up:  # the background job publishes, then ends
             time.sleep(0.01)
         again = hurried.complete(request(text))
         assert (again.source, again.text) == ("cache", full.text)

@@ -1,0 +1,253 @@
+"""What the service keeps per document between requests: one `DocumentState` per URI.
+
+- type-through: the suggestion last shown, and the text it was made for;
+- coalescing: the model job in flight; an identical request joins it, and it stops when every waiter left;
+- newest wins: any other request for the document cancels that job and takes a new sequence number;
+- continuation: a generation cut by its deadline goes on in background slices, publishing its text for
+  type-through, while it still belongs to the document's newest request; the same prompt resumes it.
+
+Thread-safe: the LSP thread asks, the engine worker answers and publishes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+from tabfill.completion.source import TokenSource
+from tabfill.completion.types import CancelToken, Completion, CompletionRequest, Deadline, Generation, Resumable
+from tabfill.completion.worker import Cancelled, EngineWorker
+from tabfill.syntax_cache.context import SyntaxContext
+
+# After a deadline, the rest is generated in the background in slices of this many milliseconds, each
+# publishing the text so far for type-through, for at most CONTINUE_MAX_MS.
+CONTINUE_SLICE_MS = 40
+CONTINUE_MAX_MS = 5_000
+
+Key = tuple[object, ...]  # what identifies a prompt: the settings and the text that went into it
+
+
+@dataclass(frozen=True)
+class Shown:
+    """The last suggestion in a document, and the text around the cursor it was made for."""
+
+    prefix: str
+    suffix: str
+    completion: Completion
+
+    @staticmethod
+    def of(request: CompletionRequest, completion: Completion) -> Shown:
+        return Shown(request.text[: request.offset], request.text[request.offset :], completion)
+
+    def rest(self, request: CompletionRequest) -> Completion | None:
+        """The user typed a prefix of this suggestion: the rest of it (None when they typed anything else)."""
+        prefix = request.text[: request.offset]
+        typed_chars = len(prefix) - len(self.prefix)
+        if typed_chars <= 0 or not prefix.startswith(self.prefix):
+            return None
+        shown = self.completion
+        remainder = shown.text[typed_chars:]
+        if not shown.text.startswith(prefix[len(self.prefix) :]) or not remainder.strip():
+            return None
+        if request.text[request.offset :] != self.suffix:
+            return None
+        return Completion(remainder, request.offset, shown.replace_chars, request.request_id, "type-through", shown.finish_reason)
+
+
+@dataclass(eq=False)
+class Flight:
+    """A model job in flight for a document; identical requests share it."""
+
+    key: Key
+    token: CancelToken  # the job's own: cancelled when every waiter has cancelled
+    future: Future[Completion]
+    waiters: int = 1
+
+
+@dataclass(eq=False)
+class Continuation:
+    """A generation cut by its deadline, still going in the background (or resumable by the same prompt)."""
+
+    key: Key
+    sequence: int  # the model request it belongs to; only the document's newest may publish
+    request: CompletionRequest
+    context: SyntaxContext
+    suffix: str
+    state: Resumable
+    running: bool = True  # its background job has not ended yet
+
+
+@dataclass
+class DocumentState:
+    shown: Shown | None = None
+    flight: Flight | None = None
+    continuation: Continuation | None = None
+    sequence: int = 0  # the newest model request's number
+    previous_tokens: tuple[int, ...] = ()  # the last generation's tokens (a corpus for drafts)
+
+
+# Shows what a continuation has so far; False when a newer request for the document took over.
+Publish = Callable[[Continuation, Generation], bool]
+
+
+class Flights:
+    def __init__(self, worker: EngineWorker) -> None:
+        self._worker = worker
+        self._lock = threading.Lock()
+        self._documents: dict[str, DocumentState] = {}
+
+    def _state(self, uri: str) -> DocumentState:  # under self._lock
+        return self._documents.setdefault(uri, DocumentState())
+
+    def forget(self, uri: str) -> None:
+        """The document was closed: drop its state and stop its job."""
+        with self._lock:
+            state = self._documents.pop(uri, None)
+        if state is not None and state.flight is not None:
+            state.flight.token.cancel("document closed")
+
+    def close(self) -> None:
+        with self._lock:
+            flights = [state.flight for state in self._documents.values() if state.flight is not None]
+        for flight in flights:
+            flight.token.cancel("shutdown")
+
+    def forget_shown(self) -> None:
+        """A new model: no suggestion of the old one is typed through."""
+        with self._lock:
+            for state in self._documents.values():
+                state.shown = None
+
+    def busy(self, uri: str) -> bool:
+        """A job of this document is in flight or its continuation still runs."""
+        with self._lock:
+            state = self._documents.get(uri)
+            return state is not None and (state.flight is not None or (state.continuation is not None and state.continuation.running))
+
+    def continuation(self, uri: str) -> Continuation | None:
+        with self._lock:
+            state = self._documents.get(uri)
+            return state.continuation if state is not None else None
+
+    # ------------------------------------------------------------------ type-through
+    def type_through(self, request: CompletionRequest) -> Completion | None:
+        with self._lock:
+            state = self._documents.get(request.uri)
+            shown = state.shown if state is not None else None
+        return shown.rest(request) if shown is not None else None
+
+    def remember(self, request: CompletionRequest, completion: Completion) -> None:
+        if completion.text:
+            shown = Shown.of(request, completion)
+            with self._lock:
+                self._state(request.uri).shown = shown
+
+    # ------------------------------------------------------------------ coalescing and newest wins
+    def start(
+        self, request: CompletionRequest, key: Key, cancel: CancelToken, run: Callable[[int, CancelToken], Completion]
+    ) -> Future[Completion]:
+        """Join the document's job for the same prompt, or cancel its job and queue `run(sequence, token)`."""
+        with self._lock:
+            state = self._state(request.uri)
+            previous = state.flight
+            shared = previous if previous is not None and previous.key == key and not previous.future.done() else None
+            if shared is not None:
+                shared.waiters += 1
+            else:
+                state.sequence += 1
+            sequence = state.sequence
+        if shared is not None:  # the same prompt is already being generated
+            return self._join(shared, request, cancel)
+        if previous is not None:
+            previous.token.cancel("superseded")
+        token = CancelToken()
+        future = self._worker.submit(lambda job_token: run(sequence, job_token), token, key=request.uri)
+        flight = Flight(key, token, future)
+        with self._lock:
+            self._state(request.uri).flight = flight
+        future.add_done_callback(lambda _: self._land(request.uri, flight))
+        cancel.on_cancel(lambda reason: self._leave(flight, reason))
+        return future
+
+    def _join(self, flight: Flight, request: CompletionRequest, cancel: CancelToken) -> Future[Completion]:
+        joined: Future[Completion] = Future()
+
+        def relay(done: Future[Completion]) -> None:
+            if joined.done():
+                return
+            error = done.exception() if not done.cancelled() else Cancelled("cancelled")
+            if error is not None:
+                joined.set_exception(error)
+            else:
+                joined.set_result(dataclasses.replace(done.result(), request_id=request.request_id))
+
+        flight.future.add_done_callback(relay)
+        cancel.on_cancel(lambda reason: self._leave(flight, reason))
+        return joined
+
+    def _leave(self, flight: Flight, reason: str) -> None:
+        """A waiter cancelled; the generation stops when no waiter is left."""
+        with self._lock:
+            flight.waiters -= 1
+            last = flight.waiters <= 0
+        if last:
+            flight.token.cancel(reason)
+
+    def _land(self, uri: str, flight: Flight) -> None:
+        with self._lock:
+            state = self._documents.get(uri)
+            if state is not None and state.flight is flight:
+                state.flight = None
+
+    # ------------------------------------------------------------------ continuations
+    def resumable(self, uri: str, key: Key) -> tuple[Resumable | None, tuple[int, ...]]:
+        """The document's cut generation when it was for this same prompt (it is taken either way), and the
+        previous generation's tokens."""
+        with self._lock:
+            state = self._state(uri)
+            continuation, state.continuation = state.continuation, None
+            corpus = state.previous_tokens
+        return (continuation.state if continuation is not None and continuation.key == key else None), corpus
+
+    def answered(self, request: CompletionRequest, completion: Completion, generation: Generation) -> None:
+        with self._lock:
+            self._state(request.uri).previous_tokens = generation.token_ids
+        self.remember(request, completion)
+
+    def keep_going(self, continuation: Continuation, source: TokenSource, publish: Publish) -> None:
+        """Generate the rest of a deadline-cut answer in the background, in slices, publishing each. Any real
+        request preempts it; one with the same prompt resumes it."""
+        uri = continuation.request.uri
+        with self._lock:
+            self._state(uri).continuation = continuation
+
+        def run(token: CancelToken) -> None:
+            until = Deadline.after_ms(CONTINUE_MAX_MS)
+            try:
+                while not token.cancelled and not until.expired:
+                    generation = source.resume(continuation.state, token, Deadline.after_ms(CONTINUE_SLICE_MS))
+                    if generation.finish_reason == "cancelled" or not publish(continuation, generation):
+                        return
+                    if generation.finish_reason != "deadline":
+                        return
+            finally:
+                continuation.running = False
+
+        self._worker.submit(run, key=uri, background=True)
+
+    def publish(self, continuation: Continuation, completion: Completion, generation: Generation) -> bool:
+        """Record what a continuation has so far, unless a newer request for the document took over (False)."""
+        request = continuation.request
+        with self._lock:
+            state = self._documents.get(request.uri)
+            if state is None or state.sequence != continuation.sequence:
+                return False
+            if generation.finish_reason != "deadline":
+                state.continuation = None
+                state.previous_tokens = generation.token_ids
+            if completion.text:
+                state.shown = Shown.of(request, completion)
+        return True

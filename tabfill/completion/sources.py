@@ -1,0 +1,71 @@
+"""Opening the TokenSource that `Settings.engine` names: a registry of scheme -> opener.
+
+"" or "local": the model in this process (torch and transformers are imported here, when it is opened, and
+nowhere else on the front-end's path). Other kinds register one line each in OPENERS (the team engine as
+"tcp"/"tcps", OpenAI-compatible servers as "openai+http"/"openai+https").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from tabfill.completion.models import ModelError, ProgressFn
+from tabfill.completion.source import TokenSource
+from tabfill.completion.types import Settings
+
+Opener = Callable[[Settings, ProgressFn], TokenSource]
+
+# Prefix store: KV blocks of this many tokens (the granularity at which prompts share cached prefixes).
+PREFIX_BLOCK_TOKENS = 32
+
+
+def open_local(settings: Settings, progress: ProgressFn) -> TokenSource:
+    """Load the configured model into this process, on the lean decoder where it can, and warm it up."""
+    import dataclasses
+
+    import torch
+
+    from tabfill.completion.engine import Engine
+    from tabfill.completion.fim import detect_template
+    from tabfill.completion.models import load_model
+    from tabfill.completion.prefix_cache import PrefixCache
+    from tabfill.completion.runners import make_runner
+    from tabfill.completion.settings import kv_slot_tokens
+    from tabfill.completion.types import EngineInfo
+
+    loaded = load_model(settings.model, settings.device, progress)
+    template = detect_template(loaded.tokenizer)
+    info = EngineInfo(
+        loaded.source, loaded.device, loaded.dtype, loaded.load_ms, template.name if template else "prefix-only", loaded.import_ms
+    )
+    runner = make_runner(
+        loaded.model,
+        torch.device(loaded.device),
+        max_tokens=kv_slot_tokens(settings),
+        quantize=None if settings.quantize == "none" else settings.quantize,
+        lean=settings.lean_forward,
+    )
+    store = PrefixCache(PREFIX_BLOCK_TOKENS, settings.prefix_cache_mb * 2**20) if settings.prefix_cache_mb else None
+    engine = Engine(loaded.model, loaded.tokenizer, loaded.device, info, runner=runner, prefix_cache=store)
+    engine.info = dataclasses.replace(info, warmup_ms=engine.warm_up())
+    return engine
+
+
+OPENERS: dict[str, Opener] = {
+    "": open_local,
+    "local": open_local,
+}
+
+
+def scheme(engine: str) -> str:
+    """"tcp://box:7000" -> "tcp"; "local" -> "local"; "" -> ""."""
+    return engine.split("://", 1)[0].lower() if "://" in engine else engine.strip().lower()
+
+
+def open_source(settings: Settings, progress: ProgressFn) -> TokenSource:
+    """The TokenSource `settings.engine` names; ModelError (for the user) when none can be opened."""
+    opener = OPENERS.get(scheme(settings.engine))
+    if opener is None:
+        known = ", ".join(repr(name) for name in OPENERS if name)
+        raise ModelError(f"unknown engine {settings.engine!r}: expected one of {known} (as scheme://address for a server)")
+    return opener(settings, progress)
