@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from tabfill.kernels import LeanDecoder
+from tabfill.kernels.steps import decode_one_token, prefill, verify_draft
 
 DEFAULT_MODEL_DIR = Path.home() / ".cache" / "tabfill" / "models" / "smollm2-135m"
 PREFILL_TOKENS = 384
@@ -112,13 +113,13 @@ def _transformers_decode_ms(model: Any, prompt: list[int], steps: int) -> float:
 
 def _decoder_numbers(name: str, decoder: LeanDecoder, prompt: list[int], steps: int) -> dict[str, float]:
     context = len(prompt)
-    decoder.prefill(prompt, 0)
+    prefill(decoder, prompt)
     # NOTE: every step rewrites position `context`: the same attention length each call, as in a decode loop.
-    decode_ms = _time_per_call_ms(lambda i: decoder.decode_one_token(prompt[i % context], context), steps)
-    prefill_ms = _time_per_call_ms(lambda _: decoder.prefill(prompt[:PREFILL_TOKENS], 0), 1)
-    decoder.prefill(prompt, 0)
+    decode_ms = _time_per_call_ms(lambda i: decode_one_token(decoder, prompt[i % context], context), steps)
+    prefill_ms = _time_per_call_ms(lambda _: prefill(decoder, prompt[:PREFILL_TOKENS]), 1)
+    prefill(decoder, prompt)
     draft = prompt[:DRAFT_TOKENS]
-    verify_ms = _time_per_call_ms(lambda _: decoder.verify_draft(draft, context), 5)
+    verify_ms = _time_per_call_ms(lambda _: verify_draft(decoder, draft[0], draft[1:], context), 5)
     return {
         f"{name} decode ms/token": decode_ms,
         f"{name} prefill {PREFILL_TOKENS} ms": prefill_ms,
@@ -131,8 +132,8 @@ def _profile(decoder: LeanDecoder, prompt: list[int], steps: int) -> dict[str, f
     layer's projections and the lm_head on one token, as the step runs them), and the rest (attention over
     the cache, norms, rotary, Python)."""
     context = len(prompt)
-    decoder.prefill(prompt, 0)
-    step_ms = _time_per_call_ms(lambda i: decoder.decode_one_token(prompt[i % context], context), steps)
+    prefill(decoder, prompt)
+    step_ms = _time_per_call_ms(lambda i: decode_one_token(decoder, prompt[i % context], context), steps)
     hidden = decoder.embed.shape[0] if decoder.embed_transposed else decoder.embed.shape[1]
     x = torch.randn(1, hidden, dtype=decoder.dtype, device=decoder.device)  # [1, D]
 
@@ -155,7 +156,7 @@ def _profile(decoder: LeanDecoder, prompt: list[int], steps: int) -> dict[str, f
 
 def _compiled_decode(decoder: LeanDecoder, prompt: list[int], steps: int) -> dict[str, float]:
     context = len(prompt)
-    decoder.prefill(prompt, 0)
+    prefill(decoder, prompt)
     compiled = torch.compile(decoder.forward, dynamic=True)
     token = torch.tensor([prompt[0]])
     start = time.perf_counter()

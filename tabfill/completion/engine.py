@@ -1,8 +1,8 @@
 """Greedy generation over one live KV slot of a model runner (the lean kernels/ forward or transformers).
 
-The hot path is a few short steps — `prefill`, `decode_one_token`, `verify_draft`, `stop_index` — driven by
-`resume`, which checks the cancel token and the deadline between steps, so cancelled work stops within one
-step and a deadline leaves a generation that can be resumed.
+The hot path is a few short steps — `prefill`, `decode_one_token`, `verify_draft` (kernels.steps on the live
+slot) and `stop_index` — driven by `resume`, which checks the cancel token and the deadline between steps, so
+cancelled work stops within one step and a deadline leaves a generation that can be resumed.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from tabfill.completion.drafts import NgramDrafter
 from tabfill.completion.prefix_cache import PrefixCache
 from tabfill.completion.runners import Runner, TransformersRunner
 from tabfill.completion.types import CancelToken, Deadline, EngineInfo, FinishReason, Generation, Prompt, Resumable, StopRule, Timings
+from tabfill.kernels import steps
 from tabfill.syntax_cache.context import indent_width
 
 log = logging.getLogger(__name__)
 
-PREFILL_CHUNK_TOKENS = 128  # the deadline is checked between chunks; 128 costs ~5 % more than 256 here, 64 ~20 %
 DRAFT_TOKENS = 6  # at most this many speculative tokens verified per forward (prompt lookup)
 DRAFT_PAUSE_STEPS = 3
 
@@ -199,15 +199,13 @@ class Engine:
         done so far stay in the live slot, so the next call continues from there)."""
         self._owner = None
         reuse = self.last_reused_tokens = self._reuse(token_ids)
-        start = reuse
+        if cancel.cancelled:
+            return None
         logits: torch.Tensor | None = None
-        while start < len(token_ids):
-            if cancel.cancelled or (deadline.expired and start > reuse):
+        for written, logits in steps.prefill_chunks(self.runner, token_ids, reuse):
+            self._live = token_ids[:written]
+            if written < len(token_ids) and (cancel.cancelled or deadline.expired):
                 return None
-            chunk = token_ids[start : start + PREFILL_CHUNK_TOKENS]
-            logits = self.runner.forward(chunk, start)
-            start += len(chunk)
-            self._live = token_ids[:start]
         return logits
 
     @torch.inference_mode()
@@ -246,21 +244,16 @@ class Engine:
 
     def decode_one_token(self, token_id: int) -> torch.Tensor:
         """Forward one token at the end of the live slot; returns the next-token logits [V]."""
-        logits = self.runner.forward([token_id], len(self._live))
+        logits = steps.decode_one_token(self.runner, token_id, len(self._live))
         self._live.append(token_id)
         return logits
 
     def verify_draft(self, token_id: int, draft: list[int]) -> tuple[list[int], torch.Tensor]:
-        """Forward `token_id` and the draft after it in one pass; keep the longest run of draft tokens the
-        model itself would have chosen greedily. Returns (accepted draft tokens, next-token logits [V])."""
-        logits = self.runner.forward([token_id, *draft], len(self._live), all_logits=True)  # [1 + K, V]
-        choices = torch.argmax(logits, dim=-1).tolist()
-        accepted = 0
-        while accepted < len(draft) and choices[accepted] == draft[accepted]:
-            accepted += 1
-        # NOTE: the KV of rejected draft tokens sits past the live length and is overwritten by the next forward.
-        self._live.extend([token_id, *draft[:accepted]])
-        return draft[:accepted], logits[accepted]
+        """Forward `token_id` and the draft after it in one pass (steps.verify_draft). Returns (accepted
+        draft tokens, next-token logits [V]); only verified tokens join the live slot."""
+        accepted, logits = steps.verify_draft(self.runner, token_id, draft, len(self._live))
+        self._live.extend([token_id, *accepted])
+        return accepted, logits[len(accepted)]
 
     # ----------------------------------------------------------------- the loop
     def start(self, prompt: Prompt, corpus: Sequence[int] = ()) -> Decoding:

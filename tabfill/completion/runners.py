@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
+
+if TYPE_CHECKING:  # imported when the lean runner is made (make_runner)
+    from tabfill.kernels.decoder import LeanDecoder
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +59,7 @@ class TransformersRunner:
     def keep(self, num_tokens: int) -> int:
         from transformers import DynamicCache
 
-        length = self._cache.get_seq_length()
+        length: int = self._cache.get_seq_length()
         if num_tokens == 0:
             self._cache = DynamicCache()
         elif length > num_tokens:
@@ -74,7 +77,7 @@ class TransformersRunner:
         input_ids = torch.tensor([list(token_ids)], device=self.device)  # [1, S]
         out = self.model(input_ids=input_ids, past_key_values=self._cache, use_cache=True, logits_to_keep=0 if all_logits else 1)
         self._cache = out.past_key_values
-        logits = out.logits[0].float()  # [S, V]
+        logits: torch.Tensor = out.logits[0].float()  # [S, V]
         return logits if all_logits else logits[-1]
 
     def read_kv(self, start: int, end: int) -> torch.Tensor:
@@ -90,16 +93,14 @@ class TransformersRunner:
 class LeanRunner:
     """The kernels/ decoder: preallocated KV slot of `max_tokens` positions."""
 
-    def __init__(self, decoder: Any) -> None:
+    def __init__(self, decoder: LeanDecoder) -> None:
         self.decoder = decoder
         self.max_tokens = int(decoder.max_tokens)
         self.kv_bytes_per_token = int(decoder.kv_bytes_per_token())
-        self._device = decoder.device
 
     def forward(self, token_ids: Sequence[int], start_pos: int, *, all_logits: bool = False) -> torch.Tensor:
         # the decoder checks the positions against its slot (ValueError) and returns fp32 logits
-        ids = torch.tensor(list(token_ids), device=self._device)  # [S]
-        return self.decoder.forward(ids, start_pos, all_logits=all_logits)
+        return self.decoder.forward(token_ids, start_pos, all_logits=all_logits)
 
     def keep(self, num_tokens: int) -> int:
         return num_tokens  # positions past the written length are never attended
@@ -120,7 +121,7 @@ def make_runner(model: Any, device: torch.device, *, max_tokens: int, quantize: 
     """The lean decoder when the architecture is supported (and it builds), else transformers."""
     if lean:
         try:
-            from tabfill.kernels.decoder import LeanDecoder, supports
+            from tabfill.kernels import LeanDecoder, supports
 
             if supports(model.config):
                 return LeanRunner(LeanDecoder.from_hf(model, max_tokens=max_tokens, quantize=quantize))

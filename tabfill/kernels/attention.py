@@ -107,7 +107,7 @@ def xformers_attention(q: Tensor, k: Tensor, v: Tensor, q_start: int, kv_len: in
         padded = torch.zeros(batch, hkv, groups, q_len, (kv_len + 7) // 8 * 8, dtype=q.dtype, device=q.device)
         bias = padded[..., :kv_len]
         bias.masked_fill_(~mask, float("-inf"))
-    out = xops.memory_efficient_attention(q5, k5, v5, attn_bias=bias)  # [B, S, Hkv, G, D]
+    out: Tensor = xops.memory_efficient_attention(q5, k5, v5, attn_bias=bias)  # [B, S, Hkv, G, D]
     return out.reshape(batch, q_len, hq, head_dim).transpose(1, 2)  # [B, Hq, S, D]
 
 

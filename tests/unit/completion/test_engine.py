@@ -72,7 +72,7 @@ def test_prefill_in_chunks_equals_one_pass(engine: Engine, monkeypatch: pytest.M
     text = "\n".join(f"x{i} = {i} * {i}" for i in range(120))
     ids = engine.tokenizer(text, add_special_tokens=False)["input_ids"]
     assert len(ids) > 300
-    monkeypatch.setattr("tabfill.completion.engine.PREFILL_CHUNK_TOKENS", 64)
+    monkeypatch.setattr("tabfill.kernels.steps.PREFILL_CHUNK_TOKENS", 64)
     chunked = engine.generate(Prompt(tuple(ids), 6, NO_STOP), CancelToken(), Deadline())
     assert list(chunked.token_ids) == reference_greedy(engine, ids, 6)
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Qwen2Config, Starcoder2Config
 
-from tabfill.kernels import KVCache, LeanDecoder, describe, supports
+from tabfill.kernels import KVCache, LeanDecoder, describe, steps, supports
 from tests.support import TINY_DIMENSIONS
 
 VOCAB = 320
@@ -80,45 +80,46 @@ def test_forward_matches_transformers(twin: tuple[Any, LeanDecoder, torch.Tensor
 def test_prefill_then_decode_matches_full_sequence(twin: tuple[Any, LeanDecoder, torch.Tensor]) -> None:
     _, decoder, expected = twin
     prompt = _prompt(24)
-    torch.testing.assert_close(decoder.prefill(prompt[:16], 0), expected[15], atol=ATOL, rtol=ATOL)
+    torch.testing.assert_close(steps.prefill(decoder, prompt[:16]), expected[15], atol=ATOL, rtol=ATOL)
     for pos in range(16, 24):
-        torch.testing.assert_close(decoder.decode_one_token(prompt[pos], pos), expected[pos], atol=ATOL, rtol=ATOL)
+        torch.testing.assert_close(steps.decode_one_token(decoder, prompt[pos], pos), expected[pos], atol=ATOL, rtol=ATOL)
 
 
 def test_verify_draft_equals_sequential_decode(twin: tuple[Any, LeanDecoder, torch.Tensor]) -> None:
     _, decoder, _ = twin
     prompt = _prompt(24)
-    decoder.prefill(prompt[:16], 0)
-    sequential = torch.stack([decoder.decode_one_token(prompt[p], p) for p in range(16, 24)])
-    decoder.prefill(prompt[:16], 0)
-    torch.testing.assert_close(decoder.verify_draft(prompt[16:24], 16), sequential, atol=ATOL, rtol=ATOL)
+    steps.prefill(decoder, prompt[:16])
+    sequential = torch.stack([steps.decode_one_token(decoder, prompt[p], p) for p in range(16, 24)])
+    steps.prefill(decoder, prompt[:16])
+    torch.testing.assert_close(steps.verify_draft(decoder, prompt[16], prompt[17:24], 16)[1], sequential, atol=ATOL, rtol=ATOL)
 
 
 def test_rollback_overwrites_rejected_positions(twin: tuple[Any, LeanDecoder, torch.Tensor]) -> None:
     _, decoder, expected = twin
     prompt = _prompt(24)
-    decoder.prefill(prompt[:16], 0)
-    decoder.verify_draft(_prompt(6, seed=7), 16)  # a rejected draft at 16..21
-    torch.testing.assert_close(decoder.verify_draft(prompt[16:20], 16), expected[16:20], atol=ATOL, rtol=ATOL)
+    steps.prefill(decoder, prompt[:16])
+    rejected = _prompt(6, seed=7)
+    steps.verify_draft(decoder, rejected[0], rejected[1:], 16)  # a rejected draft at 16..21
+    torch.testing.assert_close(steps.verify_draft(decoder, prompt[16], prompt[17:20], 16)[1], expected[16:20], atol=ATOL, rtol=ATOL)
 
 
 def test_read_kv_write_kv_round_trip(twin: tuple[Any, LeanDecoder, torch.Tensor]) -> None:
     _, decoder, expected = twin
     prompt = _prompt(24)
-    decoder.prefill(prompt[:20], 0)
+    steps.prefill(decoder, prompt[:20])
     saved = decoder.read_kv(0, 20)
     assert saved.shape == (2, 2, 2, 20, 16)
     assert saved.numel() * saved.element_size() == 20 * decoder.kv_bytes_per_token()
-    decoder.prefill(_prompt(20, seed=9), 0)  # clobber
+    steps.prefill(decoder, _prompt(20, seed=9))  # clobber
     decoder.write_kv(0, saved)
-    torch.testing.assert_close(decoder.verify_draft(prompt[20:24], 20), expected[20:24], atol=ATOL, rtol=ATOL)
+    torch.testing.assert_close(steps.verify_draft(decoder, prompt[20], prompt[21:24], 20)[1], expected[20:24], atol=ATOL, rtol=ATOL)
 
 
 def test_prefill_is_chunked_beyond_the_chunk_size() -> None:
     model = _model("llama")
     prompt = _prompt(300)
     decoder = LeanDecoder.from_hf(model, max_tokens=320)
-    torch.testing.assert_close(decoder.prefill(prompt, 0), _hf_logits(model, prompt)[-1], atol=ATOL, rtol=ATOL)
+    torch.testing.assert_close(steps.prefill(decoder, prompt), _hf_logits(model, prompt)[-1], atol=ATOL, rtol=ATOL)
 
 
 def test_int8_is_close_to_fp32() -> None:
@@ -150,7 +151,7 @@ def test_unsupported_configs() -> None:
 def test_positions_outside_the_cache_raise(twin: tuple[Any, LeanDecoder, torch.Tensor]) -> None:
     _, decoder, _ = twin
     with pytest.raises(ValueError):
-        decoder.verify_draft([1, 2, 3], decoder.max_tokens - 2)
+        steps.verify_draft(decoder, 1, [2, 3], decoder.max_tokens - 2)
 
 
 def test_describe_and_kv_cache() -> None:
@@ -177,7 +178,7 @@ def test_matches_transformers_for_any_thread_split(threads: int) -> None:
     finally:
         torch.set_num_threads(previous)
     assert decoder.layers[0].o.k_splits == threads  # type: ignore[attr-defined]
-    torch.testing.assert_close(decoder.verify_draft(prompt, 0), expected, atol=ATOL, rtol=ATOL)
+    torch.testing.assert_close(steps.verify_draft(decoder, prompt[0], prompt[1:], 0)[1], expected, atol=ATOL, rtol=ATOL)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
