@@ -8,15 +8,11 @@ cursor line, so the result never duplicates them. Without it: the plain newline/
 
 from __future__ import annotations
 
-from tabfill.syntax_cache.context import Mode, SyntaxContext
+from tabfill.syntax_cache.context import Mode, SyntaxContext, is_word
 from tabfill.syntax_cache.probe import block_end, ends_incomplete
 
 _PAIRS = {")": "(", "]": "[", "}": "{"}
 _TRIPLE = ('"""', "'''")
-
-
-def _is_word(char: str) -> bool:
-    return char.isalnum() or char == "_"
 
 
 def postprocess(
@@ -141,7 +137,7 @@ def _outer_closers(text: str, open_quote: str, language: str) -> list[tuple[int,
     return out
 
 
-def _leading_closers(line_suffix: str, open_quote: str) -> list[tuple[int, str]]:
+def _closers_after_cursor(line_suffix: str, open_quote: str) -> list[tuple[int, str]]:
     """The closers the cursor line already has right after the cursor: (end index in the suffix, closer)."""
     out: list[tuple[int, str]] = []
     i = 0
@@ -166,7 +162,7 @@ def _reconcile_closers(text: str, context: SyntaxContext) -> tuple[str, int]:
     """Never duplicate closers the line already has: trim them from the candidate's end, or, when the
     candidate goes on after them, let the item replace them (replace_chars)."""
     line_suffix = context.line_suffix
-    present = _leading_closers(line_suffix, context.open_quote)
+    present = _closers_after_cursor(line_suffix, context.open_quote)
     outer = _outer_closers(text, context.open_quote, context.language)
     if outer and present:
         matched = 0
@@ -196,7 +192,7 @@ def _reconcile_closers(text: str, context: SyntaxContext) -> tuple[str, int]:
 def _cut_partial_word(text: str) -> str:
     """Drop a trailing identifier fragment that may be unfinished."""
     end = len(text)
-    while end > 0 and _is_word(text[end - 1]):
+    while end > 0 and is_word(text[end - 1]):
         end -= 1
     if end == 0:
         return text  # the whole thing is one word: keep it rather than nothing

@@ -19,30 +19,19 @@ from typing import Literal
 
 from cachetools import TTLCache
 
-from tabfill.completion.fim import MAX_CHARS_PER_TOKEN, TEMPLATES, FimTemplate, build_prompt, stable_prefix_start
+from tabfill.completion.fim import TEMPLATES, FimTemplate
 from tabfill.completion.flights import Continuation, Flights, Key
 from tabfill.completion.models import ModelError, ProgressFn
 from tabfill.completion.postprocess import postprocess
+from tabfill.completion.prompt import WINDOW_CHARS_PER_TOKEN, cross_file_header, cursor_context, make_prompt, prompt_window, window_chars
 from tabfill.completion.settings import deadline_ms, kv_slot_tokens, language_enabled
 from tabfill.completion.source import TokenSource
 from tabfill.completion.sources import Opener, open_source
-from tabfill.completion.types import (
-    CancelToken, Completion, CompletionRequest, Deadline, EngineInfo, Generation, Prompt, Settings, StopRule, Timings,
-)
+from tabfill.completion.types import CancelToken, Completion, CompletionRequest, Deadline, EngineInfo, Generation, Settings, Timings
 from tabfill.completion.worker import Cancelled, EngineWorker
-from tabfill.syntax_cache.context import Mode, SyntaxContext, context_at
-from tabfill.syntax_cache.crossfile import render_context
-from tabfill.syntax_cache.document import Document
+from tabfill.syntax_cache.context import Mode, SyntaxContext
 
 log = logging.getLogger(__name__)
-
-MULTI_LINE_MAX_LINES = 8
-CONTEXT_WINDOW_CHARS = 32_000  # how far back the context rules may look for an enclosing block
-# The prompt window: about this many characters per prefix token (code averages 3-4, so the window nearly
-# always fits its token budget whole and `build_prompt` need not drop lines, which would move its start),
-# and its start snapped to chunks of 1/8 of it (fim.stable_prefix_start) so typing keeps the cached prefix.
-WINDOW_CHARS_PER_TOKEN = 3
-WINDOW_CHUNKS = 8
 
 State = Literal["idle", "loading", "ready", "failed"]
 
@@ -55,26 +44,6 @@ def _done(value: Completion) -> Future[Completion]:
 
 def _empty(request: CompletionRequest, reason: str, timings: Timings) -> Completion:
     return Completion("", request.offset, 0, request.request_id, "none", reason, timings)
-
-
-def cursor_context(request: CompletionRequest) -> SyntaxContext:
-    """The cursor context of a request (whether and how much to complete), from the lines around the cursor
-    (a 1 MB file is not re-indexed per keystroke), refined by its syntax snapshot when that is of this text."""
-    text, offset = request.text, request.offset
-    start = text.rfind("\n", 0, max(0, offset - CONTEXT_WINDOW_CHARS)) + 1 if offset > CONTEXT_WINDOW_CHARS else 0
-    end = text.find("\n", offset + 1024)
-    window = Document(request.uri, request.language_id, request.version, text[start : len(text) if end < 0 else end])
-    syntax = request.syntax
-    if syntax is not None and syntax.text is not request.text and syntax.text != request.text:
-        syntax = None  # a snapshot of another version: text rules only
-    return context_at(window, offset - start, syntax, base=start)
-
-
-def cross_file_header(request: CompletionRequest, settings: Settings) -> str:
-    """The cross-file snippets as comments in the request's language ("" when off or none)."""
-    if not settings.cross_file_context or not request.cross_file or settings.cross_file_tokens <= 0:
-        return ""
-    return render_context(request.cross_file, request.language_id, settings.cross_file_tokens * 4)
 
 
 @dataclass(frozen=True)
@@ -126,14 +95,7 @@ class CompletionService:
             return {}
         described = source.describe()
         if generation is not None:
-            described["lastGeneration"] = {
-                "promptTokens": generation.prompt_tokens,
-                "cachedTokens": generation.cached_tokens,
-                "generatedTokens": len(generation.token_ids),
-                "draftTokens": generation.draft_tokens,
-                "acceptedDraftTokens": generation.accepted_draft_tokens,
-                "finishReason": generation.finish_reason,
-            }
+            described["lastGeneration"] = generation.describe()
         return described
 
     def load(self, progress: ProgressFn | None = None) -> Future[EngineInfo]:
@@ -208,7 +170,7 @@ class CompletionService:
             self.warm(request)
             return _done(_empty(request, f"no completion here: {context.reason}", timings))
         with timings.measure("cache"):
-            prefix, suffix = self._window(request, header)
+            prefix, suffix = prompt_window(request, settings, header)
             key = (settings, context.mode, context.block_indent, header, prefix, suffix)
             with self._lock:
                 cached = self._results.get(key)
@@ -236,7 +198,7 @@ class CompletionService:
     @property
     def window_chars(self) -> int:
         """At most this many characters before the cursor reach the prompt."""
-        return self.settings.max_prefix_tokens * WINDOW_CHARS_PER_TOKEN
+        return window_chars(self.settings)
 
     @property
     def prompt_chars(self) -> tuple[int, int]:
@@ -245,18 +207,6 @@ class CompletionService:
         after = self.settings.max_suffix_tokens * WINDOW_CHARS_PER_TOKEN if self._template is not None else 0
         return self.window_chars, after
 
-    def _window(self, request: CompletionRequest, header: str) -> tuple[str, str]:
-        """The prefix and suffix text the prompt may use; the prefix starts at a stable line start.
-
-        NOTE: the cross-file `header` takes its tokens out of the prefix budget. A window longer than what is
-        left is cut again by build_prompt, from its start, a line at a time as the user types: the prompt's
-        first code tokens then change with every new line and the cached prefix after the header is lost. So
-        the window leaves the header's room (about as many characters as the header has; at most half)."""
-        max_chars = self.window_chars - min(len(header), self.window_chars // 2)
-        start = stable_prefix_start(request.text, request.offset, max_chars, max(1, max_chars // WINDOW_CHUNKS))
-        suffix = request.text[request.offset : request.offset + self.settings.max_suffix_tokens * MAX_CHARS_PER_TOKEN]
-        return request.text[start : request.offset], suffix
-
     def _model_stages(self, source: TokenSource, template: FimTemplate | None, planned: _Planned, sequence: int, cancel: CancelToken) -> Completion:
         request, timings = planned.request, planned.timings
         resumable, corpus = self.flights.resumable(request.uri, planned.key)
@@ -264,7 +214,7 @@ class CompletionService:
             generation = source.resume(resumable, cancel, planned.deadline)
         else:
             with timings.measure("prompt"):
-                prompt = self._prompt(source, template, planned.context, planned.header, planned.prefix, planned.suffix)
+                prompt = make_prompt(self.settings, source.tokenizer, template, planned.context, planned.header, planned.prefix, planned.suffix)
             generation = source.generate(prompt, cancel, planned.deadline, corpus)
         timings.extend(generation.timings)
         if generation.finish_reason == "cancelled":
@@ -285,22 +235,6 @@ class CompletionService:
             continuation = Continuation(planned.key, sequence, request, planned.context, planned.suffix, generation.continuation)
             self.flights.keep_going(continuation, source, self._publish)
         return completion
-
-    def _prompt(
-        self, source: TokenSource, template: FimTemplate | None, context: SyntaxContext, header: str, prefix: str, suffix: str
-    ) -> Prompt:
-        settings = self.settings
-        multi = context.mode is Mode.MULTI and settings.multi_line
-        stop = StopRule(single_line=not multi, block_indent=context.block_indent, max_lines=MULTI_LINE_MAX_LINES if multi else 1)
-        return build_prompt(
-            prefix, suffix, template, source.tokenizer,
-            max_prefix_tokens=settings.max_prefix_tokens,
-            max_suffix_tokens=settings.max_suffix_tokens,
-            max_new_tokens=settings.max_new_tokens if multi else settings.single_line_max_new_tokens,
-            stop=stop,
-            context=header,
-            max_context_tokens=settings.cross_file_tokens,
-        )
 
     def _postprocess(self, request: CompletionRequest, context: SyntaxContext, suffix: str, generation: Generation) -> tuple[str, int]:
         multi = context.mode is Mode.MULTI and self.settings.multi_line
@@ -332,16 +266,16 @@ class CompletionService:
     def warm(self, request: CompletionRequest) -> None:
         """Prefill the prompt for `request` in the background (document opened, or answered without the
         model), so the next real request there finds its prefix cached. Any real request preempts it."""
-        source, template = self._source, self._template
-        if source is None or self.flights.busy(request.uri) or not language_enabled(self.settings, request.language_id):
+        settings, source, template = self.settings, self._source, self._template
+        if source is None or self.flights.busy(request.uri) or not language_enabled(settings, request.language_id):
             return
 
         def run(token: CancelToken) -> None:
             context = cursor_context(request)
             if context.mode is Mode.NONE or (template is None and context.suffix_has_code):
                 return
-            header = cross_file_header(request, self.settings)
-            prefix, suffix = self._window(request, header)
-            source.warm(list(self._prompt(source, template, context, header, prefix, suffix).token_ids), token)
+            header = cross_file_header(request, settings)
+            prefix, suffix = prompt_window(request, settings, header)
+            source.warm(list(make_prompt(settings, source.tokenizer, template, context, header, prefix, suffix).token_ids), token)
 
         self._worker.submit(run, key=request.uri, background=True)

@@ -1,4 +1,5 @@
-"""Frozen values that cross layer boundaries (see DESIGN.md: lsp_server -> completion -> engine)."""
+"""Values that cross layer boundaries (docs/DESIGN.md, "Layers and what each may import"): frozen, but for
+the `Timings` a request records."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from tabfill.syntax_cache.crossfile import Snippet
+from tabfill.syntax_cache.workspace import Snippet
 from tabfill.syntax_cache.tree import SyntaxSnapshot
 
 
@@ -132,6 +133,17 @@ class Generation:
     accepted_draft_tokens: int = 0
     # A generation stopped by its deadline: the source's handle to resume it (engine thread only).
     continuation: Resumable | None = field(default=None, compare=False, repr=False)
+
+    def describe(self) -> dict[str, object]:
+        """Its counters as JSON for `tabfill/status` ("lastGeneration")."""
+        return {
+            "promptTokens": self.prompt_tokens,
+            "cachedTokens": self.cached_tokens,
+            "generatedTokens": len(self.token_ids),
+            "draftTokens": self.draft_tokens,
+            "acceptedDraftTokens": self.accepted_draft_tokens,
+            "finishReason": self.finish_reason,
+        }
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,11 @@ from pathlib import Path
 from lsprotocol import types
 
 from tabfill.lsp_server.positions import PositionEncoding, range_to_offsets
-from tabfill.syntax_cache.crossfile import CrossFileIndex, RecentEdits, Snippet, normalize_path, uri_to_path
+from tabfill.syntax_cache.crossfile import CrossFileIndex, RecentEdits
 from tabfill.syntax_cache.document import Document
-from tabfill.syntax_cache.neighbours import SimilarCode
+from tabfill.syntax_cache.similar_code import SimilarCode
 from tabfill.syntax_cache.tree import SyntaxSnapshot, SyntaxTree, apply_edit
+from tabfill.syntax_cache.workspace import Snippet, normalize_path, uri_to_path
 
 log = logging.getLogger(__name__)
 

@@ -114,7 +114,7 @@ def _text_context(document: Document, offset: int) -> SyntaxContext:
     closers = "".join(char for char in line_suffix if char in CLOSERS)
     stripped_suffix = line_suffix.strip()
     suffix_has_code = any(char not in _TRAILING_OK for char in stripped_suffix)
-    closers_in_suffix = closers if not suffix_has_code else _leading_closers(line_suffix)
+    closers_in_suffix = closers if not suffix_has_code else _closers_at_start(line_suffix)
     scope = _enclosing_scope(document, line, indent if line_prefix.strip() else indent + 1)
 
     def make(mode: Mode, reason: str, block_indent: int = 0) -> SyntaxContext:
@@ -122,7 +122,7 @@ def _text_context(document: Document, offset: int) -> SyntaxContext:
             mode, reason, line_prefix, line_suffix, indent, block_indent, closers_in_suffix, suffix_has_code, scope
         )
 
-    if line_prefix and _is_word(line_prefix[-1]) and line_suffix and _is_word(line_suffix[0]):
+    if line_prefix and is_word(line_prefix[-1]) and line_suffix and is_word(line_suffix[0]):
         return make(Mode.NONE, "inside an identifier")
     if line_prefix.strip():
         return make(Mode.SINGLE, "text before the cursor on its line")
@@ -140,7 +140,8 @@ def _text_context(document: Document, offset: int) -> SyntaxContext:
     return make(Mode.MULTI, "empty line in a block", block_indent=level)
 
 
-def _leading_closers(suffix: str) -> str:
+def _closers_at_start(suffix: str) -> str:
+    """The closing characters the suffix starts with (blanks between them skipped)."""
     out = []
     for char in suffix:
         if char in CLOSERS:
@@ -150,7 +151,8 @@ def _leading_closers(suffix: str) -> str:
     return "".join(out)
 
 
-def _is_word(char: str) -> bool:
+def is_word(char: str) -> bool:
+    """A character of an identifier."""
     return char.isalnum() or char == "_"
 
 

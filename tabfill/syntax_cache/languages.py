@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import importlib
 import logging
+import re
 import threading
 from collections.abc import Callable
 
 from tree_sitter import Language
 
 log = logging.getLogger(__name__)
+
+# A name in the languages we read (for text rules that need no parse).
+IDENTIFIER = re.compile(r"[A-Za-z_]\w*")
 
 # LSP language id -> (module, function returning the grammar pointer)
 _GRAMMARS: dict[str, tuple[str, str]] = {

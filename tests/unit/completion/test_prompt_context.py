@@ -6,9 +6,9 @@ import pytest
 from transformers import PreTrainedTokenizerBase
 
 from tabfill.completion.fim import TEMPLATES, FimTemplate, build_prompt
-from tabfill.completion.service import cross_file_header, cursor_context
+from tabfill.completion.prompt import cross_file_header, cursor_context, render_context
 from tabfill.completion.types import CompletionRequest, Prompt, Settings, StopRule
-from tabfill.syntax_cache.crossfile import Snippet
+from tabfill.syntax_cache.workspace import Snippet
 from tabfill.syntax_cache.tree import SyntaxTree
 from tests.support import FIM_FAMILIES, build_tiny_tokenizer
 
@@ -71,3 +71,34 @@ def test_cursor_context_uses_the_snapshot_only_for_the_same_text() -> None:
     other = text.replace("g(", "h(")
     stale = cursor_context(CompletionRequest("file:///a.py", "python", 2, other, offset, syntax=snapshot))
     assert stale.source == "text"
+
+
+def test_render_as_comments_definitions_first_within_budget() -> None:
+    snippets = (
+        Snippet("b.py", "x = 1\ny = 2", "recent"),
+        Snippet("geo.py", "def area(r):\n    Area.", "definition"),
+        Snippet("geo.py", "RADIUS = 3", "definition"),
+    )
+    assert render_context(snippets, "python", 1000) == (
+        "# from geo.py:\n# def area(r):\n#     Area.\n# RADIUS = 3\n# recently edited in b.py:\n# x = 1\n# y = 2\n"
+    )
+    # two windows of similar code from one file are two places: each has its title; others keep their order
+    similar = (Snippet("m.py", "a = f(1)", "similar"), Snippet("m.py", "\nb = f(2)", "similar"), snippets[0], snippets[2])
+    assert render_context(similar, "python", 1000) == (
+        "# from geo.py:\n# RADIUS = 3\n# compare this snippet from m.py:\n# a = f(1)\n# compare this snippet from m.py:\n#\n"
+        "# b = f(2)\n# recently edited in b.py:\n# x = 1\n# y = 2\n"
+    )
+    # whole snippets only: the first definition does not fit in 40 characters, the second does
+    assert render_context(snippets, "typescript", 40) == "// from geo.py:\n// RADIUS = 3\n"
+    assert render_context(snippets, "plaintext", 1000) == ""
+
+
+def test_similar_code_fills_the_budget_first_but_definitions_lead_the_prompt() -> None:
+    snippets = (
+        Snippet("geo.py", "def area(r):", "definition"),
+        Snippet("old.py", "z = 0", "recent"),
+        Snippet("ring.py", "ring = area(outer) - area(inner)", "similar"),
+    )
+    similar = "# compare this snippet from ring.py:\n# ring = area(outer) - area(inner)\n"
+    assert render_context(snippets, "python", len(similar)) == similar  # room for one: the similar code
+    assert render_context(snippets, "python", len(similar) + 40) == "# from geo.py:\n# def area(r):\n" + similar

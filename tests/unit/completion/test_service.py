@@ -14,7 +14,7 @@ from tabfill.completion.models import ModelError
 from tabfill.completion.service import CompletionService
 from tabfill.completion.types import CancelToken, CompletionRequest, Settings
 from tabfill.completion.worker import Cancelled
-from tabfill.syntax_cache.crossfile import Snippet
+from tabfill.syntax_cache.workspace import Snippet
 from tests.support import make_tiny_model_dir
 
 TEXT = "import os\n\n\ndef read(path):\n    with open(path) as handle:\n        return handle.re"

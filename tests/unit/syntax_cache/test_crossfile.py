@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tabfill.syntax_cache.crossfile import CrossFileIndex, RecentEdits, Snippet, imports_of, render_context
+from tabfill.syntax_cache.crossfile import CrossFileIndex, RecentEdits
+from tabfill.syntax_cache.definitions import imports_of
+from tabfill.syntax_cache.workspace import Snippet
 from tabfill.syntax_cache.document import Document
 from tabfill.syntax_cache.tree import SyntaxSnapshot, SyntaxTree
 
@@ -119,34 +121,3 @@ def test_recent_edits_of_other_documents_newest_first() -> None:
     documents[js.uri] = js
     assert [r.path for r in recent.regions(documents, "file:///d.ts", language_id="typescript")] == ["/c.js"]
     assert [r.path for r in recent.regions(documents, "file:///e.py", language_id="python")] == ["/b.py", "/a.py"]
-
-
-def test_render_as_comments_definitions_first_within_budget() -> None:
-    snippets = (
-        Snippet("b.py", "x = 1\ny = 2", "recent"),
-        Snippet("geo.py", "def area(r):\n    Area.", "definition"),
-        Snippet("geo.py", "RADIUS = 3", "definition"),
-    )
-    assert render_context(snippets, "python", 1000) == (
-        "# from geo.py:\n# def area(r):\n#     Area.\n# RADIUS = 3\n# recently edited in b.py:\n# x = 1\n# y = 2\n"
-    )
-    # two windows of similar code from one file are two places: each has its title; others keep their order
-    similar = (Snippet("m.py", "a = f(1)", "similar"), Snippet("m.py", "\nb = f(2)", "similar"), snippets[0], snippets[2])
-    assert render_context(similar, "python", 1000) == (
-        "# from geo.py:\n# RADIUS = 3\n# compare this snippet from m.py:\n# a = f(1)\n# compare this snippet from m.py:\n#\n"
-        "# b = f(2)\n# recently edited in b.py:\n# x = 1\n# y = 2\n"
-    )
-    # whole snippets only: the first definition does not fit in 40 characters, the second does
-    assert render_context(snippets, "typescript", 40) == "// from geo.py:\n// RADIUS = 3\n"
-    assert render_context(snippets, "plaintext", 1000) == ""
-
-
-def test_similar_code_fills_the_budget_first_but_definitions_lead_the_prompt() -> None:
-    snippets = (
-        Snippet("geo.py", "def area(r):", "definition"),
-        Snippet("old.py", "z = 0", "recent"),
-        Snippet("ring.py", "ring = area(outer) - area(inner)", "similar"),
-    )
-    similar = "# compare this snippet from ring.py:\n# ring = area(outer) - area(inner)\n"
-    assert render_context(snippets, "python", len(similar)) == similar  # room for one: the similar code
-    assert render_context(snippets, "python", len(similar) + 40) == "# from geo.py:\n# def area(r):\n" + similar

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tabfill.syntax_cache.document import Document
-from tabfill.syntax_cache.neighbours import MAX_SNIPPETS, SimilarCode, jaccard, windows_of, words_of
+from tabfill.syntax_cache.similar_code import SIMILAR_SNIPPETS, SimilarCode, jaccard, windows_of, words_of
 
 SIBLING = "const compare = require('./compare')\nconst gt = (a, b, loose) => compare(a, b, loose) > 0\nmodule.exports = gt\n"
 UNRELATED = "const fs = require('fs')\nfunction readConfig (path) {\n  return JSON.parse(fs.readFileSync(path))\n}\n"
@@ -116,7 +116,7 @@ def test_at_most_max_snippets_and_no_two_overlapping_windows_of_one_file(tmp_pat
     uri = (tmp_path / "shop.py").as_uri()
     text = "total = price * count + "
     snippets = index(tmp_path).snippets(Document(uri, "python", 1, text), len(text), {})
-    assert len(snippets) == MAX_SNIPPETS
+    assert len(snippets) == SIMILAR_SNIPPETS
     # windows start every 4 lines and hold 8: equally alike, so the first, then the next that does not overlap it
     assert [s.text.split("\n")[0] for s in snippets] == [f"total = price * count + tax_rate  # row {i}" for i in (0, 8, 16)]
     assert all(len(s.text.split("\n")) == 8 for s in snippets)

@@ -6,7 +6,7 @@ repetitive across both (sibling modules written to one pattern, a method like th
 before the cursor are the query; the best windows of other files, and of this document outside the prompt's
 own window (the code after the cursor included), are shown to the model as comments.
 
-Bounded and cheap per keystroke: at most MAX_FILES files of the document's language family, each at most
+Bounded and cheap per keystroke: at most SIMILAR_FILES files of the document's language family, each at most
 MAX_FILE_BYTES, read from the workspace roots only, nearest by path first, within a time budget per lookup
 (what is not read yet is read by a later one); windows are cached per file (mtime and size) and per open
 document version. The choice is made once per cursor line and kept while it stays nearly as good
@@ -16,31 +16,30 @@ document version. The choice is made once per cursor line and kept while it stay
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tabfill.syntax_cache.crossfile import MAX_FILE_BYTES, Snippet, cached_source, family, normalize_path, relative_display, uri_to_path
 from tabfill.syntax_cache.document import Document
+from tabfill.syntax_cache.languages import IDENTIFIER
+from tabfill.syntax_cache.workspace import MAX_FILE_BYTES, Snippet, cached_source, family, normalize_path, relative_display, uri_to_path
 
 WINDOW_LINES = 8  # lines per window (a window is what one snippet shows)
 WINDOW_STRIDE = 4
 QUERY_LINES = 8  # the cursor line and the lines before it
-MAX_FILES = 48
+SIMILAR_FILES = 48
 MAX_LISTED = 4000  # directory entries a workspace listing visits at most
 LISTING_TTL_S = 30.0
-TIME_BUDGET_MS = 15.0
-MAX_SNIPPETS = 3
+SIMILAR_BUDGET_MS = 15.0
+SIMILAR_SNIPPETS = 3
 MIN_SCORE = 0.2  # Jaccard similarity below which a window is not worth its tokens
 KEEP_RATIO = 0.8  # the previous choice stays while it scores at least this share of the new best
 # (and each of its windows at least MIN_SCORE / 2)
 _EXTENSIONS = {"python": (".py", ".pyi"), "javascript": (".js", ".jsx", ".mjs", ".cjs", ".ts", ".tsx"),
                "go": (".go",), "rust": (".rs",)}
 _SKIPPED_DIRS = {"node_modules", "__pycache__", "venv", "site-packages", "build", "dist", "target", "vendor"}
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Words every file of a language has: they say nothing about which code is alike.
 _STOP_WORDS = frozenset(
     "def class return if elif else for while in not and or is None True False import from as pass with try except "
@@ -64,7 +63,7 @@ class Window:
 
 
 def words_of(text: str) -> frozenset[str]:
-    return frozenset(word for word in _IDENTIFIER.findall(text) if word not in _STOP_WORDS)
+    return frozenset(word for word in IDENTIFIER.findall(text) if word not in _STOP_WORDS)
 
 
 def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
@@ -124,7 +123,7 @@ class SimilarCode:
 
     def snippets(
         self, document: Document, offset: int, documents: dict[str, Document], in_prompt: tuple[int, int] = (0, 0),
-        budget_ms: float = TIME_BUDGET_MS,
+        budget_ms: float = SIMILAR_BUDGET_MS,
     ) -> list[Snippet]:
         """The windows most like the QUERY_LINES lines up to the cursor, best first. This document's own
         windows count unless they overlap the cursor line or `in_prompt`: the characters (before, after) the
@@ -166,7 +165,7 @@ class SimilarCode:
         chosen: list[Window] = []
         best: list[float] = []
         for score, i in scored:
-            if score < MIN_SCORE or len(chosen) >= MAX_SNIPPETS:
+            if score < MIN_SCORE or len(chosen) >= SIMILAR_SNIPPETS:
                 break
             window = candidates[i]
             if any(c.display == window.display and c.first <= window.last and window.first <= c.last for c in chosen):
@@ -221,10 +220,10 @@ class SimilarCode:
         return found or []
 
     def _nearby_files(self, here: Path | None, kind: str) -> list[Path]:
-        """Workspace files of the family, nearest to `here` first (same folder, then by shared path), at most MAX_FILES."""
+        """Workspace files of the family, nearest to `here` first (same folder, then by shared path), at most SIMILAR_FILES."""
         listing = self._listing(kind)
         if here is None:
-            return listing[:MAX_FILES]
+            return listing[:SIMILAR_FILES]
         key = (here, kind)
         cached = self._nearby.get(key)
         if cached is not None and cached[0] is listing:
@@ -240,7 +239,7 @@ class SimilarCode:
                 shared += 1
             return (len(parent) - shared) + (len(parts) - shared), str(path)
 
-        nearby = sorted(listing, key=distance)[:MAX_FILES]
+        nearby = sorted(listing, key=distance)[:SIMILAR_FILES]
         self._nearby[key] = (listing, nearby)
         return nearby
 
