@@ -9,8 +9,12 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from tabfill import __version__
+
+if TYPE_CHECKING:
+    from tabfill.completion.types import Settings
 
 ONE_SHOT_DEADLINE_MS = 600_000  # `tabfill complete` waits for the whole answer unless --deadline-ms says otherwise
 
@@ -20,10 +24,10 @@ def _progress(stage: str, fraction: float | None) -> None:
     print(f"tabfill: {percent}{stage}", file=sys.stderr, flush=True)
 
 
-def _settings(args: argparse.Namespace):  # -> Settings (imported lazily: the CLI starts fast)
+def _settings(args: argparse.Namespace) -> Settings:  # Settings is imported lazily: the CLI starts fast
     from tabfill.completion.types import Settings
 
-    overrides = {}
+    overrides: dict[str, Any] = {}
     for name in ("model", "device", "max_new_tokens", "deadline_ms"):
         value = getattr(args, name, None)
         if value is not None:
@@ -32,9 +36,12 @@ def _settings(args: argparse.Namespace):  # -> Settings (imported lazily: the CL
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from tabfill.completion.sources import preload
     from tabfill.lsp_server.server import create_server
 
-    server = create_server(_settings(args))
+    settings = _settings(args)
+    preload(settings)  # torch and transformers for an in-process model, before the first request is read
+    server = create_server(settings)
     if args.tcp:
         host, _, port = args.tcp.rpartition(":")
         server.start_tcp(host or "127.0.0.1", int(port))

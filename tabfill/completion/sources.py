@@ -7,6 +7,7 @@ nowhere else on the front-end's path). Other kinds register one line each in OPE
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 
 from tabfill.completion.models import ModelError, ProgressFn
@@ -49,6 +50,18 @@ def open_local(settings: Settings, progress: ProgressFn) -> TokenSource:
     engine = Engine(loaded.model, loaded.tokenizer, loaded.device, info, runner=runner, prefix_cache=store)
     engine.info = dataclasses.replace(info, warmup_ms=engine.warm_up())
     return engine
+
+
+# What opening the in-process source imports (seconds of work that holds the GIL).
+LOCAL_MODULES = ("torch", "transformers", "tabfill.completion.engine", "tabfill.completion.runners", "tabfill.kernels")
+
+
+def preload(settings: Settings) -> None:
+    """Import now what opening `settings.engine` will import: `tabfill serve` calls it before it reads its
+    input, so that loading the model later does not stall the event loop on imports."""
+    if scheme(settings.engine) in ("", "local"):
+        for name in LOCAL_MODULES:
+            importlib.import_module(name)
 
 
 OPENERS: dict[str, Opener] = {

@@ -20,3 +20,20 @@ def test_the_front_end_imports_neither_torch_nor_transformers() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, check=True)
     assert result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+def test_serve_preloads_torch_for_an_in_process_model_only() -> None:
+    """`tabfill serve` imports what the in-process source needs before it reads requests (so the loader
+    thread does not stall the event loop on imports), and nothing of it for a server engine."""
+    code = (
+        "import sys\n"
+        "from tabfill.completion.sources import preload\n"
+        "from tabfill.completion.types import Settings\n"
+        "preload(Settings(engine='tcp://box:7000'))\n"
+        "print('torch' in sys.modules, 'transformers' in sys.modules)\n"
+        "preload(Settings())\n"
+        "print('torch' in sys.modules, 'transformers' in sys.modules)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300, check=True)
+    assert result.stdout.split("\n")[:2] == ["False False", "True True"], result.stdout + result.stderr
