@@ -17,7 +17,7 @@ from pygls.lsp.server import LanguageServer
 from tabfill import __version__
 from tabfill.completion.service import CompletionService
 from tabfill.completion.settings import parse_settings
-from tabfill.completion.types import CancelToken, Completion, CompletionRequest, Settings
+from tabfill.completion.types import CancelToken, Completion, CompletionRequest, EngineInfo, Settings
 from tabfill.completion.worker import Cancelled
 from tabfill.lsp_server.documents import DocumentStore
 from tabfill.lsp_server.positions import PositionEncoding, offset_at, position_at
@@ -301,17 +301,10 @@ def create_server(settings: Settings | None = None) -> TabfillServer:
 
     @server.feature(STATUS_METHOD)
     def status(ls: TabfillServer, params: Any) -> dict[str, Any]:
-        info = ls.service.info
         return {
             "state": ls.service.state,
             "error": ls.service.error,
-            "model": info.source if info else ls.service.settings.model,
-            "device": info.device if info else "",
-            "dtype": info.dtype if info else "",
-            "template": info.template if info else "",
-            "loadMs": round(info.load_ms, 1) if info else None,
-            "importMs": round(info.import_ms, 1) if info else None,
-            "warmupMs": round(info.warmup_ms, 1) if info else None,
+            **_describe_info(ls.service.info, ls.service.settings.model),
             "lastTimings": dict(ls.service.last_timings.stages),
             "lastLatencyMs": None if ls.last_latency_ms is None else round(ls.last_latency_ms, 1),
             "documents": len(ls.documents),
@@ -326,6 +319,23 @@ def create_server(settings: Settings | None = None) -> TabfillServer:
         ls.service.close()
 
     return server
+
+
+def _describe_info(info: EngineInfo | None, model: str) -> dict[str, Any]:
+    """EngineInfo's fields in camelCase for `tabfill/status`, milliseconds rounded; before a load, the configured
+    model and empty values ("" or null)."""
+    if info is not None:
+        values: dict[str, Any] = dataclasses.asdict(info)
+    else:
+        values = {field.name: "" if field.type == "str" else None for field in dataclasses.fields(EngineInfo)}
+    described = {_camel(name): round(value, 1) if isinstance(value, float) else value for name, value in values.items()}
+    described["model"] = described.pop("source") or model
+    return described
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(word.title() for word in rest)
 
 
 def _describe_context(context: SyntaxContext | None) -> dict[str, Any] | None:
