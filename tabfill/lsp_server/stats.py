@@ -212,7 +212,8 @@ def merge(data: dict[str, Any], pending: _Pending) -> None:
     def entry(language: str) -> dict[str, Any]:
         if language not in languages and language != OTHER and len(languages) >= MAX_LANGUAGES - 1:
             language = OTHER  # NOTE: one slot stays free for OTHER, so the file holds MAX_LANGUAGES at most
-        return languages.setdefault(language, {**dict.fromkeys(COUNTERS, 0), "latenciesMs": []})
+        counts: dict[str, Any] = languages.setdefault(language, {**dict.fromkeys(COUNTERS, 0), "latenciesMs": []})
+        return counts
 
     for language, counts in pending.counts.items():
         target = entry(language)
