@@ -166,29 +166,6 @@ class _Codec:
         return ids, offsets
 
 
-def stable_prefix_start(text: str, offset: int, max_chars: int, chunk_chars: int) -> int:
-    """Where the prompt's prefix starts for a cursor at character `offset`: at most `max_chars` before it, at
-    a line start (or 0), and the same for every offset within a chunk of `chunk_chars` characters.
-
-    NOTE: a start at `offset - max_chars` (then a line start) slides by a character per keystroke, and every
-    slide changes the prompt's first tokens, so the prefix KV cache is lost on each keystroke. Snapping that
-    bound UP to a multiple of `chunk_chars` (then forward to the next line start) moves the start only when
-    the cursor crosses a chunk boundary; the window is then between `max_chars - chunk_chars` (less the rest
-    of a line) and `max_chars` long, so choose `chunk_chars` well below `max_chars`. When no line starts
-    between the snapped bound and the cursor, the last line start before the bound is taken if it is within
-    `max_chars`; only a cursor line longer than `max_chars` gives a start inside a line (the snapped bound)."""
-    if max_chars < 0 or chunk_chars <= 0:
-        raise ValueError(f"max_chars must be >= 0 and chunk_chars > 0, got {max_chars} and {chunk_chars}")
-    if offset <= max_chars:
-        return 0
-    lowest = offset - max_chars
-    snapped = min(offset, -(-lowest // chunk_chars) * chunk_chars)
-    newline = text.find("\n", snapped - 1, offset)
-    if newline < 0:  # no line starts after the snapped bound: the last one before it, if within max_chars
-        newline = text.rfind("\n", lowest - 1, snapped - 1)
-    return snapped if newline < 0 else newline + 1
-
-
 def _find_all(text: str, needle: str) -> list[int]:
     found, at = [], text.find(needle)
     while at >= 0:

@@ -4,7 +4,7 @@ with its stop rule and budgets."""
 
 from __future__ import annotations
 
-from tabfill.completion.fim import MAX_CHARS_PER_TOKEN, FimTemplate, build_prompt, stable_prefix_start
+from tabfill.completion.fim import MAX_CHARS_PER_TOKEN, FimTemplate, build_prompt
 from tabfill.completion.source import TokenizerLike
 from tabfill.completion.types import CompletionRequest, Prompt, Settings, StopRule
 from tabfill.syntax_cache.context import Mode, SyntaxContext, context_at
@@ -16,7 +16,7 @@ MULTI_LINE_MAX_LINES = 8
 CONTEXT_WINDOW_CHARS = 32_000  # how far back the context rules may look for an enclosing block
 # The prompt window: about this many characters per prefix token (code averages 3-4, so the window nearly
 # always fits its token budget whole and `build_prompt` need not drop lines, which would move its start),
-# and its start snapped to chunks of 1/8 of it (fim.stable_prefix_start) so typing keeps the cached prefix.
+# and its start snapped to chunks of 1/8 of it (stable_prefix_start) so typing keeps the cached prefix.
 WINDOW_CHARS_PER_TOKEN = 3
 WINDOW_CHUNKS = 8
 _COMMENT = {"python": "#", "javascript": "//", "typescript": "//", "tsx": "//", "go": "//", "rust": "//"}
@@ -45,6 +45,29 @@ def cross_file_header(request: CompletionRequest, settings: Settings) -> str:
 def window_chars(settings: Settings) -> int:
     """At most this many characters before the cursor reach the prompt."""
     return settings.max_prefix_tokens * WINDOW_CHARS_PER_TOKEN
+
+
+def stable_prefix_start(text: str, offset: int, max_chars: int, chunk_chars: int) -> int:
+    """Where the prompt's prefix starts for a cursor at character `offset`: at most `max_chars` before it, at
+    a line start (or 0), and the same for every offset within a chunk of `chunk_chars` characters.
+
+    NOTE: a start at `offset - max_chars` (then a line start) slides by a character per keystroke, and every
+    slide changes the prompt's first tokens, so the prefix KV cache is lost on each keystroke. Snapping that
+    bound UP to a multiple of `chunk_chars` (then forward to the next line start) moves the start only when
+    the cursor crosses a chunk boundary; the window is then between `max_chars - chunk_chars` (less the rest
+    of a line) and `max_chars` long, so choose `chunk_chars` well below `max_chars`. When no line starts
+    between the snapped bound and the cursor, the last line start before the bound is taken if it is within
+    `max_chars`; only a cursor line longer than `max_chars` gives a start inside a line (the snapped bound)."""
+    if max_chars < 0 or chunk_chars <= 0:
+        raise ValueError(f"max_chars must be >= 0 and chunk_chars > 0, got {max_chars} and {chunk_chars}")
+    if offset <= max_chars:
+        return 0
+    lowest = offset - max_chars
+    snapped = min(offset, -(-lowest // chunk_chars) * chunk_chars)
+    newline = text.find("\n", snapped - 1, offset)
+    if newline < 0:  # no line starts after the snapped bound: the last one before it, if within max_chars
+        newline = text.rfind("\n", lowest - 1, snapped - 1)
+    return snapped if newline < 0 else newline + 1
 
 
 def prompt_window(request: CompletionRequest, settings: Settings, header: str) -> tuple[str, str]:

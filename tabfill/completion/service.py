@@ -159,16 +159,14 @@ class CompletionService:
         with timings.measure("type_through"):
             hit = self.flights.type_through(request)
         if hit is not None:
-            self.warm(request)
-            return _done(dataclasses.replace(hit, timings=timings))
+            return self._at_once(request, dataclasses.replace(hit, timings=timings))
         with timings.measure("context"):
             context = cursor_context(request)
             header = cross_file_header(request, settings)
         with self._lock:
             self.last_context, self.last_cross_file = context, header
         if context.mode is Mode.NONE:
-            self.warm(request)
-            return _done(_empty(request, f"no completion here: {context.reason}", timings))
+            return self._at_once(request, _empty(request, f"no completion here: {context.reason}", timings))
         with timings.measure("cache"):
             prefix, suffix = prompt_window(request, settings, header)
             key = (settings, context.mode, context.block_indent, header, prefix, suffix)
@@ -177,8 +175,7 @@ class CompletionService:
         if cached is not None:
             completion = Completion(cached[0], request.offset, cached[1], request.request_id, "cache", cached[2], timings)
             self.flights.remember(request, completion)
-            self.warm(request)
-            return _done(completion)
+            return self._at_once(request, completion)
         if source is None:
             return _done(_empty(request, f"model {self.state}" + (f": {self.error}" if self.error else ""), timings))
         if template is None and context.suffix_has_code:
@@ -187,6 +184,11 @@ class CompletionService:
         return self.flights.start(
             request, key, cancel or CancelToken(), lambda sequence, token: self._model_stages(source, template, planned, sequence, token)
         )
+
+    def _at_once(self, request: CompletionRequest, completion: Completion) -> Future[Completion]:
+        """An answer without the model; the model meanwhile prefills this place's prompt (`warm`)."""
+        self.warm(request)
+        return _done(completion)
 
     def complete(self, request: CompletionRequest, cancel: CancelToken | None = None) -> Completion:
         """Synchronous `submit` (CLI, tests). Cancelled work returns an empty completion."""

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from tabfill.completion.fim import stable_prefix_start
+from tabfill.completion.prompt import stable_prefix_start
 
 MAX_CHARS, CHUNK_CHARS = 2000, 256
 
