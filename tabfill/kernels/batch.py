@@ -8,10 +8,12 @@ per token; K/V go into each row's slot; attention is per row over its own slot's
 The reference twin is ``LeanDecoder.forward`` run on each row alone (tests/unit/kernels/test_batch.py).
 
 Attention backends (``select_backend``): on CUDA with xformers, one ``memory_efficient_attention`` call with
-a ``BlockDiagonalCausalWithOffsetPaddedKeysMask`` over the rows' slots; elsewhere one SDPA call per row on
-views of its slot (no copies). NOTE: measured on this box (2 cores, SmolLM2-135M, 8 decode rows at ~400
-tokens, ``python -m bench.batch_step --attention``): per-row SDPA calls beat one padded, masked SDPA call
-over the gathered slots, because gathering the slots' keys copies ~5 MB per layer per step.
+a ``BlockDiagonalCausalWithOffsetPaddedKeysMask`` over the rows' slots. Elsewhere (SDPA): the short rows
+(decode tokens and drafts) in one SDPA call over a view of their slot range with an explicit mask, and each
+long row (a prefill chunk) in a call of its own on a view of its slot (``_ShortRows``).
+NOTE: measured (``python -m bench.batch_step --attention``, 8 decode rows at ~400 tokens, SmolLM2's 30
+layers): one SDPA call per row per layer is 240 calls a step, and gathering the rows' slots into one
+tensor copies ~5 MB per layer; the view of a slot range needs neither.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from tabfill.kernels.attention import attention
@@ -128,7 +131,8 @@ class BatchedDecoder:
         slot_of = torch.tensor([r.slot for r, s in zip(rows, lengths) for _ in range(s)], dtype=torch.long, device=device)
         cos = d.cos[positions, None, :]  # [N, 1, Dh]
         sin = d.signed_sin[positions, None, :]  # [N, 1, Dh]
-        attend = _XformersRows(rows, lengths, self.max_tokens) if self.attention_backend == "xformers" else None
+        xformers = _XformersRows(rows, lengths, self.max_tokens) if self.attention_backend == "xformers" else None
+        short = None if xformers is not None else _ShortRows.plan(rows, lengths, device)
         x = d._embed(ids)  # [N, D]
         for index, layer in enumerate(d.layers):
             h = d._norm(x, layer.norm1_weight, layer.norm1_bias)
@@ -139,8 +143,10 @@ class BatchedDecoder:
             k_pool[slot_of, :, positions] = qk[:, hq:]  # [N, Hkv, Dh] into (slot, position) pairs
             v_pool[slot_of, :, positions] = qkv[:, (hq + hkv) * dh :].view(n, hkv, dh)
             q = qk[:, :hq]  # [N, Hq, Dh]
-            if attend is not None:
-                o = attend(q, k_pool, v_pool)
+            if xformers is not None:
+                o = xformers(q, k_pool, v_pool)
+            elif short is not None:
+                o = short(q, k_pool, v_pool, lambda q_long: self._attend_per_row(q_long, k_pool, v_pool, short.long_rows, short.long_lengths))
             else:
                 o = self._attend_per_row(q, k_pool, v_pool, rows, lengths)
             x = x + layer.o(o.reshape(n, hq * dh))
@@ -177,6 +183,81 @@ class BatchedDecoder:
             outs.append(o[0].transpose(0, 1))  # [S, Hq, Dh]
             offset += s
         return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
+class _ShortRows:
+    """CPU/SDPA: the short rows (decode tokens and drafts) of a step in one SDPA call, the long rows (prefill
+    chunks) one call each. The short rows' slots must lie in a narrow range ``lo..hi`` (slots are handed out
+    lowest first, so they usually do): queries are padded to ``[hi-lo+1, Hq, S_max, Dh]`` and attend to a
+    view of those slots' first ``T_max`` keys — no copy — under a mask of each row's own causal prefix.
+
+    NOTE: slots in the range that have no short row this step compute padding, discarded; a padding query
+    may see key 0 only, so no softmax runs over an empty row (NaN)."""
+
+    MAX_QUERIES = 8  # a token plus a full draft; longer rows go alone
+    MAX_SPREAD = 2  # the slot range may be at most this many times the number of short rows
+
+    def __init__(self, rows: list[RowInput], token_index: Tensor, long_index: Tensor, lo: int, mask: Tensor, scatter: tuple[Tensor, Tensor], long_rows: list[RowInput], long_lengths: list[int]) -> None:
+        self.rows = rows
+        self.token_index = token_index  # [n_short] positions of the short rows' tokens in the step's stream
+        self.long_index = long_index  # [n_long] the rest
+        self.lo = lo
+        self.mask = mask  # [R, 1, S_max, T_max]
+        self.scatter = scatter  # (slot - lo, query index) per short token
+        self.long_rows = long_rows
+        self.long_lengths = long_lengths
+
+    @classmethod
+    def plan(cls, rows: Sequence[RowInput], lengths: list[int], device: torch.device) -> _ShortRows | None:
+        short = [(r, s) for r, s in zip(rows, lengths) if s <= cls.MAX_QUERIES]
+        if len(short) < 2:
+            return None
+        lo = min(r.slot for r, _ in short)
+        span = max(r.slot for r, _ in short) - lo + 1
+        if span > cls.MAX_SPREAD * len(short):
+            return None
+        s_max = max(s for _, s in short)
+        t_max = max(r.start_pos + s for r, s in short)
+        mask = torch.zeros(span, 1, s_max, t_max, dtype=torch.bool)
+        mask[:, :, :, 0] = True  # padding queries: key 0 only
+        token_index, long_index, slots, queries = [], [], [], []
+        long_rows, long_lengths = [], []
+        offset = 0
+        for row, s in zip(rows, lengths):
+            if s <= cls.MAX_QUERIES:
+                for i in range(s):
+                    mask[row.slot - lo, 0, i, : row.start_pos + i + 1] = True
+                    slots.append(row.slot - lo)
+                    queries.append(i)
+                token_index.extend(range(offset, offset + s))
+            else:
+                long_index.extend(range(offset, offset + s))
+                long_rows.append(row)
+                long_lengths.append(s)
+            offset += s
+
+        def index(values: list[int]) -> Tensor:
+            return torch.tensor(values, dtype=torch.long, device=device)
+
+        return cls(
+            [r for r, _ in short], index(token_index), index(long_index), lo, mask.to(device),
+            (index(slots), index(queries)), long_rows, long_lengths,
+        )
+
+    def __call__(self, q: Tensor, k_pool: Tensor, v_pool: Tensor, attend_long: Any) -> Tensor:  # [N, Hq, Dh] -> same
+        span, _, s_max, t_max = self.mask.shape
+        n, hq, dh = q.shape
+        padded = q.new_zeros(span, s_max, hq, dh)
+        padded[self.scatter] = q[self.token_index]
+        k = k_pool[self.lo : self.lo + span, :, :t_max]  # [R, Hkv, T_max, Dh] (a view)
+        v = v_pool[self.lo : self.lo + span, :, :t_max]
+        gqa = hq != k.shape[1]
+        o = F.scaled_dot_product_attention(padded.transpose(1, 2), k, v, attn_mask=self.mask, enable_gqa=gqa)  # [R, Hq, S, Dh]
+        out = q.new_empty(n, hq, dh)
+        out[self.token_index] = o.transpose(1, 2)[self.scatter]
+        if self.long_rows:
+            out[self.long_index] = attend_long(q[self.long_index])
+        return out
 
 
 class _XformersRows:
