@@ -1,5 +1,5 @@
 """Batched decode step micro-benchmark: ms per ``forward_rows`` step for 1, 2, 4, 8, 16 decode rows vs the
-single-row step of the lean decoder (``decode_one_token``), every row at a context of ~400 tokens.
+single-row step of the lean decoder (``steps.decode_one_token``), every row at a context of ~400 tokens.
 
     python -m bench.batch_step [--model DIR] [--steps N] [--rounds N] [--context N] [--threads N] [--attention]
 
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.decode_step import DEFAULT_MODEL_DIR, _code_prompt, _time_per_call_ms, print_results, step_parser
-from tabfill.kernels import LeanDecoder
+from tabfill.kernels import LeanDecoder, steps
 from tabfill.kernels.batch import BatchedDecoder, RowInput
 
 ROWS = (1, 2, 4, 8, 16)
@@ -36,11 +36,11 @@ def measure(
     prompt = _code_prompt(str(model_dir), context + max(rows))
     decoder = LeanDecoder.from_hf(model, max_tokens=context + 8)
     batch = BatchedDecoder(decoder, slots=max(rows), max_tokens=context + 8)
-    decoder.prefill(prompt[:context], 0)
+    steps.prefill(decoder, prompt[:context])
     for slot in range(max(rows)):  # each row its own ~400 tokens of code (shifted windows)
         batch.forward_rows([RowInput(slot, prompt[slot : slot + context], 0)])
     # NOTE: every step rewrites position `context`: the same attention length each call, as in a decode loop.
-    single = lambda i: decoder.decode_one_token(prompt[i % context], context)  # noqa: E731
+    single = lambda i: steps.decode_one_token(decoder, prompt[i % context], context)  # noqa: E731
 
     def batched(n: int):  # type: ignore[no-untyped-def]
         return lambda i: batch.forward_rows([RowInput(s, [prompt[(i + s) % context]], context) for s in range(n)])
@@ -51,7 +51,7 @@ def measure(
         for n in rows:
             timings[f"b{n}"].append(_time_per_call_ms(batched(n), steps, repeats=1))
     single_ms = statistics.median(timings["single"])
-    results = {"single-row step ms (LeanDecoder.decode_one_token)": single_ms}
+    results = {"single-row step ms (steps.decode_one_token)": single_ms}
     for n in rows:
         ms = statistics.median(timings[f"b{n}"])
         results[f"batch {n} step ms"] = ms

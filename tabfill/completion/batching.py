@@ -27,6 +27,7 @@ from tabfill.completion.decoding import DRAFT_TOKENS, Decoding, Vocabulary, eos_
 from tabfill.completion.models import LoadedModel
 from tabfill.completion.prefix_cache import PrefixCache
 from tabfill.completion.types import Prompt
+from tabfill.kernels import steps
 from tabfill.kernels.batch import BatchedDecoder, RowInput
 from tabfill.kernels.decoder import KVCache, LeanDecoder
 
@@ -210,10 +211,11 @@ class BatchedEngine:
         draft, row.draft = row.draft, []
         row.written += 1
         if draft:
-            accepted = state.accept_draft(draft, logits, self.draft_tokens)
+            accepted = steps.accepted_run(draft, logits)
+            state.count_draft(len(draft), accepted, self.draft_tokens)
             row.written += accepted
             logits = logits[accepted]
-            finish = state.append_accepted(draft[:accepted], self.tokenizer)
+            finish = state.append_all(draft[:accepted], self.tokenizer)
             if finish:
                 return [self._finish(row, finish)]
         return self._next_token(row, logits)
@@ -229,7 +231,7 @@ class BatchedEngine:
         if len(state.generated) >= state.limit:  # the last token: no forward needed for it
             return [self._finish(row, "length")]
         row.pending = token_id
-        row.draft = state.next_draft(self.draft_tokens)
+        row.draft = state.next_draft()
         return [self._event(row, None)]
 
     # ------------------------------------------------------------------ slots and the prefix store

@@ -18,7 +18,7 @@ tensor copies ~5 MB per layer; the view of a slot range needs neither.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -220,8 +220,12 @@ class _ShortRows:
         t_max = max(r.start_pos + s for r, s in short)
         mask = torch.zeros(span, 1, s_max, t_max, dtype=torch.bool)
         mask[:, :, :, 0] = True  # padding queries: key 0 only
-        token_index, long_index, slots, queries = [], [], [], []
-        long_rows, long_lengths = [], []
+        token_index: list[int] = []
+        long_index: list[int] = []
+        slots: list[int] = []
+        queries: list[int] = []
+        long_rows: list[RowInput] = []
+        long_lengths: list[int] = []
         offset = 0
         for row, s in zip(rows, lengths):
             if s <= cls.MAX_QUERIES:
@@ -244,7 +248,7 @@ class _ShortRows:
             (index(slots), index(queries)), long_rows, long_lengths,
         )
 
-    def __call__(self, q: Tensor, k_pool: Tensor, v_pool: Tensor, attend_long: Any) -> Tensor:  # [N, Hq, Dh] -> same
+    def __call__(self, q: Tensor, k_pool: Tensor, v_pool: Tensor, attend_long: Callable[[Tensor], Tensor] | None) -> Tensor:  # [N, Hq, Dh] -> same
         span, _, s_max, t_max = self.mask.shape
         n, hq, dh = q.shape
         padded = q.new_zeros(span, s_max, hq, dh)
@@ -256,6 +260,7 @@ class _ShortRows:
         out = q.new_empty(n, hq, dh)
         out[self.token_index] = o.transpose(1, 2)[self.scatter]
         if self.long_rows:
+            assert attend_long is not None
             out[self.long_index] = attend_long(q[self.long_index])
         return out
 
@@ -284,5 +289,5 @@ class _XformersRows:
         # [B, Hkv, P, Dh] -> [1, B*P, Hkv, G, Dh] (grouped-query layout: G queries per kv head)
         k = k_pool[index, :, : self.kv_padding].transpose(1, 2).reshape(1, -1, hkv, 1, dh).expand(-1, -1, -1, groups, -1)
         v = v_pool[index, :, : self.kv_padding].transpose(1, 2).reshape(1, -1, hkv, 1, dh).expand(-1, -1, -1, groups, -1)
-        out = self.xops.memory_efficient_attention(q.view(1, n, hkv, groups, dh), k, v, attn_bias=self.bias)
+        out: Tensor = self.xops.memory_efficient_attention(q.view(1, n, hkv, groups, dh), k, v, attn_bias=self.bias)
         return out.view(n, hq, dh)
