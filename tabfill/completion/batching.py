@@ -29,7 +29,7 @@ from tabfill.completion.prefix_cache import PrefixCache
 from tabfill.completion.types import Prompt
 from tabfill.kernels import steps
 from tabfill.kernels.batch import BatchedDecoder, RowInput
-from tabfill.kernels.decoder import KVCache, LeanDecoder
+from tabfill.kernels.decoder import LeanDecoder
 
 log = logging.getLogger(__name__)
 
@@ -97,10 +97,9 @@ class BatchedEngine:
         unless `decoder` (already built from that model) is given. `max_tokens`: positions per slot."""
         model = loaded_model.model if isinstance(loaded_model, LoadedModel) else loaded_model
         if decoder is None:
-            decoder = LeanDecoder.from_hf(model, max_tokens=max_tokens, quantize=quantize)
-            # NOTE: the decoder's own single-sequence cache is never used here; drop it (SmolLM2: 45 KB
-            # per token, ~90 MB at 2048 tokens) so the RSS is the weights plus the slot pool.
-            decoder.cache = KVCache(1, 1, 1, 1, dtype=decoder.dtype, device=decoder.device)
+            # NOTE: no single-sequence cache next to the slot pool (SmolLM2: 45 KB a token, ~90 MB at 2048
+            # tokens): the RSS is the weights plus the pool.
+            decoder = LeanDecoder.from_hf(model, max_tokens=max_tokens, quantize=quantize, cache_tokens=0)
         if prefill_chunk < 1:
             raise ValueError(f"prefill_chunk must be >= 1, got {prefill_chunk}")
         self.batch = BatchedDecoder(decoder, slots=slots, max_tokens=max_tokens)

@@ -253,3 +253,13 @@ def test_describe_sizes_the_pool_in_bytes(twins: Twins) -> None:
     assert info["kv_pool_bytes"] == 3 * 400 * per_token
     assert info["slots"] == 3 and info["slot_tokens"] == 400 and info["prefill_chunk_tokens"] == 16
     assert "salted" in str(info["prefix_cache"])
+
+
+def test_an_engine_built_from_the_model_holds_weights_and_the_pool_only(twins: Twins) -> None:
+    own = BatchedEngine(twins.engine.model, twins.tokenizer, "cpu", slots=2, max_tokens=128, prefix_cache=None)
+    own.eos_ids = frozenset()
+    assert own.batch.decoder.cache.k.numel() == 0  # no single-sequence cache beside the pool
+    assert own.describe()["kv_pool_bytes"] == 2 * 128 * twins.engine.runner.kv_bytes_per_token
+    first = request(twins, TEXTS[0], 8, rid="own")
+    results = generate_all(own, [first])
+    assert assert_same_as_reference(twins, [first], results) == 0

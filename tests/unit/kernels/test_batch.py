@@ -142,3 +142,15 @@ def test_xformers_rows_equal_each_row_alone_on_cuda() -> None:  # pragma: no cov
     assert_pairs(twin.step([RowInput(0, a[:20], 0), RowInput(2, b, 0, all_logits=True)]))
     assert_pairs(twin.step([RowInput(2, [7], 17), RowInput(0, a[20:], 20, all_logits=True)]))
 
+
+
+def test_a_decoder_for_the_pool_keeps_no_cache_of_its_own() -> None:
+    model = _model("llama")
+    shared = LeanDecoder.from_hf(model, max_tokens=64)
+    decoder = LeanDecoder.from_hf(model, max_tokens=64, cache_tokens=0)
+    assert decoder.cache.k.numel() == 0 and decoder.kv_bytes_per_token() == shared.kv_bytes_per_token()
+    with pytest.raises(ValueError, match="outside the cache"):
+        decoder.forward([1, 2], 0)
+    batch = BatchedDecoder(decoder, slots=2, max_tokens=64)
+    prompt = _prompt(10, 3)
+    torch.testing.assert_close(batch.forward_rows([RowInput(1, prompt, 0)])[0], shared.forward(prompt, 0), atol=ATOL, rtol=ATOL)
