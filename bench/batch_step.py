@@ -1,7 +1,8 @@
 """Batched decode step micro-benchmark: ms per ``forward_rows`` step for 1, 2, 4, 8, 16 decode rows vs the
 single-row step of the lean decoder (``steps.decode_one_token``), every row at a context of ~400 tokens.
 
-    python -m bench.batch_step [--model DIR] [--steps N] [--rounds N] [--context N] [--threads N] [--attention]
+    python -m bench.batch_step [--model DIR] [--steps N] [--rounds N] [--rows 1,2,4,8,16] [--context N]
+                               [--threads N] [--attention]
 
 Paired: each round times the single-row step and then every batch size, and each figure is the median
 over the rounds, so a noisy neighbour slows both sides of a ratio alike. ``--attention`` also times
@@ -103,10 +104,12 @@ def _attention_variants(batch: BatchedDecoder, context: int, n: int, steps: int)
 def main(argv: list[str] | None = None) -> None:
     parser = step_parser(__doc__, 8)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rows", default=",".join(map(str, ROWS)), help="batch sizes, comma-separated")
     parser.add_argument("--attention", action="store_true", help="also time per-row vs masked attention")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    results = measure(args.model, ROWS, args.steps, rounds=args.rounds, context=args.context, attention=args.attention)
+    rows = tuple(int(n) for n in args.rows.split(","))
+    results = measure(args.model, rows, args.steps, rounds=args.rounds, context=args.context, attention=args.attention)
     print_results(results)
     ratio = results.get("batch 8 / single-row step", float("nan"))
     print(f"target: batch 8 <= 2x the single-row step: {'met' if ratio <= 2 else 'missed'} ({ratio:.2f}x)")
