@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from bench.decode_step import DEFAULT_MODEL_DIR, _code_prompt, _time_per_call_ms, print_results, step_parser
-from tabfill.kernels import LeanDecoder, steps
+from tabfill.kernels import LeanDecoder
 from tabfill.kernels.batch import BatchedDecoder, RowInput
+from tabfill.kernels.steps import decode_one_token, prefill
 
 ROWS = (1, 2, 4, 8, 16)
 
@@ -37,11 +38,11 @@ def measure(
     prompt = _code_prompt(str(model_dir), context + max(rows))
     decoder = LeanDecoder.from_hf(model, max_tokens=context + 8)
     batch = BatchedDecoder(decoder, slots=max(rows), max_tokens=context + 8)
-    steps.prefill(decoder, prompt[:context])
+    prefill(decoder, prompt[:context])
     for slot in range(max(rows)):  # each row its own ~400 tokens of code (shifted windows)
         batch.forward_rows([RowInput(slot, prompt[slot : slot + context], 0)])
     # NOTE: every step rewrites position `context`: the same attention length each call, as in a decode loop.
-    single = lambda i: steps.decode_one_token(decoder, prompt[i % context], context)  # noqa: E731
+    single = lambda i: decode_one_token(decoder, prompt[i % context], context)  # noqa: E731
 
     def batched(n: int):  # type: ignore[no-untyped-def]
         return lambda i: batch.forward_rows([RowInput(s, [prompt[(i + s) % context]], context) for s in range(n)])
