@@ -1,4 +1,4 @@
-"""Command line: `tabfill serve | complete | model pull | stats | doctor`."""
+"""Command line: `tabfill serve | complete | engine | model pull | stats | doctor`."""
 
 from __future__ import annotations
 
@@ -168,6 +168,12 @@ def _language_of(path: Path) -> str:
     return _LANGUAGES.get(path.suffix.lower(), "plaintext")
 
 
+def _engine_main():  # the module, imported lazily like every command's
+    from tabfill.engine_server import main
+
+    return main
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tabfill", description="Self-hosted code completion over LSP.")
     parser.add_argument("--version", action="version", version=f"tabfill {__version__}")
@@ -205,6 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--json", action="store_true", help="print the numbers as JSON")
     stats.add_argument("--reset", action="store_true", help="forget all counts")
     stats.set_defaults(func=cmd_stats)
+
+    engine = commands.add_parser("engine", help="serve one model to many editors (the team engine; see docs/ENGINE_PROTOCOL.md)")
+    _engine_main().add_arguments(engine)
+    engine.set_defaults(func=lambda args: _engine_main().cmd_engine(args))
 
     doctor = commands.add_parser("doctor", help="print device, dtype and model state")
     doctor.add_argument("--device")
