@@ -86,6 +86,8 @@ class EngineServer:
             await connection.run()
         except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, OSError) as exc:
             log.debug("connection %d ended: %s", connection.number, exc)
+        except asyncio.CancelledError:
+            log.debug("connection %d closed at shutdown", connection.number)
         finally:
             self.connections -= 1
             connection.release()
