@@ -16,7 +16,7 @@ from tabfill.completion import wire
 from tabfill.completion.models import pull_default
 from tabfill.completion.remote import RemoteSource
 from tabfill.completion.types import CancelToken, Deadline, Generation, Prompt, StopRule
-from tests.engine.process import EngineProcess, make_tokens, start_engine
+from bench.engine_process import EngineProcess, make_tokens, start_engine
 from tests.unit.engine_server.fakes import collect, generate_frame, receive, send
 
 pytestmark = pytest.mark.engine

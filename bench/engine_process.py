@@ -1,4 +1,4 @@
-"""Start and stop a real `tabfill engine` process (tests and bench/team.py)."""
+"""Start and stop a real `tabfill engine` process (bench/team.py and tests/engine)."""
 
 from __future__ import annotations
 
