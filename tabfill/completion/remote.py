@@ -62,12 +62,23 @@ class RemoteSource:
         token = token or os.environ.get(TOKEN_ENV, "")
         if not token:
             raise EngineUnavailable(f"no token for the engine at {url}: set engineToken or {TOKEN_ENV}")
-        self.client = EngineClient(url, token, client, cache_dir, on_state)
+        # The service sets this: a message once when the engine becomes unreachable, None when it is back.
+        self.on_outage: Callable[[str | None], None] | None = None
+        self._on_state = on_state
+        self.client = EngineClient(url, token, client, cache_dir, self._state)
         welcome = self.client.connect(connect_timeout_s)
         self.tokenizer = EngineTokenizer(welcome.tokenizer_json, welcome.special)
         load_ms = (time.perf_counter() - started) * 1000
         self.info = EngineInfo(f"{welcome.model} @ {url}", "remote", "remote", load_ms, "engine")
         self.last_done: dict[str, Any] = {}
+
+    def _state(self, state: str, why: str) -> None:
+        if self._on_state is not None:
+            self._on_state(state, why)
+        notify = self.on_outage
+        if notify is not None:
+            notify(f"the team engine at {self.client.url} is unreachable ({why}); completions are empty until it is back"
+                   if state == "down" else None)
 
     def describe(self) -> dict[str, object]:
         welcome = self.client.welcome

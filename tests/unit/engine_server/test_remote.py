@@ -76,6 +76,8 @@ def test_engine_restart_answers_empty_meanwhile_one_down_message_then_reconnects
     with engine_server(tmp_path / "a") as running:
         port = running.port
         source = RemoteSource(f"tcp://127.0.0.1:{port}", running.tokens["alice"], on_state=lambda state, why: states.append(state))
+        outages: list[str | None] = []
+        source.on_outage = outages.append
         assert source.generate(prompt(), CancelToken(), Deadline.after_ms(5000)).finish_reason == "length"
     try:
         time.sleep(0.3)
@@ -85,6 +87,7 @@ def test_engine_restart_answers_empty_meanwhile_one_down_message_then_reconnects
             assert (down.finish_reason, down.text) == ("error", "")
             assert time.monotonic() - started < 0.5  # never hangs
         assert states == ["down"]
+        assert len(outages) == 1 and "unreachable" in str(outages[0])  # one message per outage
         (tmp_path / "a" / "tokens").rename(tmp_path / "saved")
         (tmp_path / "b").mkdir()
         with engine_server(tmp_path / "b", port=port) as restarted:
@@ -94,6 +97,7 @@ def test_engine_restart_answers_empty_meanwhile_one_down_message_then_reconnects
             while not source.client.connected and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert states == ["down", "up"]
+            assert outages[1:] == [None]
             assert source.generate(prompt(), CancelToken(), Deadline.after_ms(5000)).finish_reason == "length"
     finally:
         source.close()
@@ -120,3 +124,21 @@ def test_the_engine_tokenizer_encodes_and_decodes_as_the_transformers_one(tmp_pa
     assert set(mine.get_vocab()) == set(reference.get_vocab())
     assert {i: str(t) for i, t in mine.added_tokens_decoder.items()} == {i: str(t) for i, t in reference.added_tokens_decoder.items()}
     assert (mine.eos_token, mine.eos_token_id, len(mine)) == (reference.eos_token, reference.eos_token_id, len(reference))
+
+
+def test_the_remote_source_imports_neither_torch_nor_transformers(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from tabfill.completion.remote import RemoteSource\n"
+        "from tabfill.completion.types import CancelToken, Deadline, Prompt, StopRule\n"
+        f"source = RemoteSource(sys.argv[1], sys.argv[2])\n"
+        "generation = source.generate(Prompt((1, 2), 2, StopRule()), CancelToken(), Deadline.after_ms(5000))\n"
+        "print(generation.finish_reason, sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n"
+    )
+    with engine_server(tmp_path) as running:
+        done = subprocess.run([sys.executable, "-c", script, f"tcp://127.0.0.1:{running.port}", running.tokens["alice"]],
+                              capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "length []", done.stderr
