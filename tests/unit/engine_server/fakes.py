@@ -104,7 +104,7 @@ class Running:
 @contextmanager
 def engine_server(tmp_path: Path, *, slots: int = 4, max_queue: int = 8, step_delay_s: float = 0.0,
                   config: EngineConfig | None = None, limits: dict[str, tuple[int, int]] | None = None,
-                  port: int = 0) -> Iterator[Running]:
+                  port: int = 0, ssl_context: Any = None) -> Iterator[Running]:
     token_file = tmp_path / "tokens"
     tokens = {}
     for name in ("alice", "bob"):
@@ -118,7 +118,7 @@ def engine_server(tmp_path: Path, *, slots: int = 4, max_queue: int = 8, step_de
     holder: dict[str, Any] = {}
 
     async def main() -> None:
-        listener = await server.listen("127.0.0.1", port)
+        listener = await server.listen("127.0.0.1", port, ssl_context)
         holder["port"] = listener.sockets[0].getsockname()[1]
         holder["listener"] = listener
         ready.set()

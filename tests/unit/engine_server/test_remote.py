@@ -142,3 +142,26 @@ def test_the_remote_source_imports_neither_torch_nor_transformers(tmp_path: Path
         done = subprocess.run([sys.executable, "-c", script, f"tcp://127.0.0.1:{running.port}", running.tokens["alice"]],
                               capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "length []", done.stderr
+
+
+def test_tcps_speaks_tls_and_verifies_the_engine_certificate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+    import ssl
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1",
+                    "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], check=True, capture_output=True)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    with engine_server(tmp_path, ssl_context=context) as running:
+        with pytest.raises(EngineUnavailable):  # an unknown certificate is refused
+            RemoteSource(f"tcps://127.0.0.1:{running.port}", running.tokens["alice"], connect_timeout_s=0.5)
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        source = RemoteSource(f"tcps://127.0.0.1:{running.port}", running.tokens["alice"])
+        try:
+            assert source.generate(prompt(), CancelToken(), Deadline.after_ms(5000)).text == "4,5,6,7,"
+        finally:
+            source.close()
