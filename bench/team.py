@@ -44,7 +44,7 @@ def editor_cases(cases: list[TypingCase], editor: int, editors: int, per_editor:
 
 async def type_all(systems: list[TabfillSystem], cases: list[TypingCase], per_editor: int) -> list[dict[str, Any]]:
     async def one(index: int, system: TabfillSystem) -> list[dict[str, Any]]:
-        rows = []
+        rows: list[dict[str, Any]] = []
         for case in editor_cases(cases, index, len(systems), per_editor):
             rows.extend({**row, "editor": index} for row in await run_typing_case(system, case))
         return rows

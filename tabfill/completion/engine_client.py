@@ -167,7 +167,7 @@ class EngineClient:
         with self._lock:
             stream = self._streams.get(request_id) if isinstance(request_id, str) else None
             if stream is not None and frame["type"] in ("done", "error"):
-                del self._streams[request_id]
+                self._streams.pop(str(request_id), None)
         (stream or self._replies).put(frame)
 
     def _lost(self, sock: socket.socket, why: str) -> None:

@@ -23,7 +23,7 @@ from tabfill.completion.remote_tokenizer import EngineTokenizer
 from tabfill.completion.types import CancelToken, Deadline, Generation, Prompt, Timings
 
 try:
-    from tabfill.completion.source import EngineInfo  # type: ignore[import-not-found]
+    from tabfill.completion.source import EngineInfo
 except ImportError:  # NOTE: until the TokenSource refactor is merged, EngineInfo lives beside torch
 
     @dataclass(frozen=True)

@@ -15,11 +15,10 @@ class EngineTokenizer:
     def __init__(self, tokenizer_json: bytes, special: Mapping[str, Any]) -> None:
         self._tokenizer = Tokenizer.from_str(tokenizer_json.decode("utf-8"))
         self.special = dict(special)
-        for name in ("bos", "eos", "unk", "pad"):
-            token = special.get(f"{name}_token")
-            setattr(self, f"{name}_token", token if isinstance(token, str) else None)
-            token_id = special.get(f"{name}_token_id")
-            setattr(self, f"{name}_token_id", token_id if isinstance(token_id, int) else None)
+        self.bos_token, self.bos_token_id = _special(special, "bos")
+        self.eos_token, self.eos_token_id = _special(special, "eos")
+        self.unk_token, self.unk_token_id = _special(special, "unk")
+        self.pad_token, self.pad_token_id = _special(special, "pad")
         self.added_tokens_decoder: dict[int, AddedToken] = dict(self._tokenizer.get_added_tokens_decoder())
         self.all_special_ids = sorted(i for i, token in self.added_tokens_decoder.items() if token.special)
         self._vocab: dict[str, int] | None = None
@@ -58,3 +57,8 @@ class EngineTokenizer:
         if isinstance(ids, int):
             return self._tokenizer.id_to_token(ids)
         return [self._tokenizer.id_to_token(i) for i in ids]
+
+
+def _special(special: Mapping[str, Any], name: str) -> tuple[str | None, int | None]:
+    token, token_id = special.get(f"{name}_token"), special.get(f"{name}_token_id")
+    return (token if isinstance(token, str) else None), (token_id if isinstance(token_id, int) and not isinstance(token_id, bool) else None)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from tabfill.completion.types import Prompt
 
 try:
-    from tabfill.completion.batching import BatchEvent, BatchRequest  # type: ignore[import-not-found]
+    from tabfill.completion.batching import BatchEvent, BatchRequest
 except ImportError:  # NOTE: the batched engine's branch is not merged yet
 
     @dataclass(frozen=True)

@@ -133,7 +133,7 @@ def open_backend(args: argparse.Namespace) -> tuple[ModelCard, StepEngine, int]:
     batched = None
     if args.backend in ("auto", "batched"):
         try:
-            from tabfill.completion.batching import BatchedEngine  # type: ignore[import-not-found]
+            from tabfill.completion.batching import BatchedEngine
         except ImportError:
             if args.backend == "batched":
                 raise SystemExit("tabfill: this build has no batched engine; use --backend serial") from None
