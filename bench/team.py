@@ -205,27 +205,50 @@ def markdown(results: dict[str, Any], command: str) -> str:
     lines += ["## Throughput (closed loop, 48-token answers)", "", "| streams | tokens | s | tokens/s |", "|---|---|---|---|"]
     for row in results.get("throughput", []):
         lines.append(f"| {row['streams']} | {row['tokens']} | {row['seconds']} | {row['tokens_per_s']} |")
+    common = "| editors | requests | model requests | unserved | model p50 ms | model p95 ms | correct on screen "
+
+    def cells(row: dict[str, Any]) -> str:
+        return (f"| {row['editors']} | {row['requests']} | {row['model_requests']} | {row['unserved']} | {fmt(row['model_p50_ms'])} "
+                f"| {fmt(row['model_p95_ms'])} | {fmt(100 * (row['correct_on_screen'] or 0), 1)} % ")
+
     lines += ["", "## N editors typing against one engine", "",
-              "| editors | requests | model requests | unserved | model p50 ms | model p95 ms | correct on screen | tokens/s | engine CPU s (cores) | engine RSS MB (peak) | front-end peak RSS MB |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for row in results["team"]:
-        lines.append(
-            f"| {row['editors']} | {row['requests']} | {row['model_requests']} | {row['unserved']} | {fmt(row['model_p50_ms'])} | {fmt(row['model_p95_ms'])} "
-            f"| {fmt(100 * (row['correct_on_screen'] or 0), 1)} % | {row['tokens_per_s']} | {row['engine_cpu_s']} ({row['engine_cpu_share']}) "
-            f"| {row['engine_rss_mb']} ({row['engine_peak_rss_mb']}) | {row['frontend_peak_rss_mb']} |"
-        )
-    lines += ["", "## Baseline: N solo `tabfill serve` with their own models", "",
-              "| editors | requests | model requests | unserved | model p50 ms | model p95 ms | correct on screen | CPU s (cores) | RSS MB total |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    for row in results["baseline"]:
-        lines.append(
-            f"| {row['editors']} | {row['requests']} | {row['model_requests']} | {row['unserved']} | {fmt(row['model_p50_ms'])} | {fmt(row['model_p95_ms'])} "
-            f"| {fmt(100 * (row['correct_on_screen'] or 0), 1)} % | {row['cpu_s']} ({row['cpu_share']}) | {row['rss_mb_total']} |"
-        )
+              common + "| tokens/s | engine CPU s (cores) | engine RSS MB (peak) | front-end start s / peak RSS MB |", "|---" * 11 + "|"]
+    lines += [cells(row) + f"| {row['tokens_per_s']} | {row['engine_cpu_s']} ({row['engine_cpu_share']}) | {row['engine_rss_mb']} "
+              f"({row['engine_peak_rss_mb']}) | {row['frontend_startup_s']} / {row['frontend_peak_rss_mb']} |" for row in results["team"]]
+    lines += ["", "## Baseline: N solo `tabfill serve` with their own models", "", common + "| CPU s (cores) | RSS MB total |", "|---" * 9 + "|"]
+    lines += [cells(row) + f"| {row['cpu_s']} ({row['cpu_share']}) | {row['rss_mb_total']} |" for row in results["baseline"]]
+    lines += ["", "## Targets (issue 14)", "", "| target | measured | status |", "|---|---|---|"]
+    lines += [f"| {name} | {measured} | {status} |" for name, measured, status in targets(results)]
     lines += ["", "Model-answer percentiles count every request the model had to answer; one with no answer before the "
               "next keystroke is a miss (infinite). Type-through and cache answers are excluded from them.", "",
               "## Batched decode step (bench/batch_step.py)", "", "```", json.dumps(results["batch_step"], indent=2, default=str), "```", ""]
     return "\n".join(lines)
+
+
+KV_BYTES_PER_SLOT_MB = 47  # SmolLM2-135M: 30 layers x K and V x 3 heads x 64 x fp32 x 1,024 positions
+
+
+def targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    def judged(ok: bool | None) -> str:
+        return "not measured" if ok is None else ("met" if ok else "**missed**")
+
+    rows: list[tuple[str, str, str]] = []
+    streams = {row["streams"]: row["tokens_per_s"] for row in results.get("throughput", [])}
+    many = max(streams) if streams else 0
+    ratio = streams[many] / streams[1] if streams.get(1) and many > 1 else None
+    rows.append((f"aggregate tokens/s at {many} streams >= 4x one stream", "–" if ratio is None else f"{ratio:.2f}x", judged(None if ratio is None else ratio >= 4)))
+    team = {row["editors"]: row for row in results["team"]}
+    if 1 in team and 8 in team:
+        one, eight = team[1]["model_p95_ms"], team[8]["model_p95_ms"]
+        ratio = eight / one if one and one != float("inf") else None
+        rows.append(("model-answer p95 at 8 editors <= 3x at 1", f"{eight} / {one} ms" + ("" if ratio is None else f" = {ratio:.2f}x"),
+                     judged(None if ratio is None else ratio <= 3)))
+        limit = 1536 + KV_BYTES_PER_SLOT_MB * results["args"]["slots"]
+        rss = team[8]["engine_peak_rss_mb"]
+        rows.append((f"engine RSS at 8 editors <= 1.5 GB + KV slots ({limit} MB)", f"{rss} MB", judged(rss <= limit)))
+    else:
+        rows.append(("8-editor targets", "run with --editors including 1 and 8", "not measured"))
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
