@@ -153,9 +153,18 @@ class RemoteSource:
         self.client.close()
 
 
-def open_remote(url: str, token: str, cache_dir: Path | None, on_state: Callable[[str, str], None] | None = None) -> RemoteSource:
-    """The factory's opener for tcp:// and tcps:// addresses."""
-    return RemoteSource(url, token, cache_dir=cache_dir, on_state=on_state)
+def open_team(settings: Any, progress: Callable[[str, float | None], None]) -> RemoteSource:
+    """The sources.py opener for "tcp://" and "tcps://" engines: `settings.engine` is the address, the token
+    is `settings.engine_token` or $TABFILL_ENGINE_TOKEN; the tokenizer cache lives in the tabfill cache."""
+    from tabfill.completion.models import ModelError, cache_root
+
+    progress(f"connecting to the team engine at {settings.engine}", None)
+    try:
+        source = RemoteSource(settings.engine, getattr(settings, "engine_token", ""), cache_dir=cache_root())
+    except (EngineUnavailable, ValueError) as exc:
+        raise ModelError(str(exc)) from None
+    progress(f"team engine {source.describe()['model']} ready", 1.0)
+    return source
 
 
-__all__ = ["EngineInfo", "EngineUnavailable", "RemoteSource", "RemoteStream", "open_remote"]
+__all__ = ["EngineInfo", "EngineUnavailable", "RemoteSource", "RemoteStream", "open_team"]

@@ -230,7 +230,7 @@ class _Connection:
         )
         if request.id in self.jobs:
             raise wire.ProtocolError(wire.BAD_REQUEST, f"request id {request.id!r} is already running", request.id)
-        if len(request.prompt) + request.max_new_tokens > server.card.kv_tokens:
+        if len(request.prompt) + request.max_new_tokens + (1 if request.healing_text else 0) > server.card.kv_tokens:
             raise wire.ProtocolError(wire.TOO_LARGE, f"prompt and answer need more than the {server.card.kv_tokens} positions of a slot", request.id)
         refused = server.admit(tenant)
         if refused:
