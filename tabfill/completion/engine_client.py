@@ -168,7 +168,12 @@ class EngineClient:
             stream = self._streams.get(request_id) if isinstance(request_id, str) else None
             if stream is not None and frame["type"] in ("done", "error"):
                 self._streams.pop(str(request_id), None)
-        (stream or self._replies).put(frame)
+        if stream is not None:
+            stream.put(frame)
+        elif request_id is None:
+            self._replies.put(frame)  # status, pong, or an error about the connection
+        else:
+            log.debug("dropping a %s frame for a request that has ended", frame.get("type"))
 
     def _lost(self, sock: socket.socket, why: str) -> None:
         with self._lock:
