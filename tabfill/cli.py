@@ -9,6 +9,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from tabfill import __version__
@@ -28,7 +29,7 @@ def _settings(args: argparse.Namespace) -> Settings:  # Settings is imported laz
     from tabfill.completion.types import Settings
 
     overrides: dict[str, Any] = {}
-    for name in ("model", "device", "max_new_tokens", "deadline_ms"):
+    for name in ("model", "device", "max_new_tokens", "deadline_ms", "engine"):
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
@@ -168,7 +169,7 @@ def _language_of(path: Path) -> str:
     return _LANGUAGES.get(path.suffix.lower(), "plaintext")
 
 
-def _engine_main():  # the module, imported lazily like every command's
+def _engine_main() -> ModuleType:  # the module, imported lazily like every command's
     from tabfill.engine_server import main
 
     return main
@@ -191,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--stdio", action="store_true", help="talk LSP over stdin/stdout (the default)")
     serve.add_argument("--tcp", metavar="HOST:PORT", help="listen on TCP instead (for debugging)")
     model_options(serve)
+    serve.add_argument("--engine", help="where tokens come from: '' (this process) or tcp(s)://HOST:PORT, a team engine "
+                       "(its token from the engineToken setting or TABFILL_ENGINE_TOKEN)")
     serve.set_defaults(func=cmd_serve)
 
     complete = commands.add_parser("complete", help="print a completion at a position of a file")

@@ -20,24 +20,12 @@ from typing import Any
 
 from tabfill.completion.engine_client import EngineClient, EngineUnavailable
 from tabfill.completion.remote_tokenizer import EngineTokenizer
-from tabfill.completion.types import CancelToken, Deadline, Generation, Prompt, Timings
-
-try:
-    from tabfill.completion.source import EngineInfo
-except ImportError:  # NOTE: until the TokenSource refactor is merged, EngineInfo lives beside torch
-
-    @dataclass(frozen=True)
-    class EngineInfo:  # type: ignore[no-redef]
-        source: str
-        device: str
-        dtype: str
-        load_ms: float
-        template: str
-        import_ms: float = 0.0
-        warmup_ms: float = 0.0
-
+from tabfill.completion.fim import detect_template
+from tabfill.completion.types import CancelToken, Deadline, EngineInfo, FinishReason, Generation, Prompt, Settings, Timings
 
 TOKEN_ENV = "TABFILL_ENGINE_TOKEN"
+# The engine's done.finish -> the Generation's (superseded: a newer request of the document took over).
+_FINISHES: dict[str, FinishReason] = {"stop": "stop", "length": "length", "eos": "eos", "cancelled": "cancelled", "superseded": "cancelled"}
 _sequence = itertools.count(1)
 
 
@@ -51,7 +39,7 @@ class RemoteStream:
     started: float = field(default_factory=time.perf_counter)
     token_ids: list[int] = field(default_factory=list)
     text: str = ""
-    finish: str = ""
+    finish: FinishReason | None = None
     done: dict[str, Any] = field(default_factory=dict)
 
 
@@ -68,8 +56,9 @@ class RemoteSource:
         self.client = EngineClient(url, token, client, cache_dir, self._state)
         welcome = self.client.connect(connect_timeout_s)
         self.tokenizer = EngineTokenizer(welcome.tokenizer_json, welcome.special)
+        template = detect_template(self.tokenizer)
         load_ms = (time.perf_counter() - started) * 1000
-        self.info = EngineInfo(f"{welcome.model} @ {url}", "remote", "remote", load_ms, "engine")
+        self.info = EngineInfo(f"{welcome.model} @ {url}", "remote", "remote", load_ms, template.name if template else "prefix-only")
         self.last_done: dict[str, Any] = {}
 
     def _state(self, state: str, why: str) -> None:
@@ -137,8 +126,7 @@ class RemoteSource:
             stream.token_ids.extend(int(i) for i in frame.get("token_ids", ()))
             stream.text += str(frame.get("text", ""))
         elif kind == "done":
-            finish = str(frame.get("finish") or "error")
-            stream.finish = "cancelled" if finish == "superseded" else finish  # superseded: a newer request took over
+            stream.finish = _FINISHES.get(str(frame.get("finish")), "error")
             stream.done = frame
             self.last_done = frame
         elif kind == "error":
@@ -153,18 +141,18 @@ class RemoteSource:
         self.client.close()
 
 
-def open_team(settings: Any, progress: Callable[[str, float | None], None]) -> RemoteSource:
+def open_team(settings: Settings, progress: Callable[[str, float | None], None]) -> RemoteSource:
     """The sources.py opener for "tcp://" and "tcps://" engines: `settings.engine` is the address, the token
     is `settings.engine_token` or $TABFILL_ENGINE_TOKEN; the tokenizer cache lives in the tabfill cache."""
     from tabfill.completion.models import ModelError, cache_root
 
     progress(f"connecting to the team engine at {settings.engine}", None)
     try:
-        source = RemoteSource(settings.engine, getattr(settings, "engine_token", ""), cache_dir=cache_root())
+        source = RemoteSource(settings.engine, settings.engine_token, cache_dir=cache_root())
     except (EngineUnavailable, ValueError) as exc:
         raise ModelError(str(exc)) from None
     progress(f"team engine {source.describe()['model']} ready", 1.0)
     return source
 
 
-__all__ = ["EngineInfo", "EngineUnavailable", "RemoteSource", "RemoteStream", "open_team"]
+__all__ = ["EngineUnavailable", "RemoteSource", "RemoteStream", "open_team"]

@@ -52,7 +52,7 @@ class ProtocolError(Exception):
 
 
 def pack(frame: Mapping[str, Any]) -> bytes:
-    body = msgpack.packb(frame, use_bin_type=True)
+    body = bytes(msgpack.packb(frame, use_bin_type=True))
     return HEADER.pack(len(body)) + body
 
 

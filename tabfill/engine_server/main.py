@@ -33,7 +33,8 @@ def add_arguments(engine: argparse.ArgumentParser) -> None:
     engine.add_argument("--kv-tokens", type=int, default=1024, help="positions per KV slot (prompt + answer)")
     engine.add_argument("--max-queue", type=int, default=64, help="waiting requests before answering busy")
     engine.add_argument("--prefix-cache-mb", type=int, default=128, help="prefix KV store (per tenant with the serial backend)")
-    engine.add_argument("--backend", default="auto", help="auto (batched if available) | batched | serial")
+    engine.add_argument("--backend", default="auto", choices=("auto", "batched", "serial"),
+                        help="batched: continuous batching over --slots KV slots; serial: one generation at a time; auto: batched when built in")
     engine.add_argument("--log-prompts", action="store_true", help="log prompt token ids (source code!); off by default")
     commands = engine.add_subparsers(dest="engine_command")
     token = commands.add_parser("token", help="manage tenant tokens")
@@ -111,10 +112,11 @@ def open_backend(args: argparse.Namespace) -> tuple[ModelCard, StepEngine, int]:
     """Load the model and build the batched engine (or the serial fallback); returns its slot count too."""
     import torch
 
-    from tabfill.completion.engine import Engine, EngineInfo
+    from tabfill.completion.engine import Engine
     from tabfill.completion.models import load_model
     from tabfill.completion.prefix_cache import PrefixCache
     from tabfill.completion.runners import make_runner
+    from tabfill.completion.types import EngineInfo
 
     def progress(stage: str, fraction: float | None) -> None:
         print(f"tabfill engine: {stage}", file=sys.stderr, flush=True)
@@ -130,18 +132,20 @@ def open_backend(args: argparse.Namespace) -> tuple[ModelCard, StepEngine, int]:
     vocab_size = int(loaded.model.config.vocab_size)
     card = ModelCard(loaded.source, vocab_size, tokenizer.backend_tokenizer.to_str().encode(), special, args.kv_tokens)
     store_bytes = args.prefix_cache_mb * 2**20
-    batched = None
     if args.backend in ("auto", "batched"):
         try:
-            from tabfill.completion.batching import BatchedEngine
-        except ImportError:
+            from tabfill.completion.batching import BatchedEngine, BatchRequest, generate_all
+        except ImportError:  # NOTE: a build without the batched engine
             if args.backend == "batched":
                 raise SystemExit("tabfill: this build has no batched engine; use --backend serial") from None
         else:
+            from tabfill.completion.types import Prompt, StopRule
+
             store = PrefixCache(PREFIX_BLOCK_TOKENS, store_bytes) if store_bytes else None
             batched = BatchedEngine(loaded, tokenizer, loaded.device, slots=args.slots, max_tokens=args.kv_tokens, prefix_cache=store)
-    if batched is not None:
-        return card, batched, args.slots
+            # NOTE: one tiny generation first, so the first editor does not pay for kernel initialisation
+            generate_all(batched, [BatchRequest("warm-up", Prompt((0, 0, 0, 0), 2, StopRule()), b"warm-up", 0.0)])
+            return card, batched, args.slots
     from tabfill.engine_server.serial import SerialEngine
 
     runner = make_runner(loaded.model, torch.device(loaded.device), max_tokens=args.kv_tokens, quantize=None, lean=True)

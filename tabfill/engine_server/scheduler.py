@@ -52,7 +52,7 @@ class Job:
 
     @property
     def id(self) -> str:
-        return self.request.id
+        return str(self.request.id)
 
 
 def final_event(job: Job, finish: str) -> BatchEvent:

@@ -175,7 +175,7 @@ def test_the_source_reconnects_after_the_engine_is_killed_and_restarted(tenants,
         assert (down.finish_reason, down.text) == ("error", "") and time.monotonic() - started < 0.5
         restarted = start_engine(token_file, tmp_path / "second.log", port=first.port)
         deadline = time.monotonic() + 30
-        while not remote.client.connected and time.monotonic() < deadline:
+        while states[-1:] != ["up"] and time.monotonic() < deadline:
             time.sleep(0.1)
         assert states == ["down", "up"]
         assert remote.generate(prompt_of(remote, CODE[3]), CancelToken(), Deadline()).finish_reason != "error"
