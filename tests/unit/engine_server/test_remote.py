@@ -165,3 +165,24 @@ def test_tcps_speaks_tls_and_verifies_the_engine_certificate(tmp_path: Path, mon
             assert source.generate(prompt(), CancelToken(), Deadline.after_ms(5000)).text == "4,5,6,7,"
         finally:
             source.close()
+
+
+def test_the_source_factory_opens_the_team_engine_for_tcp_and_reports_a_bad_token_as_a_model_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tabfill.completion.models import ModelError
+    from tabfill.completion.settings import parse_settings
+    from tabfill.completion.sources import open_source
+
+    monkeypatch.setenv("TABFILL_CACHE_DIR", str(tmp_path / "cache"))
+    with engine_server(tmp_path) as running:
+        settings, problems = parse_settings({"engine": f"tcp://127.0.0.1:{running.port}", "engineToken": running.tokens["bob"]})
+        assert problems == [] and running.tokens["bob"] not in repr(settings)
+        stages: list[str] = []
+        source = open_source(settings, lambda stage, fraction: stages.append(stage))
+        try:
+            assert isinstance(source, RemoteSource) and source.describe()["tenant"] == "bob"
+            assert source.info.template == "prefix-only" and stages[0].startswith("connecting to the team engine")
+        finally:
+            source.close()
+        bad, _ = parse_settings({"engine": f"tcp://127.0.0.1:{running.port}", "engineToken": "bob.wrong"})
+        with pytest.raises(ModelError, match="unauthorized"):
+            open_source(bad, lambda stage, fraction: None)
