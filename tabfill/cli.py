@@ -37,12 +37,9 @@ def _settings(args: argparse.Namespace) -> Settings:  # Settings is imported laz
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from tabfill.completion.sources import preload
     from tabfill.lsp_server.server import create_server
 
-    settings = _settings(args)
-    preload(settings)  # torch and transformers for an in-process model, before the first request is read
-    server = create_server(settings)
+    server = create_server(_settings(args))
     if args.tcp:
         host, _, port = args.tcp.rpartition(":")
         server.start_tcp(host or "127.0.0.1", int(port))

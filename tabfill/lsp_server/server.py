@@ -17,6 +17,7 @@ from pygls.lsp.server import LanguageServer
 from tabfill import __version__
 from tabfill.completion.service import CompletionService
 from tabfill.completion.settings import parse_settings
+from tabfill.completion.sources import preload
 from tabfill.completion.types import CancelToken, Completion, CompletionRequest, EngineInfo, Settings
 from tabfill.completion.worker import Cancelled
 from tabfill.lsp_server.documents import DocumentStore
@@ -165,6 +166,10 @@ class TabfillServer(LanguageServer):
 
     # ------------------------------------------------------------------ model lifecycle
     def start_loading(self) -> None:
+        # NOTE: torch and transformers for an in-process model are imported here, on the event loop, before the
+        # loader thread needs them (imports there would stall the loop); the editor's settings are known by
+        # now, so a front-end of a remote engine never imports them.
+        preload(self.service.settings)
         supports_progress = bool(
             self.client_capabilities.window and self.client_capabilities.window.work_done_progress
         )
