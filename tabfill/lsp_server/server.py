@@ -166,10 +166,6 @@ class TabfillServer(LanguageServer):
 
     # ------------------------------------------------------------------ model lifecycle
     def start_loading(self) -> None:
-        # NOTE: torch and transformers for an in-process model are imported here, on the event loop, before the
-        # loader thread needs them (imports there would stall the loop); the editor's settings are known by
-        # now, so a front-end of a remote engine never imports them.
-        preload(self.service.settings)
         supports_progress = bool(
             self.client_capabilities.window and self.client_capabilities.window.work_done_progress
         )
@@ -214,6 +210,10 @@ def create_server(settings: Settings | None = None) -> TabfillServer:
     def initialize(ls: TabfillServer, params: types.InitializeParams) -> None:
         ls._loop = asyncio.get_running_loop() if _has_running_loop() else None
         ls.initial_options = params.initialization_options
+        # NOTE: torch and transformers for an in-process model are imported now, before initialize is answered
+        # (imports on the loader thread would stall the event loop later); the editor's options are known
+        # here, so a front-end whose settings name a remote engine never imports them.
+        preload(parse_settings(params.initialization_options, ls.service.settings)[0])
         ls.documents.set_workspace(params.workspace_folders, params.root_uri, params.root_path)
 
     @server.feature(types.INITIALIZED)
