@@ -214,19 +214,28 @@ def measure(model_dir: str, steps: int, *, context: int = 400, try_compile: bool
     return results
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def step_parser(doc: str | None, steps: int) -> argparse.ArgumentParser:
+    """The options the step micro-benchmarks share: --model, --steps, --context, --threads."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(DEFAULT_MODEL_DIR))
-    parser.add_argument("--steps", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=steps)
     parser.add_argument("--context", type=int, default=400)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--compile", action="store_true", help="also time a torch.compile'd decode step")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    results = measure(args.model, args.steps, context=args.context, try_compile=args.compile)
+    return parser
+
+
+def print_results(results: dict[str, float]) -> None:
     width = max(len(key) for key in results)
     for key, value in results.items():
         print(f"{key:<{width}}  {value:10.2f}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = step_parser(__doc__, 32)
+    parser.add_argument("--compile", action="store_true", help="also time a torch.compile'd decode step")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print_results(measure(args.model, args.steps, context=args.context, try_compile=args.compile))
 
 
 if __name__ == "__main__":

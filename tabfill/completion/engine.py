@@ -11,94 +11,24 @@ import dataclasses
 import logging
 import time
 import warnings
-from bisect import bisect_left
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from tabfill.completion.drafts import NgramDrafter
+from tabfill.completion.decoding import DRAFT_TOKENS, Decoding, Vocabulary, eos_ids, stop_index
 from tabfill.completion.prefix_cache import PrefixCache
 from tabfill.completion.runners import Runner, TransformersRunner
-from tabfill.completion.types import CancelToken, Deadline, EngineInfo, FinishReason, Generation, Prompt, Resumable, StopRule, Timings
+from tabfill.completion.types import CancelToken, Deadline, EngineInfo, FinishReason, Generation, Prompt, Resumable, Timings
 from tabfill.kernels import steps
-from tabfill.syntax_cache.context import indent_width
 
 log = logging.getLogger(__name__)
 
-DRAFT_TOKENS = 6  # at most this many speculative tokens verified per forward (prompt lookup)
-DRAFT_PAUSE_STEPS = 3
+__all__ = ["Decoding", "Engine", "stop_index"]  # Decoding and stop_index live in decoding.py (shared with batching)
 
 # NOTE: transformers 5.2x warns that `past_key_values` becomes `cache`, but passing `cache=` there does
 # not fill the given cache; keep the working name and silence just this warning.
 warnings.filterwarnings("ignore", message=r"`past_key_values` is deprecated", category=FutureWarning)
-
-
-def stop_index(text: str, stop: StopRule) -> int | None:
-    """Index at which `text` (the continuation so far) must be cut, or None to keep generating.
-
-    Single-line: at the first newline. Multi-line: before the first complete non-empty line indented
-    less than `stop.block_indent`, before a second consecutive blank line, or after `stop.max_lines`.
-    """
-    if stop.single_line:
-        newline = text.find("\n")
-        return None if newline < 0 else newline
-    line_start = 0
-    blank_run = 0
-    line_number = 0
-    while True:
-        newline = text.find("\n", line_start)
-        if newline < 0:
-            return None  # the last line is still being written
-        line = text[line_start:newline]
-        if line_number > 0:  # the first line continues the cursor line: its indent is not ours to judge
-            if line.strip():
-                blank_run = 0
-                if indent_width(line) < stop.block_indent:
-                    return max(line_start - 1, 0)
-            else:
-                blank_run += 1
-                if blank_run >= 2:
-                    return max(line_start - 1, 0)
-        line_number += 1
-        if line_number >= stop.max_lines:
-            return newline
-        line_start = newline + 1
-
-
-@dataclass(eq=False)
-class Decoding:
-    """One generation in progress. Engine thread only; a deadline hands it back for `Engine.resume`."""
-
-    prompt: Prompt
-    stop_ids: frozenset[int]
-    drafter: NgramDrafter
-    generated: list[int] = field(default_factory=list)
-    text: str = ""  # decoded `generated`, healing text included
-    logits: torch.Tensor | None = None  # next-token logits [V]; valid only while the engine's live slot is ours
-    started: bool = False  # its first prefill ran (`cached_tokens` counts the reuse of that one)
-    cached_tokens: int = 0
-    draft_tokens: int = 0
-    accepted_draft_tokens: int = 0
-
-    # NOTE: a rejected draft costs a wider forward (here 8 tokens ≈ 2 single-token steps), so the draft
-    # length follows its success: doubled when all is accepted, halved when not, and after a draft that
-    # was rejected outright drafting pauses for a few steps.
-    draft_budget: int = DRAFT_TOKENS
-    draft_pause: int = 0
-
-    @property
-    def tokens(self) -> list[int]:
-        return list(self.prompt.token_ids) + self.generated
-
-    def adapt_drafts(self, proposed: int, accepted: int, most: int) -> None:
-        if accepted == proposed:
-            self.draft_budget = min(most, self.draft_budget * 2)
-        else:
-            self.draft_budget = max(1, self.draft_budget // 2)
-            if accepted == 0:
-                self.draft_pause = DRAFT_PAUSE_STEPS
 
 
 class Engine:
@@ -123,10 +53,9 @@ class Engine:
         self.info = info
         self.runner: Runner = runner or TransformersRunner(model, self.device)
         self.prefix_cache = prefix_cache if self.runner.kv_bytes_per_token > 0 else None
-        self.eos_ids = frozenset(_eos_ids(model, tokenizer))
+        self.eos_ids = eos_ids(model, tokenizer)
         self.draft_tokens = DRAFT_TOKENS
-        self._token_texts: list[str] | None = None
-        self._sorted: tuple[list[str], list[int]] | None = None
+        self.vocabulary = Vocabulary(tokenizer, model.config.vocab_size)
         self._live: list[int] = []
         self._owner: Decoding | None = None  # whose next-token logits are valid for the live slot
         self.last_reused_tokens = 0
@@ -139,7 +68,7 @@ class Engine:
         started = time.perf_counter()
         self.runner.forward([0, 0, 0, 0], 0)
         self._live, self._owner = [0, 0, 0, 0], None
-        self._sorted_vocabulary()
+        self.vocabulary.sorted()
         return (time.perf_counter() - started) * 1000
 
     def describe(self) -> dict[str, object]:
@@ -161,36 +90,10 @@ class Engine:
     # ----------------------------------------------------------------- token healing support
     def token_texts(self) -> list[str]:
         """The text each vocabulary id decodes to in context (leading spaces kept); built once, lazily."""
-        if self._token_texts is None:
-            started = time.perf_counter()
-            self._token_texts = _decode_vocabulary(self.tokenizer, self.model.config.vocab_size)
-            log.debug("decoded vocabulary in %.0f ms", (time.perf_counter() - started) * 1000)
-        return self._token_texts
+        return self.vocabulary.texts()
 
     def _healing_mask(self, remaining: str, vocab_size: int) -> torch.Tensor:
-        """Boolean mask [V] of tokens consistent with having to produce `remaining` next: tokens whose text
-        starts with it (a range of the sorted vocabulary) or is a prefix of it (one lookup per length)."""
-        texts, ids = self._sorted_vocabulary()
-        low = bisect_left(texts, remaining)
-        high = bisect_left(texts, remaining + "\U0010ffff", low)
-        allowed = ids[low:high]
-        for end in range(1, len(remaining)):
-            at = bisect_left(texts, remaining[:end])
-            while at < len(texts) and texts[at] == remaining[:end]:
-                allowed.append(ids[at])
-                at += 1
-        mask = torch.zeros(vocab_size, dtype=torch.bool, device=self.device)
-        allowed = [i for i in allowed if i < vocab_size]
-        if allowed:
-            mask[torch.tensor(allowed, device=self.device)] = True
-        return mask
-
-    def _sorted_vocabulary(self) -> tuple[list[str], list[int]]:
-        """The usable token texts sorted, with their ids (built once)."""
-        if self._sorted is None:
-            pairs = sorted((text, i) for i, text in enumerate(self.token_texts()) if text and "\ufffd" not in text)
-            self._sorted = ([text for text, _ in pairs], [i for _, i in pairs])
-        return self._sorted
+        return self.vocabulary.healing_mask(remaining, vocab_size, self.device)
 
     # ----------------------------------------------------------------- steps
     def prefill(self, token_ids: list[int], cancel: CancelToken, deadline: Deadline) -> torch.Tensor | None:
@@ -258,8 +161,7 @@ class Engine:
     # ----------------------------------------------------------------- the loop
     def start(self, prompt: Prompt, corpus: Sequence[int] = ()) -> Decoding:
         """A new generation of `prompt`; `corpus` (e.g. the previous suggestion's tokens) feeds the drafts."""
-        drafter = NgramDrafter(prompt.token_ids, corpus)
-        return Decoding(prompt, self.eos_ids | prompt.stop_token_ids, drafter, draft_budget=min(4, self.draft_tokens))
+        return Decoding.begin(prompt, self.eos_ids, tuple(corpus), self.draft_tokens)
 
     def generate(self, prompt: Prompt, cancel: CancelToken, deadline: Deadline, corpus: Sequence[int] = ()) -> Generation:
         """Greedy decoding of `prompt` until a stop, EOS, max tokens, the deadline or cancellation."""
@@ -287,26 +189,11 @@ class Engine:
         return self._result(state, finish, timings)
 
     def _decode(self, state: Decoding, cancel: CancelToken, deadline: Deadline) -> FinishReason:
-        prompt = state.prompt
-        healing = prompt.healing_text
-        limit = prompt.max_new_tokens + (1 if healing else 0)
+        limit = state.limit
         assert state.logits is not None
         logits = state.logits
         while len(state.generated) < limit:
-            if healing and _strip_healing(state.text, healing) is None:
-                if not healing.startswith(state.text):
-                    # The decoded text left the healing text (a tokenizer whose lone tokens decode without
-                    # their leading space): give up rather than return text that does not fit the prefix.
-                    state.text = healing
-                    return "stop"
-                # NOTE: token healing — the prompt's last token was removed; only tokens consistent
-                # with re-producing its text may come first.
-                remaining = healing[len(state.text) :]
-                logits = logits.masked_fill(~self._healing_mask(remaining, logits.shape[-1]), float("-inf"))
-            token_id = int(torch.argmax(logits).item())
-            if token_id in state.stop_ids:
-                return "eos"
-            finish = self._append(state, token_id)
+            token_id, finish = state.choose(logits, self.vocabulary, self.tokenizer)
             if finish:
                 return finish
             # NOTE: stop before a step that would end past the deadline (the answer is due by then), judged
@@ -314,21 +201,13 @@ class Engine:
             if cancel.cancelled or deadline.within_ms(self._step_ms):
                 state.logits = None  # the last token is not in the live slot yet; resume forwards it
                 return "cancelled" if cancel.cancelled else "deadline"
-            budget = min(state.draft_budget, limit - len(state.generated))
-            wants_draft = budget > 0 and state.draft_pause == 0 and _strip_healing(state.text, healing) is not None
-            draft = state.drafter.propose(budget) if wants_draft else []
-            state.draft_pause = max(0, state.draft_pause - 1)
+            draft = state.next_draft()
             if draft:
                 accepted, logits = self.verify_draft(token_id, draft)
-                state.draft_tokens += len(draft)
-                state.accepted_draft_tokens += len(accepted)
-                state.adapt_drafts(len(draft), len(accepted), self.draft_tokens)
-                for draft_id in accepted:
-                    if draft_id in state.stop_ids:
-                        return "eos"
-                    finish = self._append(state, draft_id)
-                    if finish:
-                        return finish
+                state.count_draft(len(draft), len(accepted), self.draft_tokens)
+                finish = state.append_all(accepted, self.tokenizer)
+                if finish:
+                    return finish
             else:
                 started = time.perf_counter()
                 logits = self.decode_one_token(token_id)
@@ -336,21 +215,8 @@ class Engine:
             state.logits = logits
         return "length"
 
-    def _append(self, state: Decoding, token_id: int) -> FinishReason | None:
-        """Add a chosen token to the generation; "stop" when the stop rule cuts the text."""
-        state.generated.append(token_id)
-        state.drafter.extend((token_id,))
-        state.text = self.tokenizer.decode(state.generated, skip_special_tokens=False)
-        continuation = _strip_healing(state.text, state.prompt.healing_text)
-        if continuation is not None:
-            cut = stop_index(continuation, state.prompt.stop)
-            if cut is not None:
-                state.text = state.prompt.healing_text + continuation[:cut]
-                return "stop"
-        return None
-
     def _result(self, state: Decoding, finish: FinishReason, timings: Timings) -> Generation:
-        continuation = _strip_healing(state.text, state.prompt.healing_text)
+        continuation = state.continuation
         return Generation(
             tuple(state.generated),
             continuation or "",
@@ -362,38 +228,3 @@ class Engine:
             accepted_draft_tokens=state.accepted_draft_tokens,
             continuation=state if finish == "deadline" else None,
         )
-
-
-def _strip_healing(text: str, healing: str) -> str | None:
-    """The continuation after the healing text, or None while the healing text is not complete."""
-    if not healing:
-        return text
-    if text.startswith(healing):
-        return text[len(healing) :]
-    return None
-
-
-def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
-    ids: list[int] = []
-    for candidate in (getattr(model.generation_config, "eos_token_id", None), model.config.eos_token_id, tokenizer.eos_token_id):
-        if isinstance(candidate, int):
-            ids.append(candidate)
-        elif isinstance(candidate, (list, tuple)):
-            ids.extend(int(c) for c in candidate)
-    return ids
-
-
-def _decode_vocabulary(tokenizer: Any, vocab_size: int) -> list[str]:
-    """Decode every id behind an anchor token, so tokenizers that strip a leading space (SentencePiece)
-    still report it."""
-    size = min(vocab_size, len(tokenizer))
-    anchor_ids = tokenizer("a", add_special_tokens=False)["input_ids"]
-    anchor = tokenizer.decode(anchor_ids[-1:]) if anchor_ids else ""
-    if anchor_ids:
-        pairs = tokenizer.batch_decode([[anchor_ids[-1], i] for i in range(size)], skip_special_tokens=False)
-        texts = [pair[len(anchor) :] if pair.startswith(anchor) else "" for pair in pairs]
-    else:
-        texts = tokenizer.batch_decode([[i] for i in range(size)], skip_special_tokens=False)
-    special = set(tokenizer.all_special_ids)
-    texts = ["" if i in special else text for i, text in enumerate(texts)]
-    return texts + [""] * (vocab_size - size)

@@ -7,6 +7,9 @@ Blocks are keyed vLLM-style by chained hashes: block i's key is `hash((key of bl
 block i))`, so a key names the whole prefix up to and including its block. Each block also stores its
 token ids and its parent's key, and a lookup compares both: a hash collision is a miss, never wrong KV.
 
+An optional `salt` (e.g. a tenant's name) is chained in before the first block and stored with every
+block, so the same tokens under another salt are another chain: tenants never share a hit.
+
 Bounded in bytes (`max_bytes`, 0 disables the cache), LRU, leaves first: a block whose child is cached
 is never evicted before that child, so every cached block stays reachable from the first block.
 
@@ -34,6 +37,11 @@ def _block_hash(parent_key: BlockKey | None, token_ids: tuple[int, ...]) -> Bloc
     return hash((parent_key, token_ids))
 
 
+def _root_key(salt: bytes) -> BlockKey | None:
+    """What the first block of a chain is hashed with as its "parent": None unsalted, else the salt's hash."""
+    return hash(("salt", salt)) if salt else None
+
+
 @dataclass(frozen=True)
 class PrefixMatch:
     """The longest cached prefix of a prompt, as returned by `PrefixCache.match`."""
@@ -43,6 +51,7 @@ class PrefixMatch:
     # NOTE: each stored block gets an id that is never reused, so `load` can tell that a block it finds
     # under a key is still the one `match` compared tokens against (and not a later one with that key).
     block_ids: tuple[int, ...] = ()
+    salt: bytes = b""
 
 
 @dataclass
@@ -55,10 +64,11 @@ class PrefixCacheStats:
 @dataclass
 class _Block:
     block_id: int
-    parent_key: BlockKey | None
+    parent_key: BlockKey | None  # the previous block's key; None for a chain's first block
     token_ids: tuple[int, ...]
     slot: int  # its KV is `pool[slot]`: [L, 2, Hkv, block_tokens, D]
     num_bytes: int
+    salt: bytes = b""
     num_children: int = 0
 
 
@@ -103,10 +113,11 @@ class PrefixCache:
         self._num_bytes = 0
         self._pool, self._free_slots = None, []
 
-    def match(self, token_ids: Sequence[int]) -> PrefixMatch:
-        """The longest cached prefix of `token_ids`, in whole blocks. Does not mutate (no LRU touch, no stats)."""
-        keys, blocks = self._cached_chain(token_ids, len(token_ids) // self.block_tokens)
-        return PrefixMatch(len(keys) * self.block_tokens, tuple(keys), tuple(block.block_id for block in blocks))
+    def match(self, token_ids: Sequence[int], salt: bytes = b"") -> PrefixMatch:
+        """The longest cached prefix of `token_ids` under `salt`, in whole blocks. Does not mutate (no LRU
+        touch, no stats)."""
+        keys, blocks = self._cached_chain(token_ids, len(token_ids) // self.block_tokens, salt)
+        return PrefixMatch(len(keys) * self.block_tokens, tuple(keys), tuple(block.block_id for block in blocks), salt)
 
     def load(self, match: PrefixMatch) -> Tensor | None:
         """The KV `[L, 2, Hkv, n, D]` of a match (a new tensor), marking its blocks recently used.
@@ -116,7 +127,7 @@ class PrefixCache:
         parent_key: BlockKey | None = None
         for key, block_id in zip(match.block_hashes, match.block_ids, strict=True):
             block = self._blocks.get(key)
-            if block is None or block.block_id != block_id or block.parent_key != parent_key:
+            if block is None or block.block_id != block_id or block.parent_key != parent_key or block.salt != match.salt:
                 break
             blocks.append(block)
             parent_key = key
@@ -129,8 +140,10 @@ class PrefixCache:
         assert pool is not None
         return torch.cat([pool[block.slot] for block in blocks], dim=TOKEN_DIM)
 
-    def commit(self, token_ids: Sequence[int], num_verified_tokens: int, read_kv: Callable[[int, int], Tensor]) -> int:
-        """Store the full blocks of `token_ids[:num_verified_tokens]` that are not cached yet.
+    def commit(
+        self, token_ids: Sequence[int], num_verified_tokens: int, read_kv: Callable[[int, int], Tensor], salt: bytes = b""
+    ) -> int:
+        """Store the full blocks of `token_ids[:num_verified_tokens]` that are not cached yet (under `salt`).
 
         `read_kv(start, end)` returns the KV of tokens [start, end) as `[L, 2, Hkv, end - start, D]`; it is
         called once, for the missing blocks only (they are contiguous: a cached block's parent is cached).
@@ -145,7 +158,7 @@ class PrefixCache:
             return 0
         bt = self.block_tokens
         num_full_blocks = num_verified_tokens // bt
-        keys, blocks = self._cached_chain(token_ids, num_full_blocks)
+        keys, blocks = self._cached_chain(token_ids, num_full_blocks, salt)
         chain = list(keys)
         first_missing = len(keys)
         parent_key = keys[-1] if keys else None
@@ -154,7 +167,7 @@ class PrefixCache:
             # NOTE: a missing block whose key is taken (by a colliding block) cannot be stored, nor can any
             # block after it; check the keys before reading any KV.
             num_storable = 0
-            key = parent_key
+            key = parent_key if keys else _root_key(salt)
             for i in range(first_missing, num_full_blocks):
                 key = _block_hash(key, tuple(token_ids[i * bt : (i + 1) * bt]))
                 if key in self._blocks or key in new_keys:
@@ -179,7 +192,7 @@ class PrefixCache:
                     slot = self._free_slots.pop()
                     pool[slot].copy_(block_kv)
                     block_tokens = tuple(token_ids[start + j * bt : start + (j + 1) * bt])
-                    self._blocks[key] = _Block(self._next_block_id, parent_key, block_tokens, slot, block_bytes)
+                    self._blocks[key] = _Block(self._next_block_id, parent_key, block_tokens, slot, block_bytes, salt)
                     self._next_block_id += 1
                     self._num_bytes += block_bytes
                     if parent_key is not None:
@@ -201,17 +214,17 @@ class PrefixCache:
             self._free_slots = list(range(num_slots - 1, -1, -1))
         return self._pool
 
-    def _cached_chain(self, token_ids: Sequence[int], num_blocks: int) -> tuple[list[BlockKey], list[_Block]]:
+    def _cached_chain(self, token_ids: Sequence[int], num_blocks: int, salt: bytes) -> tuple[list[BlockKey], list[_Block]]:
         bt = self.block_tokens
         keys: list[BlockKey] = []
         blocks: list[_Block] = []
         parent_key: BlockKey | None = None
         for i in range(num_blocks):
             block_token_ids = tuple(token_ids[i * bt : (i + 1) * bt])
-            key = _block_hash(parent_key, block_token_ids)
+            key = _block_hash(parent_key if i else _root_key(salt), block_token_ids)
             block = self._blocks.get(key)
-            # NOTE: compare tokens and parent, not only the key: a colliding key must be a miss.
-            if block is None or block.parent_key != parent_key or block.token_ids != block_token_ids:
+            # NOTE: compare tokens, parent and salt, not only the key: a colliding key must be a miss.
+            if block is None or block.parent_key != parent_key or block.token_ids != block_token_ids or block.salt != salt:
                 break
             keys.append(key)
             blocks.append(block)

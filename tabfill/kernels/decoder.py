@@ -84,7 +84,10 @@ class LeanDecoder:
         vocab_size: int,
         max_tokens: int,
         quantization: str,
+        cache_tokens: int | None = None,
     ) -> None:
+        """``cache_tokens``: positions of the decoder's own KV cache (default ``max_tokens``); 0 when its KV
+        lives elsewhere (kernels.batch's slot pool) and ``forward`` is not used."""
         self.arch = arch
         self.embed = embed  # [D, V] when embed_transposed (shared with the tied lm_head), else [V, D]
         self.embed_transposed = embed_transposed
@@ -104,14 +107,16 @@ class LeanDecoder:
         self.dtype = final_norm_weight.dtype
         self.attention_backend, self.attention_why = select_backend(self.device)
         self.cache = KVCache(
-            len(layers), num_kv_heads, max_tokens, head_dim, dtype=self.dtype, device=self.device
+            len(layers), num_kv_heads, max_tokens if cache_tokens is None else cache_tokens, head_dim,
+            dtype=self.dtype, device=self.device,
         )
 
     # ---- construction -------------------------------------------------------------------------------
 
     @classmethod
     def from_hf(
-        cls, model: Any, *, max_tokens: int = 2048, quantize: str | None = None, smooth_alpha: float | None = 0.5
+        cls, model: Any, *, max_tokens: int = 2048, quantize: str | None = None, smooth_alpha: float | None = 0.5,
+        cache_tokens: int | None = None,
     ) -> LeanDecoder:
         """Build from a loaded transformers causal LM (its device and dtype), its weights packed by
         ``packing.pack_weights`` (fp32 shared with the transformers model, or int8 copies on CPU).
@@ -156,6 +161,7 @@ class LeanDecoder:
             vocab_size=config.vocab_size,
             max_tokens=max_tokens,
             quantization="int8 dynamic (fbgemm, per-channel weights)" if quantization == "int8" else "none",
+            cache_tokens=cache_tokens,
         )
 
     # ---- the forward --------------------------------------------------------------------------------
@@ -192,8 +198,8 @@ class LeanDecoder:
             token_ids = torch.tensor(list(token_ids), dtype=torch.long, device=self.device)  # [S]
         q_len = token_ids.shape[0]
         end_pos = start_pos + q_len
-        if q_len == 0 or start_pos < 0 or end_pos > self.max_tokens:
-            raise ValueError(f"positions {start_pos}..{end_pos - 1} outside the cache (max_tokens {self.max_tokens})")
+        if q_len == 0 or start_pos < 0 or end_pos > self.cache.max_tokens:
+            raise ValueError(f"positions {start_pos}..{end_pos - 1} outside the cache (max_tokens {self.cache.max_tokens})")
         hq, hkv, dh = self.num_heads, self.num_kv_heads, self.head_dim
         cos = self.cos[start_pos:end_pos, None, :]  # [S, 1, Dh]
         sin = self.signed_sin[start_pos:end_pos, None, :]  # [S, 1, Dh]
@@ -230,8 +236,8 @@ class LeanDecoder:
     def write_kv(self, start: int, kv: Tensor) -> None:
         """Inverse of ``read_kv``: ``kv`` [L, 2, Hkv, n, Dh] into positions ``[start, start+n)``."""
         end = start + kv.shape[3]
-        if end > self.max_tokens:
-            raise ValueError(f"positions {start}..{end - 1} outside the cache (max_tokens {self.max_tokens})")
+        if end > self.cache.max_tokens:
+            raise ValueError(f"positions {start}..{end - 1} outside the cache (max_tokens {self.cache.max_tokens})")
         self.cache.k[:, 0, :, start:end] = kv[:, 0]
         self.cache.v[:, 0, :, start:end] = kv[:, 1]
 

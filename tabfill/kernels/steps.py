@@ -52,8 +52,14 @@ def verify_draft(model: Forward, token_id: int, draft: Sequence[int], pos: int) 
     the model itself would have chosen greedily. Returns (accepted draft tokens, logits [1 + K, V]); the
     next-token logits are `logits[len(accepted)]`. The KV of rejected tokens is overwritten by the next write."""
     logits = model.forward([token_id, *draft], pos, all_logits=True)  # [1 + K, V]
+    return list(draft[: accepted_run(draft, logits)]), logits
+
+
+def accepted_run(draft: Sequence[int], logits: Tensor) -> int:
+    """How many leading tokens of `draft` greedy decoding would have chosen, from the logits [1 + K, V] of
+    (the token before the draft, *draft)."""
     choices = torch.argmax(logits, dim=-1).tolist()
     accepted = 0
     while accepted < len(draft) and choices[accepted] == draft[accepted]:
         accepted += 1
-    return list(draft[:accepted]), logits
+    return accepted

@@ -246,3 +246,32 @@ def test_blocks_live_in_one_pool_whose_slots_are_reused_and_served_exactly() -> 
         match = cache.match(prompt)
         loaded = cache.load(match)
         assert loaded is not None and torch.equal(loaded, slot.kv_of(0, match.num_cached_tokens)), step
+
+
+def test_a_salt_is_its_own_chain_same_salt_hits_other_salt_misses() -> None:
+    cache = PrefixCache(block_tokens=BT, max_bytes=2**20)
+    prompt = doc(1, 3)
+    slot = FakeSlot(prompt)
+    assert cache.commit(prompt, len(prompt), slot.read_kv, salt=b"tenant-a") == 12
+    assert cache.match(prompt, salt=b"tenant-a").num_cached_tokens == 12
+    assert cache.match(prompt, salt=b"tenant-b").num_cached_tokens == 0
+    assert cache.match(prompt).num_cached_tokens == 0  # unsalted is a tenant of its own too
+    kv = cache.load(cache.match(prompt, salt=b"tenant-a"))
+    assert kv is not None
+    torch.testing.assert_close(kv, slot.kv_of(0, 12))
+    # tenant b stores the same tokens as its own blocks (read again, not shared)
+    other = FakeSlot(prompt)
+    assert cache.commit(prompt, len(prompt), other.read_kv, salt=b"tenant-b") == 12
+    assert other.calls == [(0, 12)] and cache.num_blocks == 6
+
+
+def test_a_match_under_one_salt_does_not_load_under_another(monkeypatch: pytest.MonkeyPatch) -> None:
+    # every key collides: only the stored salt tells the chains apart
+    monkeypatch.setattr(prefix_cache, "_block_hash", lambda parent_key, token_ids: 42)
+    cache = PrefixCache(block_tokens=BT, max_bytes=2**20)
+    prompt = doc(1, 1)
+    cache.commit(prompt, len(prompt), FakeSlot(prompt).read_kv, salt=b"a")
+    assert cache.match(prompt, salt=b"a").num_cached_tokens == 4
+    assert cache.match(prompt, salt=b"b").num_cached_tokens == 0
+    forged = prefix_cache.PrefixMatch(4, (42,), cache.match(prompt, salt=b"a").block_ids, b"b")
+    assert cache.load(forged) is None

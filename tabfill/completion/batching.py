@@ -1,0 +1,314 @@
+"""Continuous batching: many greedy generations share one model, one batched forward per step.
+
+`BatchedEngine.step()` runs one `forward_rows` (kernels/batch.py) over a pool of KV slots: every decoding
+row's next token (with its prompt-lookup draft, verified per row) plus at most one prefill chunk, so a cold
+1k-token prompt delays the other rows by one chunk per step, never by its whole prefill. Requests join
+(`add`) and leave (`cancel`, or a stop) between steps; waiting prompts are prefilled in `priority` order
+(smaller first: the deadline). The per-token rules — stop rules, EOS, token healing, drafts — are the
+single-stream `Engine`'s (completion/decoding.py), so a row's tokens equal `Engine.generate`'s up to float
+ties. A row's prompt prefix comes from the prefix store under its request's salt (tenant) and its verified
+KV goes back there when it leaves, so tenants never share a hit.
+
+Single thread: the engine server's scheduler thread calls add / cancel / step.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from tabfill.completion.decoding import DRAFT_TOKENS, Decoding, Vocabulary, eos_ids
+from tabfill.completion.models import LoadedModel
+from tabfill.completion.prefix_cache import PrefixCache
+from tabfill.completion.types import Prompt
+from tabfill.kernels import steps
+from tabfill.kernels.batch import BatchedDecoder, RowInput
+from tabfill.kernels.decoder import LeanDecoder
+
+log = logging.getLogger(__name__)
+
+# NOTE: a step that carries a prefill chunk costs about one chunk's forward more than a decode step;
+# 128 tokens keeps that to ~2-3 decode steps of SmolLM2 on 2 cores (the bound on how long one cold prompt
+# delays everyone's next token), while smaller chunks make the prefill itself slower (64: ~20 % here).
+PREFILL_CHUNK_TOKENS = 128
+
+FINISHES = ("stop", "length", "eos", "cancelled", "error")
+
+
+@dataclass(frozen=True)
+class BatchRequest:
+    id: str
+    prompt: Prompt
+    salt: bytes  # the tenant: prefix-cache keys are salted with it
+    priority: float  # smaller = sooner (e.g. the deadline as a monotonic time)
+    corpus: tuple[int, ...] = ()  # extra tokens for prompt-lookup drafts (e.g. the previous suggestion)
+
+
+@dataclass(frozen=True)
+class BatchEvent:
+    id: str
+    token_ids: tuple[int, ...]  # tokens generated since the last event (healing tokens included)
+    text: str  # continuation text since the last event (healing text stripped; never taken back)
+    finish: str | None  # None while running; else one of FINISHES
+    cached_tokens: int  # prompt tokens whose KV came from the prefix store
+    prompt_tokens: int
+
+
+@dataclass(eq=False)
+class _Row:
+    request: BatchRequest
+    state: Decoding
+    order: int  # arrival order: ties of priority go first come, first served
+    slot: int = -1
+    written: int = 0  # slot positions holding verified KV (prompt, then chosen and accepted tokens)
+    pending: int | None = None  # the chosen token not yet forwarded (decoding rows only)
+    draft: list[int] = field(default_factory=list)
+    sent_tokens: int = 0
+    sent_text: str = ""
+
+    @property
+    def prefilling(self) -> bool:
+        return self.pending is None
+
+
+class BatchedEngine:
+    """Greedy generation for many requests at once over a `BatchedDecoder`'s slots. Not thread-safe."""
+
+    def __init__(
+        self,
+        loaded_model: Any,
+        tokenizer: Any,
+        device: str,
+        *,
+        slots: int,
+        max_tokens: int,
+        prefix_cache: PrefixCache | None,
+        quantize: str | None = None,
+        decoder: LeanDecoder | None = None,
+        prefill_chunk: int = PREFILL_CHUNK_TOKENS,
+    ) -> None:
+        """`loaded_model`: a transformers causal LM (or a `LoadedModel`); the lean decoder is built from it
+        unless `decoder` (already built from that model) is given. `max_tokens`: positions per slot."""
+        model = loaded_model.model if isinstance(loaded_model, LoadedModel) else loaded_model
+        if decoder is None:
+            # NOTE: no single-sequence cache next to the slot pool (SmolLM2: 45 KB a token, ~90 MB at 2048
+            # tokens): the RSS is the weights plus the pool.
+            decoder = LeanDecoder.from_hf(model, max_tokens=max_tokens, quantize=quantize, cache_tokens=0)
+        if prefill_chunk < 1:
+            raise ValueError(f"prefill_chunk must be >= 1, got {prefill_chunk}")
+        self.batch = BatchedDecoder(decoder, slots=slots, max_tokens=max_tokens)
+        self.tokenizer = tokenizer
+        self.device = torch.device(device)
+        self.prefix_cache = prefix_cache
+        self.eos_ids = eos_ids(model, tokenizer)
+        self.vocabulary = Vocabulary(tokenizer, decoder.vocab_size)
+        self.draft_tokens = DRAFT_TOKENS
+        self.prefill_chunk = prefill_chunk
+        self.max_tokens = max_tokens
+        self._rows: dict[str, _Row] = {}
+        self._free: list[int] = list(range(slots))  # a heap: the lowest free slot first
+        self._arrivals = 0
+        self._events: list[BatchEvent] = []  # produced between steps (cancellations), returned by the next step
+
+    # ------------------------------------------------------------------ requests in and out
+    def add(self, request: BatchRequest) -> None:
+        """Queue a request; it is prefilled when it is the most urgent waiting one and a slot is free.
+        Raises ValueError (and changes nothing) for bad token ids, a prompt that does not fit a slot with
+        its max_new_tokens, a duplicate id or a priority that is not a number."""
+        prompt = request.prompt
+        if not request.id or request.id in self._rows:
+            raise ValueError(f"request id {request.id!r} is empty or already running")
+        ids = prompt.token_ids
+        if not ids:
+            raise ValueError("the prompt has no tokens")
+        vocab = self.batch.vocab_size
+        bad = next((t for t in (*ids, *request.corpus) if type(t) is not int or not 0 <= t < vocab), None)
+        if bad is not None:
+            raise ValueError(f"token id {bad!r} is outside the vocabulary (0..{vocab - 1})")
+        if not 1 <= prompt.max_new_tokens <= self.max_tokens:
+            raise ValueError(f"max_new_tokens {prompt.max_new_tokens} outside 1..{self.max_tokens}")
+        needed = len(ids) + prompt.max_new_tokens + (1 if prompt.healing_text else 0)
+        if needed > self.max_tokens:
+            raise ValueError(
+                f"prompt of {len(ids)} tokens + max_new_tokens {prompt.max_new_tokens} needs {needed} positions; "
+                f"a slot holds {self.max_tokens}"
+            )
+        if not math.isfinite(request.priority):
+            raise ValueError(f"priority must be a finite number, got {request.priority!r}")
+        state = Decoding.begin(prompt, self.eos_ids, request.corpus, self.draft_tokens)
+        self._rows[request.id] = _Row(request, state, self._arrivals)
+        self._arrivals += 1
+
+    def cancel(self, request_id: str) -> None:
+        """Drop a request now: its slot is free for the next step; the next `step` reports it "cancelled".
+        Unknown ids (already finished) are ignored."""
+        row = self._rows.get(request_id)
+        if row is not None:
+            self._events.append(self._finish(row, "cancelled"))
+
+    @property
+    def idle(self) -> bool:
+        return not self._rows and not self._events
+
+    @property
+    def active(self) -> int:
+        """Requests holding a slot."""
+        return sum(1 for row in self._rows.values() if row.slot >= 0)
+
+    @property
+    def queued(self) -> int:
+        return sum(1 for row in self._rows.values() if row.slot < 0)
+
+    def describe(self) -> dict[str, object]:
+        described: dict[str, object] = dict(self.batch.describe())
+        described["prefill_chunk_tokens"] = self.prefill_chunk
+        described["drafts"] = f"prompt lookup, up to {self.draft_tokens} tokens per row per step"
+        store = self.prefix_cache
+        described["prefix_cache"] = (
+            f"{store.max_bytes // 2**20} MiB, blocks of {store.block_tokens} tokens, salted per tenant" if store else "off"
+        )
+        described["rows"] = {"active": self.active, "queued": self.queued}
+        return described
+
+    # ------------------------------------------------------------------ the step
+    @torch.inference_mode()
+    def step(self) -> list[BatchEvent]:
+        """One batched forward: every decoding row's token (+ draft) and at most one prefill chunk.
+        Returns the events of this step (and of cancellations since the last one)."""
+        events, self._events = self._events, []
+        decoding = [row for row in self._rows.values() if not row.prefilling]
+        inputs = [RowInput(row.slot, [row.pending, *row.draft], row.written, bool(row.draft)) for row in decoding]  # type: ignore[list-item]
+        prefill = self._next_prefill()
+        chunk: list[int] = []
+        if prefill is not None:
+            chunk = list(prefill.state.prompt.token_ids[prefill.written : prefill.written + self.prefill_chunk])
+            inputs.append(RowInput(prefill.slot, chunk, prefill.written))
+        if not inputs:
+            return events
+        try:
+            outputs = self.batch.forward_rows(inputs)
+        except Exception:  # a kernel failure ends this step's rows, never the engine
+            log.exception("batched forward failed; ending the %d rows of this step", len(inputs))
+            rows = decoding + ([prefill] if prefill is not None else [])
+            return events + [self._finish(row, "error") for row in rows]
+        for row, logits in zip(decoding, outputs):
+            events.extend(self._after_decode(row, logits))
+        if prefill is not None:
+            prefill.written += len(chunk)
+            if prefill.written == len(prefill.state.prompt.token_ids):
+                events.extend(self._next_token(prefill, outputs[-1]))
+        return events
+
+    def _after_decode(self, row: _Row, logits: torch.Tensor) -> list[BatchEvent]:
+        state = row.state
+        draft, row.draft = row.draft, []
+        row.written += 1
+        if draft:
+            accepted = steps.accepted_run(draft, logits)
+            state.count_draft(len(draft), accepted, self.draft_tokens)
+            row.written += accepted
+            logits = logits[accepted]
+            finish = state.append_all(draft[:accepted], self.tokenizer)
+            if finish:
+                return [self._finish(row, finish)]
+        return self._next_token(row, logits)
+
+    def _next_token(self, row: _Row, logits: torch.Tensor) -> list[BatchEvent]:
+        """Choose the row's next token from `logits` [V]; it is forwarded (with a draft) in the next step."""
+        state = row.state
+        if len(state.generated) >= state.limit:
+            return [self._finish(row, "length")]
+        token_id, finish = state.choose(logits, self.vocabulary, self.tokenizer)
+        if finish:
+            return [self._finish(row, finish)]
+        if len(state.generated) >= state.limit:  # the last token: no forward needed for it
+            return [self._finish(row, "length")]
+        row.pending = token_id
+        row.draft = state.next_draft()
+        return [self._event(row, None)]
+
+    # ------------------------------------------------------------------ slots and the prefix store
+    def _next_prefill(self) -> _Row | None:
+        """The most urgent row still prefilling; a waiting one gets a slot (and its cached prefix) first."""
+        candidates = [row for row in self._rows.values() if row.prefilling and (row.slot >= 0 or self._free)]
+        if not candidates:
+            return None
+        row = min(candidates, key=lambda r: (r.request.priority, r.order))
+        if row.slot < 0:
+            row.slot = heapq.heappop(self._free)
+            row.written = row.state.cached_tokens = self._load_prefix(row)
+        return row
+
+    def _load_prefix(self, row: _Row) -> int:
+        """Copy the longest cached prefix of the row's prompt (its salt only) into its slot. At least the
+        last prompt token is left to run, for its logits."""
+        store = self.prefix_cache
+        ids = row.state.prompt.token_ids
+        if store is None:
+            return 0
+        match = store.match(ids[: len(ids) - 1], row.request.salt)
+        if not match.num_cached_tokens:
+            return 0
+        kv = store.load(match)
+        if kv is None:
+            return 0
+        self.batch.write_kv(row.slot, 0, kv)
+        return match.num_cached_tokens
+
+    def _finish(self, row: _Row, finish: str) -> BatchEvent:
+        """End a row: keep its verified KV in the prefix store (its salt), free its slot, report the rest."""
+        self._rows.pop(row.request.id, None)
+        if row.slot >= 0:
+            store = self.prefix_cache
+            if store is not None and finish != "error" and row.written >= store.block_tokens:
+                slot = row.slot
+                store.commit(row.state.tokens, row.written, lambda s, e: self.batch.read_kv(slot, s, e), row.request.salt)
+            heapq.heappush(self._free, row.slot)
+            row.slot = -1
+        return self._event(row, finish)
+
+    def _event(self, row: _Row, finish: str | None) -> BatchEvent:
+        state = row.state
+        text = _settled_text(state, finish is not None)
+        if not text.startswith(row.sent_text):
+            log.warning("request %s: decoded text changed before what was already sent", row.request.id)
+            text = row.sent_text
+        new_tokens = tuple(state.generated[row.sent_tokens :])
+        delta = text[len(row.sent_text) :]
+        row.sent_tokens, row.sent_text = len(state.generated), text
+        prompt_tokens = len(state.prompt.token_ids)
+        return BatchEvent(row.request.id, new_tokens, delta, finish, state.cached_tokens, prompt_tokens)
+
+
+def _settled_text(state: Decoding, finished: bool) -> str:
+    """The continuation that no later token can change. While running it holds back an incomplete
+    character and trailing spaces (decoding may merge them with what follows) and, for multi-line
+    completions, the last unfinished line (the block rule may still drop it, with its newline)."""
+    text = state.continuation or ""
+    if finished:
+        return text
+    text = text.rstrip(" \ufffd")
+    if not state.prompt.stop.single_line:
+        newline = text.rfind("\n")
+        if newline >= 0:
+            text = text[:newline]
+    return text
+
+
+def generate_all(engine: BatchedEngine, requests: Sequence[BatchRequest], max_steps: int = 100_000) -> dict[str, list[BatchEvent]]:
+    """Run `requests` (all added now) to the end; their events by id. For tests and the bench."""
+    for request in requests:
+        engine.add(request)
+    events: dict[str, list[BatchEvent]] = {request.id: [] for request in requests}
+    for _ in range(max_steps):
+        if engine.idle:
+            return events
+        for event in engine.step():
+            events[event.id].append(event)
+    raise RuntimeError(f"requests still running after {max_steps} steps")

@@ -1,0 +1,235 @@
+"""One greedy generation's state and its per-token rules, shared by the single-stream `Engine` and the
+continuous-batching `BatchedEngine`: stop rules, EOS, token healing, prompt-lookup drafts and their
+verification. Neither the model nor the KV slot lives here: the caller forwards tokens and hands back logits.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from bisect import bisect_left
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from tabfill.completion.drafts import NgramDrafter
+from tabfill.completion.types import FinishReason, Prompt, StopRule
+from tabfill.syntax_cache.context import indent_width
+
+log = logging.getLogger(__name__)
+
+DRAFT_TOKENS = 6  # at most this many speculative tokens verified per forward (prompt lookup)
+DRAFT_PAUSE_STEPS = 3
+
+
+def stop_index(text: str, stop: StopRule) -> int | None:
+    """Index at which `text` (the continuation so far) must be cut, or None to keep generating.
+
+    Single-line: at the first newline. Multi-line: before the first complete non-empty line indented
+    less than `stop.block_indent`, before a second consecutive blank line, or after `stop.max_lines`.
+    """
+    if stop.single_line:
+        newline = text.find("\n")
+        return None if newline < 0 else newline
+    line_start = 0
+    blank_run = 0
+    line_number = 0
+    while True:
+        newline = text.find("\n", line_start)
+        if newline < 0:
+            return None  # the last line is still being written
+        line = text[line_start:newline]
+        if line_number > 0:  # the first line continues the cursor line: its indent is not ours to judge
+            if line.strip():
+                blank_run = 0
+                if indent_width(line) < stop.block_indent:
+                    return max(line_start - 1, 0)
+            else:
+                blank_run += 1
+                if blank_run >= 2:
+                    return max(line_start - 1, 0)
+        line_number += 1
+        if line_number >= stop.max_lines:
+            return newline
+        line_start = newline + 1
+
+
+def strip_healing(text: str, healing: str) -> str | None:
+    """The continuation after the healing text, or None while the healing text is not complete."""
+    if not healing:
+        return text
+    if text.startswith(healing):
+        return text[len(healing) :]
+    return None
+
+
+@dataclass(eq=False)
+class Decoding:
+    """One generation in progress. Engine thread only; a deadline hands it back for `Engine.resume`."""
+
+    prompt: Prompt
+    stop_ids: frozenset[int]
+    drafter: NgramDrafter
+    generated: list[int] = field(default_factory=list)
+    text: str = ""  # decoded `generated`, healing text included
+    logits: torch.Tensor | None = None  # next-token logits [V]; valid only while the engine's live slot is ours
+    started: bool = False  # its first prefill ran (`cached_tokens` counts the reuse of that one)
+    cached_tokens: int = 0
+    draft_tokens: int = 0
+    accepted_draft_tokens: int = 0
+
+    # NOTE: a rejected draft costs a wider forward (here 8 tokens ≈ 2 single-token steps), so the draft
+    # length follows its success: doubled when all is accepted, halved when not, and after a draft that
+    # was rejected outright drafting pauses for a few steps.
+    draft_budget: int = DRAFT_TOKENS
+    draft_pause: int = 0
+
+    @classmethod
+    def begin(cls, prompt: Prompt, eos_ids: frozenset[int], corpus: tuple[int, ...] | list[int] = (), most: int = DRAFT_TOKENS) -> Decoding:
+        """A new generation of `prompt`; `corpus` (e.g. the previous suggestion's tokens) feeds the drafts."""
+        return cls(prompt, eos_ids | prompt.stop_token_ids, NgramDrafter(prompt.token_ids, corpus), draft_budget=min(4, most))
+
+    @property
+    def tokens(self) -> list[int]:
+        return list(self.prompt.token_ids) + self.generated
+
+    @property
+    def limit(self) -> int:
+        """Tokens it may generate: max_new_tokens, plus the healed token."""
+        return self.prompt.max_new_tokens + (1 if self.prompt.healing_text else 0)
+
+    @property
+    def continuation(self) -> str | None:
+        return strip_healing(self.text, self.prompt.healing_text)
+
+    def adapt_drafts(self, proposed: int, accepted: int, most: int) -> None:
+        if accepted == proposed:
+            self.draft_budget = min(most, self.draft_budget * 2)
+        else:
+            self.draft_budget = max(1, self.draft_budget // 2)
+            if accepted == 0:
+                self.draft_pause = DRAFT_PAUSE_STEPS
+
+    def append(self, token_id: int, tokenizer: Any) -> FinishReason | None:
+        """Add a chosen token; "eos" for a stop id (not added), "stop" when the stop rule cuts the text."""
+        if token_id in self.stop_ids:
+            return "eos"
+        self.generated.append(token_id)
+        self.drafter.extend((token_id,))
+        self.text = tokenizer.decode(self.generated, skip_special_tokens=False)
+        continuation = self.continuation
+        if continuation is not None:
+            cut = stop_index(continuation, self.prompt.stop)
+            if cut is not None:
+                self.text = self.prompt.healing_text + continuation[:cut]
+                return "stop"
+        return None
+
+    def choose(self, logits: torch.Tensor, vocabulary: Vocabulary, tokenizer: Any) -> tuple[int, FinishReason | None]:
+        """Pick the next token greedily from `logits` [V] (healing-constrained) and append it.
+        Returns (token id, finish): finish None keeps going; the token must then be forwarded next."""
+        healing = self.prompt.healing_text
+        if healing and self.continuation is None:
+            if not healing.startswith(self.text):
+                # The decoded text left the healing text (a tokenizer whose lone tokens decode without
+                # their leading space): give up rather than return text that does not fit the prefix.
+                self.text = healing
+                return -1, "stop"
+            # NOTE: token healing — the prompt's last token was removed; only tokens consistent
+            # with re-producing its text may come first.
+            remaining = healing[len(self.text) :]
+            logits = logits.masked_fill(~vocabulary.healing_mask(remaining, logits.shape[-1], logits.device), float("-inf"))
+        token_id = int(torch.argmax(logits).item())
+        return token_id, self.append(token_id, tokenizer)
+
+    def next_draft(self) -> list[int]:
+        """Draft tokens to verify after the chosen token (empty: a plain one-token step)."""
+        budget = min(self.draft_budget, self.limit - len(self.generated))
+        wants = budget > 0 and self.draft_pause == 0 and self.continuation is not None
+        draft = self.drafter.propose(budget) if wants else []
+        self.draft_pause = max(0, self.draft_pause - 1)
+        return draft
+
+    def count_draft(self, proposed: int, accepted: int, most: int) -> None:
+        """A verified draft: its statistics, and the next draft's budget."""
+        self.draft_tokens += proposed
+        self.accepted_draft_tokens += accepted
+        self.adapt_drafts(proposed, accepted, most)
+
+    def append_all(self, token_ids: list[int], tokenizer: Any) -> FinishReason | None:
+        """`append` each of `token_ids` (accepted draft tokens) until one finishes the generation."""
+        for token_id in token_ids:
+            finish = self.append(token_id, tokenizer)
+            if finish:
+                return finish
+        return None
+
+
+class Vocabulary:
+    """Each id's text in context, for token healing (decoded once, lazily)."""
+
+    def __init__(self, tokenizer: Any, vocab_size: int) -> None:
+        self.tokenizer = tokenizer
+        self.vocab_size = vocab_size
+        self._texts: list[str] | None = None
+        self._sorted: tuple[list[str], list[int]] | None = None
+
+    def texts(self) -> list[str]:
+        """The text each vocabulary id decodes to in context (leading spaces kept)."""
+        if self._texts is None:
+            started = time.perf_counter()
+            self._texts = _decode_vocabulary(self.tokenizer, self.vocab_size)
+            log.debug("decoded vocabulary in %.0f ms", (time.perf_counter() - started) * 1000)
+        return self._texts
+
+    def sorted(self) -> tuple[list[str], list[int]]:
+        """The usable token texts sorted, with their ids (built once)."""
+        if self._sorted is None:
+            pairs = sorted((text, i) for i, text in enumerate(self.texts()) if text and "\ufffd" not in text)
+            self._sorted = ([text for text, _ in pairs], [i for _, i in pairs])
+        return self._sorted
+
+    def healing_mask(self, remaining: str, vocab_size: int, device: torch.device) -> torch.Tensor:
+        """Boolean mask [V] of tokens consistent with having to produce `remaining` next: tokens whose text
+        starts with it (a range of the sorted vocabulary) or is a prefix of it (one lookup per length)."""
+        texts, ids = self.sorted()
+        low = bisect_left(texts, remaining)
+        high = bisect_left(texts, remaining + "\U0010ffff", low)
+        allowed = ids[low:high]
+        for end in range(1, len(remaining)):
+            at = bisect_left(texts, remaining[:end])
+            while at < len(texts) and texts[at] == remaining[:end]:
+                allowed.append(ids[at])
+                at += 1
+        mask = torch.zeros(vocab_size, dtype=torch.bool, device=device)
+        allowed = [i for i in allowed if i < vocab_size]
+        if allowed:
+            mask[torch.tensor(allowed, device=device)] = True
+        return mask
+
+
+def eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+    ids: list[int] = []
+    for candidate in (getattr(model.generation_config, "eos_token_id", None), model.config.eos_token_id, tokenizer.eos_token_id):
+        if isinstance(candidate, int):
+            ids.append(candidate)
+        elif isinstance(candidate, (list, tuple)):
+            ids.extend(int(c) for c in candidate)
+    return frozenset(ids)
+
+
+def _decode_vocabulary(tokenizer: Any, vocab_size: int) -> list[str]:
+    """Decode every id behind an anchor token, so tokenizers that strip a leading space (SentencePiece)
+    still report it."""
+    size = min(vocab_size, len(tokenizer))
+    anchor_ids = tokenizer("a", add_special_tokens=False)["input_ids"]
+    anchor = tokenizer.decode(anchor_ids[-1:]) if anchor_ids else ""
+    if anchor_ids:
+        pairs = tokenizer.batch_decode([[anchor_ids[-1], i] for i in range(size)], skip_special_tokens=False)
+        texts = [pair[len(anchor) :] if pair.startswith(anchor) else "" for pair in pairs]
+    else:
+        texts = tokenizer.batch_decode([[i] for i in range(size)], skip_special_tokens=False)
+    special = set(tokenizer.all_special_ids)
+    texts = ["" if i in special else text for i, text in enumerate(texts)]
+    return texts + [""] * (vocab_size - size)
