@@ -1,4 +1,4 @@
-"""Command line: `tabfill serve | complete | model pull | stats | doctor`."""
+"""Command line: `tabfill serve | complete | engine | model pull | stats | doctor`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from tabfill import __version__
@@ -28,7 +29,7 @@ def _settings(args: argparse.Namespace) -> Settings:  # Settings is imported laz
     from tabfill.completion.types import Settings
 
     overrides: dict[str, Any] = {}
-    for name in ("model", "device", "max_new_tokens", "deadline_ms"):
+    for name in ("model", "device", "max_new_tokens", "deadline_ms", "engine"):
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
@@ -36,12 +37,9 @@ def _settings(args: argparse.Namespace) -> Settings:  # Settings is imported laz
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from tabfill.completion.sources import preload
     from tabfill.lsp_server.server import create_server
 
-    settings = _settings(args)
-    preload(settings)  # torch and transformers for an in-process model, before the first request is read
-    server = create_server(settings)
+    server = create_server(_settings(args))
     if args.tcp:
         host, _, port = args.tcp.rpartition(":")
         server.start_tcp(host or "127.0.0.1", int(port))
@@ -168,6 +166,12 @@ def _language_of(path: Path) -> str:
     return _LANGUAGES.get(path.suffix.lower(), "plaintext")
 
 
+def _engine_main() -> ModuleType:  # the module, imported lazily like every command's
+    from tabfill.engine_server import main
+
+    return main
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tabfill", description="Self-hosted code completion over LSP.")
     parser.add_argument("--version", action="version", version=f"tabfill {__version__}")
@@ -185,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--stdio", action="store_true", help="talk LSP over stdin/stdout (the default)")
     serve.add_argument("--tcp", metavar="HOST:PORT", help="listen on TCP instead (for debugging)")
     model_options(serve)
+    serve.add_argument("--engine", help="where tokens come from: '' (this process) or tcp(s)://HOST:PORT, a team engine "
+                       "(its token from the engineToken setting or TABFILL_ENGINE_TOKEN)")
     serve.set_defaults(func=cmd_serve)
 
     complete = commands.add_parser("complete", help="print a completion at a position of a file")
@@ -205,6 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--json", action="store_true", help="print the numbers as JSON")
     stats.add_argument("--reset", action="store_true", help="forget all counts")
     stats.set_defaults(func=cmd_stats)
+
+    engine = commands.add_parser("engine", help="serve one model to many editors (the team engine; see docs/ENGINE_PROTOCOL.md)")
+    _engine_main().add_arguments(engine)
+    engine.set_defaults(func=lambda args: _engine_main().cmd_engine(args))
 
     doctor = commands.add_parser("doctor", help="print device, dtype and model state")
     doctor.add_argument("--device")

@@ -67,7 +67,7 @@ def parse_settings(raw: Any, base: Settings | None = None) -> tuple[Settings, li
                 problems.append(f"setting {key!r} must be one of {', '.join(QUANTIZE_CHOICES)}, got {value!r}")
                 continue
             changes[name] = value
-        elif name == "engine":  # "" (this process) or scheme://address; completion.sources checks the scheme
+        elif name in ("engine", "engine_token"):  # engine: "" (this process) or scheme://address (completion.sources)
             if not isinstance(value, str):
                 problems.append(f"setting {key!r} must be a string, got {value!r}")
                 continue

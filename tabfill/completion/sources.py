@@ -64,9 +64,18 @@ def preload(settings: Settings) -> None:
             importlib.import_module(name)
 
 
+def open_team(settings: Settings, progress: ProgressFn) -> TokenSource:
+    """A team engine (`tabfill engine`) at tcp:// or tcps:// (completion.remote: neither torch nor transformers)."""
+    from tabfill.completion.remote import open_team as open_remote_team
+
+    return open_remote_team(settings, progress)
+
+
 OPENERS: dict[str, Opener] = {
     "": open_local,
     "local": open_local,
+    "tcp": open_team,
+    "tcps": open_team,
 }
 
 

@@ -94,7 +94,8 @@ class Timings:
         return " ".join(f"{name}={ms:.1f}ms" for name, ms in self.stages)
 
 
-FinishReason = Literal["stop", "length", "eos", "deadline", "cancelled"]
+# "error": a remote source could not answer (no connection, or the server failed the request).
+FinishReason = Literal["stop", "length", "eos", "deadline", "cancelled", "error"]
 Source = Literal["model", "cache", "type-through", "continuation", "none"]
 
 
@@ -238,3 +239,5 @@ class Settings:
     prefix_cache_mb: int = 128
     # Where tokens come from (completion.sources): "" or "local" = this process.
     engine: str = ""
+    # The team engine's token (tcp:// and tcps://; else $TABFILL_ENGINE_TOKEN). Never logged nor shown.
+    engine_token: str = field(default="", repr=False)

@@ -17,6 +17,7 @@ from pygls.lsp.server import LanguageServer
 from tabfill import __version__
 from tabfill.completion.service import CompletionService
 from tabfill.completion.settings import parse_settings
+from tabfill.completion.sources import preload
 from tabfill.completion.types import CancelToken, Completion, CompletionRequest, EngineInfo, Settings
 from tabfill.completion.worker import Cancelled
 from tabfill.lsp_server.documents import DocumentStore
@@ -43,6 +44,7 @@ class TabfillServer(LanguageServer):
         super().__init__("tabfill", __version__, protocol_cls=TabfillProtocol, max_workers=2)
         self.documents = DocumentStore()
         self.service = service or CompletionService(settings)
+        self.service.on_outage = self._engine_outage
         self.service.on_ready = lambda request, completion: self.call_from_thread(self._completion_ready, request, completion)
         self._loop: asyncio.AbstractEventLoop | None = None
         self.initial_options: Any = None
@@ -66,6 +68,13 @@ class TabfillServer(LanguageServer):
 
     def show(self, kind: types.MessageType, message: str) -> None:
         self.window_show_message(types.ShowMessageParams(type=kind, message=f"tabfill: {message}"))
+
+    def _engine_outage(self, message: str | None) -> None:
+        """A remote engine went away (one message per outage; completions are empty meanwhile) or came back."""
+        if message is not None:
+            self.call_from_thread(self.show, types.MessageType.Warning, message)
+        else:
+            log.warning("the engine is reachable again")
 
     def report_server_error(self, error: Exception, source: Any) -> None:
         log.error("server error (%s): %s", getattr(source, "__name__", source), error)
@@ -201,6 +210,10 @@ def create_server(settings: Settings | None = None) -> TabfillServer:
     def initialize(ls: TabfillServer, params: types.InitializeParams) -> None:
         ls._loop = asyncio.get_running_loop() if _has_running_loop() else None
         ls.initial_options = params.initialization_options
+        # NOTE: torch and transformers for an in-process model are imported now, before initialize is answered
+        # (imports on the loader thread would stall the event loop later); the editor's options are known
+        # here, so a front-end whose settings name a remote engine never imports them.
+        preload(parse_settings(params.initialization_options, ls.service.settings)[0])
         ls.documents.set_workspace(params.workspace_folders, params.root_uri, params.root_path)
 
     @server.feature(types.INITIALIZED)

@@ -16,6 +16,7 @@ MAY_IMPORT = {
     "completion": {"completion", "syntax_cache", "kernels"},
     "syntax_cache": {"syntax_cache"},
     "kernels": {"kernels"},
+    "engine_server": {"engine_server", "completion", "kernels"},
 }
 # package -> outside modules it must never import
 NEVER = {
@@ -23,6 +24,7 @@ NEVER = {
     "completion": {"pygls", "lsprotocol"},
     "syntax_cache": {"torch", "transformers", "pygls", "lsprotocol"},
     "kernels": {"pygls", "lsprotocol", "tree_sitter"},
+    "engine_server": {"pygls", "lsprotocol"},
 }
 LSP_LIBRARIES = {"pygls", "lsprotocol"}
 

@@ -1,0 +1,115 @@
+"""The scheduler thread against a fake batched engine: supersede, deadline order, bounded queue, failures."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from tabfill.completion.types import Prompt, StopRule
+from tabfill.engine_server.batch_api import BatchEvent, BatchRequest
+from tabfill.engine_server.scheduler import Busy, Job, Scheduler
+from tests.unit.engine_server.fakes import FakeEngine
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: dict[str, list[BatchEvent]] = {}
+        self.finished = threading.Condition()
+
+    def __call__(self, job: Job, event: BatchEvent) -> None:
+        with self.finished:
+            self.events.setdefault(job.id, []).append(event)
+            self.finished.notify_all()
+
+    def finish(self, request_id: str, timeout: float = 5.0) -> str:
+        with self.finished:
+            assert self.finished.wait_for(lambda: any(e.finish for e in self.events.get(request_id, [])), timeout), request_id
+            finishes = [e.finish for e in self.events[request_id] if e.finish]
+        assert len(finishes) == 1, finishes  # exactly one last event
+        return str(finishes[0])
+
+
+def job(request_id: str, recorder: Recorder, *, document: str = "", priority: float = 0.0, new_tokens: int = 3) -> Job:
+    prompt = Prompt((1, 2, 3), new_tokens, StopRule())
+    return Job(BatchRequest(request_id, prompt, b"salt", priority), document, recorder)
+
+
+def test_a_newer_request_for_the_same_document_supersedes_the_running_one_at_once() -> None:
+    engine, recorder = FakeEngine(step_delay_s=0.01), Recorder()
+    scheduler = Scheduler(engine, slots=2)
+    scheduler.start()
+    try:
+        scheduler.submit(job("a1", recorder, document="doc", new_tokens=500))
+        time.sleep(0.05)
+        scheduler.submit(job("a2", recorder, document="doc"))
+        assert recorder.finish("a1") == "superseded"
+        assert recorder.finish("a2") == "length"
+        # never two generations of one document at once: a1 leaves the engine before a2 joins it
+        assert engine.log == [("add", "a1"), ("cancel", "a1"), ("add", "a2")]
+    finally:
+        scheduler.close()
+
+
+def test_waiting_requests_start_shortest_deadline_first_and_a_full_queue_answers_busy() -> None:
+    engine, recorder = FakeEngine(), Recorder()
+    scheduler = Scheduler(engine, slots=1, max_queue=3)  # not started: everything waits
+    for request_id, priority in (("late", 30.0), ("soon", 10.0), ("middle", 20.0)):
+        scheduler.submit(job(request_id, recorder, priority=priority))
+    with pytest.raises(Busy):
+        scheduler.submit(job("one-too-many", recorder))
+    scheduler.start()
+    try:
+        for request_id in ("late", "soon", "middle"):
+            assert recorder.finish(request_id) == "length"
+        assert engine.started == ["soon", "middle", "late"]
+        assert "one-too-many" not in recorder.events
+    finally:
+        scheduler.close()
+
+
+def test_cancel_of_a_running_request_frees_its_slot_for_the_next() -> None:
+    engine, recorder = FakeEngine(step_delay_s=0.005), Recorder()
+    scheduler = Scheduler(engine, slots=1)
+    scheduler.start()
+    try:
+        scheduler.submit(job("long", recorder, new_tokens=10_000))
+        scheduler.submit(job("next", recorder))
+        time.sleep(0.05)
+        assert "next" not in engine.started
+        assert scheduler.cancel("long")
+        assert recorder.finish("long") == "cancelled"
+        assert recorder.finish("next") == "length"
+        assert engine.cancelled == ["long"]
+        assert not scheduler.cancel("long")  # ended: nothing to cancel
+    finally:
+        scheduler.close()
+
+
+def test_a_failing_step_fails_its_requests_and_the_scheduler_keeps_serving() -> None:
+    engine, recorder = FakeEngine(), Recorder()
+    engine.fail_next = True
+    scheduler = Scheduler(engine, slots=2)
+    scheduler.start()
+    try:
+        scheduler.submit(job("doomed", recorder))
+        assert recorder.finish("doomed") == "error"
+        scheduler.submit(job("fine", recorder))
+        assert recorder.finish("fine") == "length"
+    finally:
+        scheduler.close()
+
+
+def test_a_request_the_engine_refuses_ends_with_error_and_others_run() -> None:
+    engine, recorder = FakeEngine(), Recorder()
+    scheduler = Scheduler(engine, slots=2)
+    scheduler.start()
+    try:
+        long_prompt = Prompt(tuple(range(60)), 3, StopRule())
+        scheduler.submit(Job(BatchRequest("too-long", long_prompt, b"s", 0.0), "", recorder))
+        scheduler.submit(job("ok", recorder))
+        assert recorder.finish("too-long") == "error"
+        assert recorder.finish("ok") == "length"
+    finally:
+        scheduler.close()
