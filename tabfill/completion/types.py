@@ -238,3 +238,7 @@ class Settings:
     prefix_cache_mb: int = 128
     # Where tokens come from (completion.sources): "" or "local" = this process.
     engine: str = ""
+    # The served model of a server engine: its name there and/or where its tokenizer is here ("default", a
+    # directory, a tokenizer.json, a converted .gguf, a cached hub id). The key is never logged (repr=False).
+    engine_model: str = ""
+    engine_api_key: str = field(default="", repr=False)
