@@ -172,7 +172,7 @@ class OpenAISource:
             return Generation((), "", "error", len(prompt.token_ids))
         stream = self._start(prompt, prompt.max_new_tokens, priority=0)
         cancel.on_cancel(lambda _reason: self._cancelled_before_handoff(stream))
-        return self._wait(Handle(stream), cancel, deadline)
+        return self._wait(Handle(stream, prompt), cancel, deadline)
 
     def resume(self, state: object, cancel: CancelToken, deadline: Deadline) -> Generation:
         if not isinstance(state, Handle):

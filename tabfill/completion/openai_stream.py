@@ -10,7 +10,7 @@ from typing import Any
 
 from tabfill.completion.openai_wire import Chunk
 from tabfill.completion.postprocess import stop_index
-from tabfill.completion.types import CancelToken, Deadline, StopRule
+from tabfill.completion.types import CancelToken, Deadline, Prompt, StopRule
 
 FINISHES = {"stop": "stop", "length": "length", "eos": "eos", "abort": "error"}
 
@@ -99,7 +99,8 @@ class Handle:
     """The Resumable the service keeps for a deadline-cut generation: the open stream. When the service drops
     it (a newer prompt took over), a finalizer closes the stream, which is how the server aborts it."""
 
-    __slots__ = ("stream", "__weakref__")
+    __slots__ = ("stream", "prompt", "__weakref__")
 
-    def __init__(self, stream: Stream) -> None:
+    def __init__(self, stream: Stream, prompt: Prompt) -> None:
         self.stream = stream
+        self.prompt = prompt

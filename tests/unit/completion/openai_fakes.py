@@ -59,6 +59,10 @@ class FakeServer:
     def bodies(self, path: str) -> list[dict[str, Any]]:
         return [body for _, p, body in self.requests if p == path]
 
+    def streamed(self) -> list[dict[str, Any]]:
+        """The completion requests that streamed (not vLLM's one-token priority probe)."""
+        return [body for body in self.bodies("/v1/completions") if body.get("stream")]
+
     def transport(self) -> httpx.MockTransport:
         return httpx.MockTransport(self.handle)
 
@@ -101,11 +105,19 @@ class FakeServer:
         if not body.get("stream"):
             return httpx.Response(200, json={"id": "cmpl-1", "object": "text_completion", "choices": [{"index": 0, "text": "x", "finish_reason": "length"}]})
         request_id = str(body.get("rid") or body.get("request_id") or "")
-        events = [self.chunk(piece, None) for piece in self.pieces]
-        events.append(self.chunk("", "length"))
+        events, text, finish = [], "", "length"
+        for piece in self.pieces:  # the server applies the stop strings itself (and leaves them out)
+            at = min((i for i in ((text + piece).find(s) for s in body.get("stop") or []) if i >= 0), default=-1)
+            if at >= 0:
+                events.append(self.chunk((text + piece)[len(text) : at], None))
+                finish = "stop"
+                break
+            text += piece
+            events.append(self.chunk(piece, None))
+        events.append(self.chunk("", finish))
         prompt_tokens = len(body["prompt"]) if isinstance(body["prompt"], list) else len(body["prompt"]) // 3
         if self.kind == "llama.cpp":
-            events[-1] = _sse({"choices": [{"index": 0, "text": "", "finish_reason": "length"}],
+            events[-1] = _sse({"choices": [{"index": 0, "text": "", "finish_reason": finish}],
                                "timings": {"cache_n": self.cached_tokens, "prompt_n": prompt_tokens - self.cached_tokens}})
         elif (body.get("stream_options") or {}).get("include_usage"):
             events.append(_sse({"id": "cmpl-1", "object": "text_completion", "created": 1730000000, "model": body.get("model"), "choices": [],
