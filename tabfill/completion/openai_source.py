@@ -30,7 +30,7 @@ from tabfill.completion import openai_wire as wire
 from tabfill.completion.openai_detect import detect_server
 from tabfill.completion.openai_health import EngineOffline, Health, describe_error, offline_error
 from tabfill.completion.openai_stream import Handle, Stream
-from tabfill.completion.types import CancelToken, Deadline, Generation, Prompt, StopRule, Timings
+from tabfill.completion.types import CancelToken, Deadline, EngineInfo, Generation, Prompt, StopRule, Timings
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def is_local_model(spec: str) -> bool:
 class OpenAISource:
     """A TokenSource backed by an OpenAI-compatible completion server."""
 
-    info: Any = None  # EngineInfo, set by open_openai_source
+    info: EngineInfo  # set by open_openai_source
 
     def __init__(
         self,
@@ -378,9 +378,5 @@ def open_openai_source(settings: Any, progress: Any = None) -> OpenAISource:
     return source
 
 
-def _engine_info(name: str, template: str, load_ms: float) -> Any:
-    try:  # NOTE: EngineInfo moves out of engine.py (which imports torch) with the TokenSource refactor
-        from tabfill.completion.source import EngineInfo  # type: ignore[import-not-found, unused-ignore]
-    except ImportError:
-        from tabfill.completion.engine import EngineInfo
+def _engine_info(name: str, template: str, load_ms: float) -> EngineInfo:
     return EngineInfo(name, "remote", "server's", load_ms, template)

@@ -80,6 +80,9 @@ class CompletionService:
         # Called (from the engine thread) when a deadline-cut answer has been generated to its end: the
         # caller may tell the editor to ask again at that place (the result cache then has it whole).
         self.on_ready: Callable[[CompletionRequest, Completion], None] | None = None
+        # Called (from a source's I/O thread) once when a remote engine becomes unreachable (a message for the
+        # user) and once when it is back (None): one report per outage, however many keystrokes meet it.
+        self.on_outage: Callable[[str | None], None] | None = None
         self.last_context: SyntaxContext | None = None
         self.last_cross_file = ""  # the cross-file header of the last request that reached the context stage
 
@@ -113,6 +116,8 @@ class CompletionService:
                 with self._lock:
                     self.state, self.error, self._source = "failed", error, None
                 raise exc if isinstance(exc, ModelError) else ModelError(error) from exc
+            if hasattr(source, "on_outage"):  # remote sources report outages; the in-process one has none
+                source.on_outage = self._outage
             with self._lock:
                 old, self._source, self._loaded = self._source, source, settings
                 self._template, self.state = TEMPLATES.get(source.info.template), "ready"
@@ -124,11 +129,17 @@ class CompletionService:
 
         return self._worker.submit(run)
 
+    def _outage(self, message: str | None) -> None:
+        notify = self.on_outage
+        if notify is not None:
+            notify(message)
+
     def update_settings(self, settings: Settings) -> bool:
         """Apply new settings; returns True when the source must be reopened (model, device, engine or its
         set-up changed, or longer prompts than the KV slot it was opened with holds)."""
         def setup(value: Settings) -> tuple[object, ...]:
-            return (value.engine, value.model, value.device, value.lean_forward, value.quantize, value.prefix_cache_mb)
+            return (value.engine, value.engine_model, value.engine_api_key, value.model, value.device, value.lean_forward,
+                    value.quantize, value.prefix_cache_mb)
 
         loaded = self._loaded
         reload = setup(settings) != setup(self.settings) or (loaded is not None and kv_slot_tokens(settings) > kv_slot_tokens(loaded))
@@ -229,7 +240,7 @@ class CompletionService:
             generation.cached_tokens, generation.accepted_draft_tokens, generation.draft_tokens, timings.describe(),
         )
         with self._lock:
-            if generation.finish_reason != "deadline":
+            if generation.finish_reason not in ("deadline", "error"):  # NOTE: a failed server's empty answer is not kept
                 self._results[planned.key] = (text, replace_chars, generation.finish_reason)
             self.last_timings, self.last_generation = timings, generation
         self.flights.answered(request, completion, generation)
@@ -253,7 +264,7 @@ class CompletionService:
         completion = Completion(text, request.offset, replace_chars, request.request_id, "continuation", generation.finish_reason)
         if not self.flights.publish(continuation, completion, generation):
             return False
-        if generation.finish_reason == "deadline":
+        if generation.finish_reason in ("deadline", "error"):
             return True
         with self._lock:
             self._results[continuation.key] = (text, replace_chars, generation.finish_reason)

@@ -94,7 +94,7 @@ class Timings:
         return " ".join(f"{name}={ms:.1f}ms" for name, ms in self.stages)
 
 
-FinishReason = Literal["stop", "length", "eos", "deadline", "cancelled"]
+FinishReason = Literal["stop", "length", "eos", "deadline", "cancelled", "error"]  # error: a server failed (no text)
 Source = Literal["model", "cache", "type-through", "continuation", "none"]
 
 

@@ -44,6 +44,7 @@ class TabfillServer(LanguageServer):
         self.documents = DocumentStore()
         self.service = service or CompletionService(settings)
         self.service.on_ready = lambda request, completion: self.call_from_thread(self._completion_ready, request, completion)
+        self.service.on_outage = self._engine_outage
         self._loop: asyncio.AbstractEventLoop | None = None
         self.initial_options: Any = None
         self.stats = StatsStore()
@@ -66,6 +67,13 @@ class TabfillServer(LanguageServer):
 
     def show(self, kind: types.MessageType, message: str) -> None:
         self.window_show_message(types.ShowMessageParams(type=kind, message=f"tabfill: {message}"))
+
+    def _engine_outage(self, message: str | None) -> None:
+        """A remote engine went away (one message per outage; completions are empty meanwhile) or came back."""
+        if message is not None:
+            self.call_from_thread(self.show, types.MessageType.Warning, message)
+        else:
+            log.warning("the engine is reachable again")
 
     def report_server_error(self, error: Exception, source: Any) -> None:
         log.error("server error (%s): %s", getattr(source, "__name__", source), error)

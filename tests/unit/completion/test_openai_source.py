@@ -270,3 +270,67 @@ def _wait_for(condition: object, timeout_s: float = 5.0) -> None:
             return
         time.sleep(0.01)
     assert condition(), "condition not met in time"  # type: ignore[operator]
+
+
+def test_opening_a_server_source_imports_neither_torch_nor_transformers(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from tabfill.completion.sources import open_source\n"
+        "from tabfill.completion.types import Settings\n"
+        "source = open_source(Settings(engine='openai+http://127.0.0.1:9/v1'), lambda stage, fraction: None)\n"
+        "print(source.describe()['kind'], source.info.device)\n"
+        "source.close()\n"
+        "print(sorted(name for name in ('torch', 'transformers') if name in sys.modules))\n"
+    )
+    root = Path(__file__).resolve().parents[3]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, check=True)
+    assert result.stdout.splitlines() == ["not detected yet remote", "[]"], result.stdout + result.stderr
+
+
+def test_the_service_reports_an_outage_once_and_never_caches_its_empty_answers(tokenizer: FileTokenizer) -> None:
+    from tabfill.completion.service import CompletionService
+    from tabfill.completion.types import CompletionRequest, Settings
+
+    down = {"on": True}
+
+    def fail(request: httpx.Request) -> httpx.Response | None:
+        return _down(request) if down["on"] and request.url.path == "/v1/completions" else None
+
+    server = FakeServer("vllm", tokenize=tokenizer.encode, fail=fail, pieces=("return", " x", "\n"))
+    made: list[OpenAISource] = []
+
+    def opener(settings: Settings, progress: object) -> OpenAISource:
+        source = _source(made, server, tokenizer)
+        source.detect()
+        source.info = _info()
+        return source
+
+    service = CompletionService(Settings(engine="openai+http://engine.test:8000/v1", deadline_ms=2000), opener=opener)
+    messages: list[str | None] = []
+    service.on_outage = messages.append
+    service.load().result(10)
+    text = "def inc(x):\n    "
+    request = CompletionRequest("file:///a.py", "python", 1, text, len(text))
+    try:
+        for _ in range(4):
+            assert service.complete(request).text == ""
+        assert len(messages) == 1 and "connection refused" in str(messages[0])
+        assert service.describe_engine()["outage"]
+        down["on"] = False
+        time.sleep(0.6)  # the backoff after one failed attempt
+        answer = service.complete(request)
+        assert (answer.text, answer.source) == ("return x", "model")  # the server's answer, not a cached empty one
+        assert messages[1:] == [None]
+    finally:
+        service.close()
+
+
+def _info() -> object:
+    from tabfill.completion.types import EngineInfo
+
+    return EngineInfo("fake", "remote", "server's", 0.0, "qwen2.5-coder")
