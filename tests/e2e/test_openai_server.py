@@ -20,11 +20,13 @@ import httpx
 import pytest
 from lsprotocol import types
 
+from tabfill.lsp_server.server import _plain
 from tests.lsp.conftest import inline, lsp_session, open_document, status
 
 pytestmark = pytest.mark.server
 
 DOCUMENT = "def fibonacci(n):\n    if n < 2:\n        return n\n    return "
+CURSOR = (DOCUMENT.count("\n"), len(DOCUMENT.rsplit("\n", 1)[1]))  # (line, character) at the end
 
 
 def _free_port() -> int:
@@ -95,34 +97,27 @@ async def _status(client: object) -> dict[str, Any]:
     return _plain(await status(client))  # type: ignore[arg-type, no-any-return]
 
 
-def _plain(value: Any) -> Any:
-    if hasattr(value, "_asdict"):
-        return {key: _plain(item) for key, item in value._asdict().items()}
-    if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
-    return value
-
-
 async def _messages_after(client: object, count: int, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while len(client.messages) < count and time.monotonic() < deadline:  # type: ignore[attr-defined]
         await asyncio.sleep(0.05)
 
 
-async def test_serve_in_front_of_llama_cpp_python_gives_real_completions(llama_server: LlamaServer, tmp_path: Path) -> None:
+def _serve_args(server: LlamaServer, tmp_path: Path, deadline_ms: int) -> tuple[str, list[str]]:
+    """The document's URI (written to disk) and `tabfill serve`'s arguments for this server."""
     path = tmp_path / "fib.py"
     path.write_text(DOCUMENT)
-    uri = path.as_uri()
-    args = ["--engine", llama_server.url, "--engine-model", "default", "--deadline-ms", "60000"]
+    return path.as_uri(), ["--engine", server.url, "--engine-model", "default", "--deadline-ms", str(deadline_ms)]
+
+
+async def test_serve_in_front_of_llama_cpp_python_gives_real_completions(llama_server: LlamaServer, tmp_path: Path) -> None:
+    uri, args = _serve_args(llama_server, tmp_path, 60_000)
     async with lsp_session(args) as lsp:
         engine = (await _status(lsp))["engine"]
         assert engine["kind"] == "llama-cpp-python" and engine["prompts"].startswith("text")
         assert engine["tokenizer"].endswith("tokenizer.json")  # the served model's tokenizer, read without transformers
         open_document(lsp, uri, DOCUMENT)
-        line = DOCUMENT.count("\n")
-        result = await inline(lsp, uri, line, len(DOCUMENT.rsplit("\n", 1)[1]))
+        result = await inline(lsp, uri, *CURSOR)
         assert result.items, "no completion from the server"
         text = result.items[0].insert_text
         assert isinstance(text, str) and text.strip() and "\n" not in text
@@ -133,13 +128,10 @@ async def test_serve_in_front_of_llama_cpp_python_gives_real_completions(llama_s
 
 
 async def test_an_engine_outage_is_one_message_and_serving_resumes(llama_server: LlamaServer, tmp_path: Path) -> None:
-    path = tmp_path / "fib.py"
-    path.write_text(DOCUMENT)
-    uri = path.as_uri()
-    args = ["--engine", llama_server.url, "--engine-model", "default", "--deadline-ms", "500"]
+    uri, args = _serve_args(llama_server, tmp_path, 500)
+    line, character = CURSOR
     async with lsp_session(args) as lsp:
         open_document(lsp, uri, DOCUMENT)
-        line, character = DOCUMENT.count("\n"), len(DOCUMENT.rsplit("\n", 1)[1])
         llama_server.stop()
         try:
             for _ in range(5):  # keystrokes while the server is down: empty answers, each within the deadline
