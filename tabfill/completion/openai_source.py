@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 
 from tabfill.completion import openai_wire as wire
+from tabfill.completion.fim import TEMPLATES
 from tabfill.completion.openai_detect import detect_server
 from tabfill.completion.openai_health import EngineOffline, Health, describe_error, offline_error
 from tabfill.completion.openai_stream import Handle, Stream
@@ -225,9 +226,34 @@ class OpenAISource:
                 stop = stop[:4]  # the OpenAI API takes at most 4
         return wire.RequestPlan(body, max_tokens, stop, stop_ids, request_id, priority)
 
+    def _infill(self, prompt: Prompt) -> tuple[str, str, str] | None:
+        """llama.cpp's /infill takes the context, prefix and suffix as text and applies the model's own FIM
+        (repo-level with `input_extra` files where the model has those tokens): split a FIM prompt back into
+        (cross-file header, prefix, suffix). None: not a prefix-suffix-middle FIM prompt."""
+        template = TEMPLATES.get(prompt.template)
+        if template is None or template.order != "psm" or not template.middle_marker:
+            return None
+        ids, tokenizer = list(prompt.token_ids), self.tokenizer
+        markers = [tokenizer.convert_tokens_to_ids(m) for m in (template.prefix_marker, template.suffix_marker, template.middle_marker)]
+        try:
+            at_prefix = ids.index(markers[0])
+            at_suffix = ids.index(markers[1], at_prefix)
+            at_middle = ids.index(markers[2], at_suffix)
+        except ValueError:
+            return None
+        head = tokenizer.decode(ids[at_prefix + 1 : at_suffix], skip_special_tokens=False)
+        suffix = tokenizer.decode(ids[at_suffix + 1 : at_middle], skip_special_tokens=False)
+        return head[: prompt.context_chars], head[prompt.context_chars :] + prompt.healing_text, suffix
+
     def _start(self, prompt: Prompt, max_tokens: int, priority: int) -> Stream:
         request_id = f"tabfill-{uuid.uuid4().hex[:16]}"
-        body = wire.completion_body(self._plan(prompt, max_tokens, priority, request_id), self.profile)
+        plan = self._plan(prompt, max_tokens, priority, request_id)
+        path, body = self.base_url + "/completions", wire.completion_body(plan, self.profile)
+        parts = self._infill(prompt) if self.profile.kind == wire.LLAMA_CPP else None
+        if parts is not None:
+            header, prefix, suffix = parts
+            extra = [("context", header)] if header else []
+            path, body = self.root_url + "/infill", wire.infill_body(prefix, suffix, extra, plan, self.profile)
         stream = Stream(request_id, prompt.stop, len(prompt.token_ids))
         with self._lock:
             self.requests += 1
@@ -237,17 +263,17 @@ class OpenAISource:
             self._abort(old)
         if not self.detected:
             self._spawn(self._detect_quietly())
-        stream.task = self._spawn(self._run(stream, body))
+        stream.task = self._spawn(self._run(stream, path, body))
         self.last_stream = stream
         return stream
 
-    async def _run(self, stream: Stream, body: dict[str, Any]) -> None:
+    async def _run(self, stream: Stream, path: str, body: dict[str, Any]) -> None:
         response: httpx.Response | None = None
         try:
             # NOTE: the first byte is awaited with a timeout of our own (headers and first event), whatever
             # the transport; later gaps are bounded by the client's read timeout.
             async with asyncio.timeout(self._first_byte_timeout_s):
-                request = self._client.build_request("POST", self.base_url + "/completions", json=body)
+                request = self._client.build_request("POST", path, json=body)
                 response = await self._client.send(request, stream=True)
                 if response.status_code != 200:
                     raise await offline_error(response)

@@ -78,6 +78,8 @@ class FakeServer:
             return httpx.Response(200, json=self.models())
         if path == "/v1/completions":
             return self.complete(body)
+        if self.kind == "llama.cpp" and path == "/infill":
+            return self.infill(body)
         if self.kind == "sglang" and path == "/get_model_info":
             return httpx.Response(200, json={"model_path": "Qwen/Qwen2.5-Coder-1.5B", "tokenizer_path": "Qwen/Qwen2.5-Coder-1.5B", "is_generation": True})
         if self.kind == "sglang" and path == "/abort_request":
@@ -105,15 +107,8 @@ class FakeServer:
         if not body.get("stream"):
             return httpx.Response(200, json={"id": "cmpl-1", "object": "text_completion", "choices": [{"index": 0, "text": "x", "finish_reason": "length"}]})
         request_id = str(body.get("rid") or body.get("request_id") or "")
-        events, text, finish = [], "", "length"
-        for piece in self.pieces:  # the server applies the stop strings itself (and leaves them out)
-            at = min((i for i in ((text + piece).find(s) for s in body.get("stop") or []) if i >= 0), default=-1)
-            if at >= 0:
-                events.append(self.chunk((text + piece)[len(text) : at], None))
-                finish = "stop"
-                break
-            text += piece
-            events.append(self.chunk(piece, None))
+        pieces, finish = self.until_stop(body.get("stop") or [])
+        events = [self.chunk(piece, None) for piece in pieces]
         events.append(self.chunk("", finish))
         prompt_tokens = len(body["prompt"]) if isinstance(body["prompt"], list) else len(body["prompt"]) // 3
         if self.kind == "llama.cpp":
@@ -125,6 +120,27 @@ class FakeServer:
                                           "prompt_tokens_details": {"cached_tokens": self.cached_tokens}}}))
         events.append(b"data: [DONE]\n\n")
         stream = SseBody(self, request_id, events, self.delay_s, self.first_delay_s)
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=stream)
+
+    def until_stop(self, stops: list[str]) -> tuple[list[str], str]:
+        """The pieces a server streams when it applies the stop strings itself (and leaves them out)."""
+        pieces, text = [], ""
+        for piece in self.pieces:
+            at = min((i for i in ((text + piece).find(stop) for stop in stops) if i >= 0), default=-1)
+            if at >= 0:
+                pieces.append((text + piece)[len(text) : at])
+                return pieces, "stop"
+            text += piece
+            pieces.append(piece)
+        return pieces, "length"
+
+    def infill(self, body: dict[str, Any]) -> httpx.Response:
+        """llama.cpp's native stream: {"content", "stop"} events, the last with timings and tokens_cached."""
+        pieces, finish = self.until_stop(body.get("stop") or [])
+        events = [_sse({"content": piece, "stop": False}) for piece in pieces]
+        events.append(_sse({"content": "", "stop": True, "stopped_limit": finish == "length", "tokens_cached": self.cached_tokens,
+                            "timings": {"cache_n": self.cached_tokens, "prompt_n": 5}}))
+        stream = SseBody(self, "infill", events, self.delay_s, self.first_delay_s)
         return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=stream)
 
     def chunk(self, text: str, finish: str | None) -> bytes:

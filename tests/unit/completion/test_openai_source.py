@@ -15,7 +15,7 @@ from tabfill.completion.openai_source import OpenAISource, parse_engine_url
 from tabfill.completion.tokenizer_file import CharTokenizer, FileTokenizer
 from tabfill.completion.types import CancelToken, Deadline, Prompt, StopRule
 from tests.support import FIM_FAMILIES, build_tiny_tokenizer
-from tests.unit.completion.openai_fakes import SGLANG_FIELDS, VLLM_FIELDS, FakeServer
+from tests.unit.completion.openai_fakes import LLAMA_CPP_FIELDS, SGLANG_FIELDS, VLLM_FIELDS, FakeServer
 
 KEY = "sk-secret-tenant-key"
 SLACK_S = 0.25  # scheduling slack on a shared 2-core machine; deadlines below are 100-300 ms
@@ -155,6 +155,24 @@ def test_llama_cpp_gets_its_cache_options_and_reports_cached_tokens(sources: lis
     assert generation.text == "return x + 1" and generation.cached_tokens == 5
     body = server.streamed()[-1]
     assert body["cache_prompt"] is True and 0 <= body["id_slot"] < 4 and body["t_max_predict_ms"] > 0
+
+
+def test_llama_cpp_gets_fim_prompts_through_infill_with_the_context_as_extra(sources: list[OpenAISource], tokenizer: FileTokenizer) -> None:
+    from tabfill.completion.fim import TEMPLATES, build_prompt
+
+    server = FakeServer("llama.cpp", tokenize=tokenizer.encode, cached_tokens=11)
+    source = _source(sources, server, tokenizer)
+    source.detect()
+    header = "# from util.py:\n# def helper(x): ...\n"
+    prompt = build_prompt("def inc(x):\n    ", "\nprint(inc(1))\n", TEMPLATES["qwen2.5-coder"], tokenizer, max_prefix_tokens=200,
+                          max_suffix_tokens=50, max_new_tokens=24, stop=StopRule(), context=header, max_context_tokens=60)
+    generation = source.generate(prompt, CancelToken(), Deadline.after_ms(5000))
+    assert generation.text == "return x + 1" and generation.cached_tokens == 11
+    body = server.bodies("/infill")[-1]
+    assert set(body) <= LLAMA_CPP_FIELDS
+    assert (body["input_prefix"], body["input_suffix"]) == ("def inc(x):\n    ", "\nprint(inc(1))\n")
+    assert body["input_extra"] == [{"filename": "context", "text": header}]
+    assert body["cache_prompt"] is True and body["stream"] is True and body["n_predict"] == 24
 
 
 def test_the_server_finishing_first_reports_usage(sources: list[OpenAISource], tokenizer: FileTokenizer) -> None:
