@@ -12,6 +12,7 @@ import os
 import runpy
 import sys
 import threading
+from typing import Any
 
 import llama_cpp
 
@@ -32,14 +33,14 @@ def _reused(llama: llama_cpp.Llama, tokens: list[int]) -> int:
     return common
 
 
-def _generate(self: llama_cpp.Llama, tokens: object, *args: object, **kwargs: object) -> object:
-    tokens = list(tokens)  # type: ignore[call-overload]
+def _generate(self: llama_cpp.Llama, tokens: Any, *args: Any, **kwargs: Any) -> Any:
+    tokens = list(tokens)
     record = {"prompt_tokens": len(tokens), "cached_tokens": _reused(self, tokens)}
     with _LOCK, open(os.environ["TABFILL_LLAMA_PROBE"], "a", encoding="utf-8") as out:
         out.write(json.dumps(record) + "\n")
     return _ORIGINAL(self, tokens, *args, **kwargs)
 
 
-llama_cpp.Llama.generate = _generate  # type: ignore[method-assign]
+llama_cpp.Llama.generate = _generate
 sys.argv[0] = "llama_cpp.server"
 runpy.run_module("llama_cpp.server", run_name="__main__")

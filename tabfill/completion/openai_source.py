@@ -27,7 +27,6 @@ from typing import Any
 import httpx
 
 from tabfill.completion import openai_wire as wire
-from tabfill.completion.fim import TEMPLATES
 from tabfill.completion.openai_detect import detect_server
 from tabfill.completion.openai_health import EngineOffline, Health, describe_error, offline_error
 from tabfill.completion.openai_stream import Handle, Stream
@@ -39,23 +38,6 @@ CONNECT_TIMEOUT_S = 3.0
 FIRST_BYTE_TIMEOUT_S = 30.0  # no byte for this long: the server is treated as down (an outage)
 MAX_OPEN_STREAMS = 4  # continuations kept open at once; the oldest is closed beyond that
 _WARM_STOP = StopRule(single_line=False, max_lines=1 << 30)
-
-
-def parse_engine_url(spec: str) -> str:
-    """"openai+http://host:8000/v1" -> "http://host:8000/v1" (a missing /v1 is added); ValueError otherwise."""
-    for scheme in ("openai+http://", "openai+https://"):
-        if spec.startswith(scheme):
-            url = httpx.URL(spec[len("openai+") :])
-            if not url.host:
-                break
-            path = url.path.rstrip("/")
-            return str(url.copy_with(path=path if path.endswith("/v1") else path + "/v1"))
-    raise ValueError(f"not an OpenAI-compatible engine URL: {spec!r} (expected openai+http://HOST:PORT/v1)")
-
-
-def is_local_model(spec: str) -> bool:
-    """A tokenizer location on this machine (not a name the server knows its model by)."""
-    return spec.lower() in ("default", "smollm2", "smollm2-135m") or spec.startswith((".", "/", "~")) or spec.endswith((".gguf", ".json"))
 
 
 class OpenAISource:
@@ -78,7 +60,7 @@ class OpenAISource:
         self.tokenizer = tokenizer
         self._model_spec = model
         self._first_byte_timeout_s = first_byte_timeout_s
-        self.profile = wire.ServerProfile(model=model if model and not is_local_model(model) else None, salt=wire.cache_salt(api_key))
+        self.profile = wire.ServerProfile(model=model if model and not wire.is_local_model(model) else None, salt=wire.cache_salt(api_key))
         self.detected = False
         self.prompts = "text (until the server is detected)"
         self.health = Health(self.base_url)
@@ -226,34 +208,15 @@ class OpenAISource:
                 stop = stop[:4]  # the OpenAI API takes at most 4
         return wire.RequestPlan(body, max_tokens, stop, stop_ids, request_id, priority)
 
-    def _infill(self, prompt: Prompt) -> tuple[str, str, str] | None:
-        """llama.cpp's /infill takes the context, prefix and suffix as text and applies the model's own FIM
-        (repo-level with `input_extra` files where the model has those tokens): split a FIM prompt back into
-        (cross-file header, prefix, suffix). None: not a prefix-suffix-middle FIM prompt."""
-        template = TEMPLATES.get(prompt.template)
-        if template is None or template.order != "psm" or not template.middle_marker:
-            return None
-        ids, tokenizer = list(prompt.token_ids), self.tokenizer
-        markers = [tokenizer.convert_tokens_to_ids(m) for m in (template.prefix_marker, template.suffix_marker, template.middle_marker)]
-        try:
-            at_prefix = ids.index(markers[0])
-            at_suffix = ids.index(markers[1], at_prefix)
-            at_middle = ids.index(markers[2], at_suffix)
-        except ValueError:
-            return None
-        head = tokenizer.decode(ids[at_prefix + 1 : at_suffix], skip_special_tokens=False)
-        suffix = tokenizer.decode(ids[at_suffix + 1 : at_middle], skip_special_tokens=False)
-        return head[: prompt.context_chars], head[prompt.context_chars :] + prompt.healing_text, suffix
-
     def _start(self, prompt: Prompt, max_tokens: int, priority: int) -> Stream:
         request_id = f"tabfill-{uuid.uuid4().hex[:16]}"
         plan = self._plan(prompt, max_tokens, priority, request_id)
         path, body = self.base_url + "/completions", wire.completion_body(plan, self.profile)
-        parts = self._infill(prompt) if self.profile.kind == wire.LLAMA_CPP else None
-        if parts is not None:
+        parts = wire.split_fim(prompt, self.tokenizer) if self.profile.kind == wire.LLAMA_CPP else None
+        if parts is not None:  # NOTE: llama.cpp's own FIM, with the cross-file header as an input_extra file
             header, prefix, suffix = parts
-            extra = [("context", header)] if header else []
-            path, body = self.root_url + "/infill", wire.infill_body(prefix, suffix, extra, plan, self.profile)
+            files = [("context", header)] if header else []
+            path, body = self.root_url + "/infill", wire.infill_body(prefix, suffix, files, plan, self.profile)
         stream = Stream(request_id, prompt.stop, len(prompt.token_ids))
         with self._lock:
             self.requests += 1
@@ -383,7 +346,7 @@ def open_openai_source(settings: Any, progress: Any = None) -> OpenAISource:
 
     report = progress or (lambda stage, fraction: None)
     started = time.perf_counter()
-    url = parse_engine_url(settings.engine)
+    url = wire.parse_engine_url(settings.engine)
     api_key = settings.engine_api_key or os.environ.get("TABFILL_ENGINE_API_KEY", "")
     report("loading the served model's tokenizer", None)
     tokenizer = load_tokenizer(settings.engine_model)

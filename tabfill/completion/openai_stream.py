@@ -10,9 +10,9 @@ from typing import Any
 
 from tabfill.completion.openai_wire import Chunk
 from tabfill.completion.postprocess import stop_index
-from tabfill.completion.types import CancelToken, Deadline, Prompt, StopRule
+from tabfill.completion.types import CancelToken, Deadline, FinishReason, Prompt, StopRule
 
-FINISHES = {"stop": "stop", "length": "length", "eos": "eos", "abort": "error"}
+FINISHES: dict[str, FinishReason] = {"stop": "stop", "length": "length", "eos": "eos", "abort": "error"}
 
 
 @dataclass(eq=False)
@@ -23,7 +23,7 @@ class Stream:
     stop: StopRule
     prompt_tokens: int
     text: str = ""
-    finish: str | None = None
+    finish: FinishReason | None = None
     error: str = ""
     cached_tokens: int = 0
     started: float = field(default_factory=time.monotonic)
@@ -60,13 +60,13 @@ class Stream:
                 self.server_finished = True
             return False
 
-    def end(self, finish: str, error: str = "") -> None:
+    def end(self, finish: FinishReason, error: str = "") -> None:
         with self.cond:
             if self.finish is None:
                 self.error = error
                 self._end(finish)
 
-    def _end(self, finish: str) -> None:
+    def _end(self, finish: FinishReason) -> None:
         self.finish = finish
         self.cond.notify_all()
 
@@ -74,7 +74,7 @@ class Stream:
         with self.cond:
             self.cond.notify_all()
 
-    def wait(self, cancel: CancelToken, deadline: Deadline) -> str:
+    def wait(self, cancel: CancelToken, deadline: Deadline) -> FinishReason:
         """Block the calling thread until the stream ends ("stop", "length", ...), `cancel` is set
         ("cancelled") or the deadline ("deadline"): never past the deadline."""
         with self.cond:

@@ -27,6 +27,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
+
+from tabfill.completion.fim import TEMPLATES
+from tabfill.completion.types import Prompt
+
 VLLM, SGLANG, LLAMA_CPP, LLAMA_CPP_PYTHON, OPENAI = "vllm", "sglang", "llama.cpp", "llama-cpp-python", "openai"
 TOKEN_PROMPT_KINDS = frozenset({VLLM, SGLANG, LLAMA_CPP})
 # Where each kind's tokenizer can be asked (to check that ours is the served model's): path, body maker.
@@ -277,3 +282,39 @@ def same_tokens(ours: list[int], theirs: Any, bos: int | None) -> bool:
     if bos is not None and theirs[:1] == [bos] and ours[:1] != [bos]:
         theirs = theirs[1:]
     return theirs == ours
+
+
+def parse_engine_url(spec: str) -> str:
+    """"openai+http://host:8000/v1" -> "http://host:8000/v1" (a missing /v1 is added); ValueError otherwise."""
+    for scheme in ("openai+http://", "openai+https://"):
+        if spec.startswith(scheme):
+            url = httpx.URL(spec[len("openai+") :])
+            if not url.host:
+                break
+            path = url.path.rstrip("/")
+            return str(url.copy_with(path=path if path.endswith("/v1") else path + "/v1"))
+    raise ValueError(f"not an OpenAI-compatible engine URL: {spec!r} (expected openai+http://HOST:PORT/v1)")
+
+
+def is_local_model(spec: str) -> bool:
+    """A tokenizer location on this machine (not a name the server knows its model by)."""
+    return spec.lower() in ("default", "smollm2", "smollm2-135m") or spec.startswith((".", "/", "~")) or spec.endswith((".gguf", ".json"))
+
+
+def split_fim(prompt: Prompt, tokenizer: Any) -> tuple[str, str, str] | None:
+    """A prefix-suffix-middle FIM prompt as text again: (cross-file header, prefix, suffix), for llama.cpp's
+    /infill, which applies the model's own FIM. None: not such a prompt."""
+    template = TEMPLATES.get(prompt.template)
+    if template is None or template.order != "psm" or not template.middle_marker:
+        return None
+    ids = list(prompt.token_ids)
+    markers = [tokenizer.convert_tokens_to_ids(m) for m in (template.prefix_marker, template.suffix_marker, template.middle_marker)]
+    try:
+        at_prefix = ids.index(markers[0])
+        at_suffix = ids.index(markers[1], at_prefix)
+        at_middle = ids.index(markers[2], at_suffix)
+    except ValueError:
+        return None
+    head = tokenizer.decode(ids[at_prefix + 1 : at_suffix], skip_special_tokens=False)
+    suffix = tokenizer.decode(ids[at_suffix + 1 : at_middle], skip_special_tokens=False)
+    return head[: prompt.context_chars], head[prompt.context_chars :] + prompt.healing_text, suffix

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tabfill.completion.openai_source import OpenAISource, parse_engine_url
+from tabfill.completion.openai_source import OpenAISource
 from tabfill.completion.tokenizer_file import CharTokenizer, FileTokenizer
 from tabfill.completion.types import CancelToken, Deadline, Prompt, StopRule
 from tests.support import FIM_FAMILIES, build_tiny_tokenizer
@@ -270,15 +270,6 @@ def test_the_key_is_never_shown_nor_logged(sources: list[OpenAISource], tokenize
     assert f"Bearer {KEY}" in seen  # it is sent ...
     shown = str(source.describe()) + repr(source) + caplog.text
     assert KEY not in shown  # ... and nowhere else
-
-
-def test_parse_engine_url() -> None:
-    assert parse_engine_url("openai+http://gpu:8000/v1") == "http://gpu:8000/v1"
-    assert parse_engine_url("openai+https://gw.example/team") == "https://gw.example/team/v1"
-    assert parse_engine_url("openai+http://127.0.0.1:8080") == "http://127.0.0.1:8080/v1"
-    for bad in ("http://gpu:8000/v1", "openai+ftp://x", "openai+http://"):
-        with pytest.raises(ValueError):
-            parse_engine_url(bad)
 
 
 def _wait_for(condition: object, timeout_s: float = 5.0) -> None:

@@ -89,3 +89,12 @@ def test_same_tokens_ignores_a_bos_the_server_adds() -> None:
     assert wire.same_tokens([5, 6], [1, 5, 6], bos=1)
     assert not wire.same_tokens([5, 6], [5, 7], bos=1)
     assert not wire.same_tokens([5, 6], {"tokens": [5, 6]}, bos=None)
+
+
+def test_parse_engine_url() -> None:
+    assert wire.parse_engine_url("openai+http://gpu:8000/v1") == "http://gpu:8000/v1"
+    assert wire.parse_engine_url("openai+https://gw.example/team") == "https://gw.example/team/v1"
+    assert wire.parse_engine_url("openai+http://127.0.0.1:8080") == "http://127.0.0.1:8080/v1"
+    for bad in ("http://gpu:8000/v1", "openai+ftp://x", "openai+http://"):
+        with pytest.raises(ValueError):
+            wire.parse_engine_url(bad)
