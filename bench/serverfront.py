@@ -174,7 +174,8 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [
         "# tabfill in front of llama.cpp's server vs the server alone",
         "",
-        f"`{results['command']}` — {results['date']}, commit {results['commit']}, {results['machine'].get('cpu', '')}",
+        f"`{results['command']}` — {results['date']}, commit {results['commit']}, {results['machine'].get('cpu', '')}, "
+        f"load average {results['load_before']} before the run, {results['load_after']} after (2 cores: above 2, other work shared them)",
         "",
         f"llama-cpp-python server, default model GGUF, {results['threads']} threads, {results['cases']} typing cases at pace "
         f"{results['pace']}; a fresh server per system. Model-answer percentiles count every request that needed the model "
@@ -213,7 +214,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     cases = typing_cases(args.typing_cases, pace=args.pace)
     results: dict[str, Any] = {
         "command": args.command_line, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": machine.git_commit(),
-        "machine": machine.describe(), "threads": args.threads, "cases": len(cases), "pace": args.pace, "systems": [], "rows": {},
+        "machine": machine.describe(), "load_before": round(os.getloadavg()[0], 1), "threads": args.threads, "cases": len(cases), "pace": args.pace, "systems": [], "rows": {},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     probe = args.out.with_suffix(".probe.jsonl")
@@ -232,6 +233,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         results["rows"][system.name] = outcome["rows"]
         log(f"{system.name}: {json.dumps({k: v for k, v in outcome['summary'].items() if k != 'engine'}, default=str)}")
     probe.unlink(missing_ok=True)
+    results["load_after"] = round(os.getloadavg()[0], 1)
     return results
 
 
