@@ -58,7 +58,7 @@ class ProbedServer:
         self.process = await asyncio.create_subprocess_exec(
             str(self.python), str(HERE / "llama_probe.py"), "--model", str(self.gguf), "--host", "127.0.0.1",
             "--port", str(self.port), "--n_threads", str(self.threads), "--n_ctx", "2048",
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, env=env,
+            stdout=asyncio.subprocess.DEVNULL, stderr=self.probe.with_suffix(".log").open("ab"), env=env,
         )
         deadline = time.monotonic() + 300
         async with httpx.AsyncClient() as client:

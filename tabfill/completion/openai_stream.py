@@ -53,7 +53,9 @@ class Stream:
                     self._end("stop")
                     return True
             if chunk.done:
-                self._end("stop")
+                # NOTE: [DONE] with no finish reason before it: the server cut the stream short (llama-cpp-python
+                # does when another request arrives); the text so far is shown but is not a whole answer
+                self._end("error")
                 return True
             if chunk.finish_reason is not None:
                 self._end(FINISHES.get(chunk.finish_reason, "stop"))

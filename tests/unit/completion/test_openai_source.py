@@ -247,6 +247,22 @@ def test_malformed_stream_is_an_outage_and_recovery_is_reported(sources: list[Op
     assert messages[1:] == [None] and source.describe()["outage"] == ""
 
 
+def test_a_stream_cut_short_by_the_server_is_not_a_whole_answer(sources: list[OpenAISource], tokenizer: FileTokenizer) -> None:
+    """llama-cpp-python ends a running stream with [DONE] (no finish reason) when another request arrives."""
+
+    def interrupted(request: httpx.Request) -> httpx.Response | None:
+        if request.url.path != "/v1/completions":
+            return None
+        body = b'data: {"choices": [{"index": 0, "text": "return", "finish_reason": null}]}\n\ndata: [DONE]\n\n'
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body)
+
+    source = _source(sources, FakeServer("vllm", fail=interrupted), tokenizer)
+    source.detect()
+    generation = source.generate(_prompt(tokenizer), CancelToken(), Deadline.after_ms(5000))
+    assert (generation.text, generation.finish_reason) == ("return", "error")  # shown, never cached as whole
+    assert source.describe()["outage"] == ""  # the server is fine
+
+
 def test_an_unreachable_server_at_start_is_an_outage_not_a_crash(sources: list[OpenAISource]) -> None:
     messages: list[str | None] = []
     server = FakeServer("vllm", fail=_down)
