@@ -279,9 +279,8 @@ def same_tokens(ours: list[int], theirs: Any, bos: int | None) -> bool:
     """Whether the server tokenized a probe as we do (a BOS it added in front is ignored)."""
     if not isinstance(theirs, list) or not all(isinstance(t, int) for t in theirs):
         return False
-    if bos is not None and theirs[:1] == [bos] and ours[:1] != [bos]:
-        theirs = theirs[1:]
-    return theirs == ours
+    tokens: list[int] = theirs[1:] if bos is not None and theirs[:1] == [bos] and ours[:1] != [bos] else theirs
+    return tokens == ours
 
 
 def parse_engine_url(spec: str) -> str:

@@ -79,7 +79,8 @@ class FileTokenizer:
         return dict(self._tokenizer.get_vocab(with_added_tokens=True))
 
     def convert_tokens_to_ids(self, token: str) -> int | None:
-        return self._tokenizer.token_to_id(token)
+        found = self._tokenizer.token_to_id(token)
+        return None if found is None else int(found)
 
     def convert_ids_to_tokens(self, ids: int | Sequence[int]) -> Any:
         if isinstance(ids, int):
