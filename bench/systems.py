@@ -220,6 +220,9 @@ class TabfillSystem(System):
 
     async def _cancel(self, handle: Pending) -> None:
         assert self.client is not None
+        if "id" not in handle.extra:  # NOTE: a busy event loop had not sent it yet: drop it unsent
+            handle.task.cancel()
+            return
         self.client.notify("$/cancelRequest", {"id": handle.extra["id"]})
 
     async def stop(self) -> None:

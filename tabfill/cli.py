@@ -29,7 +29,7 @@ def _settings(args: argparse.Namespace) -> Settings:  # Settings is imported laz
     from tabfill.completion.types import Settings
 
     overrides: dict[str, Any] = {}
-    for name in ("model", "device", "max_new_tokens", "deadline_ms", "engine"):
+    for name in ("model", "device", "max_new_tokens", "deadline_ms", "engine", "engine_model"):
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
@@ -110,6 +110,8 @@ def cmd_model_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
+    if getattr(args, "engine", None):
+        return _doctor_engine(args)
     import torch
 
     from tabfill.completion.models import cache_root, default_model_dir, pick_device
@@ -131,6 +133,25 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         forward = "lean kernels/ forward" if supports(config) else "transformers forward (no lean forward for this architecture)"
         print(f"default model forward: {forward} ({config.model_type}); prefix KV store and prompt-lookup drafts on")
     return 0
+
+
+def _doctor_engine(args: argparse.Namespace) -> int:
+    """`tabfill doctor --engine openai+http://…`: what the server is, which extras are on, how prompts go."""
+    from tabfill.completion.openai_source import open_openai_source
+
+    try:
+        source = open_openai_source(_settings(args), _progress)
+    except ValueError as exc:
+        print(f"tabfill: {exc}", file=sys.stderr)
+        return 2
+    try:
+        print(f"tabfill {__version__}, python {sys.version.split()[0]}")
+        for key, value in source.describe().items():
+            print(f"engine {key}: {', '.join(map(str, value)) if isinstance(value, list) else value}")
+        print(f"engine FIM template: {source.info.template}")
+        return 1 if source.health.outage is not None else 0
+    finally:
+        source.close()
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -184,13 +205,19 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--device", help="auto | cpu | cuda | cuda:N")
         sub.add_argument("--max-new-tokens", type=int, dest="max_new_tokens")
         sub.add_argument("--deadline-ms", type=int, dest="deadline_ms", help="per-request deadline (0: by device; `complete` waits for the whole answer by default)")
+        engine_options(sub)
+
+    def engine_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--engine", help="where tokens come from: '' (this process), tcp(s)://HOST:PORT (a team engine; "
+                         "token from the engineToken setting or TABFILL_ENGINE_TOKEN) or openai+http(s)://HOST:PORT/v1 "
+                         "(vLLM, SGLang, llama.cpp server; API key from TABFILL_ENGINE_API_KEY)")
+        sub.add_argument("--engine-model", dest="engine_model", help="the served model's name and/or its tokenizer here "
+                         "('default', a directory, a .gguf, a cached hub id)")
 
     serve = commands.add_parser("serve", help="run the language server (stdio by default)")
     serve.add_argument("--stdio", action="store_true", help="talk LSP over stdin/stdout (the default)")
     serve.add_argument("--tcp", metavar="HOST:PORT", help="listen on TCP instead (for debugging)")
     model_options(serve)
-    serve.add_argument("--engine", help="where tokens come from: '' (this process) or tcp(s)://HOST:PORT, a team engine "
-                       "(its token from the engineToken setting or TABFILL_ENGINE_TOKEN)")
     serve.set_defaults(func=cmd_serve)
 
     complete = commands.add_parser("complete", help="print a completion at a position of a file")
@@ -218,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     doctor = commands.add_parser("doctor", help="print device, dtype and model state")
     doctor.add_argument("--device")
+    engine_options(doctor)
     doctor.set_defaults(func=cmd_doctor)
     return parser
 

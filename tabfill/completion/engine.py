@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from tabfill.completion.decoding import DRAFT_TOKENS, Decoding, Vocabulary, eos_ids, stop_index
+from tabfill.completion.decoding import DRAFT_TOKENS, Decoding, Vocabulary, eos_ids
+from tabfill.completion.postprocess import stop_index
 from tabfill.completion.prefix_cache import PrefixCache
 from tabfill.completion.runners import Runner, TransformersRunner
 from tabfill.completion.types import CancelToken, Deadline, EngineInfo, FinishReason, Generation, Prompt, Resumable, Timings
@@ -24,7 +25,7 @@ from tabfill.kernels import steps
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Decoding", "Engine", "stop_index"]  # Decoding and stop_index live in decoding.py (shared with batching)
+__all__ = ["Decoding", "Engine", "stop_index"]  # Decoding lives in decoding.py (shared with batching), stop_index in postprocess.py
 
 # NOTE: transformers 5.2x warns that `past_key_values` becomes `cache`, but passing `cache=` there does
 # not fill the given cache; keep the working name and silence just this warning.

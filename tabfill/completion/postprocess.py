@@ -8,11 +8,44 @@ cursor line, so the result never duplicates them. Without it: the plain newline/
 
 from __future__ import annotations
 
-from tabfill.syntax_cache.context import Mode, SyntaxContext, is_word
+from tabfill.completion.types import StopRule
+from tabfill.syntax_cache.context import Mode, SyntaxContext, indent_width, is_word
 from tabfill.syntax_cache.probe import block_end, ends_incomplete
 
 _PAIRS = {")": "(", "]": "[", "}": "{"}
 _TRIPLE = ('"""', "'''")
+
+
+def stop_index(text: str, stop: StopRule) -> int | None:
+    """Index at which `text` (the continuation so far) must be cut, or None to keep generating.
+
+    Single-line: at the first newline. Multi-line: before the first complete non-empty line indented
+    less than `stop.block_indent`, before a second consecutive blank line, or after `stop.max_lines`.
+    """
+    if stop.single_line:
+        newline = text.find("\n")
+        return None if newline < 0 else newline
+    line_start = 0
+    blank_run = 0
+    line_number = 0
+    while True:
+        newline = text.find("\n", line_start)
+        if newline < 0:
+            return None  # the last line is still being written
+        line = text[line_start:newline]
+        if line_number > 0:  # the first line continues the cursor line: its indent is not ours to judge
+            if line.strip():
+                blank_run = 0
+                if indent_width(line) < stop.block_indent:
+                    return max(line_start - 1, 0)
+            else:
+                blank_run += 1
+                if blank_run >= 2:
+                    return max(line_start - 1, 0)
+        line_number += 1
+        if line_number >= stop.max_lines:
+            return newline
+        line_start = newline + 1
 
 
 def postprocess(

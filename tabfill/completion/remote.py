@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tabfill.completion.engine_client import EngineClient, EngineUnavailable
-from tabfill.completion.remote_tokenizer import EngineTokenizer
+from tabfill.completion.tokenizer_file import FileTokenizer
 from tabfill.completion.fim import detect_template
 from tabfill.completion.types import CancelToken, Deadline, EngineInfo, FinishReason, Generation, Prompt, Settings, Timings
 
@@ -55,7 +55,7 @@ class RemoteSource:
         self._on_state = on_state
         self.client = EngineClient(url, token, client, cache_dir, self._state)
         welcome = self.client.connect(connect_timeout_s)
-        self.tokenizer = EngineTokenizer(welcome.tokenizer_json, welcome.special)
+        self.tokenizer = FileTokenizer.from_json(welcome.tokenizer_json, welcome.special)
         template = detect_template(self.tokenizer)
         load_ms = (time.perf_counter() - started) * 1000
         self.info = EngineInfo(f"{welcome.model} @ {url}", "remote", "remote", load_ms, template.name if template else "prefix-only")

@@ -129,11 +129,17 @@ class CompletionService:
 
         return self._worker.submit(run)
 
+    def _outage(self, message: str | None) -> None:
+        notify = self.on_outage
+        if notify is not None:
+            notify(message)
+
     def update_settings(self, settings: Settings) -> bool:
         """Apply new settings; returns True when the source must be reopened (model, device, engine or its
         set-up changed, or longer prompts than the KV slot it was opened with holds)."""
         def setup(value: Settings) -> tuple[object, ...]:
-            return (value.engine, value.engine_token, value.model, value.device, value.lean_forward, value.quantize, value.prefix_cache_mb)
+            return (value.engine, value.engine_token, value.engine_model, value.engine_api_key, value.model, value.device, value.lean_forward,
+                    value.quantize, value.prefix_cache_mb)
 
         loaded = self._loaded
         reload = setup(settings) != setup(self.settings) or (loaded is not None and kv_slot_tokens(settings) > kv_slot_tokens(loaded))
@@ -141,11 +147,6 @@ class CompletionService:
             self.settings = settings
             self._results.clear()
         return reload and self.state != "idle"
-
-    def _outage(self, message: str | None) -> None:
-        notify = self.on_outage
-        if notify is not None:
-            notify(message)
 
     def close(self) -> None:
         self.flights.close()

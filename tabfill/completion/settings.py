@@ -67,9 +67,10 @@ def parse_settings(raw: Any, base: Settings | None = None) -> tuple[Settings, li
                 problems.append(f"setting {key!r} must be one of {', '.join(QUANTIZE_CHOICES)}, got {value!r}")
                 continue
             changes[name] = value
-        elif name in ("engine", "engine_token"):  # engine: "" (this process) or scheme://address (completion.sources)
+        elif name in ("engine", "engine_token", "engine_model", "engine_api_key"):
+            # engine: "" (this process) or scheme://address; completion.sources checks the scheme.
             if not isinstance(value, str):
-                problems.append(f"setting {key!r} must be a string, got {value!r}")
+                problems.append(f"setting {key!r} must be a string, got {type(value).__name__}")  # never the value: a key
                 continue
             changes[name] = value.strip()
         else:  # model, device

@@ -62,6 +62,15 @@ def preload(settings: Settings) -> None:
     if scheme(settings.engine) in ("", "local"):
         for name in LOCAL_MODULES:
             importlib.import_module(name)
+    elif scheme(settings.engine) in ("openai+http", "openai+https"):
+        importlib.import_module("tabfill.completion.openai_source")  # httpx and tokenizers
+
+
+def open_openai(settings: Settings, progress: ProgressFn) -> TokenSource:
+    """An OpenAI-compatible server (vLLM, SGLang, llama.cpp's server): completion.openai_source."""
+    from tabfill.completion.openai_source import open_openai_source
+
+    return open_openai_source(settings, progress)
 
 
 def open_team(settings: Settings, progress: ProgressFn) -> TokenSource:
@@ -76,6 +85,8 @@ OPENERS: dict[str, Opener] = {
     "local": open_local,
     "tcp": open_team,
     "tcps": open_team,
+    "openai+http": open_openai,
+    "openai+https": open_openai,
 }
 
 

@@ -241,3 +241,7 @@ class Settings:
     engine: str = ""
     # The team engine's token (tcp:// and tcps://; else $TABFILL_ENGINE_TOKEN). Never logged nor shown.
     engine_token: str = field(default="", repr=False)
+    # The served model of a server engine: its name there and/or where its tokenizer is here ("default", a
+    # directory, a tokenizer.json, a converted .gguf, a cached hub id). The key is never logged (repr=False).
+    engine_model: str = ""
+    engine_api_key: str = field(default="", repr=False)

@@ -9,7 +9,7 @@ import pytest
 
 from tabfill.completion.engine_client import EngineUnavailable
 from tabfill.completion.remote import RemoteSource
-from tabfill.completion.remote_tokenizer import EngineTokenizer
+from tabfill.completion.tokenizer_file import FileTokenizer
 from tabfill.completion.types import CancelToken, Deadline, Prompt, StopRule
 from tests.support import make_tiny_model_dir
 from tests.unit.engine_server.fakes import engine_server
@@ -110,7 +110,7 @@ def test_the_engine_tokenizer_encodes_and_decodes_as_the_transformers_one(tmp_pa
     reference = AutoTokenizer.from_pretrained(directory)
     special = {f"{name}_token": getattr(reference, f"{name}_token") for name in ("bos", "eos", "unk", "pad")}
     special.update({f"{name}_token_id": getattr(reference, f"{name}_token_id") for name in ("bos", "eos", "unk", "pad")})
-    mine = EngineTokenizer(reference.backend_tokenizer.to_str().encode(), special)
+    mine = FileTokenizer.from_json(reference.backend_tokenizer.to_str().encode(), special)
     text = "def add(a, b):\n    return a + b  # <fim_prefix> é\n"
     for add_special in (True, False):
         ours = mine(text, add_special_tokens=add_special, return_offsets_mapping=True)
