@@ -116,7 +116,7 @@ def cmd_model_pull(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     import torch
 
-    from tabfill.completion.models import cache_root, default_model_dir, pick_device
+    from tabfill.completion.models import SPLIT_PRESETS, cache_root, default_model_dir, pick_device, preset_dir, recommend_preset
     from tabfill.kernels import select_backend, supports
 
     device = pick_device(getattr(args, "device", None) or "auto")
@@ -126,6 +126,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     backend, why = select_backend(torch.device(device))
     print(f"attention backend: {backend} ({why})")
     print(f"cache: {cache_root()}")
+    preset, why = recommend_preset(device, os.cpu_count() or 1)
+    print(f"suggested preset: {preset} ({why})")
+    for name in SPLIT_PRESETS:
+        pulled_preset = (preset_dir(name) / "model.safetensors").is_file()
+        print(f"{name}: {'converted' if pulled_preset else f'not pulled: run `tabfill model pull {name}`'}")
     pulled = (default_model_dir() / "model.safetensors").is_file()
     print(f"default model: {default_model_dir()} ({'converted' if pulled else 'not pulled: run `tabfill model pull`'})")
     if pulled:

@@ -138,6 +138,20 @@ def pull_default(progress: ProgressFn = _no_progress, force: bool = False) -> Pa
     return target
 
 
+def recommend_preset(device: str, cpu_cores: int) -> tuple[str, str]:
+    """The preset that suits this machine, and why (`tabfill doctor`)."""
+    if device.startswith("cuda"):
+        return QWEN_CODER_1_5B.name, (
+            "a GPU decodes a 1.5B model well inside the 50-100 ms budget, and Qwen2.5-Coder has FIM and "
+            "repository tokens: it uses the code after the cursor and other files in its own format"
+        )
+    return "default", (
+        f"on {cpu_cores} CPU core(s) the 1.5B code model decodes at about 190 ms per token (measured on 2 AVX2 "
+        "cores), several seconds per line; SmolLM2-135M answers within the budget. Choose "
+        f"`--model {QWEN_CODER_1_5B.name}` for quality over speed"
+    )
+
+
 def preset_dir(name: str) -> Path:
     return cache_root() / "models" / name
 
