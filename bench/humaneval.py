@@ -246,7 +246,7 @@ async def run_system(system: System, tasks: list[Task], root: Path, single_line:
         row = {"task_id": task.task_id, **timing, **score(task, document, text or "", single_line)}
         row["answered"] = text is not None
         rows.append(row)
-        if index % 10 == 0 or index == len(tasks):
+        if index % 10 == 0 or index == len(tasks) or len(tasks) <= 20:
             passed = sum(r["passed"] for r in rows)
             log(f"{system.name}: {index}/{len(tasks)} tasks, pass {passed}/{index}")
     await system.stop()
