@@ -183,17 +183,24 @@ def fim_prompt_text(template: FimTemplate, prefix: str, suffix: str) -> str:
     return f"{template.prefix_marker}{lead}{prefix}{template.suffix_marker}{suffix}{template.middle_marker}"
 
 
-async def _cut(system: System, handle: Pending) -> bool:
+async def _last_generation(system: System) -> dict[str, Any]:
+    if not isinstance(system, TabfillSystem) or system.client is None:
+        return {}
+    return (await system.client.request("tabfill/status", None)).get("engine", {}).get("lastGeneration") or {}
+
+
+async def _cut(system: System, handle: Pending, before: dict[str, Any]) -> bool:
     """Whether tabfill's answer was cut by its deadline (more is coming): its item says `partial`, or it sent no
-    item and its status says the last generation stopped at the deadline."""
-    if not isinstance(system, TabfillSystem) or handle.text is None or system.client is None:
+    item and the status shows a new generation (not `before`, the one seen before asking) stopped at the
+    deadline. An empty answer from the result cache leaves the status as it was: not cut."""
+    if not isinstance(system, TabfillSystem) or handle.text is None:
         return False
     if handle.extra.get("partial"):
         return True
     if handle.text:
         return False
-    generation = (await system.client.request("tabfill/status", None)).get("engine", {}).get("lastGeneration") or {}
-    return generation.get("finishReason") == "deadline"
+    generation = await _last_generation(system)
+    return generation != before and generation.get("finishReason") == "deadline"
 
 
 async def _wait(handle: Pending, timeout_s: float) -> None:
@@ -211,16 +218,20 @@ async def answer(system: System, uri: str, document: TaskDocument) -> tuple[str 
     `asks` counts the requests, `reasks` those made without an announcement."""
     await system.open(uri, "python", document.text)
     until = time.monotonic() + ANSWER_TIMEOUT_S
+    seen = await _last_generation(system)
     first = final = system.request(uri, "python", document.text, document.offset)
     await _wait(first, ANSWER_TIMEOUT_S)
     asks, reasks = 1, 0
-    while time.monotonic() < until and await _cut(system, final):
+    while time.monotonic() < until and await _cut(system, final, seen):
+        seen = await _last_generation(system)
         again = await system.settle(uri, "python", document.text, document.offset, final, min(30.0, until - time.monotonic()))
-        if again is None:
-            again = system.request(uri, "python", document.text, document.offset)
-            await _wait(again, until - time.monotonic())
-            reasks += 1
         asks += 1
+        if again is not None:  # announced: the whole answer
+            final = again
+            break
+        again = system.request(uri, "python", document.text, document.offset)
+        await _wait(again, until - time.monotonic())
+        reasks += 1
         final = again
     if not final.task.done():
         await system.cancel(final)

@@ -18,7 +18,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Protocol
+from urllib.parse import unquote, urlparse
+
+from tabfill.completion.types import CompletionRequest, Settings
 
 # Which snippets win a tight budget, and in which order the chosen ones are written (the comment header's
 # rules: similar code is worth most per character; definitions change least, so they lead the prompt).
@@ -78,6 +82,15 @@ def repo_context(snippets: Sequence[SnippetLike], name: str, current_path: str, 
         texts.setdefault(snippet.path, []).append(snippet.text.rstrip("\n") + "\n")
     files = tuple(RepoFile(path, "".join(parts)) for path, parts in texts.items())
     return RepoContext(name, files, current_path)
+
+
+def repo_for(request: CompletionRequest, settings: Settings) -> RepoContext | None:
+    """The request's cross-file snippets as a RepoContext, under the same switch and budget as the comment
+    header (None when off or nothing fits). build_prompt uses it only for a model with repository tokens."""
+    if not settings.cross_file_context or not request.cross_file or settings.cross_file_tokens <= 0:
+        return None
+    path = request.repo_path or PurePosixPath(unquote(urlparse(request.uri).path)).name
+    return repo_context(request.cross_file, request.repo_name or "workspace", path, settings.cross_file_tokens * 4)
 
 
 class _Encoder(Protocol):

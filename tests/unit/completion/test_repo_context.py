@@ -103,3 +103,18 @@ def test_models_without_repo_tokens_keep_the_comment_header() -> None:
     assert detect_template(plain) is None
     prefix_only = prompt_for(plain, repo, context="# from pkg/util.py:\n")
     assert decode(plain, prefix_only.token_ids).endswith("# from pkg/util.py:\n" + PREFIX[:-1])
+
+
+def test_a_request_gives_its_folder_name_and_path_and_the_switch_turns_it_off() -> None:
+    from tabfill.completion.repo_context import repo_for
+    from tabfill.completion.types import CompletionRequest, Settings
+    from tabfill.syntax_cache.crossfile import Snippet
+
+    snippets = (Snippet("pkg/util.py", "def slug(t): ..."),)
+    request = CompletionRequest("file:///w/shop/pkg/views.py", "python", 1, "x", 1, cross_file=snippets, repo_name="shop", repo_path="pkg/views.py")
+    repo = repo_for(request, Settings())
+    assert repo == RepoContext("shop", (RepoFile("pkg/util.py", "def slug(t): ...\n"),), "pkg/views.py")
+    outside = CompletionRequest("file:///tmp/a%20b.py", "python", 1, "x", 1, cross_file=snippets)
+    assert repo_for(outside, Settings()) == RepoContext("workspace", repo.files, "a b.py")
+    assert repo_for(request, Settings(cross_file_context=False)) is None
+    assert repo_for(CompletionRequest("file:///a.py", "python", 1, "x", 1), Settings()) is None
