@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import gzip
 import json
 import os
@@ -28,7 +27,7 @@ from typing import Any
 
 from bench import humaneval_report, machine
 from bench.sandbox import isolation, run_program
-from bench.systems import REPO, LlamaCppSystem, Pending, System, TabfillSystem, _unchunk, peer_prompt
+from bench.systems import REPO, LlamaCppSystem, Pending, System, TabfillSystem, _PromptWindow, peer_prompt
 from tabfill.completion.fim import FimTemplate
 
 SUBSETS = {
@@ -40,6 +39,9 @@ ALL_SYSTEMS = ("tabfill", "tabfill-plain", "llama.cpp")
 # tabfill with its syntax-aware parts off: the plain prompt (the same switches as `python -m bench`)
 PLAIN_OPTIONS: dict[str, Any] = {"syntaxPostprocess": False, "crossFileContext": False}
 ANSWER_TIMEOUT_S = 180.0
+# How long to wait for tabfill/completionReady before asking again: the server's background continuation runs
+# at most 5 s (service.CONTINUE_MAX_MS); past that no announcement is coming until someone asks.
+READY_WAIT_S = 10.0
 TEST_TIMEOUT_S = 10.0
 TEST_MEMORY_MB = 1024
 
@@ -142,38 +144,27 @@ def score(task: Task, document: TaskDocument, answer: str, single_line: bool) ->
     }
 
 
-class LlamaCppInfill(LlamaCppSystem):
+class FimWindow:
     """llama-cpp-python's server asked for the hole the way its FIM-aware clients would.
 
     NOTE: llama-cpp-python 0.3.36's server has no `/infill` route, and its `suffix` field on /v1/completions
     does not do FIM: `Llama._create_completion` hard-codes the prefix/suffix/middle token ids to 0 (a "TODO: Fix"
     in its source), so a suffix would add token 0 three times. So the FIM prompt is sent as text in `prompt`,
     which it tokenizes with special tokens parsed (`special=True` when no suffix is given): the same
-    `<|fim_prefix|>…<|fim_suffix|>…<|fim_middle|>` sequence llama.cpp's own `/infill` builds. A model without
-    FIM tokens gets the same prefix text window as tabfill's prompt."""
+    `<|fim_prefix|>…<|fim_suffix|>…<|fim_middle|>` sequence llama.cpp's own `/infill` builds, over the same
+    prefix and suffix windows and token allowance as tabfill's prompt. A model without FIM tokens gets the
+    prefix text window (what the bench's llama.cpp peer gets)."""
 
-    def __init__(self, python: Path, gguf: Path, model_dir: str, single_line: bool) -> None:
-        super().__init__(python, gguf, model_dir)
-        self.single_line = single_line
+    def __init__(self, window: _PromptWindow) -> None:
+        self.window = window
+        self.tokenizer, self.template = window.tokenizer, window.template
 
-    def fim_text(self, text: str, offset: int) -> tuple[str, int]:
-        window = self.window
-        prompt = peer_prompt(text[:offset], text[offset:], window.template, window.tokenizer, not self.single_line)
-        prefix = text[offset - prompt.prefix_chars : offset]
-        if window.template is None:
-            return prefix, prompt.max_new_tokens
-        return fim_prompt_text(window.template, prefix, text[offset : offset + prompt.suffix_chars]), prompt.max_new_tokens
-
-    async def _complete(self, uri: str, language_id: str, text: str, offset: int, handle: Pending) -> str:
-        prompt, max_tokens = self.fim_text(text, offset)
-        body: dict[str, Any] = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0, "top_k": 1}
-        body["stop"] = ["\n"] if self.single_line else ([] if self.window.template is not None else ["\n\n\n"])
-        status, rest = await self._http("POST", "/v1/completions", body)
-        if status != 200:
-            raise RuntimeError(f"HTTP {status}: {rest[:200]!r}")
-        if b"\r\n" in rest[:12] and rest[:1] in b"0123456789abcdef":  # chunked transfer encoding
-            rest = _unchunk(rest)
-        return str(json.loads(rest)["choices"][0]["text"])
+    def prompt(self, text: str, offset: int, multi: bool) -> tuple[str, int]:
+        if self.template is None:
+            return self.window.prompt(text, offset, multi)
+        prompt = peer_prompt(text[:offset], text[offset:], self.template, self.tokenizer, multi)
+        prefix, suffix = text[offset - prompt.prefix_chars : offset], text[offset : offset + prompt.suffix_chars]
+        return fim_prompt_text(self.template, prefix, suffix), prompt.max_new_tokens
 
 
 def fim_prompt_text(template: FimTemplate, prefix: str, suffix: str) -> str:
@@ -224,7 +215,7 @@ async def answer(system: System, uri: str, document: TaskDocument) -> tuple[str 
     asks, reasks = 1, 0
     while time.monotonic() < until and await _cut(system, final, seen):
         seen = await _last_generation(system)
-        again = await system.settle(uri, "python", document.text, document.offset, final, min(30.0, until - time.monotonic()))
+        again = await system.settle(uri, "python", document.text, document.offset, final, min(READY_WAIT_S, until - time.monotonic()))
         asks += 1
         if again is not None:  # announced: the whole answer
             final = again
@@ -275,10 +266,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     model_dir = resolve_model(args.model)
     single_line = args.subset == "single-line"
     results: dict[str, Any] = {
-        "command": args.command_line,
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": machine.git_commit(),
-        "machine": machine.describe(),
+        **machine.provenance(args.command_line),
         "model": args.model,
         "subset": args.subset,
         "tasks": len(tasks),
@@ -305,7 +293,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 if python is None or gguf is None:
                     results["skipped"][name] = how if python is None else f"no GGUF file behind --model {args.model}"
                     continue
-                system = LlamaCppInfill(python, gguf, model_dir, single_line)
+                system = LlamaCppSystem(python, gguf, model_dir)
+                system.window = FimWindow(system.window)  # type: ignore[assignment]
                 results["llama_cpp_prompt"] = "FIM as text in /v1/completions `prompt`" if system.window.template else "prefix only"
             results["systems"].append(await run_system(system, tasks, root, single_line))
     return results

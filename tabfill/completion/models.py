@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tabfill.completion.split_gguf import QWEN_CODER_1_5B, PartError, SplitGguf, assemble
+from tabfill.completion.split_gguf import QWEN_CODER_1_5B, PartError, SplitGguf, assemble, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -76,14 +76,6 @@ def cache_root() -> Path:
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg) if xdg else Path.home() / ".cache"
     return base / "tabfill"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _is_converted(directory: Path) -> bool:

