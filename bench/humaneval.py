@@ -201,17 +201,17 @@ async def _wait(handle: Pending, timeout_s: float) -> None:
         pass
 
 
-async def answer(system: System, uri: str, document: TaskDocument) -> tuple[str | None, dict[str, Any]]:
+async def answer(system: System, uri: str, document: TaskDocument, answer_timeout_s: float = ANSWER_TIMEOUT_S) -> tuple[str | None, dict[str, Any]]:
     """The whole answer at the task's cursor and its timings. tabfill: when an answer is cut by the deadline,
     wait for `tabfill/completionReady` and ask again, as the editor plugins do; when the announcement does not
     come (the background continuation has a time cap, which a slow model on a loaded CPU can reach first), ask
     again at the same place anyway, as the plugin's next trigger would: the server resumes the same generation.
     `asks` counts the requests, `reasks` those made without an announcement."""
     await system.open(uri, "python", document.text)
-    until = time.monotonic() + ANSWER_TIMEOUT_S
+    until = time.monotonic() + answer_timeout_s
     seen = await _last_generation(system)
     first = final = system.request(uri, "python", document.text, document.offset)
-    await _wait(first, ANSWER_TIMEOUT_S)
+    await _wait(first, answer_timeout_s)
     asks, reasks = 1, 0
     while time.monotonic() < until and await _cut(system, final, seen):
         seen = await _last_generation(system)
@@ -235,7 +235,7 @@ async def answer(system: System, uri: str, document: TaskDocument) -> tuple[str 
     return final.text, {**timing, "error": final.error or first.error}
 
 
-async def run_system(system: System, tasks: list[Task], root: Path, single_line: bool) -> dict[str, Any]:
+async def run_system(system: System, tasks: list[Task], root: Path, single_line: bool, answer_timeout_s: float) -> dict[str, Any]:
     started = time.perf_counter()
     log(f"{system.name}: starting")
     await system.start()
@@ -244,7 +244,7 @@ async def run_system(system: System, tasks: list[Task], root: Path, single_line:
     for index, task in enumerate(tasks, 1):
         document = task_document(task)
         uri = (root / (re.sub(r"[^A-Za-z0-9]+", "_", task.task_id) + ".py")).as_uri()
-        text, timing = await answer(system, uri, document)
+        text, timing = await answer(system, uri, document, answer_timeout_s)
         row = {"task_id": task.task_id, **timing, **score(task, document, text or "", single_line)}
         row["answered"] = text is not None
         rows.append(row)
@@ -296,7 +296,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 system = LlamaCppSystem(python, gguf, model_dir)
                 system.window = FimWindow(system.window)  # type: ignore[assignment]
                 results["llama_cpp_prompt"] = "FIM as text in /v1/completions `prompt`" if system.window.template else "prefix only"
-            results["systems"].append(await run_system(system, tasks, root, single_line))
+            results["systems"].append(await run_system(system, tasks, root, single_line, args.answer_timeout))
     return results
 
 
@@ -308,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="default", help="tabfill model spec: default, qwen2.5-coder-1.5b, a .gguf file, ...")
     parser.add_argument("--systems", default=",".join(ALL_SYSTEMS), help=f"comma-separated, from {', '.join(ALL_SYSTEMS)}")
     parser.add_argument("--deadline-ms", type=int, help="tabfill's per-request deadline (the whole answer is followed either way)")
+    parser.add_argument("--answer-timeout", type=float, default=ANSWER_TIMEOUT_S, help="seconds for the whole answer to one task (default %(default)s)")
     parser.add_argument("--data", type=Path, help="folder with the HumanEval infilling .jsonl.gz files")
     parser.add_argument("--no-install", action="store_true", help="skip llama.cpp unless it is already built")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent, help="folder for HUMANEVAL.md and humaneval.json")
