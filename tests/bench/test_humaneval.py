@@ -87,3 +87,18 @@ def test_two_tasks_with_the_default_model_end_to_end(tmp_path: Path) -> None:
         assert all(row["status"] in ("passed", "failed", "timeout", "memory") for row in system["rows"])
     report = (tmp_path / "HUMANEVAL.md").read_text()
     assert "| tabfill |" in report and "pass@1" in report
+
+
+@pytest.mark.parametrize("subset", list(humaneval.SUBSETS))
+def test_the_canonical_answer_typed_at_the_cursor_passes_in_every_subset(subset: str) -> None:
+    try:
+        directory = humaneval.data_dir(None)
+    except SystemExit:
+        pytest.skip("HumanEval infilling data not present on this machine")
+    for task in select(humaneval.load_tasks(subset, directory), 4, every_task=False):
+        document = task_document(task)
+        assert document.text[: document.offset] + document.expected + document.text[document.offset :] == (
+            task.prompt + task.solution + task.suffix
+        )
+        result = score(task, document, document.expected, single_line=subset == "single-line")
+        assert result["passed"] and result["exact"], (task.task_id, result)
