@@ -19,13 +19,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Protocol
+from typing import Protocol, TypeVar
 from urllib.parse import unquote, urlparse
 
 from tabfill.completion.types import CompletionRequest, Settings
 
-# Which snippets win a tight budget, and in which order the chosen ones are written (the comment header's
-# rules: similar code is worth most per character; definitions change least, so they lead the prompt).
+# Which snippets win a tight budget, and in which order the chosen ones are written, in either format.
+# NOTE: what fills the budget first is not what comes first: similar code earns the most exact match (see
+# bench/RESULTS.md, the ablation), definitions change least and so lead the prompt, where the prefix cache keeps them.
 BUDGET_PRIORITY = {"similar": 0, "definition": 1, "recent": 2}
 PROMPT_ORDER = {"definition": 0, "similar": 1, "recent": 2}
 
@@ -54,7 +55,10 @@ class RepoContext:
     current_path: str
 
 
-def choose(snippets: Sequence[SnippetLike], cost: Callable[[SnippetLike], int], max_chars: int) -> list[int]:
+S = TypeVar("S", bound=SnippetLike)
+
+
+def choose(snippets: Sequence[S], cost: Callable[[S], int], max_chars: int) -> list[int]:
     """Indexes of the snippets that fit `max_chars` (whole snippets; by BUDGET_PRIORITY, then their given order),
     in prompt order (PROMPT_ORDER, then their given order)."""
     chosen: list[tuple[int, int]] = []

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+import pytest
 from transformers import PreTrainedTokenizerBase
 
 from tabfill.completion.fim import TEMPLATES, build_prompt, detect_template
@@ -118,3 +121,42 @@ def test_a_request_gives_its_folder_name_and_path_and_the_switch_turns_it_off() 
     assert repo_for(outside, Settings()) == RepoContext("workspace", repo.files, "a b.py")
     assert repo_for(request, Settings(cross_file_context=False)) is None
     assert repo_for(CompletionRequest("file:///a.py", "python", 1, "x", 1), Settings()) is None
+
+
+def test_the_service_sends_a_qwen_model_its_repo_format_and_a_plain_model_comments(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from transformers import AutoTokenizer
+
+    from tabfill.completion import service as service_module
+    from tabfill.completion.service import CompletionService
+    from tabfill.completion.types import CompletionRequest, Settings
+    from tabfill.syntax_cache.workspace import Snippet
+    from tests.support import make_tiny_model_dir
+
+    prompts: list[Prompt] = []
+    real = service_module.make_prompt
+
+    def recording(*args: Any, **kwargs: Any) -> Prompt:
+        prompts.append(real(*args, **kwargs))
+        return prompts[-1]
+
+    monkeypatch.setattr(service_module, "make_prompt", recording)
+    snippet = Snippet("pkg/util.py", "def slug(text):\n    return text.lower()", "definition")
+    text = "from pkg.util import slug\n\ndef title(t):\n    return "
+    request = CompletionRequest(
+        "file:///w/shop/pkg/views.py", "python", 1, text, len(text), "r", cross_file=(snippet,), repo_name="shop", repo_path="pkg/views.py"
+    )
+    for family, expected in (
+        ("qwen2.5-coder", "<|repo_name|>shop\n<|file_sep|>pkg/util.py\ndef slug(text):\n    return text.lower()\n<|file_sep|>pkg/views.py\n<|fim_prefix|>from pkg.util"),
+        (None, "# from pkg/util.py:\n# def slug(text):\n#     return text.lower()\nfrom pkg.util"),
+    ):
+        model_dir = make_tiny_model_dir(tmp_path / str(family), fim_family=family)
+        service = CompletionService(Settings(model=str(model_dir), deadline_ms=60_000))
+        try:
+            service.load().result()
+            service.complete(request)
+        finally:
+            service.close()
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        assert decode(tokenizer, prompts[-1].token_ids).startswith(expected)
