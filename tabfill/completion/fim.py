@@ -35,8 +35,7 @@ class FimTemplate:
     none with tekken). The suffix never gets a dummy-prefix space.
     `stop_tokens`: tokens that end the middle (end of text/turn, file separators, the markers themselves);
     those the tokenizer lacks are ignored.
-    `repo_marker`/`file_marker`: the repository-level format's tokens (Qwen2.5-Coder's `<|repo_name|>` and
-    `<|file_sep|>`); "" when the family has none. Used only when the tokenizer has both.
+    `repo_marker`/`file_marker`: the repository format's tokens (Qwen2.5-Coder's `<|repo_name|>`, `<|file_sep|>`).
     """
 
     name: str
@@ -360,12 +359,9 @@ def build_prompt(
     wants_space = template.prefix_space == "always" or (template.prefix_space == "tokenizer" and codec.dummy_prefix)
     # NOTE: the leading space usually merges into the first word's token; one token is reserved in case it does not
     context_budget = min(max_context_tokens, max_prefix_tokens // 2) - int(wants_space)
-    repo_ids = [_token_id(tokenizer, m) for m in (template.repo_marker, template.file_marker) if m]
-    header: list[int] = []
-    repo_chars = 0
-    if repo is not None and len(repo_ids) == 2 and None not in repo_ids:
-        header, repo_chars = encode_repo_header(codec, repo, repo_ids[0], repo_ids[1], context_budget)  # type: ignore[arg-type]
-        context = "" if header else context
+    markers = (_token_id(tokenizer, m) if m else None for m in (template.repo_marker, template.file_marker))
+    header, repo_chars = encode_repo_header(codec, repo, tuple(markers), context_budget) if repo else ([], 0)
+    context = "" if header else context
     kept_context, context_ids = _fit_context(codec, context, context_budget, after_marker=True)
     prefix_budget = max_prefix_tokens - int(wants_space) - len(context_ids) - len(header)
     kept_prefix, prefix_ids, offsets = _fit_prefix(codec, prefix, prefix_budget, True)

@@ -102,11 +102,15 @@ class _Encoder(Protocol):
 
 
 def encode_repo_header(
-    codec: _Encoder, repo: RepoContext, repo_marker: int, file_marker: int, budget: int
+    codec: _Encoder, repo: RepoContext, markers: tuple[int | None, ...], budget: int
 ) -> tuple[list[int], int]:
-    """Token ids of the header up to and including the current file's `<|file_sep|>{path}\\n` line, within
-    `budget` tokens: files are dropped from the end until it fits, and no header at all when even the name and
-    the current path do not. Returns (ids, characters of file text kept)."""
+    """Token ids of the header up to and including the current file's `<|file_sep|>{path}\n` line, within
+    `budget` tokens: files are dropped from the end until it fits; no header at all when even the name and the
+    current path do not, or when the tokenizer lacks a marker (`markers`: the repo and file token ids).
+    Returns (ids, characters of file text kept)."""
+    repo_marker, file_marker = markers
+    if repo_marker is None or file_marker is None:
+        return [], 0
 
     def text_ids(text: str) -> list[int]:
         return codec.encode(text, after_marker=True)[0]
