@@ -88,6 +88,8 @@ def _run_section(key: str, run: dict[str, Any]) -> list[str]:
     if published:
         lines.append(f"- Published figure: **{published.figure}** — {published.what} ({published.source}).")
     lines.append(f"- Sandbox: {run['sandbox']}.")
+    if run.get("note"):
+        lines.append(f"- Note: {run['note']}.")
     return lines + [""]
 
 
