@@ -64,6 +64,14 @@ def git_commit() -> str:
         return "unknown"
 
 
+def provenance(command: str) -> dict[str, object]:
+    """What every results file starts with: the command, when (UTC), the commit and the machine."""
+    import datetime as dt
+
+    when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return {"command": command, "date": when, "commit": git_commit(), "machine": describe()}
+
+
 def memory_bandwidth_gbs(size_mb: int = 256, repeats: int = 7) -> float:
     """Copy bandwidth (bytes read + bytes written per second), best of `repeats`: the rate at which one
     decode step can stream weights from memory on this machine."""

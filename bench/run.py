@@ -24,7 +24,7 @@ from bench import line_eval, machine, report, syntax
 from bench.cases import line_cases, typing_cases
 from bench.replay import run_line_cases, run_typing_case
 from bench.systems import LlamaCppSystem, System, TabfillSystem, TransformersSystem
-from tabfill.completion.models import SMOLLM2, cache_root, fetch_default_gguf, resolve_model
+from tabfill.completion.models import cache_root, preset_gguf, resolve_model
 
 LLAMA_CPP_REQUIREMENT = "llama-cpp-python[server]==0.3.36"
 ALL_SYSTEMS = ("tabfill", "transformers", "llama.cpp")
@@ -52,14 +52,6 @@ def ensure_llama_cpp(install: bool) -> tuple[Path | None, str]:
     if result.returncode != 0:
         return None, f"pip install failed: {result.stderr.strip()[-400:]}"
     return python, "built now"
-
-
-def default_gguf() -> Path:
-    directory = cache_root() / "bench" / "gguf"
-    path = directory / SMOLLM2.member
-    if not path.exists():
-        fetch_default_gguf(directory)
-    return path
 
 
 def _memory(system: System, after: str) -> dict[str, Any]:
@@ -125,10 +117,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         llama_python, how = ensure_llama_cpp(install=not args.no_install)
         if llama_python is None:
             results["skipped"]["llama.cpp"] = how
-        elif args.model != "default":
-            results["skipped"]["llama.cpp"] = "llama.cpp needs the default model's GGUF file (--model default)"
+        elif (gguf := preset_gguf(args.model)) is None:
+            results["skipped"]["llama.cpp"] = f"llama.cpp needs a GGUF file: --model {args.model} is not a preset or .gguf"
         else:
-            gguf = default_gguf()
             weights[f"GGUF {gguf.name} (llama.cpp)"] = gguf.stat().st_size
     results["floor"] = {
         "copy_bandwidth_gbs": round(bandwidth, 2),

@@ -95,11 +95,13 @@ def cmd_complete(args: argparse.Namespace) -> int:
 
 
 def cmd_model_pull(args: argparse.Namespace) -> int:
-    from tabfill.completion.models import ModelError, pull_default, resolve_model
+    from tabfill.completion.models import SPLIT_PRESETS, ModelError, pull_default, pull_split, resolve_model
 
     try:
         if args.model in (None, "default"):
             path = pull_default(_progress, force=args.force)
+        elif args.model.lower() in SPLIT_PRESETS:
+            path = pull_split(SPLIT_PRESETS[args.model.lower()], _progress, force=args.force)
         else:
             path = Path(resolve_model(args.model, _progress))
     except ModelError as exc:
@@ -114,7 +116,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         return _doctor_engine(args)
     import torch
 
-    from tabfill.completion.models import cache_root, default_model_dir, pick_device
+    from tabfill.completion.models import SPLIT_PRESETS, cache_root, default_model_dir, pick_device, preset_dir, recommend_preset
     from tabfill.kernels import select_backend, supports
 
     device = pick_device(getattr(args, "device", None) or "auto")
@@ -124,6 +126,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     backend, why = select_backend(torch.device(device))
     print(f"attention backend: {backend} ({why})")
     print(f"cache: {cache_root()}")
+    preset, why = recommend_preset(device, os.cpu_count() or 1)
+    print(f"suggested preset: {preset} ({why})")
+    for name in SPLIT_PRESETS:
+        pulled_preset = (preset_dir(name) / "model.safetensors").is_file()
+        print(f"{name}: {'converted' if pulled_preset else f'not pulled: run `tabfill model pull {name}`'}")
     pulled = (default_model_dir() / "model.safetensors").is_file()
     print(f"default model: {default_model_dir()} ({'converted' if pulled else 'not pulled: run `tabfill model pull`'})")
     if pulled:
@@ -201,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     def model_options(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--model", help="'default', a Hugging Face directory, a .gguf file or a hub id")
+        sub.add_argument("--model", help="'default', 'qwen2.5-coder-1.5b', a Hugging Face directory, a .gguf file or a hub id")
         sub.add_argument("--device", help="auto | cpu | cuda | cuda:N")
         sub.add_argument("--max-new-tokens", type=int, dest="max_new_tokens")
         sub.add_argument("--deadline-ms", type=int, dest="deadline_ms", help="per-request deadline (0: by device; `complete` waits for the whole answer by default)")
@@ -229,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     model = commands.add_parser("model", help="manage models")
     model_commands = model.add_subparsers(dest="model_command", required=True)
-    pull = model_commands.add_parser("pull", help="fetch, verify and convert a model (default: SmolLM2-135M)")
+    pull = model_commands.add_parser("pull", help="fetch, verify and convert a model: default (SmolLM2-135M) or qwen2.5-coder-1.5b")
     pull.add_argument("model", nargs="?", default="default")
     pull.add_argument("--force", action="store_true", help="convert again even if already converted")
     pull.set_defaults(func=cmd_model_pull)

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
+from tabfill.completion.repo_context import RepoContext, encode_repo_header
 from tabfill.completion.source import TokenizerLike
 from tabfill.completion.types import Prompt, StopRule
 
@@ -34,6 +35,7 @@ class FimTemplate:
     none with tekken). The suffix never gets a dummy-prefix space.
     `stop_tokens`: tokens that end the middle (end of text/turn, file separators, the markers themselves);
     those the tokenizer lacks are ignored.
+    `repo_marker`/`file_marker`: the repository format's tokens (Qwen2.5-Coder's `<|repo_name|>`, `<|file_sep|>`).
     """
 
     name: str
@@ -43,6 +45,8 @@ class FimTemplate:
     order: Literal["psm", "spm"]
     stop_tokens: tuple[str, ...]
     prefix_space: PrefixSpace = "none"
+    repo_marker: str = ""
+    file_marker: str = ""
 
     @property
     def markers(self) -> tuple[str, ...]:
@@ -63,8 +67,9 @@ TEMPLATES: Mapping[str, FimTemplate] = {
         # StarCoder (`<filename>` separates files) and StarCoder2 (`<file_sep>`, `<repo_name>`).
         _psm("starcoder", "<fim_prefix>", "<fim_suffix>", "<fim_middle>",
              ("<|endoftext|>", "<file_sep>", "<fim_pad>", "<filename>", "<repo_name>")),
-        _psm("qwen2.5-coder", "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>",
-             ("<|endoftext|>", "<|fim_pad|>", "<|file_sep|>", "<|repo_name|>", "<|im_start|>", "<|im_end|>")),
+        replace(_psm("qwen2.5-coder", "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>",
+                     ("<|endoftext|>", "<|fim_pad|>", "<|file_sep|>", "<|repo_name|>", "<|im_start|>", "<|im_end|>")),
+                repo_marker="<|repo_name|>", file_marker="<|file_sep|>"),
         _psm("deepseek-coder", "<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>", ("<｜end▁of▁sentence｜>", "<|EOT|>")),
         # "▁<PRE> {prefix}▁<SUF>{suffix}▁<MID>": the ▁ of each marker is the space before it, and the prefix
         # starts with one more space; decoded by SentencePiece this reads "<PRE> {prefix} <SUF>{suffix} <MID>".
@@ -303,6 +308,7 @@ def build_prompt(
     heal: bool = True,
     context: str = "",
     max_context_tokens: int = 0,
+    repo: RepoContext | None = None,
 ) -> Prompt:
     """Tokenize the text around the cursor for `template` (None: prefix only, the suffix is left out).
 
@@ -314,6 +320,8 @@ def build_prompt(
     `context` (cross-file snippets, already comments in the file's language) goes right before the prefix, at
     most `max_context_tokens` and half the prefix budget, whole lines from its start; its tokens come out of
     the prefix budget. It changes rarely, so it sits in the part of the prompt the prefix cache keeps.
+    With a template whose repository tokens the tokenizer has, `repo` (the same snippets as files) is written in
+    that format before the prefix marker instead, within the same budget, and `context` is not used.
     """
     eos = tokenizer.eos_token_id
     stop_ids = {eos} if isinstance(eos, int) else set()
@@ -351,8 +359,12 @@ def build_prompt(
     wants_space = template.prefix_space == "always" or (template.prefix_space == "tokenizer" and codec.dummy_prefix)
     # NOTE: the leading space usually merges into the first word's token; one token is reserved in case it does not
     context_budget = min(max_context_tokens, max_prefix_tokens // 2) - int(wants_space)
+    markers = (_token_id(tokenizer, m) if m else None for m in (template.repo_marker, template.file_marker))
+    header, repo_chars = encode_repo_header(codec, repo, tuple(markers), context_budget) if repo else ([], 0)
+    context = "" if header else context
     kept_context, context_ids = _fit_context(codec, context, context_budget, after_marker=True)
-    kept_prefix, prefix_ids, offsets = _fit_prefix(codec, prefix, max_prefix_tokens - int(wants_space) - len(context_ids), True)
+    prefix_budget = max_prefix_tokens - int(wants_space) - len(context_ids) - len(header)
+    kept_prefix, prefix_ids, offsets = _fit_prefix(codec, prefix, prefix_budget, True)
     lead = " " if wants_space and (kept_prefix or kept_context) else ""
     if lead and kept_context:
         context_ids, _ = codec.encode(lead + kept_context, after_marker=True)
@@ -369,9 +381,9 @@ def build_prompt(
     suffix_marker = [marker_ids[template.suffix_marker]]
     middle_marker = [marker_ids[template.middle_marker]] if template.middle_marker else []
     if template.order == "spm":
-        token_ids = bos + suffix_marker + suffix_ids + prefix_marker + prefix_ids + middle_marker
+        token_ids = bos + header + suffix_marker + suffix_ids + prefix_marker + prefix_ids + middle_marker
     else:
-        token_ids = bos + prefix_marker + prefix_ids + suffix_marker + suffix_ids + middle_marker
+        token_ids = bos + header + prefix_marker + prefix_ids + suffix_marker + suffix_ids + middle_marker
     return Prompt(
         token_ids=tuple(token_ids),
         max_new_tokens=max_new_tokens,
@@ -381,5 +393,5 @@ def build_prompt(
         template=template.name,
         prefix_chars=len(kept_prefix),
         suffix_chars=len(kept_suffix),
-        context_chars=len(kept_context),
+        context_chars=repo_chars if header else len(kept_context),
     )

@@ -5,6 +5,7 @@ with its stop rule and budgets."""
 from __future__ import annotations
 
 from tabfill.completion.fim import MAX_CHARS_PER_TOKEN, FimTemplate, build_prompt
+from tabfill.completion.repo_context import RepoContext, choose
 from tabfill.completion.source import TokenizerLike
 from tabfill.completion.types import CompletionRequest, Prompt, Settings, StopRule
 from tabfill.syntax_cache.context import Mode, SyntaxContext, context_at
@@ -85,9 +86,11 @@ def prompt_window(request: CompletionRequest, settings: Settings, header: str) -
 
 
 def make_prompt(
-    settings: Settings, tokenizer: TokenizerLike, template: FimTemplate | None, context: SyntaxContext, header: str, prefix: str, suffix: str
+    settings: Settings, tokenizer: TokenizerLike, template: FimTemplate | None, context: SyntaxContext, header: str, prefix: str, suffix: str,
+    repo: RepoContext | None = None,
 ) -> Prompt:
-    """The tokenized prompt: one line, or a block when the context wants one (and the settings allow it)."""
+    """The tokenized prompt: one line, or a block when the context wants one (and the settings allow it). The
+    cross-file snippets go in as `repo` for a model with repository tokens, else as the comment `header`."""
     multi = context.mode is Mode.MULTI and settings.multi_line
     stop = StopRule(single_line=not multi, block_indent=context.block_indent, max_lines=MULTI_LINE_MAX_LINES if multi else 1)
     return build_prompt(
@@ -98,6 +101,7 @@ def make_prompt(
         stop=stop,
         context=header,
         max_context_tokens=settings.cross_file_tokens,
+        repo=repo,
     )
 
 
@@ -106,10 +110,6 @@ def comment_prefix(language_id: str) -> str:
 
 
 _TITLES = {"definition": "from", "similar": "compare this snippet from", "recent": "recently edited in"}
-# NOTE: what fills the budget first is not what comes first: similar code earns the most exact match (see
-# bench/RESULTS.md, the ablation), definitions change least and so lead the prompt, where the prefix cache keeps them.
-_BUDGET_PRIORITY = {"similar": 0, "definition": 1, "recent": 2}
-_PROMPT_ORDER = {"definition": 0, "similar": 1, "recent": 2}
 
 
 def render_context(snippets: list[Snippet] | tuple[Snippet, ...], language_id: str, max_chars: int) -> str:
@@ -127,16 +127,12 @@ def render_context(snippets: list[Snippet] | tuple[Snippet, ...], language_id: s
     def lines(snippet: Snippet) -> list[str]:
         return [f"{marker} {line}".rstrip() for line in snippet.text.splitlines()]
 
-    chosen: list[tuple[int, int]] = []
-    used = 0
-    for index, snippet in sorted(enumerate(snippets), key=lambda item: (_BUDGET_PRIORITY.get(item[1].kind, 3), item[0])):
-        cost = len("\n".join([title(snippet), *lines(snippet)])) + 1  # its title counted even when shared
-        if used + cost <= max_chars:
-            chosen.append((_PROMPT_ORDER.get(snippet.kind, 3), index))
-            used += cost
+    def cost(snippet: Snippet) -> int:
+        return len("\n".join([title(snippet), *lines(snippet)])) + 1  # its title counted even when shared
+
     blocks: list[str] = []
     last_header = ""
-    for _, index in sorted(chosen):
+    for index in choose(snippets, cost, max_chars):
         snippet = snippets[index]
         header = title(snippet)
         # NOTE: definitions of one file share a title; two similar windows of one file are two places, two titles

@@ -24,6 +24,7 @@ from tabfill.completion.flights import Continuation, Flights, Key
 from tabfill.completion.models import ModelError, ProgressFn
 from tabfill.completion.postprocess import postprocess
 from tabfill.completion.prompt import WINDOW_CHARS_PER_TOKEN, cross_file_header, cursor_context, make_prompt, prompt_window, window_chars
+from tabfill.completion.repo_context import repo_for
 from tabfill.completion.settings import deadline_ms, kv_slot_tokens, language_enabled
 from tabfill.completion.source import TokenSource
 from tabfill.completion.sources import Opener, open_source
@@ -227,7 +228,10 @@ class CompletionService:
             generation = source.resume(resumable, cancel, planned.deadline)
         else:
             with timings.measure("prompt"):
-                prompt = make_prompt(self.settings, source.tokenizer, template, planned.context, planned.header, planned.prefix, planned.suffix)
+                prompt = make_prompt(
+                    self.settings, source.tokenizer, template, planned.context, planned.header, planned.prefix, planned.suffix,
+                    repo_for(request, self.settings),
+                )
             generation = source.generate(prompt, cancel, planned.deadline, corpus)
         timings.extend(generation.timings)
         if generation.finish_reason == "cancelled":
@@ -289,6 +293,7 @@ class CompletionService:
                 return
             header = cross_file_header(request, settings)
             prefix, suffix = prompt_window(request, settings, header)
-            source.warm(list(make_prompt(settings, source.tokenizer, template, context, header, prefix, suffix).token_ids), token)
+            prompt = make_prompt(settings, source.tokenizer, template, context, header, prefix, suffix, repo_for(request, settings))
+            source.warm(list(prompt.token_ids), token)
 
         self._worker.submit(run, key=request.uri, background=True)

@@ -29,6 +29,10 @@ class CompletionRequest:
     # The document's syntax tree at this version (None: text rules), and context from other files.
     syntax: SyntaxSnapshot | None = field(default=None, compare=False, repr=False)
     cross_file: tuple[Snippet, ...] = ()
+    # The workspace folder's name and the document's path in it ("" outside a folder): the repository-level
+    # prompt format names both.
+    repo_name: str = ""
+    repo_path: str = ""
     # Milliseconds the caller spent gathering `syntax` and `cross_file` (the first timed stage, "lookup").
     lookup_ms: float = field(default=0.0, compare=False)
 

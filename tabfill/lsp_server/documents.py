@@ -47,6 +47,16 @@ class DocumentStore:
         self.similar.set_roots(self.cross_file.roots)
         log.info("workspace folders: %s", ", ".join(map(str, self.cross_file.roots)) or "none")
 
+    def place(self, uri: str) -> tuple[str, str]:
+        """(workspace folder name, the document's path in it, "/"-separated); ("", file name) outside every folder."""
+        path = uri_to_path(uri)
+        if path is None:
+            return "", ""
+        for root in self.cross_file.roots:
+            if path.is_relative_to(root):
+                return root.name, path.relative_to(root).as_posix()
+        return "", path.name
+
     def get(self, uri: str) -> Document | None:
         return self._documents.get(uri)
 

@@ -123,9 +123,10 @@ class TabfillServer(LanguageServer):
         syntax, cross_file = self.documents.request_context(
             uri, offset, self.service.settings.cross_file_context, in_prompt=self.service.prompt_chars
         )
+        repo_name, repo_path = self.documents.place(uri)
         return CompletionRequest(
             uri, document.language_id, document.version, document.text, offset, request_id, syntax=syntax, cross_file=cross_file,
-            lookup_ms=(time.perf_counter() - started) * 1000,
+            repo_name=repo_name, repo_path=repo_path, lookup_ms=(time.perf_counter() - started) * 1000,
         )
 
     async def complete(self, request: CompletionRequest) -> Completion:

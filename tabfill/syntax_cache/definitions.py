@@ -206,6 +206,18 @@ _JS_DECLARATIONS = {
 }
 
 
+def _first_body_line(body: Node) -> str:
+    """An arrow function's first body line, so `const gt = (a, b) => compare(a, b) > 0` keeps what it does:
+    an expression body after the arrow, a block's first statement on the next line (then "...")."""
+    if body.type != "statement_block":
+        return " " + _text(body).split("\n", 1)[0].strip()[:200]
+    statements = [child for child in body.named_children if child.type != "comment"]
+    if not statements:
+        return " {}"
+    first = _text(statements[0]).split("\n", 1)[0].strip()[:200]
+    return " {\n  " + first + ("\n  ..." if len(statements) > 1 or "\n" in _text(statements[0]) else "") + "\n}"
+
+
 def _js_definitions(root: Node, source: bytes) -> list[Definition]:
     out: list[Definition] = []
     previous: Node | None = None
@@ -229,6 +241,8 @@ def _js_definitions(root: Node, source: bytes) -> list[Definition]:
                 body = value.child_by_field_name("body") if value is not None and value.type in ("arrow_function", "function_expression", "function") else None
                 if body is not None:
                     signature = _header(target, body, source, start=node)
+                    if value is not None and value.type == "arrow_function":
+                        signature += _first_body_line(body)
                 else:
                     signature = _text(node).split("\n", 1)[0][:200]
                 out.append(Definition(_text(name_node), signature, doc, default))

@@ -30,3 +30,22 @@ def test_directories_and_hub_ids_pass_through(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{}")
     assert resolve_model(str(tmp_path)) == str(tmp_path)
     assert resolve_model("bigcode/starcoder2-3b") == "bigcode/starcoder2-3b"
+
+
+def test_doctor_suggests_the_code_model_on_cuda_and_the_default_on_a_small_cpu() -> None:
+    from tabfill.completion.models import recommend_preset
+
+    preset, why = recommend_preset("cuda", 8)
+    assert preset == "qwen2.5-coder-1.5b" and "FIM" in why
+    preset, why = recommend_preset("cpu", 2)
+    assert preset == "default" and "2 CPU core" in why and "qwen2.5-coder-1.5b" in why
+
+
+def test_the_qwen_preset_is_known_by_name_and_says_how_to_pull_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("TABFILL_CACHE_DIR", str(tmp_path))
+    with pytest.raises(ModelError, match="tabfill model pull qwen2.5-coder-1.5b"):
+        resolve_model("qwen2.5-coder-1.5b", allow_pull=False)
+    (tmp_path / "models" / "qwen2.5-coder-1.5b").mkdir(parents=True)
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        (tmp_path / "models" / "qwen2.5-coder-1.5b" / name).write_text("{}")
+    assert resolve_model("Qwen2.5-Coder-1.5B", allow_pull=False) == str(tmp_path / "models" / "qwen2.5-coder-1.5b")

@@ -144,3 +144,13 @@ def test_a_5mb_minified_file_falls_back_to_text_rules_and_stays_in_sync() -> Non
     assert document is not None and document.text == "let" + minified[3:]
     assert tree is not None and not tree.available and tree.tree is None
     assert store.request_context(URI) == (None, ())
+
+
+def test_place_names_the_workspace_folder_and_the_path_in_it(tmp_path: Path) -> None:
+    store = DocumentStore()
+    project = tmp_path / "shop"
+    (project / "pkg").mkdir(parents=True)
+    store.set_workspace([types.WorkspaceFolder(uri=project.as_uri(), name="shop")], None, None)
+    assert store.place((project / "pkg" / "views.py").as_uri()) == ("shop", "pkg/views.py")
+    assert store.place((tmp_path / "elsewhere.py").as_uri()) == ("", "elsewhere.py")
+    assert store.place("untitled:Untitled-1") == ("", "")

@@ -121,3 +121,19 @@ def test_recent_edits_of_other_documents_newest_first() -> None:
     documents[js.uri] = js
     assert [r.path for r in recent.regions(documents, "file:///d.ts", language_id="typescript")] == ["/c.js"]
     assert [r.path for r in recent.regions(documents, "file:///e.py", language_id="python")] == ["/b.py", "/a.py"]
+
+
+def test_js_arrow_functions_keep_their_first_body_line() -> None:
+    from tabfill.syntax_cache.definitions import definitions_in
+
+    source = (
+        "const gt = (a, b, loose) => compare(a, b, loose) > 0\n"
+        "export const load = async (path) => {\n  const text = await read(path)\n  return parse(text)\n}\n"
+        "const noop = () => {}\n"
+        "const twice = function (x) { return 2 * x }\n"
+    )
+    rendered = {d.name: d.render() for d in definitions_in("javascript", source.encode())}
+    assert rendered["gt"] == "const gt = (a, b, loose) => compare(a, b, loose) > 0"
+    assert rendered["load"] == "export const load = async (path) => {\n  const text = await read(path)\n  ...\n}"
+    assert rendered["noop"] == "const noop = () => {}"
+    assert rendered["twice"] == "const twice = function (x)"  # not an arrow function: its header as before
