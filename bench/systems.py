@@ -24,7 +24,7 @@ from bench.lsp_client import LspClient, RpcError
 from bench.machine import Usage, process_usage
 from tabfill.completion.fim import FimTemplate, build_prompt, detect_template
 from tabfill.completion.types import Prompt, Settings, StopRule
-from tabfill.syntax_cache.context import Mode, context_at
+from tabfill.syntax_cache.context import Mode, SyntaxContext, context_at
 from tabfill.syntax_cache.document import Document
 
 REPO = Path(__file__).resolve().parent.parent
@@ -117,8 +117,8 @@ class System(ABC):
     async def stop(self) -> None: ...
 
 
-def _mode(language_id: str, text: str, offset: int) -> Mode:
-    return context_at(Document("file:///bench", language_id, 0, text), offset).mode
+def _context(language_id: str, text: str, offset: int) -> SyntaxContext:
+    return context_at(Document("file:///bench", language_id, 0, text), offset)
 
 
 class TabfillSystem(System):
@@ -242,14 +242,19 @@ def answer_source(item: dict[str, Any]) -> str:
     return source if isinstance(source, str) and source else UNKNOWN
 
 
-def peer_prompt(prefix: str, suffix: str, template: FimTemplate | None, tokenizer: Any, multi: bool) -> Prompt:
-    """The prompt the peers get: tabfill's default budgets and template, no token healing (plain tokens)."""
+PEER_MULTI_LINE_MAX_LINES = 8  # tabfill's multi-line limit (completion/service.py)
+
+
+def peer_prompt(prefix: str, suffix: str, template: FimTemplate | None, tokenizer: Any, multi: bool, block_indent: int = 0) -> Prompt:
+    """The prompt the peers get: tabfill's default budgets, template and stop rule (single line, or the
+    block's indent for several), no token healing (plain tokens)."""
     settings = Settings()
     return build_prompt(
         prefix, suffix, template, tokenizer,
         max_prefix_tokens=settings.max_prefix_tokens, max_suffix_tokens=settings.max_suffix_tokens,
         max_new_tokens=settings.max_new_tokens if multi else settings.single_line_max_new_tokens,
-        stop=StopRule(single_line=not multi, block_indent=0, max_lines=8), heal=False,
+        stop=StopRule(single_line=not multi, block_indent=block_indent if multi else 0,
+                      max_lines=PEER_MULTI_LINE_MAX_LINES if multi else 1), heal=False,
     )
 
 
@@ -305,8 +310,9 @@ class TransformersSystem(System):
         request_id = handle.extra["id"] = self.next_id
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self.waiting[request_id] = future
-        multi = _mode(language_id, text, offset) is Mode.MULTI
-        self._send({"id": request_id, "prefix": text[:offset], "suffix": text[offset:], "multi": multi})
+        context = _context(language_id, text, offset)
+        self._send({"id": request_id, "prefix": text[:offset], "suffix": text[offset:],
+                    "multi": context.mode is Mode.MULTI, "block_indent": context.block_indent})
         answer = await future
         if answer.get("cancelled"):
             raise Cancelled()
@@ -370,7 +376,7 @@ class LlamaCppSystem(System):
         return int(head.split()[1]), rest
 
     async def _complete(self, uri: str, language_id: str, text: str, offset: int, handle: Pending) -> str:
-        multi = _mode(language_id, text, offset) is Mode.MULTI
+        multi = _context(language_id, text, offset).mode is Mode.MULTI
         prompt, max_new_tokens = self.window.prompt(text, offset, multi)
         body = {
             "prompt": prompt,
