@@ -435,3 +435,21 @@ def test_accepted_chars_count_each_typed_character_once() -> None:
     rows = asyncio.run(run_typing_case(Oracle(), case))
     assert [row["accepted_chars"] for row in rows] == [2, 7, 5, 1, 0]
     assert sum(row["accepted_chars"] for row in rows) == len(body) - len("r")
+
+
+def test_a_request_cancelled_before_it_was_sent_is_dropped_locally() -> None:
+    """On a loaded machine the next key can come before the request task ran: cancelling it must not
+    reach for an id it never got (the smoke run died on a KeyError)."""
+    import asyncio
+
+    from bench.systems import TabfillSystem
+
+    async def scenario() -> bool:
+        system = TabfillSystem("tabfill", "default")
+        handle = system.request("file:///x.py", "python", "x = ", 4)  # not started: no await in between
+        await system.cancel(handle)
+        await asyncio.gather(handle.task, return_exceptions=True)
+        await asyncio.sleep(0)  # its done callback
+        return handle.task.cancelled() and handle.cancelled
+
+    assert asyncio.run(scenario())
