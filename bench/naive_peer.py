@@ -1,6 +1,7 @@
-"""The peer a Python developer would write: transformers `generate`, greedy, on the same prompt tokens as
-tabfill, and no cache kept between requests. Configured as a fair engineer would: the same token budget as
-tabfill (its single-line and multi-line allowances), and a StoppingCriteria that ends the generation where
+"""The peer a Python developer would write: transformers `generate`, greedy, on tabfill's prompt builder
+(its budgets over the whole prefix, no token healing), and no cache kept between requests. Configured as
+a fair engineer would: the same token budget as tabfill (its single-line and multi-line allowances), and a
+StoppingCriteria that ends the generation where
 tabfill's stop rule cuts the text (at the line end for a single line; the block rule for several), so it
 never generates tokens it throws away. JSON lines on stdio; the newest request wins and a cancelled one
 stops between tokens (another StoppingCriteria), which is as far as plain `generate` lets a client go.

@@ -1,7 +1,7 @@
 """The systems under test, each a child process driven the way its users drive it:
 
 - `tabfill`: `tabfill serve` over LSP stdio (didOpen/didChange, inlineCompletion, $/cancelRequest);
-- `transformers`: bench/naive_peer.py (plain `generate`, same prompt tokens, no cache across requests);
+- `transformers`: bench/naive_peer.py (plain `generate` on tabfill's prompt builder, no healing, no cache across requests);
 - `llama.cpp`: llama-cpp-python's server on the same GGUF file, one HTTP request per keystroke like
   llama.vim, the older request abandoned (connection closed); its Llama object reuses the KV of the
   longest common prompt prefix (what llama.vim asks for with `cache_prompt`).
