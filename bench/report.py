@@ -461,12 +461,12 @@ def _syntax_targets(results: dict[str, Any], by_name: dict[str, dict[str, Any]],
         add(target + " (ablation, in process)",
             f"tabfill {full['exact_match']:.1f} % vs plain {base['exact_match']:.1f} % ({full['cases']} verbatim-free cases)",
             "met" if gain >= TARGET_SYNTAX_GAIN_POINTS else "missed", f"{gain:+.1f} points")
-    gains = {subset: similar_gain(summary, subset) for subset in ("all", "verbatim-free")}
-    if all(gain is not None for gain in gains.values()):
+    with_them, without = similar_gain(summary, "all"), similar_gain(summary, "verbatim-free")
+    if with_them is not None and without is not None:
         add("similar code's gain with and without the verbatim cases (ablation)",
-            f"{gains['all'][0]:+.1f} points on all {gains['all'][1]} cases; {gains['verbatim-free'][0]:+.1f} points on the "
-            f"{gains['verbatim-free'][1]} verbatim-free ones", "evidence only",
-            f"{gains['all'][0] - gains['verbatim-free'][0]:+.1f} points of the gain came from lines that were in the context")
+            f"{with_them[0]:+.1f} points on all {with_them[1]} cases; {without[0]:+.1f} points on the "
+            f"{without[1]} verbatim-free ones", "evidence only",
+            f"{with_them[0] - without[0]:+.1f} points of the gain came from lines that were in the context")
 
 
 def similar_gain(summary: dict[tuple[str, str, str], dict[str, Any]], subset: str) -> tuple[float, int] | None:
