@@ -26,27 +26,21 @@ import torch
 from bench.cases import LineCase, line_cases
 from bench.naive_peer import PeerAnswer, generate_answer
 from bench.systems import peer_prompt
-from tabfill.completion.engine import Engine, EngineInfo
+from tabfill.completion.engine import Engine
 from tabfill.completion.fim import detect_template
-from tabfill.completion.models import load_model, resolve_model
-from tabfill.completion.prefix_cache import PrefixCache
-from tabfill.completion.runners import make_runner
-from tabfill.completion.settings import kv_slot_tokens
+from tabfill.completion.models import resolve_model
+from tabfill.completion.sources import open_local
 from tabfill.completion.types import CancelToken, Deadline, Generation, Settings
 
 TIE_EPSILON = 1e-3  # logits (fp32, magnitude ~10): a gap this small is within the kernels' rounding differences
-PREFIX_BLOCK_TOKENS = 32  # the server's prefix-cache block (completion/service.py)
 
 
 def tabfill_engine(model: str, settings: Settings | None = None) -> Engine:
-    """The engine as the server sets it up by default: the lean runner, the prefix cache, drafts on."""
-    settings = dataclasses.replace(settings or Settings(), model=model)
-    loaded = load_model(settings.model, settings.device)
-    runner = make_runner(loaded.model, torch.device(loaded.device), max_tokens=kv_slot_tokens(settings),
-                         quantize=None if settings.quantize == "none" else settings.quantize, lean=settings.lean_forward)
-    store = PrefixCache(PREFIX_BLOCK_TOKENS, settings.prefix_cache_mb * 2**20) if settings.prefix_cache_mb else None
-    info = EngineInfo(loaded.source, loaded.device, loaded.dtype, loaded.load_ms, "identity check")
-    return Engine(loaded.model, loaded.tokenizer, loaded.device, info, runner=runner, prefix_cache=store)
+    """The engine exactly as the server opens it in process (`sources.open_local`): the lean runner, the
+    prefix cache, drafts on, warmed up."""
+    engine = open_local(dataclasses.replace(settings or Settings(), model=model), lambda stage, fraction: None)
+    assert isinstance(engine, Engine), type(engine)
+    return engine
 
 
 def first_difference(one: tuple[int, ...], other: tuple[int, ...]) -> int:
@@ -104,7 +98,6 @@ def measure(model: str, count: int) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM
 
     engine = tabfill_engine(model)
-    engine.warm_up()
     # The peer's own model object, loaded as naive_peer.py loads it (the lean runner may repack the engine's).
     peer_model = AutoModelForCausalLM.from_pretrained(resolve_model(model), dtype=torch.float32).eval()
     return summarize(evaluate(engine, peer_model, line_cases(count)))

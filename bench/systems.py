@@ -23,6 +23,7 @@ from typing import Any
 from bench.lsp_client import LspClient, RpcError
 from bench.machine import Usage, process_usage
 from tabfill.completion.fim import FimTemplate, build_prompt, detect_template
+from tabfill.completion.prompt import MULTI_LINE_MAX_LINES
 from tabfill.completion.types import Prompt, Settings, StopRule
 from tabfill.syntax_cache.context import Mode, SyntaxContext, context_at
 from tabfill.syntax_cache.document import Document
@@ -251,9 +252,6 @@ def answer_source(item: dict[str, Any]) -> str:
     return source if isinstance(source, str) and source else UNKNOWN
 
 
-PEER_MULTI_LINE_MAX_LINES = 8  # tabfill's multi-line limit (completion/service.py)
-
-
 def peer_prompt(prefix: str, suffix: str, template: FimTemplate | None, tokenizer: Any, multi: bool, block_indent: int = 0) -> Prompt:
     """The prompt the peers get: tabfill's default budgets, template and stop rule (single line, or the
     block's indent for several), no token healing (plain tokens)."""
@@ -263,7 +261,7 @@ def peer_prompt(prefix: str, suffix: str, template: FimTemplate | None, tokenize
         max_prefix_tokens=settings.max_prefix_tokens, max_suffix_tokens=settings.max_suffix_tokens,
         max_new_tokens=settings.max_new_tokens if multi else settings.single_line_max_new_tokens,
         stop=StopRule(single_line=not multi, block_indent=block_indent if multi else 0,
-                      max_lines=PEER_MULTI_LINE_MAX_LINES if multi else 1), heal=False,
+                      max_lines=MULTI_LINE_MAX_LINES if multi else 1), heal=False,
     )
 
 
