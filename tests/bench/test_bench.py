@@ -495,3 +495,14 @@ def test_the_readme_quotes_the_int8_speed_up_that_results_json_measured() -> Non
     quoted = re.search(r"a decode step ([0-9.]+)× faster than fp32 in the last benchmark run", (REPO / "README.md").read_text())
     assert quoted is not None
     assert float(quoted.group(1)) == pytest.approx(measured, abs=0.005)
+
+
+@pytest.mark.model
+def test_greedy_identity_on_the_default_model() -> None:
+    """tabfill's engine on the transformers peer's token ids gives its first line (real model, 6 cases)."""
+    from bench import identity
+
+    measured = identity.measure("default", 6)
+    assert measured["cases"] == 6
+    assert measured["identical"] + measured["ties"] == 6, [row for row in measured["rows"] if not row["identical"]]
+    assert any(row["peer"].strip() for row in measured["rows"])  # real answers, not six empty lines
