@@ -1,10 +1,14 @@
 """Benchmark cases, generated deterministically from public code this project did not write (bench/data:
-Python 3.11 standard-library modules and the `json` package, and the npm package semver 7.6.3 in its
-own layout, each with its licence)."""
+Python, JavaScript, TypeScript, Go and Rust from several public packages, each with its licence; see
+bench/data/README.md).
+
+A line case whose expected line also occurs verbatim (whitespace-normalised) anywhere the server may read
+(any workspace file, or its own file outside that line) is flagged `verbatim`: similar code can copy it."""
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import random
 import re
 from collections.abc import Iterator
@@ -12,8 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DATA = Path(__file__).parent / "data"
-LANGUAGES = {".py": "python", ".js": "javascript"}
+LANGUAGES = {".py": "python", ".js": "javascript", ".ts": "typescript", ".go": "go", ".rs": "rust"}
 _WORD = re.compile(r"\w")
+_COMMENT = {"python": ("#", '"""', "'''")}  # every other language here comments with // and /* */
 
 
 @dataclass(frozen=True)
@@ -25,6 +30,7 @@ class LineCase:
     prefix: str
     suffix: str
     expected: str  # the removed rest of the line
+    verbatim: bool = False  # the whole line occurs elsewhere the server may read (see `verbatim_lines`)
 
 
 @dataclass(frozen=True)
@@ -46,22 +52,50 @@ class TypingCase:
 
 
 def source_files() -> list[Path]:
-    return sorted(path for path in DATA.rglob("*") if path.suffix in LANGUAGES)
+    return sorted(path for path in DATA.rglob("*") if path.suffix in LANGUAGES and not path.name.endswith(".d.ts"))
+
+
+def normalise(text: str) -> str:
+    """Whitespace-normalised: runs of whitespace become one space, none at the ends."""
+    return " ".join(text.split())
+
+
+def workspace_text(root: Path = DATA) -> str:
+    """Every file under `root` the server may read (any language), line by line, whitespace-normalised and
+    joined by newlines: a normalised line (no newline) occurs in it only within one line."""
+    lines: list[str] = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        lines.extend(normalise(line) for line in text.split("\n"))
+    return "\n".join(lines)
+
+
+def occurs_elsewhere(line: str, corpus: str) -> bool:
+    """`line` occurs verbatim (normalised) in `corpus` other than as itself once: `corpus` holds the case's
+    own file, so one occurrence is the line itself."""
+    needle = normalise(line)
+    return bool(needle) and corpus.count(needle) >= 2
 
 
 def _is_candidate_line(stripped: str, language_id: str) -> bool:
     if len(stripped) < 16 or len(stripped) > 100:
         return False
-    comment = "#" if language_id == "python" else "//"
-    if stripped.startswith((comment, '"""', "'''", "*", "/*", "@")):
+    if stripped.startswith((*_COMMENT.get(language_id, ("//",)), "*", "/*", "@", "#[")):
         return False
     return sum(char.isalnum() for char in stripped) >= 8
 
 
-def line_cases(count: int, seed: int = 7) -> list[LineCase]:
+def line_cases(count: int, seed: int = 7, verbatim: str = "flag") -> list[LineCase]:
     """`count` cases, alternating languages and spread over each language's files: the cursor after a
-    non-word character 30–70 % into a line."""
+    non-word character 30–70 % into a line. `verbatim`: "flag" marks the cases whose line occurs verbatim
+    elsewhere the server may read; "drop" leaves them out (still `count` cases, when there are enough)."""
+    if verbatim not in ("flag", "drop"):
+        raise ValueError(f"verbatim must be 'flag' or 'drop', not {verbatim!r}")
     rng = random.Random(seed)
+    corpus = workspace_text()
     per_file: dict[str, list[list[LineCase]]] = {}
     for path in source_files():
         language_id = LANGUAGES[path.suffix]
@@ -94,7 +128,13 @@ def line_cases(count: int, seed: int = 7) -> list[LineCase]:
             case = next(queues[language], None)
             if case is None:
                 del queues[language]
-            elif len(chosen) < count:
+                continue
+            full_line = case.prefix[case.prefix.rfind("\n") + 1 :] + case.expected
+            if occurs_elsewhere(full_line, corpus):
+                if verbatim == "drop":
+                    continue
+                case = dataclasses.replace(case, verbatim=True)
+            if len(chosen) < count:
                 chosen.append(case)
     return chosen
 
@@ -116,14 +156,28 @@ def _python_functions(text: str) -> list[tuple[int, int]]:
     return spans
 
 
-def _javascript_functions(text: str) -> list[tuple[int, int]]:
+_TYPE = r"(?:\s*:\s*[^{]+)?"  # a TypeScript return type
+# Function and method headers that end with "{", per brace language.
+_HEADERS = {
+    "javascript": re.compile(r"^\s*(?:(?:async\s+)?function\s+\w+|(?:static\s+)?\w+\s*)\(.*\)\s*\{\s*$"),
+    "typescript": re.compile(
+        r"^\s*(?:export\s+)?(?:(?:async\s+)?function\s*\w*|(?:(?:public|private|protected|static|readonly|async|get|set)\s+)*\w+)"
+        r"\s*(?:<.*>)?\(.*\)" + _TYPE + r"\s*\{\s*$"
+    ),
+    "go": re.compile(r"^func\b.*\)\s*[^{]*\{\s*$"),
+    "rust": re.compile(r"^\s*(?:pub(?:\([\w:]+\))?\s+)?(?:(?:const|unsafe|async|extern)\s+)*fn\s+\w+.*\{\s*$"),
+}
+_NOT_FUNCTIONS = ("if", "for", "while", "switch", "catch", "else", "return", "match", "loop")
+
+
+def _brace_functions(text: str, language_id: str) -> list[tuple[int, int]]:
     """Functions and methods whose header line ends with "{", up to the line with the matching "}"."""
     lines = text.split("\n")
-    header = re.compile(r"^\s*(?:(?:async\s+)?function\s+\w+|(?:static\s+)?\w+\s*)\(.*\)\s*\{\s*$")
+    header = _HEADERS[language_id]
     spans = []
     for start, line in enumerate(lines):
         first_word = re.match(r"\s*(\w*)", line).group(1)  # type: ignore[union-attr]
-        if not header.match(line) or first_word in ("if", "for", "while", "switch", "catch", "else", "return"):
+        if not header.match(line) or first_word in _NOT_FUNCTIONS:
             continue
         depth = 0
         for end in range(start, len(lines)):
@@ -166,7 +220,7 @@ def typing_cases(count: int, seed: int = 11, pace: float = 1.0, max_chars: int =
         language_id = LANGUAGES[path.suffix]
         text = path.read_text(encoding="utf-8")
         lines = text.split("\n")
-        spans = _python_functions(text) if language_id == "python" else _javascript_functions(text)
+        spans = _python_functions(text) if language_id == "python" else _brace_functions(text, language_id)
         for start, end in spans:
             body = "\n".join(lines[start:end])
             if not 3 <= end - start <= 12 or len(body) > max_chars:

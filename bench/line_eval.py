@@ -71,46 +71,60 @@ def _parts(store: DocumentStore, variant: Variant) -> Iterator[None]:
 
 
 def evaluate(service: CompletionService, cases: list[LineCase], variants: tuple[Variant, ...]) -> dict[str, list[dict[str, Any]]]:
+    """Each case under every variant in turn (one case after another, so variants with the same prompt reuse
+    its KV in the engine's live slot), each variant with its own `DocumentStore` over the workspace."""
     base = service.settings
-    out: dict[str, list[dict[str, Any]]] = {}
+    out: dict[str, list[dict[str, Any]]] = {variant.name: [] for variant in variants}
+    stores = {}
     for variant in variants:
-        service.update_settings(dataclasses.replace(
-            base, syntax_postprocess=variant.syntax_postprocess, cross_file_context=variant.cross_file_context,
-            deadline_ms=WHOLE_ANSWER_MS,
-        ))
-        store = DocumentStore()
+        store = stores[variant.name] = DocumentStore()
         store.set_workspace([types.WorkspaceFolder(DATA.resolve().as_uri(), "data")], None, None)
-        rows = []
-        with _parts(store, variant):
-            for case in cases:
-                uri = case_uri(case.name)
-                text = case.prefix + case.suffix
-                store.open(types.TextDocumentItem(uri, case.language_id, 1, text))
-                offset = len(case.prefix)
-                syntax, cross_file = store.request_context(uri, offset, variant.cross_file_context, service.prompt_chars)
-                request = CompletionRequest(uri, case.language_id, 1, text, offset, case.name, syntax=syntax, cross_file=cross_file)
-                started = time.perf_counter()
-                completion = service.complete(request)
-                row = {"case": case.name, "language": case.language_id, **score_line(completion.text, case.expected)}
-                row["ms"] = round((time.perf_counter() - started) * 1000, 1)
-                row["header_chars"] = len(service.last_cross_file)
-                rows.append(row)
-                store.close(uri)
-                service.forget(uri)
-        out[variant.name] = rows
-    service.update_settings(base)
+    try:
+        for case in cases:
+            for variant in variants:
+                service.update_settings(dataclasses.replace(
+                    base, syntax_postprocess=variant.syntax_postprocess, cross_file_context=variant.cross_file_context,
+                    deadline_ms=WHOLE_ANSWER_MS,
+                ))
+                with _parts(stores[variant.name], variant):
+                    out[variant.name].append(_complete_case(service, stores[variant.name], case, variant))
+    finally:
+        service.update_settings(base)
     return out
 
 
+def _complete_case(service: CompletionService, store: DocumentStore, case: LineCase, variant: Variant) -> dict[str, Any]:
+    uri = case_uri(case.name)
+    text = case.prefix + case.suffix
+    store.open(types.TextDocumentItem(uri, case.language_id, 1, text))
+    offset = len(case.prefix)
+    syntax, cross_file = store.request_context(uri, offset, variant.cross_file_context, service.prompt_chars)
+    request = CompletionRequest(uri, case.language_id, 1, text, offset, case.name, syntax=syntax, cross_file=cross_file)
+    started = time.perf_counter()
+    completion = service.complete(request)
+    row = {"case": case.name, "language": case.language_id, "verbatim": case.verbatim, **score_line(completion.text, case.expected)}
+    row["ms"] = round((time.perf_counter() - started) * 1000, 1)
+    row["header_chars"] = len(service.last_cross_file)
+    store.close(uri)
+    service.forget(uri)
+    return row
+
+
+SUBSETS = {"all": lambda row: True, "verbatim-free": lambda row: not row.get("verbatim"), "verbatim": lambda row: bool(row.get("verbatim"))}
+
+
 def summarize(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per variant: all cases, the verbatim-free ones and the verbatim ones (`subset`, language "all"), then
+    each language's verbatim-free cases."""
     summary = []
     for name, rows in results.items():
-        for language in ("all", *sorted({row["language"] for row in rows})):
-            chosen = [row for row in rows if language in ("all", row["language"])]
+        groups = [(subset, "all") for subset in SUBSETS] + [("verbatim-free", language) for language in sorted({row["language"] for row in rows})]
+        for subset, language in groups:
+            chosen = [row for row in rows if SUBSETS[subset](row) and language in ("all", row["language"])]
             if not chosen:
                 continue
             summary.append({
-                "variant": name, "language": language, "cases": len(chosen),
+                "variant": name, "subset": subset, "language": language, "cases": len(chosen),
                 "exact_match": round(100 * sum(row["exact"] for row in chosen) / len(chosen), 1),
                 "edit_similarity": round(sum(row["edit_similarity"] for row in chosen) / len(chosen), 3),
             })
@@ -142,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("; ".join(problems))
     measured = measure(args.model, args.cases, chosen, settings)
     for row in measured["summary"]:
-        print(f"{row['variant']:12s} {row['language']:11s} {row['cases']:3d} EM {row['exact_match']:5.1f} % ES {row['edit_similarity']:.3f}")
+        print(f"{row['variant']:12s} {row['subset']:13s} {row['language']:11s} {row['cases']:3d} EM {row['exact_match']:5.1f} % ES {row['edit_similarity']:.3f}")
     if args.out:
         args.out.write_text(json.dumps(measured, indent=1))
     return 0

@@ -69,7 +69,7 @@ async def run_line_cases(system: System, cases: list[LineCase]) -> list[dict[str
         settled = await system.settle(uri, case.language_id, text, len(case.prefix), handle, LINE_TIMEOUT_S)
         final = settled if settled is not None and settled.text is not None else handle
         await system.close_document(uri)
-        row = {"case": case.name, "language": case.language_id, **score_line(final.text or "", case.expected)}
+        row = {"case": case.name, "language": case.language_id, "verbatim": case.verbatim, **score_line(final.text or "", case.expected)}
         row["latency_ms"] = _latency_ms(handle)
         row["first_answer"] = handle.text
         row["settled_ms"] = None if settled is None or settled.received_s is None else round((settled.received_s - handle.sent_s) * 1000, 1)
@@ -98,9 +98,9 @@ async def run_typing_case(system: System, case: TypingCase) -> list[dict[str, An
     handles: list[tuple[Pending, int, float]] = []  # (request, characters typed so far, when the next key came)
     typed = 0
     for key in case.keys:
-        delay = started + key.at_s - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
+        # NOTE: always yield, even when the replay is behind its clock (a loaded machine): else no request
+        # task would run between two keys and every request would be cancelled before it was sent.
+        await asyncio.sleep(max(0.0, started + key.at_s - loop.time()))
         now = loop.time()
         if handles:
             previous, chars, _ = handles[-1]

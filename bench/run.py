@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import line_eval, machine, report, syntax
+from bench import identity, line_eval, machine, report, syntax
 from bench.cases import line_cases, typing_cases
 from bench.replay import run_line_cases, run_typing_case
 from bench.systems import LlamaCppSystem, System, TabfillSystem, TransformersSystem
@@ -137,7 +137,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     results["repeat_cases"] = args.repeat_cases
     if args.decode_steps > 0:
         log("decode step: the engine's variants against the weight-streaming floor")
-        measured, why = measure_decode_step(model_dir, args.decode_steps)
+        measured, why = measure_decode_step(model_dir, args.decode_steps, bandwidth)
         if measured is not None:
             results["decode_step"] = measured
         else:
@@ -145,10 +145,22 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     else:
         results["skipped"]["decode step"] = "not run (--decode-steps 0; --smoke skips it unless --decode-steps is given)"
 
-    if args.ablation_cases > 0:
-        log(f"line completion ablation: {args.ablation_cases} cases, whole answers, each part of the syntax layer on and off")
+    if args.identity_cases > 0:
+        log(f"greedy identity: {args.identity_cases} cases, tabfill's engine on the transformers peer's token ids")
         try:
-            results["ablation"] = line_eval.measure(args.model, args.ablation_cases)
+            results["identity"] = identity.measure(args.model, args.identity_cases)
+            gc.collect()
+        except Exception as exc:  # a broken part is reported, the rest of the run goes on
+            results["skipped"]["greedy identity"] = f"{type(exc).__name__}: {exc}"
+            log(f"greedy identity failed: {exc}")
+    else:
+        results["skipped"]["greedy identity"] = "not run (--identity-cases 0; --smoke skips it unless given)"
+
+    if args.ablation_cases > 0:
+        variants = tuple(v for v in line_eval.VARIANTS if v.name in args.ablation_variants.split(","))
+        log(f"line completion ablation: {args.ablation_cases} cases × {len(variants)} variants, whole answers")
+        try:
+            results["ablation"] = line_eval.measure(args.model, args.ablation_cases, variants)
             gc.collect()  # its model goes before the servers start
         except Exception as exc:  # a broken part is reported, the rest of the run goes on
             results["skipped"]["line completion ablation"] = f"{type(exc).__name__}: {exc}"
@@ -181,16 +193,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
-def measure_decode_step(model_dir: str, steps: int) -> tuple[dict[str, float | str] | None, str]:
+def measure_decode_step(model_dir: str, steps: int, bandwidth_gbs: float) -> tuple[dict[str, float | str] | None, str]:
     """bench/decode_step.py's `measure` (ms per token of the engine's decode variants and the floor),
     when that module is there; (None, why) when it is not or it failed. Numbers and strings (a dtype's
-    name) are kept, anything else left out."""
+    name) are kept, anything else left out. Its floors use this run's one bandwidth figure."""
     try:
         module = importlib.import_module("bench.decode_step")
     except ImportError as exc:
         return None, f"bench/decode_step.py not available ({exc})"
     try:
-        measured = dict(module.measure(model_dir, steps))
+        measured = dict(module.measure(model_dir, steps, bandwidth_gbs=bandwidth_gbs))
         gc.collect()  # its models go before the servers start
         kept: dict[str, float | str] = {}
         for key, value in measured.items():
@@ -209,9 +221,12 @@ def measure_decode_step(model_dir: str, steps: int) -> tuple[dict[str, float | s
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="two cases (one line, one short function), fast pace")
+    parser.add_argument("--ci", action="store_true",
+                        help="a CI-sized subset (about 5 minutes): 10 line cases, 2 functions, one replay, 60 ablation "
+                        "cases (plain, similar, tabfill), 20 identity cases, 8 decode steps")
     parser.add_argument("--model", default="default", help="tabfill model spec (default: the packaged SmolLM2-135M)")
     parser.add_argument("--systems", default=",".join(ALL_SYSTEMS))
-    parser.add_argument("--line-cases", type=int, default=36)
+    parser.add_argument("--line-cases", type=int, default=40, help="line cases over LSP, every system (default 40)")
     parser.add_argument("--typing-cases", type=int, default=6)
     parser.add_argument("--pace", type=float, default=1.0, help="typing speed multiplier (1.0: 8–12 chars/s)")
     parser.add_argument("--syntax-lines", type=int, default=3000)
@@ -223,7 +238,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="the repeat replays type the same functions again, or as many other functions")
     parser.add_argument("--decode-steps", type=int, help="decode steps for bench/decode_step.py (default 32; 0 skips; --smoke skips it unless given)")
     parser.add_argument("--ablation-cases", type=int,
-                        help="line cases for bench/line_eval.py, in process, whole answers (default 72; 0 skips; --smoke skips it unless given)")
+                        help="line cases for bench/line_eval.py, in process, whole answers (default 440, of which "
+                        "≥ 300 verbatim-free; 0 skips; --smoke skips it unless given)")
+    parser.add_argument("--ablation-variants", default="plain,postprocess,similar,tabfill",
+                        help=f"bench/line_eval.py's variants (of {','.join(v.name for v in line_eval.VARIANTS)})")
+    parser.add_argument("--identity-cases", type=int,
+                        help="line cases for bench/identity.py, the greedy-identity check (default 60; 0 skips; --smoke skips it unless given)")
     parser.add_argument("--no-install", action="store_true", help="skip llama.cpp unless it is already built")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent, help="folder for RESULTS.md, results.json, latency.png")
     args = parser.parse_args(argv)
@@ -232,8 +252,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         args.line_cases, args.typing_cases, args.syntax_lines = 1, 1, 300
         args.pace = max(args.pace, 3.0)
+    elif args.ci:
+        args.line_cases, args.typing_cases, args.replays = 10, 2, 1
+        args.ablation_variants = "plain,similar,tabfill"
+        args.ablation_cases = 60 if args.ablation_cases is None else args.ablation_cases
+        args.identity_cases = 20 if args.identity_cases is None else args.identity_cases
+        args.decode_steps = 8 if args.decode_steps is None else args.decode_steps
     if args.ablation_cases is None:
-        args.ablation_cases = 0 if args.smoke else 72
+        args.ablation_cases = 0 if args.smoke else 440
+    if args.identity_cases is None:
+        args.identity_cases = 0 if args.smoke else 60
     if args.decode_steps is None:
         args.decode_steps = 0 if args.smoke else 32  # it loads the model three ways and prefills each: not for a smoke run
     args.command_line = shlex.join(["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)])

@@ -1,7 +1,7 @@
 """The systems under test, each a child process driven the way its users drive it:
 
 - `tabfill`: `tabfill serve` over LSP stdio (didOpen/didChange, inlineCompletion, $/cancelRequest);
-- `transformers`: bench/naive_peer.py (plain `generate`, same prompt tokens, no cache across requests);
+- `transformers`: bench/naive_peer.py (plain `generate` on tabfill's prompt builder, no healing, no cache across requests);
 - `llama.cpp`: llama-cpp-python's server on the same GGUF file, one HTTP request per keystroke like
   llama.vim, the older request abandoned (connection closed); its Llama object reuses the KV of the
   longest common prompt prefix (what llama.vim asks for with `cache_prompt`).
@@ -23,8 +23,9 @@ from typing import Any
 from bench.lsp_client import LspClient, RpcError
 from bench.machine import Usage, process_usage
 from tabfill.completion.fim import FimTemplate, build_prompt, detect_template
+from tabfill.completion.prompt import MULTI_LINE_MAX_LINES
 from tabfill.completion.types import Prompt, Settings, StopRule
-from tabfill.syntax_cache.context import Mode, context_at
+from tabfill.syntax_cache.context import Mode, SyntaxContext, context_at
 from tabfill.syntax_cache.document import Document
 
 REPO = Path(__file__).resolve().parent.parent
@@ -61,6 +62,7 @@ def _utf16_position(text: str, offset: int) -> dict[str, int]:
 class System(ABC):
     name: str
     pid: int = 0
+    sends_ids = False  # its requests carry an id (handle.extra["id"]) that its `_cancel` sends
 
     @abstractmethod
     async def start(self) -> None: ...
@@ -102,8 +104,14 @@ class System(ABC):
         return handle
 
     async def cancel(self, handle: Pending) -> None:
-        if not handle.task.done():
-            await self._cancel(handle)
+        if handle.task.done():
+            return
+        if "id" not in handle.extra and self.sends_ids:
+            # NOTE: the next key came before the request task ran at all (a loaded machine falls behind the
+            # replay's clock): nothing was sent, so there is nothing to cancel on the other side.
+            handle.task.cancel()
+            return
+        await self._cancel(handle)
 
     async def settle(self, uri: str, language_id: str, text: str, offset: int, handle: Pending, timeout_s: float) -> Pending | None:
         """After an answer cut by a deadline: wait until the server says the whole answer is ready and ask
@@ -117,11 +125,13 @@ class System(ABC):
     async def stop(self) -> None: ...
 
 
-def _mode(language_id: str, text: str, offset: int) -> Mode:
-    return context_at(Document("file:///bench", language_id, 0, text), offset).mode
+def _context(language_id: str, text: str, offset: int) -> SyntaxContext:
+    return context_at(Document("file:///bench", language_id, 0, text), offset)
 
 
 class TabfillSystem(System):
+    sends_ids = True
+
     def __init__(self, name: str, model: str, options: dict[str, Any] | None = None, root: Path | None = None) -> None:
         self.name = name
         self.model = model
@@ -245,14 +255,16 @@ def answer_source(item: dict[str, Any]) -> str:
     return source if isinstance(source, str) and source else UNKNOWN
 
 
-def peer_prompt(prefix: str, suffix: str, template: FimTemplate | None, tokenizer: Any, multi: bool) -> Prompt:
-    """The prompt the peers get: tabfill's default budgets and template, no token healing (plain tokens)."""
+def peer_prompt(prefix: str, suffix: str, template: FimTemplate | None, tokenizer: Any, multi: bool, block_indent: int = 0) -> Prompt:
+    """The prompt the peers get: tabfill's default budgets, template and stop rule (single line, or the
+    block's indent for several), no token healing (plain tokens)."""
     settings = Settings()
     return build_prompt(
         prefix, suffix, template, tokenizer,
         max_prefix_tokens=settings.max_prefix_tokens, max_suffix_tokens=settings.max_suffix_tokens,
         max_new_tokens=settings.max_new_tokens if multi else settings.single_line_max_new_tokens,
-        stop=StopRule(single_line=not multi, block_indent=0, max_lines=8), heal=False,
+        stop=StopRule(single_line=not multi, block_indent=block_indent if multi else 0,
+                      max_lines=MULTI_LINE_MAX_LINES if multi else 1), heal=False,
     )
 
 
@@ -273,6 +285,7 @@ class _PromptWindow:
 
 class TransformersSystem(System):
     name = "transformers"
+    sends_ids = True
 
     def __init__(self, model_dir: str) -> None:
         self.model_dir = model_dir
@@ -308,8 +321,9 @@ class TransformersSystem(System):
         request_id = handle.extra["id"] = self.next_id
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self.waiting[request_id] = future
-        multi = _mode(language_id, text, offset) is Mode.MULTI
-        self._send({"id": request_id, "prefix": text[:offset], "suffix": text[offset:], "multi": multi})
+        context = _context(language_id, text, offset)
+        self._send({"id": request_id, "prefix": text[:offset], "suffix": text[offset:],
+                    "multi": context.mode is Mode.MULTI, "block_indent": context.block_indent})
         answer = await future
         if answer.get("cancelled"):
             raise Cancelled()
@@ -373,7 +387,7 @@ class LlamaCppSystem(System):
         return int(head.split()[1]), rest
 
     async def _complete(self, uri: str, language_id: str, text: str, offset: int, handle: Pending) -> str:
-        multi = _mode(language_id, text, offset) is Mode.MULTI
+        multi = _context(language_id, text, offset).mode is Mode.MULTI
         prompt, max_new_tokens = self.window.prompt(text, offset, multi)
         body = {
             "prompt": prompt,

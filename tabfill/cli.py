@@ -179,7 +179,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
         print(f"no completions recorded yet ({path})")
         return 0
     print(format_table(rows))
-    print(f"\nrate = accepted / shown; latency = the server's answer time over the last requests. Local only: {path}")
+    print("\nrate = accepted / shown, over the suggestions the editor reported as shown ('unknown' for an editor that "
+          "reports none, e.g. VS Code); latency = the server's answer time over the last requests. "
+          f"Local only: {path}")
     return 0
 
 

@@ -18,7 +18,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 
 from tabfill.completion.source import TokenSource
-from tabfill.completion.types import CancelToken, Completion, CompletionRequest, Deadline, Generation, Resumable
+from tabfill.completion.types import CancelToken, Completion, CompletionRequest, Deadline, Generation, Resumable, Source
 from tabfill.completion.worker import Cancelled, EngineWorker
 from tabfill.syntax_cache.context import SyntaxContext
 
@@ -54,7 +54,9 @@ class Shown:
             return None
         if request.text[request.offset :] != self.suffix:
             return None
-        return Completion(remainder, request.offset, shown.replace_chars, request.request_id, "type-through", shown.finish_reason)
+        # a continuation's text keeps its origin: that is where it came from, the typing only reveals it
+        source: Source = "continuation" if shown.source == "continuation" else "type-through"
+        return Completion(remainder, request.offset, shown.replace_chars, request.request_id, source, shown.finish_reason)
 
 
 @dataclass(eq=False)

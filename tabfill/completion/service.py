@@ -28,7 +28,7 @@ from tabfill.completion.repo_context import repo_for
 from tabfill.completion.settings import deadline_ms, kv_slot_tokens, language_enabled
 from tabfill.completion.source import TokenSource
 from tabfill.completion.sources import Opener, open_source
-from tabfill.completion.types import CancelToken, Completion, CompletionRequest, Deadline, EngineInfo, Generation, Settings, Timings
+from tabfill.completion.types import CancelToken, Completion, CompletionRequest, Deadline, EngineInfo, Generation, Settings, Source, Timings
 from tabfill.completion.worker import Cancelled, EngineWorker
 from tabfill.syntax_cache.context import Mode, SyntaxContext
 
@@ -75,7 +75,8 @@ class CompletionService:
         self.state: State = "idle"
         self.error = ""
         self.flights = Flights(self._worker)
-        self._results: TTLCache[Key, tuple[str, int, str]] = TTLCache(maxsize=512, ttl=600)
+        # (text, replace_chars, finish_reason, source when served from here: "cache", or "continuation")
+        self._results: TTLCache[Key, tuple[str, int, str, Source]] = TTLCache(maxsize=512, ttl=600)
         self.last_timings = Timings()
         self.last_generation: Generation | None = None
         # Called (from the engine thread) when a deadline-cut answer has been generated to its end: the
@@ -185,7 +186,7 @@ class CompletionService:
             with self._lock:
                 cached = self._results.get(key)
         if cached is not None:
-            completion = Completion(cached[0], request.offset, cached[1], request.request_id, "cache", cached[2], timings)
+            completion = Completion(cached[0], request.offset, cached[1], request.request_id, cached[3], cached[2], timings)
             self.flights.remember(request, completion)
             return self._at_once(request, completion)
         if source is None:
@@ -245,7 +246,7 @@ class CompletionService:
         )
         with self._lock:
             if generation.finish_reason not in ("deadline", "error"):  # NOTE: a failed engine's empty answer is not kept
-                self._results[planned.key] = (text, replace_chars, generation.finish_reason)
+                self._results[planned.key] = (text, replace_chars, generation.finish_reason, "cache")
             self.last_timings, self.last_generation = timings, generation
         self.flights.answered(request, completion, generation)
         if generation.continuation is not None:
@@ -271,7 +272,7 @@ class CompletionService:
         if generation.finish_reason in ("deadline", "error"):
             return True
         with self._lock:
-            self._results[continuation.key] = (text, replace_chars, generation.finish_reason)
+            self._results[continuation.key] = (text, replace_chars, generation.finish_reason, "continuation")
             notify = self.on_ready
         if notify is not None:
             try:

@@ -36,7 +36,11 @@ MAX_LATENCIES = 500  # per language, the most recent ones
 MAX_ITEMS = 2048  # items remembered for de-duplicating signals
 MAX_FILE_BYTES = 4 << 20  # a larger file is not ours to trust: start again
 OTHER = "other"
-COUNTERS = ("requests", "suggested", "shown", "accepted", "partial", "acceptedChars")
+COUNTERS = ("requests", "suggested", "shown", "accepted", "partial", "acceptedChars",
+            "shownReported", "acceptedReported", "partialReported")
+# *Reported*: items the client itself said it showed (didShowCompletion), and of those the accepted and the
+# partly accepted ones. The rates are taken over these alone: a client that never reports a show (VS Code's
+# inline-completion API has no such event) would otherwise show every accepted item as shown and a 100 % rate.
 _LANGUAGE_ID = re.compile(r"^[A-Za-z0-9_.+#-]{1,40}$")
 
 
@@ -62,7 +66,9 @@ class _Item:
     language: str
     chars: int | None = None  # the length of the item's text, when this process issued it
     shown: bool = False
+    reported: bool = False  # the client said it showed this item
     accepted: bool = False
+    partial: bool = False
     accepted_chars: int = 0  # the longest partial acceptance so far
 
 
@@ -115,12 +121,18 @@ class StatsStore:
         with self._lock:
             item = self._item(item_id, language)
             self._mark_shown(item)
+            if not item.reported:
+                item.reported = True
+                self._pending.add(item.language, "shownReported")
 
     def partially_accepted(self, item_id: str, language: str, accepted_chars: int) -> None:
         with self._lock:
             item = self._item(item_id, language)
             self._mark_shown(item)
             self._pending.add(item.language, "partial")
+            if item.reported and not item.partial:
+                self._pending.add(item.language, "partialReported")
+            item.partial = True
             grown = max(accepted_chars - item.accepted_chars, 0)
             item.accepted_chars = max(item.accepted_chars, accepted_chars)
             self._pending.add(item.language, "acceptedChars", grown)
@@ -133,6 +145,8 @@ class StatsStore:
                 return
             item.accepted = True
             self._pending.add(item.language, "accepted")
+            if item.reported:
+                self._pending.add(item.language, "acceptedReported")
             if item.chars is not None and item.chars > item.accepted_chars:
                 self._pending.add(item.language, "acceptedChars", item.chars - item.accepted_chars)
                 item.accepted_chars = item.chars
@@ -234,7 +248,8 @@ def percentile(samples: list[float], fraction: float) -> float | None:
 
 
 def summary(data: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per language (most requests first) and a last row "all"; rates are None without shows."""
+    """One row per language (most requests first) and a last row "all"; rates are None (unknown) when the
+    client reported no shown suggestion."""
     rows: list[dict[str, Any]] = []
     total: dict[str, Any] = {**dict.fromkeys(COUNTERS, 0), "latenciesMs": []}
     languages: dict[str, Any] = data.get("languages", {})
@@ -248,13 +263,13 @@ def summary(data: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _row(language: str, entry: dict[str, Any]) -> dict[str, Any]:
-    shown = int(entry.get("shown", 0))
+    reported = int(entry.get("shownReported", 0))
     samples = list(entry.get("latenciesMs", []))
     return {
         "language": language,
         **{counter: int(entry.get(counter, 0)) for counter in COUNTERS},
-        "acceptanceRate": int(entry.get("accepted", 0)) / shown if shown else None,
-        "partialRate": int(entry.get("partial", 0)) / shown if shown else None,
+        "acceptanceRate": int(entry.get("acceptedReported", 0)) / reported if reported else None,
+        "partialRate": int(entry.get("partialReported", 0)) / reported if reported else None,
         "latencySamples": len(samples),
         "p50Ms": percentile(samples, 0.50),
         "p90Ms": percentile(samples, 0.90),
@@ -270,7 +285,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
     lines = [headers]
     for row in rows:
-        rate = "-" if row["acceptanceRate"] is None else f"{row['acceptanceRate']:.0%}"
+        rate = ("unknown" if row["accepted"] or row["suggested"] else "-") if row["acceptanceRate"] is None else f"{row['acceptanceRate']:.0%}"
         lines.append((
             row["language"], str(row["requests"]), str(row["shown"]), str(row["accepted"]), rate, str(row["partial"]),
             str(row["acceptedChars"]), number(row["p50Ms"]), number(row["p90Ms"]), number(row["p99Ms"]),

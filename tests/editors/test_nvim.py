@@ -383,7 +383,7 @@ def test_a_deadline_cut_answer_fills_in_when_the_server_says_it_is_ready(editor:
     assert ghost[:2] == (LAST_ROW, len(LAST_LINE))
     info = editor.info()
     assert info["ready_seen"] >= 1 and info["ready_requests"] >= 1, info
-    assert info["last_answer"]["source"] == "cache" and info["last_answer"]["partial"] is False, info
+    assert info["last_answer"]["source"] == "continuation" and info["last_answer"]["partial"] is False, info
     assert editor.buffer_text() == SOURCE  # nothing was typed or inserted to get there
     messages = editor.nvim.api.exec2("messages", {"output": True})["output"]
     assert "LSP[tabfill]" not in messages, messages

@@ -119,7 +119,7 @@ def test_a_deadline_cut_answer_triggers_the_inline_suggestion_again(installed: N
     assert len(seen["retriggered"]) == 1
     again = seen["retriggered"][0]
     assert [item["insertText"] for item in again] == [reference_text]
-    assert again[0]["arguments"][0]["source"] == "cache" and again[0]["arguments"][0]["partial"] is False
+    assert again[0]["arguments"][0]["source"] == "continuation" and again[0]["arguments"][0]["partial"] is False
 
 
 def test_a_server_that_cannot_start_shows_an_error_with_the_reason(installed: None, tmp_path: Path) -> None:

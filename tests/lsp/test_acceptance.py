@@ -155,7 +155,7 @@ async def test_a_deadline_cut_answer_is_announced_when_whole_and_then_served_fro
         assert (field(field(ready, "position"), "line"), field(field(ready, "position"), "character")) == END
         whole = await suggestion(lsp, uri)
         arguments = as_json(lsp, whole)["command"]["arguments"][0]
-        assert (arguments["source"], arguments["partial"]) == ("cache", False)
+        assert (arguments["source"], arguments["partial"]) == ("continuation", False)
         if first.items:  # what was shown first is the start of the whole answer
             assert isinstance(first.items[0].insert_text, str) and isinstance(whole.insert_text, str)
             assert whole.insert_text.startswith(first.items[0].insert_text)

@@ -98,7 +98,7 @@ def test_the_service_generates_through_the_source_it_was_given() -> None:
     assert source.calls[0] == "generate" and source.calls[-1] == "close"
 
 
-def test_a_cut_generation_is_resumed_through_the_source_and_then_served_from_the_cache() -> None:
+def test_a_cut_generation_is_resumed_through_the_source_and_then_served_as_its_continuation() -> None:
     source = ScriptedSource("r * r", cut_at=2)
     ready: list[str] = []
     service = serve(source, deadline_ms=60_000)
@@ -111,6 +111,6 @@ def test_a_cut_generation_is_resumed_through_the_source_and_then_served_from_the
             time.sleep(0.01)
         assert ready == ["r * r"] and source.calls[:2] == ["generate", "resume"]
         again = service.complete(CompletionRequest("file:///a.py", "python", 1, TEXT, len(TEXT), "s"))
-        assert (again.source, again.text) == ("cache", "r * r")
+        assert (again.source, again.text) == ("continuation", "r * r")
     finally:
         service.close()

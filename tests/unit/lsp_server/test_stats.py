@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tabfill.lsp_server import stats
-from tabfill.lsp_server.stats import StatsStore, accept_arguments, item_reference, percentile, read_stats, summary
+from tabfill.lsp_server.stats import StatsStore, accept_arguments, format_table, item_reference, percentile, read_stats, summary
 
 
 def rows(path: Path) -> dict[str, dict]:
@@ -151,3 +151,30 @@ def test_the_stats_file_follows_the_environment(tmp_path: Path, monkeypatch: pyt
     monkeypatch.delenv("TABFILL_STATS_FILE")
     monkeypatch.setenv("TABFILL_CACHE_DIR", str(tmp_path / "cache"))
     assert stats.stats_path() == tmp_path / "cache" / "stats.json"
+
+
+def test_a_client_that_never_reports_shows_has_an_unknown_rate(tmp_path: Path) -> None:
+    """VS Code's inline-completion API reports no shown suggestion, only acceptances: counting each accepted
+    item as shown made its rate 100 %. The rate is taken over the shows the client reported, so it is
+    unknown there, and a client that does report them keeps its real rate."""
+    path = tmp_path / "stats.json"
+    vscode = StatsStore(path)
+    for item in ("a", "b", "c"):
+        vscode.record_request("typescript", 50.0, suggested=True)
+        vscode.issue(item, "typescript", chars=6)
+    vscode.accepted("a", "typescript")
+    vscode.partially_accepted("b", "typescript", 2)
+    nvim = StatsStore(path)
+    for item in ("x", "y", "z", "w"):
+        nvim.shown(item, "lua")
+    nvim.accepted("x", "lua")
+    nvim.partially_accepted("y", "lua", 3)
+    vscode.flush()
+    nvim.flush()
+    table = rows(path)
+    assert table["typescript"]["accepted"] == 1 and table["typescript"]["shown"] == 2  # implied by accept and partial
+    assert table["typescript"]["acceptanceRate"] is None and table["typescript"]["partialRate"] is None
+    assert table["lua"]["acceptanceRate"] == 0.25 and table["lua"]["partialRate"] == 0.25
+    assert table["all"]["acceptanceRate"] == 0.25  # the accept nobody saw shown stays out of the rate
+    typescript_line = next(line for line in format_table(summary(read_stats(path))).splitlines() if line.startswith("typescript"))
+    assert typescript_line.split()[4] == "unknown"
