@@ -11,10 +11,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from typing import TYPE_CHECKING
+
 from tabfill.completion import wire
-from tabfill.engine_server.scheduler import Scheduler, StepEngine
-from tabfill.engine_server.server import EngineConfig, EngineServer, ModelCard
 from tabfill.engine_server.tokens import TokenFileError, TokenStore, add_tenant
+
+if TYPE_CHECKING:  # NOTE: imported when serving: the scheduler's values come with torch, and `tabfill` parses
+    from tabfill.engine_server.scheduler import StepEngine  # its command line (this module) for every command
+    from tabfill.engine_server.server import EngineServer, ModelCard
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +71,9 @@ def cmd_engine(args: argparse.Namespace) -> int:
             return 2
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(args.tls_cert, args.tls_key)
+    from tabfill.engine_server.scheduler import Scheduler
+    from tabfill.engine_server.server import EngineConfig, EngineServer
+
     host, _, port = args.listen.rpartition(":")
     card, engine, slots = open_backend(args)
     scheduler = Scheduler(engine, slots=slots, max_queue=args.max_queue)
@@ -113,6 +120,7 @@ def open_backend(args: argparse.Namespace) -> tuple[ModelCard, StepEngine, int]:
     import torch
 
     from tabfill.completion.engine import Engine
+    from tabfill.engine_server.server import ModelCard
     from tabfill.completion.models import load_model
     from tabfill.completion.prefix_cache import PrefixCache
     from tabfill.completion.runners import make_runner

@@ -37,3 +37,16 @@ def test_serve_preloads_torch_for_an_in_process_model_only() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300, check=True)
     assert result.stdout.split("\n")[:2] == ["False False", "True True"], result.stdout + result.stderr
+
+
+def test_the_command_line_parser_imports_neither_torch_nor_transformers() -> None:
+    """`tabfill serve` parses the whole command line first, `engine` included: that must stay light."""
+    code = (
+        "import sys\n"
+        "from tabfill.cli import build_parser\n"
+        "build_parser().parse_args(['serve'])\n"
+        "print(sorted(name for name in ('torch', 'transformers') if name in sys.modules))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, check=True)
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
