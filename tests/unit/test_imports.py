@@ -11,15 +11,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_the_front_end_imports_neither_torch_nor_transformers() -> None:
-    code = (
-        "import sys\n"
-        "import tabfill.lsp_server.server, tabfill.completion.service, tabfill.completion.sources\n"
-        "print(sorted(name for name in ('torch', 'transformers') if name in sys.modules))\n"
-    )
+HEAVY = "print(sorted(name for name in ('torch', 'transformers') if name in sys.modules))\n"
+
+
+def run(code: str, timeout: float = 120) -> str:
+    """stdout of `code` in a fresh interpreter with this checkout on the path."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, check=True)
-    assert result.stdout.strip() == "[]", result.stdout + result.stderr
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=timeout, check=True)
+    return result.stdout + result.stderr
+
+
+def test_the_front_end_imports_neither_torch_nor_transformers() -> None:
+    output = run("import sys\nimport tabfill.lsp_server.server, tabfill.completion.service, tabfill.completion.sources\n" + HEAVY)
+    assert output.startswith("[]\n"), output
 
 
 def test_serve_preloads_torch_for_an_in_process_model_only() -> None:
@@ -34,19 +38,11 @@ def test_serve_preloads_torch_for_an_in_process_model_only() -> None:
         "preload(Settings())\n"
         "print('torch' in sys.modules, 'transformers' in sys.modules)\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300, check=True)
-    assert result.stdout.split("\n")[:2] == ["False False", "True True"], result.stdout + result.stderr
+    output = run(code, timeout=300)
+    assert output.split("\n")[:2] == ["False False", "True True"], output
 
 
 def test_the_command_line_parser_imports_neither_torch_nor_transformers() -> None:
     """`tabfill serve` parses the whole command line first, `engine` included: that must stay light."""
-    code = (
-        "import sys\n"
-        "from tabfill.cli import build_parser\n"
-        "build_parser().parse_args(['serve'])\n"
-        "print(sorted(name for name in ('torch', 'transformers') if name in sys.modules))\n"
-    )
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, check=True)
-    assert result.stdout.strip() == "[]", result.stdout + result.stderr
+    output = run("import sys\nfrom tabfill.cli import build_parser\nbuild_parser().parse_args(['serve'])\n" + HEAVY)
+    assert output.startswith("[]\n"), output
