@@ -11,9 +11,10 @@ Attention backends (``select_backend``): on CUDA with xformers, one ``memory_eff
 a ``BlockDiagonalCausalWithOffsetPaddedKeysMask`` over the rows' slots. Elsewhere (SDPA): the short rows
 (decode tokens and drafts) in one SDPA call over a view of their slot range with an explicit mask, and each
 long row (a prefill chunk) in a call of its own on a view of its slot (``_ShortRows``).
-NOTE: measured (``python -m bench.batch_step --attention``, 8 decode rows at ~400 tokens, SmolLM2's 30
-layers): one SDPA call per row per layer is 240 calls a step, and gathering the rows' slots into one
-tensor copies ~5 MB per layer; the view of a slot range needs neither.
+NOTE: why (8 decode rows at ~400 tokens, SmolLM2's 30 layers): one SDPA call per row per layer is 240 calls
+a step, and gathering the rows' slots into one tensor copies ~5 MB per layer; the view of a slot range needs
+neither. ``python -m bench.batch_step --attention`` times all three; on a machine loaded 13x over its cores,
+both single-call variants beat per-row calls (~1.6-2.4x) but gather vs view was not separable: re-measure.
 """
 
 from __future__ import annotations
