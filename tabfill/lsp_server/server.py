@@ -15,6 +15,7 @@ from pygls.exceptions import JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
 
 from tabfill import __version__
+from tabfill.completion.pace import TypingPace
 from tabfill.completion.service import CompletionService
 from tabfill.completion.settings import parse_settings
 from tabfill.completion.sources import preload
@@ -32,6 +33,9 @@ log = logging.getLogger(__name__)
 STATUS_METHOD = "tabfill/status"
 # Server -> client: a completion that was cut by its deadline has been generated whole (see README).
 READY_NOTIFICATION = "tabfill/completionReady"
+# Client -> server: the cursor is here and typing may start (insert mode entered, cursor at rest, editor
+# focused): prefill the prompt for it now, so the first key does not pay for it.
+WARM_NOTIFICATION = "tabfill/warm"
 # Copilot-style acceptance signals (sent by the tabfill editor clients); counted locally only.
 DID_SHOW_COMPLETION = "textDocument/didShowCompletion"
 DID_PARTIALLY_ACCEPT_COMPLETION = "textDocument/didPartiallyAcceptCompletion"
@@ -49,6 +53,7 @@ class TabfillServer(LanguageServer):
         self._loop: asyncio.AbstractEventLoop | None = None
         self.initial_options: Any = None
         self.stats = StatsStore()
+        self.pace = TypingPace()  # the user's key interval per document, from didChange spacing
         self.last_latency_ms: float | None = None
         self._stats_flush: asyncio.TimerHandle | None = None
 
@@ -92,15 +97,23 @@ class TabfillServer(LanguageServer):
             raise JsonRpcInvalidParams(str(exc)) from exc
         return self._request_at(document, offset, request_id)
 
-    def warm(self, uri: str) -> None:
-        """A document was opened: prefill its prompt in the background when the whole document fits the
-        prompt window (the cursor is unknown; the prefix from the top is shared by any cursor in it)."""
+    def warm(self, uri: str, position: tuple[int, int] | None = None) -> None:
+        """Prefill the prompt for a cursor in the background: at `position` (line, character) when the client
+        says where it is (tabfill/warm; any document size), else at the end of a document just opened when
+        the whole document fits the prompt window (the prefix from the top is shared by any cursor in it)."""
         document = self.documents.get(uri)
         # NOTE: building the request reads cross-file definitions; not for a model that is not there yet
-        if document is None or self.service.state != "ready" or len(document.text) > self.service.window_chars:
+        if document is None or self.service.state != "ready":
             return
         try:
-            self.service.warm(self._request_at(document, len(document.text), "warm-up"))
+            offset = len(document.text) if position is None else offset_at(document, *position, self.encoding)
+        except ValueError as exc:
+            log.warning("%s at %r: %s", WARM_NOTIFICATION, position, exc)
+            return
+        if position is None and offset > self.service.window_chars:
+            return
+        try:
+            self.service.warm(self._request_at(document, offset, "warm-up"))
         except Exception:  # a warm-up is an optimisation: never let it break document sync
             log.exception("warm-up of %s failed", uri)
 
@@ -127,6 +140,7 @@ class TabfillServer(LanguageServer):
         return CompletionRequest(
             uri, document.language_id, document.version, document.text, offset, request_id, syntax=syntax, cross_file=cross_file,
             repo_name=repo_name, repo_path=repo_path, lookup_ms=(time.perf_counter() - started) * 1000,
+            key_interval_ms=self.pace.interval_ms(uri),
         )
 
     async def complete(self, request: CompletionRequest) -> Completion:
@@ -230,11 +244,13 @@ def create_server(settings: Settings | None = None) -> TabfillServer:
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def did_change(ls: TabfillServer, params: types.DidChangeTextDocumentParams) -> None:
         ls.documents.change(params, ls.encoding)
+        ls.pace.keys(params.text_document.uri, [change.text for change in params.content_changes])
 
     @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
     def did_close(ls: TabfillServer, params: types.DidCloseTextDocumentParams) -> None:
         ls.documents.close(params.text_document.uri)
         ls.service.forget(params.text_document.uri)
+        ls.pace.forget(params.text_document.uri)
 
     @server.feature(types.WORKSPACE_DID_CHANGE_WORKSPACE_FOLDERS)
     def did_change_workspace_folders(ls: TabfillServer, params: types.DidChangeWorkspaceFoldersParams) -> None:
@@ -266,6 +282,16 @@ def create_server(settings: Settings | None = None) -> TabfillServer:
         )
         item = types.InlineCompletionItem(insert_text=completion.text, range=ls.lsp_range(uri, completion), command=accept)
         return types.InlineCompletionList(items=[item])
+
+    @server.feature(WARM_NOTIFICATION)
+    def warm(ls: TabfillServer, params: Any) -> None:
+        uri, position = _get(params, "textDocument"), _get(params, "position")
+        uri = uri.get("uri") if isinstance(uri, dict) else None
+        place = _place(position)
+        if not isinstance(uri, str) or place is None:
+            log.warning("ignoring %s with params %r (want textDocument.uri and a position)", WARM_NOTIFICATION, params)
+            return
+        ls.warm(uri, place)
 
     @server.feature(DID_SHOW_COMPLETION)
     def did_show_completion(ls: TabfillServer, params: Any) -> None:
@@ -366,6 +392,16 @@ def _get(params: Any, name: str) -> Any:
     """A field of a custom method's params as plain JSON values (pygls hands them over as namedtuples)."""
     params = _plain(params)
     return params.get(name) if isinstance(params, dict) else None
+
+
+def _place(position: Any) -> tuple[int, int] | None:
+    """(line, character) of a position given as JSON, or None when it is not one."""
+    if not isinstance(position, dict):
+        return None
+    line, character = position.get("line"), position.get("character")
+    if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in (line, character)):
+        return None
+    return line, character
 
 
 def _plain(value: Any) -> Any:
