@@ -22,7 +22,7 @@ from tabfill.completion.sources import preload
 from tabfill.completion.types import CancelToken, Completion, CompletionRequest, EngineInfo, Settings
 from tabfill.completion.worker import Cancelled
 from tabfill.lsp_server.documents import DocumentStore
-from tabfill.lsp_server.positions import PositionEncoding, offset_at, position_at
+from tabfill.lsp_server.positions import PositionEncoding, json_position, offset_at, position_at
 from tabfill.lsp_server.protocol import TabfillProtocol
 from tabfill.lsp_server.stats import StatsStore, accept_arguments, item_reference
 from tabfill.syntax_cache.context import SyntaxContext
@@ -33,8 +33,7 @@ log = logging.getLogger(__name__)
 STATUS_METHOD = "tabfill/status"
 # Server -> client: a completion that was cut by its deadline has been generated whole (see README).
 READY_NOTIFICATION = "tabfill/completionReady"
-# Client -> server: the cursor is here and typing may start (insert mode entered, cursor at rest, editor
-# focused): prefill the prompt for it now, so the first key does not pay for it.
+# Client -> server: the cursor rests here, typing may start: prefill its prompt now (not at the first key).
 WARM_NOTIFICATION = "tabfill/warm"
 # Copilot-style acceptance signals (sent by the tabfill editor clients); counted locally only.
 DID_SHOW_COMPLETION = "textDocument/didShowCompletion"
@@ -107,15 +106,10 @@ class TabfillServer(LanguageServer):
             return
         try:
             offset = len(document.text) if position is None else offset_at(document, *position, self.encoding)
-        except ValueError as exc:
-            log.warning("%s at %r: %s", WARM_NOTIFICATION, position, exc)
-            return
-        if position is None and offset > self.service.window_chars:
-            return
-        try:
-            self.service.warm(self._request_at(document, offset, "warm-up"))
+            if position is not None or offset <= self.service.window_chars:
+                self.service.warm(self._request_at(document, offset, "warm-up"))
         except Exception:  # a warm-up is an optimisation: never let it break document sync
-            log.exception("warm-up of %s failed", uri)
+            log.warning("warm-up of %s at %r failed", uri, position, exc_info=True)
 
     def _completion_ready(self, request: CompletionRequest, completion: Completion) -> None:
         """A deadline-cut answer is now complete: tell the client, if the document is still at that version,
@@ -285,9 +279,8 @@ def create_server(settings: Settings | None = None) -> TabfillServer:
 
     @server.feature(WARM_NOTIFICATION)
     def warm(ls: TabfillServer, params: Any) -> None:
-        uri, position = _get(params, "textDocument"), _get(params, "position")
-        uri = uri.get("uri") if isinstance(uri, dict) else None
-        place = _place(position)
+        document, place = _get(params, "textDocument"), json_position(_get(params, "position"))
+        uri = document.get("uri") if isinstance(document, dict) else None
         if not isinstance(uri, str) or place is None:
             log.warning("ignoring %s with params %r (want textDocument.uri and a position)", WARM_NOTIFICATION, params)
             return
@@ -392,16 +385,6 @@ def _get(params: Any, name: str) -> Any:
     """A field of a custom method's params as plain JSON values (pygls hands them over as namedtuples)."""
     params = _plain(params)
     return params.get(name) if isinstance(params, dict) else None
-
-
-def _place(position: Any) -> tuple[int, int] | None:
-    """(line, character) of a position given as JSON, or None when it is not one."""
-    if not isinstance(position, dict):
-        return None
-    line, character = position.get("line"), position.get("character")
-    if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in (line, character)):
-        return None
-    return line, character
 
 
 def _plain(value: Any) -> Any:

@@ -27,7 +27,7 @@ async def settled_warm_up(lsp: object, timeout_s: float = 60.0) -> int:
     """Wait until the engine's live slot holds a long prompt and stopped growing; returns its length."""
     seen: list[int] = []
     for _ in range(int(timeout_s / 0.25)):
-        seen.append(int(field(field(await status(lsp), "engine"), "live_tokens")))  # type: ignore[arg-type]
+        seen.append(int(field(field(await status(lsp), "engine"), "liveTokens")))  # type: ignore[arg-type]
         if len(seen) >= 3 and seen[-1] > 200 and seen[-1] == seen[-3]:
             return seen[-1]
         await asyncio.sleep(0.25)
