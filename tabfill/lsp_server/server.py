@@ -97,12 +97,10 @@ class TabfillServer(LanguageServer):
         return self._request_at(document, offset, request_id)
 
     def warm(self, uri: str, position: tuple[int, int] | None = None) -> None:
-        """Prefill the prompt for a cursor in the background: at `position` (line, character) when the client
-        says where it is (tabfill/warm; any document size), else at the end of a document just opened when
-        the whole document fits the prompt window (the prefix from the top is shared by any cursor in it)."""
+        """Prefill a cursor's prompt in the background: at `position` (tabfill/warm; any document size), else at
+        the end of a document just opened that fits the prompt window (its prefix is shared by any cursor)."""
         document = self.documents.get(uri)
-        # NOTE: building the request reads cross-file definitions; not for a model that is not there yet
-        if document is None or self.service.state != "ready":
+        if document is None or self.service.state != "ready":  # NOTE: the request reads cross-file definitions
             return
         try:
             offset = len(document.text) if position is None else offset_at(document, *position, self.encoding)
@@ -279,12 +277,10 @@ def create_server(settings: Settings | None = None) -> TabfillServer:
 
     @server.feature(WARM_NOTIFICATION)
     def warm(ls: TabfillServer, params: Any) -> None:
-        document, place = _get(params, "textDocument"), json_position(_get(params, "position"))
-        uri = document.get("uri") if isinstance(document, dict) else None
-        if not isinstance(uri, str) or place is None:
-            log.warning("ignoring %s with params %r (want textDocument.uri and a position)", WARM_NOTIFICATION, params)
-            return
-        ls.warm(uri, place)
+        document, place = _get(params, "textDocument") or {}, json_position(_get(params, "position"))
+        if not isinstance(document, dict) or not isinstance(document.get("uri"), str) or place is None:
+            return log.warning("ignoring %s with params %r (want textDocument.uri and a position)", WARM_NOTIFICATION, params)
+        ls.warm(document["uri"], place)
 
     @server.feature(DID_SHOW_COMPLETION)
     def did_show_completion(ls: TabfillServer, params: Any) -> None:

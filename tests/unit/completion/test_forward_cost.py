@@ -71,9 +71,9 @@ class CostlyRunner:
 def costly_engine(clock: FakeClock, fixed_ms: float, per_token_ms: float) -> tuple[Engine, CostlyRunner]:
     runner = CostlyRunner(clock, fixed_ms, per_token_ms)
     tokenizer = SimpleNamespace(eos_token_id=None, decode=lambda ids, **_: "x" * len(ids))
-    model = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=None), config=SimpleNamespace(eos_token_id=None))
+    model = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=None), config=SimpleNamespace(eos_token_id=None, vocab_size=VOCAB))
     engine = Engine(model, tokenizer, "cpu", EngineInfo("fake", "cpu", "float32", 0.0, "prefix-only"), runner=runner)
-    engine._sorted = ([], [])  # no vocabulary to decode
+    engine.vocabulary._sorted = ([], [])  # no vocabulary to decode
     return engine, runner
 
 
