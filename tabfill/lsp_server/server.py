@@ -33,8 +33,7 @@ log = logging.getLogger(__name__)
 STATUS_METHOD = "tabfill/status"
 # Server -> client: a completion that was cut by its deadline has been generated whole (see README).
 READY_NOTIFICATION = "tabfill/completionReady"
-# Client -> server: the cursor rests here, typing may start: prefill its prompt now (not at the first key).
-WARM_NOTIFICATION = "tabfill/warm"
+WARM_NOTIFICATION = "tabfill/warm"  # client -> server: the cursor rests here; prefill its prompt before the first key
 # Copilot-style acceptance signals (sent by the tabfill editor clients); counted locally only.
 DID_SHOW_COMPLETION = "textDocument/didShowCompletion"
 DID_PARTIALLY_ACCEPT_COMPLETION = "textDocument/didPartiallyAcceptCompletion"
@@ -131,8 +130,7 @@ class TabfillServer(LanguageServer):
         repo_name, repo_path = self.documents.place(uri)
         return CompletionRequest(
             uri, document.language_id, document.version, document.text, offset, request_id, syntax=syntax, cross_file=cross_file,
-            repo_name=repo_name, repo_path=repo_path, lookup_ms=(time.perf_counter() - started) * 1000,
-            key_interval_ms=self.pace.interval_ms(uri),
+            repo_name=repo_name, repo_path=repo_path, lookup_ms=(time.perf_counter() - started) * 1000, key_interval_ms=self.pace.interval_ms(uri),
         )
 
     async def complete(self, request: CompletionRequest) -> Completion:
