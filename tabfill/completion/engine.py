@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from tabfill.completion.decoding import DRAFT_TOKENS, Decoding, Vocabulary, eos_ids
+from tabfill.completion.forward_cost import MIN_CHUNK_TOKENS, TimedForward
 from tabfill.completion.postprocess import stop_index
 from tabfill.completion.prefix_cache import PrefixCache
 from tabfill.completion.runners import Runner, TransformersRunner
@@ -60,7 +61,7 @@ class Engine:
         self._live: list[int] = []
         self._owner: Decoding | None = None  # whose next-token logits are valid for the live slot
         self.last_reused_tokens = 0
-        self._step_ms = 0.0  # moving average of a one-token forward
+        self.timed = TimedForward(self.runner)  # its measured cost (.cost) sizes prefill chunks, judges the next step
 
     @torch.inference_mode()
     def warm_up(self) -> float:
@@ -68,6 +69,7 @@ class Engine:
         kernel initialisation (~1 s on this CPU). Returns milliseconds."""
         started = time.perf_counter()
         self.runner.forward([0, 0, 0, 0], 0)
+        self.timed.calibrate(steps.PREFILL_CHUNK_TOKENS, at=4)
         self._live, self._owner = [0, 0, 0, 0], None
         self.vocabulary.sorted()
         return (time.perf_counter() - started) * 1000
@@ -80,6 +82,7 @@ class Engine:
             f"{store.max_bytes // 2**20} MiB, blocks of {store.block_tokens} tokens" if store else "off (the runner does not export KV)"
         )
         described["drafts"] = f"prompt lookup, up to {self.draft_tokens} tokens per forward"
+        described.update(forwardCost=self.timed.cost.describe(), liveTokens=len(self._live))
         if store is not None:
             described.update(prefixCacheBytes=store.num_bytes, prefixCacheBlocks=store.num_blocks, prefixCacheStats=dataclasses.asdict(store.stats))
         return described
@@ -106,9 +109,9 @@ class Engine:
         if cancel.cancelled:
             return None
         logits: torch.Tensor | None = None
-        for written, logits in steps.prefill_chunks(self.runner, token_ids, reuse):
+        for written, logits in steps.prefill_chunks(self.timed, token_ids, reuse, self.timed.cost.chunker(deadline, steps.PREFILL_CHUNK_TOKENS)):
             self._live = token_ids[:written]
-            if written < len(token_ids) and (cancel.cancelled or deadline.expired):
+            if written < len(token_ids) and (cancel.cancelled or deadline.within_ms(self.timed.cost.estimate_ms(MIN_CHUNK_TOKENS))):
                 return None
         return logits
 
@@ -148,14 +151,14 @@ class Engine:
 
     def decode_one_token(self, token_id: int) -> torch.Tensor:
         """Forward one token at the end of the live slot; returns the next-token logits [V]."""
-        logits = steps.decode_one_token(self.runner, token_id, len(self._live))
+        logits = steps.decode_one_token(self.timed, token_id, len(self._live))
         self._live.append(token_id)
         return logits
 
     def verify_draft(self, token_id: int, draft: list[int]) -> tuple[list[int], torch.Tensor]:
         """Forward `token_id` and the draft after it in one pass (steps.verify_draft). Returns (accepted
         draft tokens, next-token logits [V]); only verified tokens join the live slot."""
-        accepted, logits = steps.verify_draft(self.runner, token_id, draft, len(self._live))
+        accepted, logits = steps.verify_draft(self.timed, token_id, draft, len(self._live))
         self._live.extend([token_id, *accepted])
         return accepted, logits[len(accepted)]
 
@@ -199,7 +202,7 @@ class Engine:
                 return finish
             # NOTE: stop before a step that would end past the deadline (the answer is due by then), judged
             # by the last steps' duration.
-            if cancel.cancelled or deadline.within_ms(self._step_ms):
+            if cancel.cancelled or deadline.within_ms(self.timed.cost.estimate_ms(1)):
                 state.logits = None  # the last token is not in the live slot yet; resume forwards it
                 return "cancelled" if cancel.cancelled else "deadline"
             draft = state.next_draft()
@@ -210,9 +213,7 @@ class Engine:
                 if finish:
                     return finish
             else:
-                started = time.perf_counter()
                 logits = self.decode_one_token(token_id)
-                self._step_ms = 0.8 * self._step_ms + 0.2 * (time.perf_counter() - started) * 1000
             state.logits = logits
         return "length"
 

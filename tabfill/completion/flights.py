@@ -2,7 +2,8 @@
 
 - type-through: the suggestion last shown, and the text it was made for;
 - coalescing: the model job in flight; an identical request joins it, and it stops when every waiter left;
-- newest wins: any other request for the document cancels that job and takes a new sequence number;
+- newest wins: any other request for the document cancels that job and takes a new sequence number; the
+  superseded request is answered from the newest one's answer when the user only typed in between;
 - continuation: a generation cut by its deadline goes on in background slices, publishing its text for
   type-through, while it still belongs to the document's newest request; the same prompt resumes it.
 
@@ -66,7 +67,25 @@ class Flight:
     key: Key
     token: CancelToken  # the job's own: cancelled when every waiter has cancelled
     future: Future[Completion]
+    request: CompletionRequest
+    answer: Future[Completion] = dataclasses.field(default_factory=Future)  # what waiters get (see _answer)
     waiters: int = 1
+    successor: tuple[CompletionRequest, Future[Completion]] | None = None  # the newer request that superseded it
+
+
+def carried_back(older: CompletionRequest, newer: CompletionRequest, completion: Completion) -> Completion | None:
+    """A newer request's answer as the answer to an older one it superseded: when the user only typed at the
+    older cursor since (same text before and after it), what they typed followed by the newer answer."""
+    typed = newer.text[older.offset : newer.offset]
+    if (
+        not completion.text
+        or newer.offset < older.offset
+        or "\n" in typed
+        or newer.text[newer.offset :] != older.text[older.offset :]
+        or newer.text[: older.offset] != older.text[: older.offset]
+    ):
+        return None
+    return dataclasses.replace(completion, text=typed + completion.text, offset=older.offset, request_id=older.request_id)
 
 
 @dataclass(eq=False)
@@ -163,16 +182,41 @@ class Flights:
             sequence = state.sequence
         if shared is not None:  # the same prompt is already being generated
             return self._join(shared, request, cancel)
+        token, answer = CancelToken(), Future[Completion]()
+        if previous is not None:  # NOTE: before submitting: the worker drops the previous job if it is still queued
+            previous.successor = (request, answer)
+        future = self._worker.submit(lambda job_token: run(sequence, job_token), token, key=request.uri)
+        flight = Flight(key, token, future, request, answer)
         if previous is not None:
             previous.token.cancel("superseded")
-        token = CancelToken()
-        future = self._worker.submit(lambda job_token: run(sequence, job_token), token, key=request.uri)
-        flight = Flight(key, token, future)
         with self._lock:
             self._state(request.uri).flight = flight
         future.add_done_callback(lambda _: self._land(request.uri, flight))
+        future.add_done_callback(lambda _: self._answer(flight))
         cancel.on_cancel(lambda reason: self._leave(flight, reason))
-        return future
+        return flight.answer
+
+    def _answer(self, flight: Flight) -> None:
+        """The job ended: its result, or (superseded) the newer request's answer carried back when it fits."""
+        done = flight.future
+        error = Cancelled("cancelled") if done.cancelled() else done.exception()
+        successor = flight.successor
+        if error is None:
+            flight.answer.set_result(done.result())
+        elif isinstance(error, Cancelled) and successor is not None:
+
+            newer_request, newer_answer = successor
+
+            def carry(newer: Future[Completion]) -> None:
+                answer = None if newer.cancelled() or newer.exception() else carried_back(flight.request, newer_request, newer.result())
+                if answer is None:
+                    flight.answer.set_exception(error)
+                else:
+                    flight.answer.set_result(answer)
+
+            newer_answer.add_done_callback(carry)
+        else:
+            flight.answer.set_exception(error)
 
     def _join(self, flight: Flight, request: CompletionRequest, cancel: CancelToken) -> Future[Completion]:
         joined: Future[Completion] = Future()
@@ -186,7 +230,7 @@ class Flights:
             else:
                 joined.set_result(dataclasses.replace(done.result(), request_id=request.request_id))
 
-        flight.future.add_done_callback(relay)
+        flight.answer.add_done_callback(relay)
         cancel.on_cancel(lambda reason: self._leave(flight, reason))
         return joined
 

@@ -166,7 +166,7 @@ class CompletionService:
         A newer request for the same document cancels this document's older one (newest wins)."""
         settings, source, template = self.settings, self._source, self._template
         timings = Timings().add("lookup", request.lookup_ms) if request.lookup_ms else Timings()
-        deadline = Deadline.after_ms(deadline_ms(settings, source.info.device if source else "cpu"))
+        deadline = Deadline.after_ms(deadline_ms(settings, source.info.device if source else "cpu", request.key_interval_ms))
         if not language_enabled(settings, request.language_id):
             return _done(_empty(request, "language disabled", timings))
         with timings.measure("type_through"):

@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from tabfill.completion.pace import typing_deadline_ms
 from tabfill.completion.types import Settings
 
 # Deadline when the user sets none: inside the 100 ms budget. What is complete by then is answered (cut at a
@@ -84,10 +85,12 @@ def parse_settings(raw: Any, base: Settings | None = None) -> tuple[Settings, li
     return dataclasses.replace(base, **changes), problems
 
 
-def deadline_ms(settings: Settings, device: str) -> int:
+def deadline_ms(settings: Settings, device: str, key_interval_ms: float | None = None) -> float:
+    """The deadline a setting fixes; else the device's default, shortened while the user types fast
+    (pace.typing_deadline_ms)."""
     if settings.deadline_ms > 0:
         return settings.deadline_ms
-    return DEFAULT_DEADLINE_MS["cuda" if device.startswith("cuda") else "cpu"]
+    return typing_deadline_ms(DEFAULT_DEADLINE_MS["cuda" if device.startswith("cuda") else "cpu"], key_interval_ms)
 
 
 def language_enabled(settings: Settings, language_id: str) -> bool:

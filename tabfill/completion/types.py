@@ -35,6 +35,8 @@ class CompletionRequest:
     repo_path: str = ""
     # Milliseconds the caller spent gathering `syntax` and `cross_file` (the first timed stage, "lookup").
     lookup_ms: float = field(default=0.0, compare=False)
+    # The user's key interval while typing in this document (None: not typing); shortens the deadline.
+    key_interval_ms: float | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -211,6 +213,11 @@ class Deadline:
     @property
     def expired(self) -> bool:
         return self.within_ms(0)
+
+    @property
+    def remaining_ms(self) -> float | None:
+        """Milliseconds left (negative when past); None without a deadline."""
+        return None if self.at is None else (self.at - time.monotonic()) * 1000.0
 
     def within_ms(self, ms: float) -> bool:
         """True when the deadline is at most `ms` milliseconds away (or past): a step of that length

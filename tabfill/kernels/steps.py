@@ -4,7 +4,7 @@ decoder, or completion.runners' wrappers of it and of transformers). The engine 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 import torch
@@ -21,12 +21,15 @@ class Forward(Protocol):
         ...
 
 
-def prefill_chunks(model: Forward, token_ids: Sequence[int], start_pos: int = 0) -> Iterator[tuple[int, Tensor]]:
-    """Write `token_ids[start_pos:]` chunk by chunk; after each chunk yields (positions now written, the last
-    position's logits [V]). Stopping the iteration leaves the chunks done so far in the cache."""
+def prefill_chunks(
+    model: Forward, token_ids: Sequence[int], start_pos: int = 0, width: Callable[[], int] | None = None
+) -> Iterator[tuple[int, Tensor]]:
+    """Write `token_ids[start_pos:]` chunk by chunk (`width()` tokens each when given, asked before each chunk;
+    else PREFILL_CHUNK_TOKENS); after each chunk yields (positions now written, the last position's logits
+    [V]). Stopping the iteration leaves the chunks done so far in the cache."""
     written = start_pos
     while written < len(token_ids):
-        chunk = token_ids[written : written + PREFILL_CHUNK_TOKENS]
+        chunk = token_ids[written : written + max(1, width() if width is not None else PREFILL_CHUNK_TOKENS)]
         logits = model.forward(chunk, written)
         written += len(chunk)
         yield written, logits

@@ -3,7 +3,7 @@ offsets into a document, and back."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, TypeGuard
 
 from tabfill.syntax_cache.document import Document
 
@@ -81,3 +81,18 @@ def range_to_offsets(
 ) -> tuple[int, int]:
     """Code-point offsets (start, end) of an LSP range, each end converted as by `offset_at`."""
     return offset_at(doc, start_line, start_char, encoding), offset_at(doc, end_line, end_char, encoding)
+
+
+def json_position(value: object) -> tuple[int, int] | None:
+    """(line, character) of an LSP position given as plain JSON (a custom method's params), or None when
+    it is not one (missing, negative, not integers)."""
+    if not isinstance(value, dict):
+        return None
+    line, character = value.get("line"), value.get("character")
+    if not (_count(line) and _count(character)):
+        return None
+    return line, character
+
+
+def _count(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0

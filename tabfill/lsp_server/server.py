@@ -15,13 +15,14 @@ from pygls.exceptions import JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
 
 from tabfill import __version__
+from tabfill.completion.pace import TypingPace
 from tabfill.completion.service import CompletionService
 from tabfill.completion.settings import parse_settings
 from tabfill.completion.sources import preload
 from tabfill.completion.types import CancelToken, Completion, CompletionRequest, EngineInfo, Settings
 from tabfill.completion.worker import Cancelled
 from tabfill.lsp_server.documents import DocumentStore
-from tabfill.lsp_server.positions import PositionEncoding, offset_at, position_at
+from tabfill.lsp_server.positions import PositionEncoding, json_position, offset_at, position_at
 from tabfill.lsp_server.protocol import TabfillProtocol
 from tabfill.lsp_server.stats import StatsStore, accept_arguments, item_reference
 from tabfill.syntax_cache.context import SyntaxContext
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 STATUS_METHOD = "tabfill/status"
 # Server -> client: a completion that was cut by its deadline has been generated whole (see README).
 READY_NOTIFICATION = "tabfill/completionReady"
+WARM_NOTIFICATION = "tabfill/warm"  # client -> server: the cursor rests here; prefill its prompt before the first key
 # Copilot-style acceptance signals (sent by the tabfill editor clients); counted locally only.
 DID_SHOW_COMPLETION = "textDocument/didShowCompletion"
 DID_PARTIALLY_ACCEPT_COMPLETION = "textDocument/didPartiallyAcceptCompletion"
@@ -49,6 +51,7 @@ class TabfillServer(LanguageServer):
         self._loop: asyncio.AbstractEventLoop | None = None
         self.initial_options: Any = None
         self.stats = StatsStore()
+        self.pace = TypingPace()  # the user's key interval per document, from didChange spacing
         self.last_latency_ms: float | None = None
         self._stats_flush: asyncio.TimerHandle | None = None
 
@@ -92,17 +95,18 @@ class TabfillServer(LanguageServer):
             raise JsonRpcInvalidParams(str(exc)) from exc
         return self._request_at(document, offset, request_id)
 
-    def warm(self, uri: str) -> None:
-        """A document was opened: prefill its prompt in the background when the whole document fits the
-        prompt window (the cursor is unknown; the prefix from the top is shared by any cursor in it)."""
+    def warm(self, uri: str, position: tuple[int, int] | None = None) -> None:
+        """Prefill a cursor's prompt in the background: at `position` (tabfill/warm; any document size), else at
+        the end of a document just opened that fits the prompt window (its prefix is shared by any cursor)."""
         document = self.documents.get(uri)
-        # NOTE: building the request reads cross-file definitions; not for a model that is not there yet
-        if document is None or self.service.state != "ready" or len(document.text) > self.service.window_chars:
+        if document is None or self.service.state != "ready":  # NOTE: the request reads cross-file definitions
             return
         try:
-            self.service.warm(self._request_at(document, len(document.text), "warm-up"))
+            offset = len(document.text) if position is None else offset_at(document, *position, self.encoding)
+            if position is not None or offset <= self.service.window_chars:
+                self.service.warm(self._request_at(document, offset, "warm-up"))
         except Exception:  # a warm-up is an optimisation: never let it break document sync
-            log.exception("warm-up of %s failed", uri)
+            log.warning("warm-up of %s at %r failed", uri, position, exc_info=True)
 
     def _completion_ready(self, request: CompletionRequest, completion: Completion) -> None:
         """A deadline-cut answer is now complete: tell the client, if the document is still at that version,
@@ -126,7 +130,7 @@ class TabfillServer(LanguageServer):
         repo_name, repo_path = self.documents.place(uri)
         return CompletionRequest(
             uri, document.language_id, document.version, document.text, offset, request_id, syntax=syntax, cross_file=cross_file,
-            repo_name=repo_name, repo_path=repo_path, lookup_ms=(time.perf_counter() - started) * 1000,
+            repo_name=repo_name, repo_path=repo_path, lookup_ms=(time.perf_counter() - started) * 1000, key_interval_ms=self.pace.interval_ms(uri),
         )
 
     async def complete(self, request: CompletionRequest) -> Completion:
@@ -230,11 +234,13 @@ def create_server(settings: Settings | None = None) -> TabfillServer:
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def did_change(ls: TabfillServer, params: types.DidChangeTextDocumentParams) -> None:
         ls.documents.change(params, ls.encoding)
+        ls.pace.keys(params.text_document.uri, [change.text for change in params.content_changes])
 
     @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
     def did_close(ls: TabfillServer, params: types.DidCloseTextDocumentParams) -> None:
         ls.documents.close(params.text_document.uri)
         ls.service.forget(params.text_document.uri)
+        ls.pace.forget(params.text_document.uri)
 
     @server.feature(types.WORKSPACE_DID_CHANGE_WORKSPACE_FOLDERS)
     def did_change_workspace_folders(ls: TabfillServer, params: types.DidChangeWorkspaceFoldersParams) -> None:
@@ -266,6 +272,13 @@ def create_server(settings: Settings | None = None) -> TabfillServer:
         )
         item = types.InlineCompletionItem(insert_text=completion.text, range=ls.lsp_range(uri, completion), command=accept)
         return types.InlineCompletionList(items=[item])
+
+    @server.feature(WARM_NOTIFICATION)
+    def warm(ls: TabfillServer, params: Any) -> None:
+        document, place = _get(params, "textDocument") or {}, json_position(_get(params, "position"))
+        if not isinstance(document, dict) or not isinstance(document.get("uri"), str) or place is None:
+            return log.warning("ignoring %s with params %r (want textDocument.uri and a position)", WARM_NOTIFICATION, params)
+        ls.warm(document["uri"], place)
 
     @server.feature(DID_SHOW_COMPLETION)
     def did_show_completion(ls: TabfillServer, params: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -118,6 +119,15 @@ def server_settings() -> dict[str, Any]:
 
 @pytest.fixture
 def editor(tmp_path: Path, tiny_model: Path, server_settings: dict[str, Any]) -> Iterator[Editor]:
+    server = [sys.executable, "-m", "tabfill.cli", "serve", "--model", str(tiny_model), "--deadline-ms", "60000"]
+    with launch(tmp_path, server, "debounce_ms = 20", server_settings) as editor:
+        yield editor
+
+
+@contextlib.contextmanager
+def launch(tmp_path: Path, server: list[str], options: str, server_settings: dict[str, Any] | None = None) -> Iterator[Editor]:
+    """Headless Neovim with the plugin set up (`options`: more Lua fields for setup) for `server`, editing
+    SOURCE in sample.py, once the server says it is ready."""
     env = dict(os.environ)
     for name in ("XDG_STATE_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_RUNTIME_DIR"):
         env[name] = str(tmp_path / name.lower())
@@ -125,13 +135,12 @@ def editor(tmp_path: Path, tiny_model: Path, server_settings: dict[str, Any]) ->
     cache_dir = tmp_path / "tabfill-cache"
     env["TABFILL_CACHE_DIR"] = str(cache_dir)
     env["NVIM_LOG_FILE"] = str(tmp_path / "nvim.log")
-    server = [sys.executable, "-m", "tabfill.cli", "serve", "--model", str(tiny_model), "--deadline-ms", "60000"]
     init = tmp_path / "init.lua"
     init.write_text(
         f"vim.opt.runtimepath:prepend({json.dumps(str(PLUGIN))})\n"
         "vim.lsp.set_log_level('warn')\n"
-        f"require('tabfill').setup({{ cmd = vim.json.decode({json.dumps(json.dumps(server))}), debounce_ms = 20,"
-        f" settings = vim.json.decode({json.dumps(json.dumps(server_settings))}) }})\n",
+        f"require('tabfill').setup({{ cmd = vim.json.decode({json.dumps(json.dumps(server))}), {options},"
+        f" settings = vim.json.decode({json.dumps(json.dumps(server_settings or {}))}) }})\n",
         encoding="utf-8",
     )
     sample = tmp_path / "sample.py"
@@ -318,14 +327,16 @@ def test_multi_line_suggestions_and_edits_that_start_before_the_cursor(editor: E
 
 
 def test_a_newer_request_cancels_the_older_one_with_cancel_request(editor: Editor, reference_text: str, tmp_path: Path) -> None:
+    """An explicit request cancels the one in flight and is sent once that one has landed (at most one in flight)."""
     editor.lua("require('tabfill').config.auto_trigger = false")
     editor.suggest_at_end()
     editor.lua("vim.lsp.set_log_level('debug')")
     before = editor.info()
     after = editor.lua("local t = require('tabfill'); t.trigger(); t.trigger(); return t.info()")
-    assert after["requests_sent"] == before["requests_sent"] + 2
+    assert after["requests_sent"] == before["requests_sent"] + 1
     assert after["cancelled"] == before["cancelled"] + 1 and after["pending"]
-    editor.wait("the newer answer", lambda: not editor.info()["pending"] or None)
+    editor.wait("the newer answer", lambda: (lambda i: not i["pending"] and i["requests_sent"] == before["requests_sent"] + 2)(editor.info()) or None)
+    assert editor.info()["max_in_flight"] == 1
     assert editor.ghost() == (LAST_ROW, len(LAST_LINE), reference_text)
     log = editor.lua("return vim.lsp.get_log_path()")
     assert str(tmp_path) in log  # the state folder is the test's

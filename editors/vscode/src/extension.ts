@@ -12,6 +12,7 @@ import {
   type ServerOptions,
   type StaticFeature,
 } from "vscode-languageclient/node";
+import { FollowClient } from "./follow-client";
 import { COMPLETION_READY, decide, parseCompletionReady } from "./ready";
 import { configurationParams, needsRestart, readSettings, type ExtensionSettings } from "./settings";
 import { Signals } from "./signals";
@@ -52,23 +53,11 @@ class InlineProvider implements vscode.InlineCompletionItemProvider {
     context: vscode.InlineCompletionContext,
     token: vscode.CancellationToken,
   ): Promise<vscode.InlineCompletionItem[] | vscode.InlineCompletionList | null | undefined> {
-    const client = this.client;
-    if (!this.extension.settings.enable || !client.isRunning()) {
+    if (!this.extension.settings.enable || !this.client.isRunning()) {
       return null;
     }
-    const params = client.code2ProtocolConverter.asInlineCompletionParams(document, position, context);
-    const started = performance.now();
-    try {
-      const result = await client.sendRequest(InlineCompletionRequest.type, params, token);
-      if (token.isCancellationRequested) {
-        return null;
-      }
-      this.extension.status.latency(performance.now() - started);
-      this.extension.render();
-      return await client.protocol2CodeConverter.asInlineCompletionResult(result, token);
-    } catch (error) {
-      return client.handleFailedRequest(InlineCompletionRequest.type, token, error, null);
-    }
+    // NOTE: kept suggestions, one request in flight per document, the adaptive debounce: follow-client.ts
+    return this.extension.follow.provide(document, position, context, token);
   }
 
   handleDidShowCompletionItem(item: vscode.InlineCompletionItem): void {
@@ -89,6 +78,7 @@ class Extension implements vscode.Disposable {
   private readonly log = vscode.window.createOutputChannel("tabfill", { log: true });
   private readonly disposables: vscode.Disposable[] = [];
   private poll: NodeJS.Timeout | undefined;
+  follow!: FollowClient;
   private readonly inFlight = new Set<Promise<void>>(); // signals not yet written
 
   constructor() {
@@ -140,7 +130,12 @@ class Extension implements vscode.Disposable {
     };
     const client = new TabfillClient("tabfill", "tabfill", serverOptions, clientOptions);
     this.client = client;
+    this.follow = new FollowClient(client, () => this.settings, (ms) => {
+      this.status.latency(ms);
+      this.render();
+    }, this.log);
     this.disposables.push(
+      this.follow,
       client.onDidChangeState((event) => {
         if (event.newState === State.Stopped && this.client === client && this.status.state !== "error") {
           this.status.fail("the server stopped; see the log");
@@ -194,7 +189,8 @@ class Extension implements vscode.Disposable {
         selection: { anchor: editor.selection.anchor, active: editor.selection.active },
       },
     );
-    if (decision === "trigger") {
+    if (decision === "trigger" && editor) {
+      this.follow.invalidate(editor.document);
       void vscode.commands.executeCommand(TRIGGER_INLINE_SUGGEST).then(undefined, (error: unknown) => {
         this.log.warn(`${TRIGGER_INLINE_SUGGEST} failed: ${error instanceof Error ? error.message : String(error)}`);
       });

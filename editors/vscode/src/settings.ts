@@ -1,5 +1,6 @@
 // Pure logic (no `vscode` import): the extension's settings, mapped to the server command and to the
 // server's settings (initializationOptions and workspace/didChangeConfiguration).
+import { DEFAULT_FOLLOW, type FollowSettings } from "./follow";
 
 /** Reads one setting, like vscode.WorkspaceConfiguration.get. */
 export type Getter = (key: string) => unknown;
@@ -32,6 +33,8 @@ export interface ServerCommand {
 
 export interface ExtensionSettings {
   enable: boolean;
+  follow: FollowSettings; // client-side: the debounce and a request's staleness (follow.ts)
+  warm: boolean; // send tabfill/warm where the cursor rests
   server: ServerCommand;
   serverSettings: ServerSettings;
   problems: string[];
@@ -65,8 +68,26 @@ export function readSettings(get: Getter): ExtensionSettings {
       serverSettings[key] = value; // the server checks types and ranges and says what it ignored
     }
   }
+  const number = (key: string, fallback: number | undefined, low: number): number | undefined => {
+    const value = get(key);
+    if (value === undefined || value === null) {
+      return fallback;
+    }
+    if (typeof value !== "number" || !Number.isFinite(value) || value < low) {
+      problems.push(`tabfill.${key} must be a number >= ${low}, got ${JSON.stringify(value)}`);
+      return fallback;
+    }
+    return value;
+  };
+  const warm = get("warm");
   return {
     enable: typeof enable === "boolean" ? enable : true,
+    follow: {
+      debounceMs: number("debounceMs", DEFAULT_FOLLOW.debounceMs, 0),
+      debounceMaxMs: number("debounceMaxMs", DEFAULT_FOLLOW.debounceMaxMs, 0) ?? DEFAULT_FOLLOW.debounceMaxMs,
+      staleMs: DEFAULT_FOLLOW.staleMs,
+    },
+    warm: typeof warm === "boolean" ? warm : true,
     server: { command, args: serverArgs },
     serverSettings,
     problems,

@@ -97,10 +97,10 @@ def test_newer_request_for_the_same_document_cancels_the_older(service: Completi
     newer = service.submit(request())
     gate.set()
     blocker.result(5)
-    with pytest.raises(Cancelled, match="superseded"):
-        older.result(5)
+    assert newer.result(60).text
+    with pytest.raises(Cancelled, match="superseded"):  # the newer text is not the older plus typing
+        older.result(60)
     assert not older_token.cancelled  # the caller's token is the caller's; the job has its own
-    assert newer.result(5).text
 
 
 def test_identical_requests_in_flight_share_one_generation(service: CompletionService) -> None:
@@ -215,3 +215,18 @@ def test_typing_a_new_line_keeps_the_cached_prompt_when_a_header_takes_part_of_t
     assert second is not None and second is not first
     # everything up to the first request's cursor line is reused: the prompt start did not move
     assert second.cached_tokens >= first.prompt_tokens - 8, (second.cached_tokens, first.prompt_tokens)
+
+
+def test_a_superseded_request_is_answered_from_the_newest_generation(service: CompletionService) -> None:
+    """The user typed "re" while the request for "handle." waited: it gets "re" + the newer request's answer
+    (at its own place), not an error; a newer request that is not just typing (a deletion) still cancels it."""
+    gate = threading.Event()
+    blocker = service._worker.submit(lambda _t: gate.wait(5))
+    before = TEXT[:-2]  # "... return handle."
+    older = service.submit(dataclasses.replace(request(before), request_id="older"))
+    newer = service.submit(request())
+    gate.set()
+    blocker.result(5)
+    new, old = newer.result(60), older.result(60)
+    assert new.source == "model" and new.text
+    assert (old.text, old.offset, old.request_id, old.source) == ("re" + new.text, len(before), "older", "model")

@@ -1,6 +1,7 @@
 -- tabfill for Neovim 0.10 / 0.11: ghost text from `tabfill serve` (textDocument/inlineCompletion).
 -- On Neovim 0.12+ the built-in vim.lsp.inline_completion can draw it instead (see :help tabfill-0.12).
 local util = require("tabfill.util")
+local follow = require("tabfill.follow")
 
 local M = {}
 
@@ -19,7 +20,15 @@ local defaults = {
   root_markers = { ".git", "pyproject.toml", "package.json", "go.mod", "Cargo.toml" },
   -- Sent as initializationOptions and on change as workspace/didChangeConfiguration (see the README's settings).
   settings = {},
-  debounce_ms = 75,
+  -- Wait after a key before asking: nil adapts it (0 ms while answers come faster than keys, up to
+  -- debounce_max_ms when the server is slower than the typing); a number fixes it.
+  debounce_ms = nil,
+  debounce_max_ms = 150,
+  stale_ms = 1500, -- a request unanswered this long no longer holds back the next one
+  -- Tell the server where the cursor is before typing starts (InsertEnter, cursor at rest for
+  -- warm_delay_ms, buffer entered) so it prefills the prompt there: tabfill/warm.
+  warm = true,
+  warm_delay_ms = 300,
   auto_trigger = true, -- ask as you type in insert mode; false: only on the `trigger` key
   keys = {
     accept = "<Tab>",
@@ -53,7 +62,17 @@ local state = {
   enabled = true,
   builtin = false, -- vim.lsp.inline_completion draws (use_builtin on 0.12+)
   timer = nil, ---@type uv.uv_timer_t|nil
-  pending = nil, ---@type {client: table, id: integer, seq: integer}|nil
+  -- The one request in flight (per buffer: any buffer change cancels it); it stays here, `cancelled`, until
+  -- the server answers even a cancelled one, so at most one is ever in flight.
+  pending = nil, ---@type {client: table, id: integer, seq: integer, bufnr: integer, row: integer, col: integer, sent_ms: number, explicit: boolean, cancelled: boolean}|nil
+  want = nil, ---@type integer|nil ask again (this trigger kind) for the cursor when the request in flight lands
+  pace = follow.new_pace(),
+  kept = 0, -- requests kept in flight across a key (their answer still fitted)
+  max_in_flight = 0,
+  in_flight = 0,
+  warm_timer = nil, ---@type uv.uv_timer_t|nil
+  warmed = nil, ---@type string|nil where the last tabfill/warm was for
+  warm_sent = 0,
   seq = 0,
   requests_sent = 0,
   responses = 0,
@@ -163,11 +182,17 @@ local function render()
 end
 
 -- ---------------------------------------------------------------------------- requests
+local function now_ms()
+  return uv.hrtime() / 1e6
+end
+
+--- Cancel the request in flight; its slot frees when the server answers it (or it goes stale).
 local function cancel_pending()
-  if state.pending then
-    util.cancel_request(state.pending.client, state.pending.id)
+  local p = state.pending
+  if p and not p.cancelled then
+    util.cancel_request(p.client, p.id)
     state.cancelled = state.cancelled + 1
-    state.pending = nil
+    p.cancelled = true
   end
 end
 
@@ -219,13 +244,52 @@ local function suggestion_from(item, bufnr, row, col, encoding, client_id)
   }
 end
 
-local function request(trigger_kind)
+local request
+
+--- The request in flight has landed (answered, failed or cancelled): free its slot, ask again if wanted.
+local function landed(seq)
+  if not (state.pending and state.pending.seq == seq) then
+    return false
+  end
+  state.pending = nil
+  state.in_flight = math.max(0, state.in_flight - 1)
+  local kind = state.want
+  if kind then
+    state.want = nil
+    vim.schedule(function()
+      if kind == 1 or not (state.timer and state.timer:is_active()) then
+        request(kind)
+      end
+    end)
+  end
+  return true
+end
+
+--- LspRequest: a cancelled request in flight got its answer (which Neovim does not pass on).
+local function on_lsp_request(args)
+  local p, data = state.pending, args.data or {}
+  if p and p.cancelled and data.request_id == p.id and data.client_id == p.client.id and data.request
+    and data.request.type == "complete" then
+    landed(p.seq)
+  end
+end
+
+request = function(trigger_kind)
   local bufnr = vim.api.nvim_get_current_buf()
   local client = client_for(bufnr)
   if not client or not state.enabled or vim.fn.mode() ~= "i" then
     return
   end
-  cancel_pending()
+  local p = state.pending
+  if p and now_ms() - p.sent_ms > M.config.stale_ms then
+    state.pending, state.in_flight = nil, math.max(0, state.in_flight - 1) -- lost: no longer holds the slot
+  elseif p then
+    if trigger_kind == 1 then
+      cancel_pending()
+    end
+    state.want = math.min(state.want or 2, trigger_kind or 2) -- one in flight: ask when it lands
+    return
+  end
   local row, col = cursor()
   local encoding = client.offset_encoding or "utf-16"
   local line = vim.api.nvim_buf_get_lines(bufnr, row, row + 1, false)[1] or ""
@@ -239,54 +303,79 @@ local function request(trigger_kind)
   local tick = vim.api.nvim_buf_get_changedtick(bufnr)
   local started = uv.hrtime()
   state.last_request = { bufnr = bufnr, row = row, col = col }
-  local ok, id = util.request(client, "textDocument/inlineCompletion", params, function(err, result)
-    if state.pending and state.pending.seq == seq then
-      state.pending = nil
-    end
+
+  --- Show the answer; true when the cursor moved on since it was asked (so ask again there).
+  local function show(err, result)
     if err then
       if err.code ~= -32800 then -- RequestCancelled
         state.last_error = err.message
       end
-      return
+      return false
     end
     state.responses = state.responses + 1
     state.last_latency_ms = (uv.hrtime() - started) / 1e6
+    follow.answered(state.pace, state.last_latency_ms)
     state.last_error = nil
-    if seq ~= state.seq or not vim.api.nvim_buf_is_valid(bufnr) then
-      return -- a newer request is on its way
+    if not vim.api.nvim_buf_is_valid(bufnr) or vim.api.nvim_get_current_buf() ~= bufnr or vim.fn.mode() ~= "i" then
+      return false
     end
-    if vim.api.nvim_buf_get_changedtick(bufnr) ~= tick or vim.api.nvim_get_current_buf() ~= bufnr then
-      return
-    end
+    -- NOTE: kept across keys, the answer still counts where the user typed into it since (no round trip)
     local now_row, now_col = cursor()
-    if now_row ~= row or now_col ~= col or vim.fn.mode() ~= "i" then
-      return
+    if now_row ~= row or now_col < col or (now_col == col and vim.api.nvim_buf_get_changedtick(bufnr) ~= tick) then
+      return false
     end
-    local items = result and (result.items or result) or {}
+    local now_line = vim.api.nvim_buf_get_lines(bufnr, row, row + 1, false)[1] or ""
+    local typed = now_line:sub(col + 1, now_col)
     local suggestion = nil
-    for _, item in ipairs(items) do
+    for _, item in ipairs(result and (result.items or result) or {}) do
       suggestion = suggestion_from(item, bufnr, row, col, encoding, client.id)
       if suggestion then
         break
       end
+    end
+    local rest = suggestion and follow.rest_after(suggestion.text, typed)
+    if suggestion and rest then
+      suggestion.text, suggestion.col = rest, now_col
+    else
+      suggestion = nil
     end
     local argument = suggestion and suggestion.item.command and (suggestion.item.command.arguments or {})[1]
     argument = type(argument) == "table" and argument or {}
     state.last_answer = {
       bufnr = bufnr,
       row = row,
-      col = col,
+      col = now_col, -- where it is shown: the request's column plus what was typed since
+      asked_col = col,
       text = suggestion and suggestion.text or "",
       source = argument.source, -- "model", "cache", ... (the server's accept-command argument)
       partial = argument.partial, -- true: cut by the server's deadline
     }
-    clear()
-    current = suggestion
-    render()
+    if suggestion or not (current and current.bufnr == bufnr and current.row == row and current.col == now_col) then
+      clear() -- NOTE: an empty answer leaves a suggestion kept for this very place on screen
+      current = suggestion
+      render()
+    end
+    return typed ~= ""
+  end
+
+  local ok, id = util.request(client, "textDocument/inlineCompletion", params, function(err, result)
+    local mine = state.pending and state.pending.seq == seq and state.pending
+    if not mine then
+      return -- went stale, or the buffer was left
+    end
+    if not mine.cancelled and show(err, result) then
+      state.want = state.want or 2
+    end
+    landed(seq)
   end, bufnr)
   if ok and id then
     state.requests_sent = state.requests_sent + 1
-    state.pending = { client = client, id = id, seq = seq }
+    state.in_flight = state.in_flight + 1
+    state.max_in_flight = math.max(state.max_in_flight, state.in_flight)
+    state.pending = {
+      client = client, id = id, seq = seq, bufnr = bufnr, row = row, col = col, sent_ms = now_ms(),
+      explicit = trigger_kind == 1, cancelled = false,
+    }
   end
 end
 
@@ -332,16 +421,25 @@ local function schedule_request()
   end
   state.timer = state.timer or uv.new_timer()
   state.timer:stop()
-  state.timer:start(M.config.debounce_ms, 0, vim.schedule_wrap(function()
+  state.timer:start(M.debounce_ms(), 0, vim.schedule_wrap(function()
     request(2)
   end))
 end
 
+--- The debounce now: fixed by `debounce_ms`, else from the key pace and the server's latency.
+function M.debounce_ms()
+  return follow.debounce_ms(state.pace, now_ms(), M.config.debounce_ms, M.config.debounce_max_ms)
+end
+
 --- After the buffer or cursor changed: keep what the user typed through, hide the rest, ask again.
-local function on_change()
+local function on_change(args)
   local bufnr = vim.api.nvim_get_current_buf()
   if not client_for(bufnr) then
     return
+  end
+  local agreed = false -- the key agreed with the suggestion on screen
+  if args and args.event ~= "CursorMovedI" then
+    follow.key(state.pace, now_ms())
   end
   if current then
     local row, col = cursor()
@@ -351,11 +449,12 @@ local function on_change()
       local line = vim.api.nvim_buf_get_lines(bufnr, row, row + 1, false)[1] or ""
       local typed = line:sub(s.col + 1, col)
       if col == s.col then
-        keep = true -- e.g. our own insertion already moved the anchor
-      elseif typed ~= "" and s.text:sub(1, #typed) == typed and not typed:find("\n", 1, true) then
-        s.text = s.text:sub(#typed + 1)
-        s.col = col
-        keep = s.text ~= ""
+        keep, agreed = true, true -- e.g. this key's other event, or our own insertion, moved the anchor
+      else
+        local rest = follow.rest_after(s.text, typed)
+        if rest then
+          s.text, s.col, keep, agreed = rest, col, true, true
+        end
       end
     end
     if keep then
@@ -364,8 +463,54 @@ local function on_change()
       clear()
     end
   end
-  cancel_pending()
+  local p = state.pending
+  if p and not p.cancelled then
+    local row, col = cursor()
+    local line = vim.api.nvim_buf_get_lines(bufnr, row, row + 1, false)[1] or ""
+    local typed = row == p.row and col >= p.col and line:sub(p.col + 1, col) or "\n"
+    if p.bufnr == bufnr and follow.keep_in_flight(p, row, col, typed, now_ms(), agreed, state.pace, M.config.stale_ms) then
+      state.kept = state.kept + 1
+    else
+      cancel_pending()
+    end
+  end
   schedule_request()
+end
+
+--- tabfill/warm: tell the server where the cursor is, so it prefills the prompt there before the first key
+--- (once per place and buffer state). Neovim sends pending changes before a notification.
+local function warm()
+  local bufnr = vim.api.nvim_get_current_buf()
+  local client = client_for(bufnr)
+  if not M.config.warm or not state.enabled or not client then
+    return
+  end
+  local row, col = cursor()
+  local place = table.concat({ bufnr, row, col, vim.api.nvim_buf_get_changedtick(bufnr) }, ":")
+  if place == state.warmed then
+    return
+  end
+  state.warmed = place
+  local line = vim.api.nvim_buf_get_lines(bufnr, row, row + 1, false)[1] or ""
+  util.notify(client, "tabfill/warm", {
+    textDocument = { uri = vim.uri_from_bufnr(bufnr) },
+    position = { line = row, character = util.encoded_col(line, col, client.offset_encoding or "utf-16") },
+  })
+  state.warm_sent = state.warm_sent + 1
+end
+
+--- Warm once the cursor has rested for warm_delay_ms (normal mode, buffer entered, editor focused).
+local function warm_at_rest()
+  if not M.config.warm then
+    return
+  end
+  state.warm_timer = state.warm_timer or uv.new_timer()
+  state.warm_timer:stop()
+  state.warm_timer:start(M.config.warm_delay_ms, 0, vim.schedule_wrap(function()
+    if vim.fn.mode() == "n" then
+      warm()
+    end
+  end))
 end
 
 -- ---------------------------------------------------------------------------- accepting
@@ -509,6 +654,13 @@ function M.info()
     last_answer = state.last_answer,
     ready_seen = state.ready_seen,
     ready_requests = state.ready_requests,
+    kept = state.kept,
+    in_flight = state.in_flight,
+    max_in_flight = state.max_in_flight,
+    debounce_ms = M.debounce_ms(),
+    key_interval_ms = follow.interval(state.pace, now_ms()),
+    server_latency_ms = state.pace.latency_ms,
+    warm_sent = state.warm_sent,
   }
 end
 
@@ -607,7 +759,17 @@ function M.setup(opts)
       callback = on_change,
     })
     vim.api.nvim_create_autocmd("TextChangedP", { group = group, callback = on_change })
-    vim.api.nvim_create_autocmd("InsertEnter", { group = group, callback = schedule_request })
+    vim.api.nvim_create_autocmd("InsertEnter", {
+      group = group,
+      callback = function()
+        warm() -- NOTE: before the first key; a request on entering (auto_trigger) follows the debounce
+        schedule_request()
+      end,
+    })
+    vim.api.nvim_create_autocmd({ "CursorMoved", "BufEnter", "FocusGained" }, { group = group, callback = warm_at_rest })
+    -- NOTE: Neovim drops the handler of a request the server answers with RequestCancelled; this event
+    -- still tells that a cancelled request in flight has landed.
+    vim.api.nvim_create_autocmd("LspRequest", { group = group, callback = on_lsp_request })
     vim.api.nvim_create_autocmd({ "InsertLeave", "BufLeave" }, {
       group = group,
       callback = function()
