@@ -17,6 +17,7 @@
 #define _GNU_SOURCE
 #include <math.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -352,8 +353,8 @@ static void *worker_main(void *arg) {
         unsigned now;
         int spins = 0;
         while ((now = atomic_load_explicit(&pool.generation, memory_order_acquire)) == seen && spins < SPIN_ROUNDS) {
-            _mm_pause();
-            spins++;
+            if (++spins % 256 == 0) sched_yield(); /* let a runnable thread have the core when it is shared */
+            else _mm_pause();
         }
         if (now == seen) {
             pthread_mutex_lock(&pool.lock);
@@ -395,7 +396,11 @@ static void run_parallel(job_fn fn, void *arg, int parts) {
     pthread_cond_broadcast(&pool.wake);
     pthread_mutex_unlock(&pool.lock);
     fn(arg, 0, parts);
-    while (atomic_load_explicit(&pool.pending, memory_order_acquire) > 0) _mm_pause();
+    /* NOTE: on an oversubscribed machine the worker may be descheduled: after a short spin, give the core away */
+    for (int spins = 0; atomic_load_explicit(&pool.pending, memory_order_acquire) > 0; spins++) {
+        if (spins < 2000) _mm_pause();
+        else sched_yield();
+    }
     pthread_mutex_unlock(&callers);
 }
 
