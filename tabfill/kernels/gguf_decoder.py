@@ -20,7 +20,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tabfill.kernels.decoder import LeanDecoder, _Arch, _Dense, _Layer, _activation, _config_problem, _rope_parameters, _rope_tables
+from tabfill.kernels.config import arch_of, config_problem, rope_parameters, rope_tables
+from tabfill.kernels.decoder import LeanDecoder
+from tabfill.kernels.packing import Dense, Layer
 from tabfill.kernels.quant import BLOCKS, QuantError, QuantLinear, QuantTensor, dequantize, dequantize_rows
 
 GGUF_ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2"}  # GGUF general.architecture -> transformers model_type
@@ -103,14 +105,14 @@ def decoder_from_gguf(path: str | Path, config: Any, *, max_tokens: int = 2048, 
 
     Raises QuantError (a ValueError) for what it does not implement or a file that does not match.
     """
-    problem = _config_problem(config, max_tokens)
+    problem = config_problem(config, max_tokens)
     if problem is not None:
         raise QuantError(problem)
     gguf = GgufFile(path)
     model_type = GGUF_ARCHITECTURES.get(gguf.architecture)
     if model_type is None or model_type != config.model_type:
         raise QuantError(f"GGUF architecture {gguf.architecture!r} does not match model type {config.model_type!r}")
-    if _rope_parameters(config)["rope_type"] not in ("default", "linear"):
+    if rope_parameters(config)["rope_type"] not in ("default", "linear"):
         raise QuantError("only default and linear rotary scaling are implemented for GGUF weights")
     heads = config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
@@ -126,7 +128,7 @@ def decoder_from_gguf(path: str | Path, config: Any, *, max_tokens: int = 2048, 
             raise QuantError(f"only some of {names} have a bias")
         if dequantized:
             weight = torch.cat([dequantize(p) for p in parts], dim=0)  # [N, K]
-            return _Dense(weight.t().contiguous(), bias)
+            return Dense(weight.t().contiguous(), bias)
         return QuantLinear(parts, bias)
 
     permute = None
@@ -137,7 +139,7 @@ def decoder_from_gguf(path: str | Path, config: Any, *, max_tokens: int = 2048, 
         p = f"blk.{i}."
         qkv_names = [p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight"]
         layers.append(
-            _Layer(
+            Layer(
                 norm1_weight=gguf.vector(p + "attn_norm.weight"),
                 norm1_bias=None,
                 qkv=linear(qkv_names, None if permute is None else {qkv_names[0]: permute["q"], qkv_names[1]: permute["k"]}),
@@ -152,11 +154,11 @@ def decoder_from_gguf(path: str | Path, config: Any, *, max_tokens: int = 2048, 
     if (embed.rows, embed.cols) != (config.vocab_size, config.hidden_size):
         raise QuantError(f"token_embd is {embed.rows}x{embed.cols}, the config says {config.vocab_size}x{config.hidden_size}")
     head_name = "output.weight" if gguf.has("output.weight") else "token_embd.weight"
-    cos, signed_sin = _rope_tables(config, None, head_dim, max_tokens)
+    cos, signed_sin = rope_tables(config, None, head_dim, max_tokens)
     kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(gguf.weight_types().items()))
     return GgufDecoder(
         token_embd=None if dequantized else embed,
-        arch=_Arch(norm="rms", gated_mlp=True, activation=_activation(config), eps=config.rms_norm_eps),
+        arch=arch_of(config),
         embed=dequantize(embed) if dequantized else torch.empty(0, config.hidden_size),
         embed_transposed=False,
         layers=layers,
