@@ -286,10 +286,11 @@ def pick_device(requested: str) -> str:
     return requested
 
 
-def load_model(spec: str, device: str = "auto", progress: ProgressFn = _no_progress, quantize: str = QUANTIZE_AUTO) -> LoadedModel:
+def load_model(spec: str, device: str = "auto", progress: ProgressFn = _no_progress, quantize: str = "none") -> LoadedModel:
     """Resolve and load a causal LM and its tokenizer onto `device` (fp32 on CPU, bf16/fp16 on CUDA).
 
-    On CPU with `quantize` "auto" or "gguf", a model with a GGUF source is not loaded as a transformers model:
+    On CPU with `quantize` "auto" or "gguf" (the in-process source passes the setting; other callers get a
+    transformers model by default), a model with a GGUF source is not loaded as a transformers model:
     `model` is a `GgufWeights` (config + file) and the runner computes from the file's blocks. "gguf" fails
     when that is not possible; "auto" then loads the fp32 model.
     """
