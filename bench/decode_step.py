@@ -11,8 +11,10 @@ decode step at a context of ~400 tokens, prefill of 384 tokens, a verify of 8 dr
   before and after tabfill's runs (median of both),
 the teacher-forced argmax agreement of `gguf` with `fp32` over the prompt and the greedy first lines of
 `--line-cases` of the bench's line cases on the first model (the exactness checks), and
-the floor: bytes of weights one step reads / measured memory bandwidth. tabfill's variants alternate
-(fp32, gguf, fp32, gguf) and report medians: timings on a shared machine are noisy, compare ratios.
+the floor: bytes of weights one step reads / measured memory bandwidth. CPU ms (all threads of the
+process) are reported beside wall ms: on a busy machine they show what the work costs apart from waiting.
+tabfill's variants alternate (fp32, gguf, fp32, gguf) and report medians: timings on a shared machine are
+noisy, compare ratios.
 """
 
 from __future__ import annotations
@@ -73,12 +75,16 @@ def _decoder_numbers(decoder: GgufDecoder, prompt: list[int], steps: int) -> dic
     context = len(prompt)
     prefill(decoder, prompt)
     # NOTE: every step rewrites position `context`: the same attention length each call, as in a decode loop.
+    cpu = time.process_time()
     decode_ms = _time_per_call_ms(lambda i: decode_one_token(decoder, prompt[i % context], context), steps, repeats=1)
+    decode_cpu = (time.process_time() - cpu) * 1e3 / (steps + 1)  # the warm-up call included
+    cpu = time.process_time()
     prefill_ms = _time_per_call_ms(lambda _: prefill(decoder, prompt[:PREFILL_TOKENS]), 1, repeats=1)
+    prefill_cpu = (time.process_time() - cpu) * 1e3 / 2
     prefill(decoder, prompt)
     draft = prompt[:DRAFT_TOKENS]
     verify_ms = _time_per_call_ms(lambda _: verify_draft(decoder, draft[0], draft[1:], context), 3, repeats=1)
-    return {"decode": decode_ms, "prefill": prefill_ms, "verify": verify_ms}
+    return {"decode": decode_ms, "prefill": prefill_ms, "verify": verify_ms, "decode_cpu": decode_cpu, "prefill_cpu": prefill_cpu}
 
 
 def llama_cpp_numbers(gguf: Path, prompt: list[int], threads: int, steps: int) -> dict[str, float] | str:
@@ -122,13 +128,18 @@ def measure_model(spec: str, steps: int, *, context: int = 400, threads: int = 2
     weight_bytes = sum(layer.nbytes for layer in _linears(quant))
     out: dict[str, float | str] = {f"{name}: gguf weight MB/token": weight_bytes / 1e6}
     for variant, numbers in runs.items():
-        for what, unit in (("decode", "ms/token"), ("prefill", f"{PREFILL_TOKENS} ms"), ("verify", f"{DRAFT_TOKENS} ms")):
-            label = "verify_draft" if what == "verify" else what
+        for what, unit in (
+            ("decode", "ms/token"), ("prefill", f"{PREFILL_TOKENS} ms"), ("verify", f"{DRAFT_TOKENS} ms"),
+            ("decode_cpu", "CPU ms/token"), ("prefill_cpu", f"{PREFILL_TOKENS} CPU ms"),
+        ):
+            label = {"verify": "verify_draft", "decode_cpu": "decode", "prefill_cpu": "prefill"}.get(what, what)
             out[f"{name}: tabfill {variant} {label} {unit}"] = statistics.median(r[what] for r in numbers)
     llama = [r for r in (before, after) if isinstance(r, dict)]
     if llama:
         out[f"{name}: llama.cpp decode ms/token"] = statistics.median(r["decode_ms"] for r in llama)
         out[f"{name}: llama.cpp prefill {PREFILL_TOKENS} ms"] = statistics.median(r["prefill_ms"] for r in llama)
+        out[f"{name}: llama.cpp decode CPU ms/token"] = statistics.median(r["decode_cpu_ms"] for r in llama)
+        out[f"{name}: llama.cpp prefill {PREFILL_TOKENS} CPU ms"] = statistics.median(r["prefill_cpu_ms"] for r in llama)
         out[f"{name}: tabfill gguf / llama.cpp decode"] = out[f"{name}: tabfill gguf decode ms/token"] / out[f"{name}: llama.cpp decode ms/token"]  # type: ignore[operator]
         out[f"{name}: tabfill gguf / llama.cpp prefill"] = out[f"{name}: tabfill gguf prefill {PREFILL_TOKENS} ms"] / out[f"{name}: llama.cpp prefill {PREFILL_TOKENS} ms"]  # type: ignore[operator]
     else:
