@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tabfill.completion.models import GgufWeights, default_gguf, default_model_dir, load_model
+from tabfill.completion.gguf_models import GgufWeights, default_gguf
+from tabfill.completion.models import default_model_dir, load_model
 from tabfill.completion.runners import LeanRunner, make_runner
 from tabfill.kernels import quant
 from tabfill.kernels.gguf_decoder import GgufFile, decoder_from_gguf
