@@ -1,12 +1,20 @@
-"""Decode-step micro-benchmark: transformers vs LeanDecoder (fp32, int8, compiled) against the bandwidth floor.
+"""Decode-step micro-benchmark: tabfill fp32 vs tabfill on the GGUF's blocks vs llama.cpp, same GGUF, same run.
 
-    python -m bench.decode_step [--model DIR] [--steps N] [--context N] [--threads N] [--compile]
+    python -m bench.decode_step [--model default|DIR|FILE.gguf ...] [--steps N] [--context N] [--threads N]
 
-Prints ms/token of ``decode_one_token`` at a context of ~400 tokens, prefill of 384 tokens, a verify_draft of
-8 tokens, and the weight-streaming floor: bytes of weights read per token / the memory bandwidth
-(`bench.machine.memory_bandwidth_gbs`, the benchmark's one bandwidth measure: `python -m bench` passes the
-figure it measured once, so its floor table and this one agree).
-Timings on a shared machine are noisy: compare ratios between variants of the same run.
+For each model (default: the default model and, when present, Qwen2.5-Coder-1.5B Q4_K_M): ms/token of a
+decode step at a context of ~400 tokens, prefill of 384 tokens, a verify of 8 draft tokens, for
+- `fp32`: the lean decoder over the GGUF's matrices dequantized to fp32 (what the safetensors conversion
+  holds; tabfill's `quantize none`),
+- `gguf`: the lean decoder over the GGUF's own blocks (`quantize auto|gguf`, the CPU default),
+- `llama.cpp`: llama-cpp-python 0.3.36 (its own venv, bench/llama_step.py), same GGUF, same threads,
+  before and after tabfill's runs (median of both),
+the teacher-forced argmax agreement of `gguf` with `fp32` over the prompt and the greedy first lines of
+`--line-cases` of the bench's line cases on the first model (the exactness checks), and
+the floor: bytes of weights one step reads / measured memory bandwidth. CPU ms (all threads of the
+process) are reported beside wall ms: on a busy machine they show what the work costs apart from waiting.
+tabfill's variants alternate (fp32, gguf, fp32, gguf) and report medians: timings on a shared machine are
+noisy, compare ratios.
 """
 
 from __future__ import annotations
@@ -14,9 +22,10 @@ from __future__ import annotations
 import argparse
 import gc
 import inspect
+import json
 import statistics
+import subprocess
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,41 +33,27 @@ from typing import Any
 import torch
 
 from bench.machine import memory_bandwidth_gbs
-from tabfill.kernels import LeanDecoder
+from tabfill.kernels.gguf_decoder import GgufDecoder, decoder_from_gguf
 from tabfill.kernels.steps import decode_one_token, prefill, verify_draft
 
-DEFAULT_MODEL_DIR = Path.home() / ".cache" / "tabfill" / "models" / "smollm2-135m"
+QWEN_GGUF = Path("/work/models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf")
 PREFILL_TOKENS = 384
 DRAFT_TOKENS = 8
 
 
-def weight_bytes_per_token(model: Any, int8: bool) -> int:
-    """Bytes of weights one decode step reads: every matrix once (a tied embedding once, as the lm_head).
+def _model(spec: str) -> tuple[Path, Any, Any]:
+    """(GGUF path, transformers config, tokenizer) for a model spec with a GGUF source."""
+    from tabfill.completion.models import load_model
 
-    ``int8``: as LeanDecoder's int8 mode stores them — every matrix int8 except the MLP down projections.
-    """
-    seen: set[int] = set()
-    total = 0
-    embed = model.get_input_embeddings().weight
-    for name, param in model.named_parameters(remove_duplicate=False):
-        key = param.untyped_storage().data_ptr()
-        if key in seen:
-            continue
-        seen.add(key)
-        if param is embed and model.lm_head.weight is not embed:
-            continue  # untied: one row per token
-        quantized = int8 and param.dim() == 2 and not name.endswith(("down_proj.weight", "c_proj.weight"))
-        total += param.numel() * (1 if quantized else param.element_size())
-    return total
+    loaded = load_model(spec, "cpu", quantize="gguf")
+    return loaded.model.path, loaded.model.config, loaded.tokenizer
 
 
-def _code_prompt(model_dir: str, n_tokens: int) -> list[int]:
+def _code_prompt(tokenizer: Any, n_tokens: int) -> list[int]:
     """``n_tokens`` of real Python (torch's own linear-layer source: fixed for a given torch version)."""
-    from transformers import AutoTokenizer
-
     import torch.nn.modules.linear as source
 
-    ids: list[int] = AutoTokenizer.from_pretrained(model_dir)(inspect.getsource(source))["input_ids"]
+    ids: list[int] = tokenizer(inspect.getsource(source))["input_ids"]
     if len(ids) < n_tokens:
         raise ValueError(f"the sample source has only {len(ids)} tokens")
     return ids[:n_tokens]
@@ -76,149 +71,165 @@ def _time_per_call_ms(fn: Callable[[int], object], calls: int, repeats: int = 3)
     return statistics.median(runs)
 
 
-def _transformers_decode_ms(model: Any, prompt: list[int], steps: int) -> float:
-    from transformers import DynamicCache
-
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        cache = DynamicCache(config=model.config)
-        model(torch.tensor([prompt]), past_key_values=cache, use_cache=True)
-        token = torch.tensor([[prompt[-1]]])
-
-        def step(_: int) -> object:
-            return model(token, past_key_values=cache, use_cache=True).logits
-
-        ms = _time_per_call_ms(step, steps, repeats=1)
-    return ms
-
-
-def _decoder_numbers(name: str, decoder: LeanDecoder, prompt: list[int], steps: int) -> dict[str, float]:
+def _decoder_numbers(decoder: GgufDecoder, prompt: list[int], steps: int) -> dict[str, float]:
     context = len(prompt)
     prefill(decoder, prompt)
     # NOTE: every step rewrites position `context`: the same attention length each call, as in a decode loop.
-    decode_ms = _time_per_call_ms(lambda i: decode_one_token(decoder, prompt[i % context], context), steps)
-    prefill_ms = _time_per_call_ms(lambda _: prefill(decoder, prompt[:PREFILL_TOKENS]), 1)
+    cpu = time.process_time()
+    decode_ms = _time_per_call_ms(lambda i: decode_one_token(decoder, prompt[i % context], context), steps, repeats=1)
+    decode_cpu = (time.process_time() - cpu) * 1e3 / (steps + 1)  # the warm-up call included
+    cpu = time.process_time()
+    prefill_ms = _time_per_call_ms(lambda _: prefill(decoder, prompt[:PREFILL_TOKENS]), 1, repeats=1)
+    prefill_cpu = (time.process_time() - cpu) * 1e3 / 2
     prefill(decoder, prompt)
     draft = prompt[:DRAFT_TOKENS]
-    verify_ms = _time_per_call_ms(lambda _: verify_draft(decoder, draft[0], draft[1:], context), 5)
-    return {
-        f"{name} decode ms/token": decode_ms,
-        f"{name} prefill {PREFILL_TOKENS} ms": prefill_ms,
-        f"{name} verify_draft {DRAFT_TOKENS} ms": verify_ms,
-    }
+    verify_ms = _time_per_call_ms(lambda _: verify_draft(decoder, draft[0], draft[1:], context), 3, repeats=1)
+    return {"decode": decode_ms, "prefill": prefill_ms, "verify": verify_ms, "decode_cpu": decode_cpu, "prefill_cpu": prefill_cpu}
 
 
-def _profile(decoder: LeanDecoder, prompt: list[int], steps: int) -> dict[str, float]:
-    """Where a fp32 decode step's time goes, by wall clock: the step, the same matrix products alone (every
-    layer's projections and the lm_head on one token, as the step runs them), and the rest (attention over
-    the cache, norms, rotary, Python)."""
-    context = len(prompt)
-    prefill(decoder, prompt)
-    step_ms = _time_per_call_ms(lambda i: decode_one_token(decoder, prompt[i % context], context), steps)
-    hidden = decoder.embed.shape[0] if decoder.embed_transposed else decoder.embed.shape[1]
-    x = torch.randn(1, hidden, dtype=decoder.dtype, device=decoder.device)  # [1, D]
+def llama_cpp_numbers(gguf: Path, prompt: list[int], threads: int, steps: int) -> dict[str, float] | str:
+    """llama.cpp's decode and prefill ms (bench/llama_step.py in the llama venv), or why not."""
+    from tabfill.completion.models import cache_root
 
-    def matrices(_: int) -> None:
-        for layer in decoder.layers:
-            layer.qkv(x)
-            layer.o(x[:, : decoder.num_heads * decoder.head_dim])
-            up = layer.up(x)  # [1, 2I] or [1, I]
-            layer.down(up[:, : up.shape[1] // 2] if decoder.arch.gated_mlp else up)
-        decoder.lm_head(x)
-
-    with torch.inference_mode():
-        matrix_ms = _time_per_call_ms(matrices, steps)
-    return {
-        "profile: whole step (ms per fp32 step)": step_ms,
-        "profile: matrix products alone (ms per fp32 step)": matrix_ms,
-        "profile: everything else (ms per fp32 step)": max(0.0, step_ms - matrix_ms),
-    }
+    python = cache_root() / "bench" / "llama-venv" / "bin" / "python"
+    if not python.exists():
+        return f"llama-cpp-python is not installed in {python.parent.parent} (python -m bench builds it)"
+    script = Path(__file__).with_name("llama_step.py")
+    result = subprocess.run(
+        [str(python), str(script), str(gguf), str(threads), str(steps), "3"],
+        input=json.dumps({"prompt": prompt, "prefill": PREFILL_TOKENS}), capture_output=True, text=True, timeout=1800,
+    )
+    if result.returncode != 0:
+        return f"llama_step failed: {result.stderr.strip()[-300:]}"
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def _compiled_decode(decoder: LeanDecoder, prompt: list[int], steps: int) -> dict[str, float]:
-    context = len(prompt)
-    prefill(decoder, prompt)
-    compiled = torch.compile(decoder.forward, dynamic=True)
-    token = torch.tensor([prompt[0]])
-    start = time.perf_counter()
-    compiled(token, context)
-    compiled(token, context + 1)  # a second length: the decode loop moves on every step
-    compile_s = time.perf_counter() - start
-    decode_ms = _time_per_call_ms(lambda i: compiled(token, context + i % 2), steps)
-    return {"compiled fp32 compile s": compile_s, "compiled fp32 decode ms/token": decode_ms}
-
-
-def measure(model_dir: str, steps: int, *, context: int = 400, try_compile: bool = False,
-            bandwidth_gbs: float | None = None) -> dict[str, float]:
-    """ms/token and ms per call for each variant and the floors; keys name their units. The floors use
-    `bandwidth_gbs` (the run's one figure, `bench.machine.memory_bandwidth_gbs`), measured here when None."""
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    prompt = _code_prompt(model_dir, context)
-    bandwidth = memory_bandwidth_gbs() if bandwidth_gbs is None else bandwidth_gbs
-    fp32_bytes = weight_bytes_per_token(model, int8=False)
-    int8_bytes = weight_bytes_per_token(model, int8=True)
-    results: dict[str, float] = {
-        "memory bandwidth GB/s": bandwidth,
-        "fp32 weight MB/token": fp32_bytes / 1e6,
-        "fp32 floor ms/token": fp32_bytes / bandwidth / 1e6,
-        "int8 weight MB/token": int8_bytes / 1e6,
-        "int8 floor ms/token": int8_bytes / bandwidth / 1e6,
-    }
-    # NOTE: transformers first: from_hf rebinds its parameters to (transposed) views of the repacked weights.
-    results["transformers decode ms/token"] = _transformers_decode_ms(model, prompt, steps)
-    fp32 = LeanDecoder.from_hf(model, max_tokens=context + 64)
-    results.update(_decoder_numbers("lean fp32", fp32, prompt, steps))
-    results.update(_profile(fp32, prompt, max(8, steps // 2)))
-    int8 = LeanDecoder.from_hf(model, max_tokens=context + 64, quantize="int8")
-    results.update(_decoder_numbers("lean int8", int8, prompt, steps))
-    with torch.no_grad():
-        tokens = torch.tensor(prompt)
-        reference = fp32.forward(tokens, 0, all_logits=True)
-        quantized = int8.forward(tokens, 0, all_logits=True)
-    results["int8 argmax agreement %"] = 100 * (reference.argmax(-1) == quantized.argmax(-1)).float().mean().item()
-    del int8
+def measure_model(spec: str, steps: int, *, context: int = 400, threads: int = 2, line_cases: int = 0) -> dict[str, float | str]:
+    """One model's figures; keys name their units (and the model)."""
+    gguf, config, tokenizer = _model(spec)
+    prompt = _code_prompt(tokenizer, context)
+    name = gguf.stem
+    before = llama_cpp_numbers(gguf, prompt, threads, steps)
+    quant = decoder_from_gguf(gguf, config, max_tokens=context + 64)
+    fp32 = decoder_from_gguf(gguf, config, max_tokens=context + 64, dequantized=True)
+    runs: dict[str, list[dict[str, float]]] = {"fp32": [], "gguf": []}
+    for _ in range(2):  # A B A B
+        runs["fp32"].append(_decoder_numbers(fp32, prompt, steps))
+        runs["gguf"].append(_decoder_numbers(quant, prompt, steps))
+    tokens = torch.tensor(prompt)
+    reference = fp32.forward(tokens, 0, all_logits=True)
+    quantized = quant.forward(tokens, 0, all_logits=True)
+    agreement = 100 * (reference.argmax(-1) == quantized.argmax(-1)).float().mean().item()
+    max_diff = (reference - quantized).abs().max().item()
+    lines = first_line_agreement(quant, fp32, tokenizer, line_cases) if line_cases else {}
+    del fp32, reference
     gc.collect()
-    if try_compile:
-        try:
-            results.update(_compiled_decode(fp32, prompt, steps))
-        except Exception as exc:  # noqa: BLE001 - a benchmark records the failure and goes on
-            print(f"torch.compile failed: {type(exc).__name__}: {str(exc)[:300]}")
-            results["compiled fp32 decode ms/token"] = float("nan")
-    results["lean fp32 / fp32 floor"] = results["lean fp32 decode ms/token"] / results["fp32 floor ms/token"]
-    results["lean int8 / int8 floor"] = results["lean int8 decode ms/token"] / results["int8 floor ms/token"]
-    # the figure the README quotes for `quantize: int8` (the same two measurements, one run)
-    results["int8 decode speed-up over fp32 ×"] = results["lean fp32 decode ms/token"] / results["lean int8 decode ms/token"]
-    results["transformers / lean fp32"] = results["transformers decode ms/token"] / results["lean fp32 decode ms/token"]
-    # the variant tabfill serves with by default (quantize "none") and its floor, for the targets table
-    results["tabfill_decode_ms"] = results["lean fp32 decode ms/token"]
-    results["floor_ms"] = results["fp32 floor ms/token"]
+    after = llama_cpp_numbers(gguf, prompt, threads, steps)
+    weight_bytes = sum(layer.nbytes for layer in _linears(quant))
+    out: dict[str, float | str] = {f"{name}: gguf weight MB/token": weight_bytes / 1e6}
+    for variant, numbers in runs.items():
+        for what, unit in (
+            ("decode", "ms/token"), ("prefill", f"{PREFILL_TOKENS} ms"), ("verify", f"{DRAFT_TOKENS} ms"),
+            ("decode_cpu", "CPU ms/token"), ("prefill_cpu", f"{PREFILL_TOKENS} CPU ms"),
+        ):
+            label = {"verify": "verify_draft", "decode_cpu": "decode", "prefill_cpu": "prefill"}.get(what, what)
+            out[f"{name}: tabfill {variant} {label} {unit}"] = statistics.median(r[what] for r in numbers)
+    llama = [r for r in (before, after) if isinstance(r, dict)]
+    if llama:
+        out[f"{name}: llama.cpp decode ms/token"] = statistics.median(r["decode_ms"] for r in llama)
+        out[f"{name}: llama.cpp prefill {PREFILL_TOKENS} ms"] = statistics.median(r["prefill_ms"] for r in llama)
+        out[f"{name}: llama.cpp decode CPU ms/token"] = statistics.median(r["decode_cpu_ms"] for r in llama)
+        out[f"{name}: llama.cpp prefill {PREFILL_TOKENS} CPU ms"] = statistics.median(r["prefill_cpu_ms"] for r in llama)
+        out[f"{name}: tabfill gguf / llama.cpp decode"] = out[f"{name}: tabfill gguf decode ms/token"] / out[f"{name}: llama.cpp decode ms/token"]  # type: ignore[operator]
+        out[f"{name}: tabfill gguf / llama.cpp prefill"] = out[f"{name}: tabfill gguf prefill {PREFILL_TOKENS} ms"] / out[f"{name}: llama.cpp prefill {PREFILL_TOKENS} ms"]  # type: ignore[operator]
+    else:
+        out[f"{name}: llama.cpp"] = str(before)
+    out[f"{name}: gguf vs fp32 argmax agreement %"] = agreement
+    out[f"{name}: gguf vs fp32 max |logit diff|"] = max_diff
+    out.update({f"{name}: gguf vs fp32 {key}": value for key, value in lines.items()})
+    return out
+
+
+def _greedy_first_line(decoder: GgufDecoder, tokenizer: Any, prompt: list[int], max_new: int) -> tuple[str, list[int], list[torch.Tensor]]:
+    """Greedy tokens until the text holds a newline (or ``max_new``): (first line, tokens, each step's logits)."""
+    logits = prefill(decoder, prompt)
+    tokens: list[int] = []
+    steps = []
+    for _ in range(max_new):
+        steps.append(logits)
+        tokens.append(int(logits.argmax()))
+        text = tokenizer.decode(tokens)
+        if "\n" in text:
+            break
+        logits = decode_one_token(decoder, tokens[-1], len(prompt) + len(tokens) - 1)
+    return tokenizer.decode(tokens).split("\n", 1)[0], tokens, steps
+
+
+def first_line_agreement(quant: GgufDecoder, fp32: GgufDecoder, tokenizer: Any, cases: int, max_new: int = 24) -> dict[str, float]:
+    """Greedy first lines of the bench's line cases (prefix prompt, last 384 tokens) from both decoders.
+
+    A differing case counts as a float tie when, at the first differing token, the fp32 model's top two
+    logits are within 1e-3 of each other (either choice is the GGUF model's answer up to fp32 rounding)."""
+    from bench.cases import line_cases
+
+    same = ties = 0
+    chosen = line_cases(cases)
+    for case in chosen:
+        prompt = tokenizer(case.prefix)["input_ids"][-PREFILL_TOKENS:]
+        line_q, tokens_q, _ = _greedy_first_line(quant, tokenizer, prompt, max_new)
+        line_f, tokens_f, steps_f = _greedy_first_line(fp32, tokenizer, prompt, max_new)
+        if line_q == line_f:
+            same += 1
+            continue
+        first = next((i for i, (a, b) in enumerate(zip(tokens_q, tokens_f)) if a != b), min(len(tokens_q), len(tokens_f)))
+        if first < len(steps_f):
+            top2 = steps_f[first].topk(2).values
+            ties += int(float(top2[0] - top2[1]) < 1e-3)
+    return {
+        "line cases": float(len(chosen)),
+        "first lines identical %": 100 * same / len(chosen),
+        "first lines identical or float tie %": 100 * (same + ties) / len(chosen),
+    }
+
+
+def _linears(decoder: GgufDecoder) -> list[Any]:
+    layers = [m for layer in decoder.layers for m in (layer.qkv, layer.o, layer.up, layer.down)]
+    return [*layers, decoder.lm_head]
+
+
+def measure(
+    model: str, steps: int, *, context: int = 400, threads: int | None = None, extra: tuple[str, ...] = (), line_cases: int = 0,
+    bandwidth_gbs: float | None = None,
+) -> dict[str, float | str]:
+    """Every model's figures, the bandwidth, and the default model's headline pair for the targets table
+    (`tabfill_decode_ms`: the gguf step tabfill serves with on CPU; `floor_ms`: its weight-streaming floor)."""
+    threads = threads or torch.get_num_threads()
+    bandwidth = memory_bandwidth_gbs() if bandwidth_gbs is None else bandwidth_gbs  # the run's one figure
+    results: dict[str, float | str] = {"memory bandwidth GB/s": bandwidth}
+    first = measure_model(model, steps, context=context, threads=threads, line_cases=line_cases)
+    name = next(iter(first)).split(":")[0]
+    results.update(first)
+    results["tabfill_decode_ms"] = first[f"{name}: tabfill gguf decode ms/token"]
+    results["floor_ms"] = float(first[f"{name}: gguf weight MB/token"]) / bandwidth / 1e3
+    for spec in extra:
+        results.update(measure_model(spec, steps, context=context, threads=threads))
     return results
 
 
-def step_parser(doc: str | None, steps: int) -> argparse.ArgumentParser:
-    """The options the step micro-benchmarks share: --model, --steps, --context, --threads."""
-    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=str(DEFAULT_MODEL_DIR))
-    parser.add_argument("--steps", type=int, default=steps)
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", action="append", help="default, a converted directory or a .gguf (repeatable)")
+    parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--context", type=int, default=400)
     parser.add_argument("--threads", type=int, default=2)
-    return parser
-
-
-def print_results(results: dict[str, float]) -> None:
-    width = max(len(key) for key in results)
-    for key, value in results.items():
-        print(f"{key:<{width}}  {value:10.2f}")
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = step_parser(__doc__, 32)
-    parser.add_argument("--compile", action="store_true", help="also time a torch.compile'd decode step")
+    parser.add_argument("--line-cases", type=int, default=72, help="greedy first lines compared on the first model (0: skip)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print_results(measure(args.model, args.steps, context=args.context, try_compile=args.compile))
+    models = args.model or ["default", *([str(QWEN_GGUF)] if QWEN_GGUF.is_file() else [])]
+    results = measure(models[0], args.steps, context=args.context, threads=args.threads, extra=tuple(models[1:]), line_cases=args.line_cases)
+    width = max(len(key) for key in results)
+    for key, value in results.items():
+        print(f"{key:<{width}}  {value:10.3f}" if isinstance(value, float) else f"{key:<{width}}  {value}")
 
 
 if __name__ == "__main__":

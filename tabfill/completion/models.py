@@ -56,6 +56,9 @@ SMOLLM2 = PackagedGguf(
     gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
 )
 
+QUANTIZE_AUTO = "auto"  # CPU: a GGUF's own blocks when the model has one, else fp32
+KEPT_GGUF = "model.gguf"  # the default model's GGUF, beside its safetensors conversion
+
 # Reports (stage, fraction 0..1 or None) to whoever shows progress: the CLI prints, the server sends $/progress.
 ProgressFn = Callable[[str, float | None], None]
 
@@ -127,6 +130,8 @@ def pull_default(progress: ProgressFn = _no_progress, force: bool = False) -> Pa
         gguf = fetch_default_gguf(Path(tmp), progress)
         source = {"gguf": SMOLLM2.member, "requirement": SMOLLM2.requirement, "sha256": SMOLLM2.gguf_sha256}
         convert_gguf(gguf, target, progress, source=source)
+        # the quantized runner computes from the GGUF's own blocks: keep the file beside the conversion
+        shutil.move(str(gguf), target / KEPT_GGUF)
     return target
 
 
@@ -281,30 +286,41 @@ def pick_device(requested: str) -> str:
     return requested
 
 
-def load_model(spec: str, device: str = "auto", progress: ProgressFn = _no_progress) -> LoadedModel:
-    """Resolve and load a causal LM and its tokenizer onto `device` (fp32 on CPU, bf16/fp16 on CUDA)."""
-    import torch
-    from transformers import AutoConfig, AutoTokenizer
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
-    from transformers.utils import logging as hf_logging
+def load_model(spec: str, device: str = "auto", progress: ProgressFn = _no_progress, quantize: str = "none") -> LoadedModel:
+    """Resolve and load a causal LM and its tokenizer onto `device` (fp32 on CPU, bf16/fp16 on CUDA).
 
-    source = resolve_model(spec, progress)
-    hf_logging.disable_progress_bar()  # the per-load weight bar is noise; conversion keeps its bar
+    On CPU with `quantize` "auto" or "gguf" (the in-process source passes the setting; other callers get a
+    transformers model by default), a model with a GGUF source is not loaded as a transformers model:
+    `model` is a `GgufWeights` (config + file) and the runner computes from the file's blocks. "gguf" fails
+    when that is not possible; "auto" then loads the fp32 model.
+    """
+    import torch
+
     chosen = pick_device(device)
+    if quantize in (QUANTIZE_AUTO, "gguf") and chosen == "cpu":
+        from tabfill.completion.gguf_models import load_gguf
+
+        try:
+            return load_gguf(spec, progress)
+        except ModelError as exc:
+            if quantize == "gguf":
+                raise
+            log.info("quantized GGUF weights not used (%s); loading fp32", exc)
+    source = resolve_model(spec, progress)
     if chosen.startswith("cuda"):
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     else:
         dtype = torch.float32
     progress(f"loading {source}", 0.9)
     started = time.perf_counter()
+    config, import_ms = _config(source, None)
+    started = time.perf_counter()
     try:
-        # NOTE: the first config resolution imports the architecture's modules (~1.5 s cold); it is
-        # timed apart from reading the model so each figure means one thing.
-        config = AutoConfig.from_pretrained(source)
-        model_class: Any = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
-        import_ms = (time.perf_counter() - started) * 1000.0
-        started = time.perf_counter()
+        from transformers import AutoTokenizer
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
         tokenizer = AutoTokenizer.from_pretrained(source)
+        model_class: Any = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
         model = model_class.from_pretrained(source, config=config, dtype=dtype)
     except Exception as exc:  # OSError, ValueError, KeyError (unknown architecture), hub errors: "cannot load"
         raise ModelError(f"could not load model {spec!r} from {source}: {exc}") from exc
@@ -312,3 +328,22 @@ def load_model(spec: str, device: str = "auto", progress: ProgressFn = _no_progr
     load_ms = (time.perf_counter() - started) * 1000.0
     log.info("loaded %s on %s (%s) in %.0f ms (+%.0f ms imports)", source, chosen, dtype, load_ms, import_ms)
     return LoadedModel(model, tokenizer, chosen, str(dtype).removeprefix("torch."), source, load_ms, import_ms)
+
+
+def _config(source: str, gguf: Path | None) -> tuple[Any, float]:
+    """The transformers config (from a directory, a hub id or a GGUF's metadata) and the ms it took."""
+    from transformers import AutoConfig
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the per-load weight bar is noise; conversion keeps its bar
+    started = time.perf_counter()
+    try:
+        # NOTE: the first config resolution imports the architecture's modules (~1.5 s cold); it is
+        # timed apart from reading the model so each figure means one thing.
+        if gguf is None:
+            config = AutoConfig.from_pretrained(source)
+        else:
+            config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    except Exception as exc:
+        raise ModelError(f"could not read the configuration of {source}: {exc}") from exc
+    return config, (time.perf_counter() - started) * 1000.0

@@ -2,7 +2,8 @@
 
 Two runners with the same small surface:
 - `LeanRunner`: the kernels/ decoder (preallocated KV cache, fused weights, our attention backends), for
-  the architectures it supports (Llama, Qwen2, StarCoder2).
+  the architectures it supports (Llama, Qwen2, StarCoder2); on CPU over a GGUF's own quantized blocks
+  (kernels/gguf_decoder.py) when the model came from one.
 - `TransformersRunner`: the transformers model itself with a DynamicCache cropped to the reuse point; the
   fallback for every other architecture and the reference twin in tests.
 """
@@ -118,13 +119,26 @@ class LeanRunner:
 
 
 def make_runner(model: Any, device: torch.device, *, max_tokens: int, quantize: str | None, lean: bool = True) -> Runner:
-    """The lean decoder when the architecture is supported (and it builds), else transformers."""
+    """The lean decoder when the architecture is supported (and it builds), else transformers.
+
+    `model` is a transformers model, or a `GgufWeights` (models.load_model's quantized path): then the lean
+    decoder computes from the GGUF's blocks, unless quantize "none" or the transformers forward asks for the
+    fp32 model (loaded then from the GGUF's conversion). The fbgemm int8 mode is retired (its greedy answers
+    differed on ~13 % of positions): the GGUF path is both faster and exact."""
+    from tabfill.completion.gguf_models import GgufWeights
+
+    if isinstance(model, GgufWeights):
+        if lean and quantize not in (None, "none"):
+            from tabfill.kernels.gguf_decoder import decoder_from_gguf
+
+            return LeanRunner(decoder_from_gguf(model.path, model.config, max_tokens=max_tokens))
+        model = model.transformers_model()
     if lean:
         try:
             from tabfill.kernels import LeanDecoder, supports
 
             if supports(model.config):
-                return LeanRunner(LeanDecoder.from_hf(model, max_tokens=max_tokens, quantize=quantize))
+                return LeanRunner(LeanDecoder.from_hf(model, max_tokens=max_tokens))
             log.info("model type %r has no lean forward; using transformers", getattr(model.config, "model_type", "?"))
         except (ImportError, ValueError, NotImplementedError) as exc:
             log.warning("lean forward unavailable (%s); using transformers", exc)

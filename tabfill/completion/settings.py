@@ -13,7 +13,7 @@ from tabfill.completion.types import Settings
 # clean boundary) and the rest is generated in the background for type-through (service.CONTINUE_*).
 DEFAULT_DEADLINE_MS = {"cuda": 100, "cpu": 80}
 
-QUANTIZE_CHOICES = ("none", "int8")
+QUANTIZE_CHOICES = ("auto", "gguf", "none")
 
 _INT_LIMITS = {
     "max_new_tokens": (1, 512),

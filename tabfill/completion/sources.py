@@ -34,7 +34,8 @@ def open_local(settings: Settings, progress: ProgressFn) -> TokenSource:
     from tabfill.completion.settings import kv_slot_tokens
     from tabfill.completion.types import EngineInfo
 
-    loaded = load_model(settings.model, settings.device, progress)
+    # quantize auto/gguf: on CPU a model with a GGUF is mapped, not loaded as fp32 (models.load_model)
+    loaded = load_model(settings.model, settings.device, progress, quantize=settings.quantize)
     template = detect_template(loaded.tokenizer)
     info = EngineInfo(
         loaded.source, loaded.device, loaded.dtype, loaded.load_ms, template.name if template else "prefix-only", loaded.import_ms

@@ -244,9 +244,10 @@ class Settings:
     cross_file_context: bool = True
     cross_file_tokens: int = 192
     # Speed: the lean kernels/ forward where the architecture has one (off: transformers' own forward),
-    # int8 weights for it ("none" | "int8"), and the bytes of KV the prefix store keeps for other prompts.
+    # its weights ("auto": on CPU the GGUF's own quantized blocks when the model has a GGUF, else fp32;
+    # "gguf": those blocks or an error; "none": fp32), and the bytes of KV the prefix store keeps.
     lean_forward: bool = True
-    quantize: str = "none"
+    quantize: str = "auto"
     prefix_cache_mb: int = 128
     # Where tokens come from (completion.sources): "" or "local" = this process.
     engine: str = ""

@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -49,3 +50,37 @@ def test_the_qwen_preset_is_known_by_name_and_says_how_to_pull_it(monkeypatch: p
     for name in ("config.json", "model.safetensors", "tokenizer.json"):
         (tmp_path / "models" / "qwen2.5-coder-1.5b" / name).write_text("{}")
     assert resolve_model("Qwen2.5-Coder-1.5B", allow_pull=False) == str(tmp_path / "models" / "qwen2.5-coder-1.5b")
+
+
+def test_the_gguf_a_model_comes_from_is_found(tmp_path: Path) -> None:
+    from tabfill.completion.gguf_models import gguf_source
+    from tabfill.completion.models import KEPT_GGUF
+
+    converted = tmp_path / "converted"
+    converted.mkdir()
+    assert gguf_source(str(converted)) is None  # a plain directory: fp32 only
+    user_file = tmp_path / "user.gguf"
+    user_file.write_bytes(b"GGUF")
+    (converted / "tabfill-source.json").write_text(json.dumps({"gguf": str(user_file)}))
+    assert gguf_source(str(converted)) == (user_file, None)  # not a complete conversion: no fp32 twin
+    (converted / "tabfill-source.json").write_text(json.dumps({"gguf": "relative/member.gguf"}))
+    assert gguf_source(str(converted)) is None  # the default model's record names a wheel member
+    (converted / KEPT_GGUF).write_bytes(b"GGUF")
+    assert gguf_source(str(converted)) == (converted / KEPT_GGUF, None)
+    assert gguf_source(str(user_file)) == (user_file, None)
+
+
+def test_quantize_gguf_says_why_it_cannot_and_auto_falls_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tabfill.completion import models
+
+    monkeypatch.setenv("TABFILL_CACHE_DIR", str(tmp_path / "cache"))
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "config.json").write_text("{}")
+    with pytest.raises(ModelError, match="no GGUF file"):
+        models.load_model(str(plain), "cpu", quantize="gguf")
+    seen: list[str] = []
+    monkeypatch.setattr(models, "resolve_model", lambda spec, progress: seen.append(spec) or "/nonexistent/dir")
+    with pytest.raises(ModelError, match="could not read the configuration"):
+        models.load_model(str(plain), "cpu", quantize="auto")  # fell back to the fp32 path
+    assert seen == [str(plain)]

@@ -37,8 +37,10 @@ def test_deadline_by_device_and_languages() -> None:
 def test_engine_settings_are_checked() -> None:
     settings, problems = parse_settings({"quantize": "int4", "prefixCacheMb": -1, "leanForward": "yes"})
     assert settings == Settings() and len(problems) == 3
-    settings, problems = parse_settings({"quantize": "int8", "prefixCacheMb": 0, "leanForward": False})
-    assert (settings.quantize, settings.prefix_cache_mb, settings.lean_forward, problems) == ("int8", 0, False, [])
+    settings, problems = parse_settings({"quantize": "gguf", "prefixCacheMb": 0, "leanForward": False})
+    assert (settings.quantize, settings.prefix_cache_mb, settings.lean_forward, problems) == ("gguf", 0, False, [])
+    settings, problems = parse_settings({"quantize": "int8"})  # retired: the GGUF blocks replace it
+    assert settings.quantize == "auto" and "quantize" in problems[0]
 
 
 def test_the_kv_slot_holds_the_longest_prompt_the_settings_allow() -> None:

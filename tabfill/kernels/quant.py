@@ -1,0 +1,254 @@
+"""GGUF-quantized weights kept in their blocks: the torch reference twin and the C kernels' wrapper.
+
+A `QuantTensor` is one GGUF matrix as its file stores it ([rows, row_bytes] uint8, usually a view of the
+memory-mapped file): nothing is dequantized at load. `QuantLinear` is a linear layer over one or more of them
+(q|k|v or gate|up fused by concatenating rows, even when the parts have different block types):
+- a few tokens (decode, draft verification): the C kernels (csrc/quant.c) unpack each row's blocks in
+  registers and multiply them with the fp32 activations, streaming the compact weights once per call;
+- many tokens (prefill): rows are dequantized tile by tile into fp32 and multiplied with torch's GEMM.
+Both compute the product of the dequantized matrix with the fp32 activations (no activation quantization),
+so the model computes what the GGUF file says up to the order of fp32 additions.
+
+`dequantize` is the reference twin in torch, written from ggml's dequantize_row_* definitions; the tests
+check it against gguf-py's numpy dequantizer and the C kernels against it.
+
+NOTE: measured on the 2-core AVX2 box, SmolLM2-135M Q4_1 (see `python -m bench.decode_step`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.machinery
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+# GGML type id -> (elements per block, bytes per block)
+F32, F16, Q4_0, Q4_1, Q8_0, Q4_K, Q6_K = 0, 1, 2, 3, 8, 12, 14
+BLOCKS: dict[int, tuple[int, int]] = {
+    F32: (1, 4), F16: (1, 2), Q4_0: (32, 18), Q4_1: (32, 20), Q8_0: (32, 34), Q4_K: (256, 144), Q6_K: (256, 210),
+}
+TYPE_NAMES = {F32: "F32", F16: "F16", Q4_0: "Q4_0", Q4_1: "Q4_1", Q8_0: "Q8_0", Q4_K: "Q4_K", Q6_K: "Q6_K"}
+# Up to this many tokens a product runs in the C kernels; beyond it, dequantized tiles and torch's GEMM.
+KERNEL_MAX_TOKENS = 16
+TILE_BYTES = 8 << 20  # fp32 bytes of one dequantized weight tile in the GEMM path
+
+
+class QuantError(ValueError):
+    """A tensor type or shape the kernels do not implement, or the kernels are not built."""
+
+
+@dataclass(frozen=True)
+class QuantTensor:
+    """A [rows, cols] matrix in GGML blocks along cols: ``data`` [rows, row_bytes] uint8."""
+
+    type: int
+    rows: int
+    cols: int
+    data: Tensor
+
+    def __post_init__(self) -> None:
+        if self.type not in BLOCKS:
+            raise QuantError(f"GGML type {self.type} is not supported (supported: {', '.join(TYPE_NAMES.values())})")
+        elems, nbytes = BLOCKS[self.type]
+        if self.cols % elems:
+            raise QuantError(f"{TYPE_NAMES[self.type]} rows of {self.cols} values are not whole blocks of {elems}")
+        expected = (self.rows, self.cols // elems * nbytes)
+        if tuple(self.data.shape) != expected or self.data.dtype != torch.uint8 or not self.data.is_contiguous():
+            raise QuantError(f"{TYPE_NAMES[self.type]} data {tuple(self.data.shape)} {self.data.dtype} is not {expected} uint8")
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.numel()
+
+    def select_rows(self, index: Tensor) -> QuantTensor:
+        """The rows ``index`` in that order (a copy of their blocks; used to undo GGUF's q/k row order)."""
+        return QuantTensor(self.type, index.numel(), self.cols, self.data[index].contiguous())
+
+
+# ---- the reference twin ------------------------------------------------------------------------------
+
+
+def _half(blocks: Tensor, offset: int) -> Tensor:  # [..., B] uint8 -> [..., 1] fp32
+    return blocks[..., offset : offset + 2].contiguous().view(torch.float16).float()
+
+
+def _nibbles(qs: Tensor) -> Tensor:  # [..., n] -> [..., 2n]: low nibbles, then high nibbles
+    return torch.cat((qs & 0x0F, qs >> 4), dim=-1)
+
+
+def _k4_scales(scales: Tensor) -> tuple[Tensor, Tensor]:  # [..., 12] -> scale, min [..., 8] (6-bit each)
+    s = scales.to(torch.int32)
+    low = torch.cat((s[..., 0:4] & 63, (s[..., 8:12] & 0x0F) | ((s[..., 0:4] >> 6) << 4)), dim=-1)
+    mins = torch.cat((s[..., 4:8] & 63, (s[..., 8:12] >> 4) | ((s[..., 4:8] >> 6) << 4)), dim=-1)
+    return low.float(), mins.float()
+
+
+def dequantize(tensor: QuantTensor) -> Tensor:
+    """fp32 [rows, cols] exactly as ggml's dequantize_row_* computes it (the reference twin)."""
+    rows, cols, kind = tensor.rows, tensor.cols, tensor.type
+    elems, nbytes = BLOCKS[kind]
+    if kind == F32:
+        return tensor.data.view(torch.float32).clone()
+    if kind == F16:
+        return tensor.data.view(torch.float16).float()
+    b = tensor.data.view(rows, cols // elems, nbytes)  # [R, nb, bytes]
+    if kind in (Q4_0, Q4_1):
+        d = _half(b, 0)
+        qs_at = 2 if kind == Q4_0 else 4
+        q = _nibbles(b[..., qs_at : qs_at + 16]).float()  # [R, nb, 32]
+        out = d * (q - 8.0) if kind == Q4_0 else d * q + _half(b, 2)
+    elif kind == Q8_0:
+        out = _half(b, 0) * b[..., 2:34].contiguous().view(torch.int8).float()
+    elif kind == Q4_K:
+        d, dmin = _half(b, 0), _half(b, 2)  # [R, nb, 1]
+        sc, mn = _k4_scales(b[..., 4:16])  # [R, nb, 8]
+        qs = b[..., 16:144].reshape(rows, -1, 4, 32)  # 4 chunks of 32 bytes: low nibbles, then high
+        q = torch.stack((qs & 0x0F, qs >> 4), dim=-2).reshape(rows, -1, 8, 32).float()  # [R, nb, 8, 32]
+        out = (d * sc)[..., None] * q - (dmin * mn)[..., None]
+    elif kind == Q6_K:
+        ql = b[..., 0:128].reshape(rows, -1, 2, 2, 32).to(torch.int32)  # [R, nb, half, ql 0..31|32..63, l]
+        qh = b[..., 128:192].reshape(rows, -1, 2, 1, 32).to(torch.int32)  # [R, nb, half, 1, l]
+        low = torch.cat((ql & 0x0F, ql >> 4), dim=-2)  # [R, nb, half, 4, 32]: q1, q2, q3, q4 low bits
+        high = torch.cat(((qh >> 0) & 3, (qh >> 2) & 3, (qh >> 4) & 3, (qh >> 6) & 3), dim=-2)
+        q = ((low | (high << 4)) - 32).float().reshape(rows, -1, 16, 16)  # [R, nb, 16 groups, 16]
+        sc = b[..., 192:208].contiguous().view(torch.int8).float()  # [R, nb, 16]
+        out = (_half(b, 208)[..., None] * sc[..., None]) * q
+    else:  # pragma: no cover - __post_init__ rejects other types
+        raise QuantError(f"type {kind}")
+    return out.reshape(rows, cols)
+
+
+# ---- the C kernels -----------------------------------------------------------------------------------
+
+
+class _Part(ctypes.Structure):
+    _fields_ = [("type", ctypes.c_int32), ("rows", ctypes.c_int32), ("data", ctypes.c_void_p), ("row_bytes", ctypes.c_int64)]
+
+
+_lib_lock = threading.Lock()
+_lib_state: list[ctypes.CDLL | str] = []
+
+
+def _library_path() -> Path | None:
+    here = Path(__file__).parent
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        candidate = here / f"_quant{suffix}"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _lib() -> ctypes.CDLL:
+    """The built kernels; QuantError saying why when they are not there."""
+    with _lib_lock:
+        if not _lib_state:
+            path = _library_path()
+            if path is None:
+                _lib_state.append(
+                    "the C kernels (tabfill/kernels/_quant) are not built: reinstall with a C compiler "
+                    "(`pip install -e .`), or in a checkout run `python setup.py build_ext --inplace`"
+                )
+            else:
+                lib = ctypes.CDLL(str(path))
+                c_ptr, c_int, c_i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
+                lib.tf_matmul.argtypes = [ctypes.POINTER(_Part), c_int, c_int, c_ptr, c_int, c_ptr, c_i64, c_int]
+                lib.tf_dequant.argtypes = [c_int, c_ptr, c_i64, c_int, c_ptr, c_int, c_ptr, c_int]
+                lib.tf_matmul.restype = lib.tf_dequant.restype = lib.tf_has_avx2.restype = c_int
+                _lib_state.append(lib)
+        state = _lib_state[0]
+    if isinstance(state, str):
+        raise QuantError(state)
+    return state
+
+
+def kernels_available() -> tuple[bool, str]:
+    """(usable, what): whether the C kernels load, and with which instruction set."""
+    try:
+        lib = _lib()
+    except (QuantError, OSError) as exc:
+        return False, str(exc)
+    return True, "AVX2+FMA" if lib.tf_has_avx2() else "portable C (no AVX2)"
+
+
+def _threads() -> int:
+    return max(1, torch.get_num_threads())
+
+
+def dequantize_rows(tensor: QuantTensor, index: Tensor | None = None) -> Tensor:
+    """fp32 [n, cols] of the rows ``index`` (all rows when None), by the C kernels."""
+    rows = None if index is None else index.to(device="cpu", dtype=torch.int64).contiguous()
+    count = tensor.rows if rows is None else rows.numel()
+    if rows is not None and count and (int(rows.min()) < 0 or int(rows.max()) >= tensor.rows):
+        raise IndexError(f"row index out of range for a matrix of {tensor.rows} rows")
+    out = torch.empty(count, tensor.cols, dtype=torch.float32)
+    status = _lib().tf_dequant(
+        tensor.type, tensor.data.data_ptr(), tensor.data.shape[1], tensor.cols,
+        None if rows is None else rows.data_ptr(), count, out.data_ptr(), _threads(),
+    )
+    if status:
+        raise QuantError(f"{TYPE_NAMES[tensor.type]} rows of {tensor.cols} cannot be dequantized")
+    return out
+
+
+class QuantLinear:
+    """``x @ W.T + bias`` for W = the parts' rows concatenated ([N, K]); x [S, K] fp32 -> [S, N] fp32."""
+
+    def __init__(self, parts: list[QuantTensor], bias: Tensor | None = None) -> None:
+        if not parts or len({p.cols for p in parts}) != 1:
+            raise QuantError("a fused linear needs parts with the same number of columns")
+        self.parts = parts
+        self.in_features = parts[0].cols
+        self.out_features = sum(p.rows for p in parts)
+        if self.in_features % 8:
+            raise QuantError(f"in_features {self.in_features} is not a multiple of 8")
+        if bias is not None and bias.shape != (self.out_features,):
+            raise QuantError(f"bias {tuple(bias.shape)} does not match {self.out_features} outputs")
+        self.bias = None if bias is None else bias.detach().float().contiguous()
+        self._lib = _lib()
+        self._parts = (_Part * len(parts))(*[_Part(p.type, p.rows, p.data.data_ptr(), p.data.shape[1]) for p in parts])
+
+    @property
+    def nbytes(self) -> int:
+        return sum(p.nbytes for p in self.parts)
+
+    def __call__(self, x: Tensor) -> Tensor:  # [S, K] -> [S, N]
+        x = x.float().contiguous()
+        tokens = x.shape[0]
+        if tokens <= KERNEL_MAX_TOKENS:
+            out = torch.empty(tokens, self.out_features, dtype=torch.float32)
+            status = self._lib.tf_matmul(
+                self._parts, len(self.parts), self.in_features, x.data_ptr(), tokens, out.data_ptr(),
+                self.out_features, _threads(),
+            )
+            if status:
+                raise QuantError("the kernels rejected this matrix")
+        else:
+            out = self._tiled_gemm(x)
+        return out if self.bias is None else out.add_(self.bias)
+
+    def _tiled_gemm(self, x: Tensor) -> Tensor:
+        """Many tokens: dequantize tiles of rows into fp32 and let torch's GEMM multiply them."""
+        out = torch.empty(x.shape[0], self.out_features, dtype=torch.float32)
+        tile_rows = max(64, TILE_BYTES // (4 * self.in_features))
+        offset = 0
+        for part in self.parts:
+            for start in range(0, part.rows, tile_rows):
+                stop = min(part.rows, start + tile_rows)
+                tile = dequantize_rows(QuantTensor(part.type, stop - start, part.cols, part.data[start:stop]))  # [n, K]
+                torch.mm(x, tile.t(), out=out[:, offset + start : offset + stop])
+            offset += part.rows
+        return out
+
+
+def reference_linear(parts: list[QuantTensor], bias: Tensor | None, x: Tensor) -> Tensor:
+    """What a QuantLinear computes, with the reference dequantizer and an fp32 matmul (for tests)."""
+    weight = torch.cat([dequantize(p) for p in parts], dim=0)  # [N, K]
+    out = x.float() @ weight.t()
+    return out if bias is None else out + bias.float()

@@ -1,0 +1,102 @@
+"""The real GGUF files on the quantized path: kernels on real tensors, the GGUF decoder against the fp32
+conversion, and the Runner features (rollback, KV read/write, drafts). Marked `model`; run in .ci/run."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import pytest
+import torch
+
+from tabfill.completion.gguf_models import GgufWeights, default_gguf
+from tabfill.completion.models import default_model_dir, load_model
+from tabfill.completion.runners import LeanRunner, make_runner
+from tabfill.kernels import quant
+from tabfill.kernels.gguf_decoder import GgufFile, decoder_from_gguf
+from tabfill.kernels.quant import QuantLinear, dequantize, dequantize_rows
+from tabfill.kernels.steps import decode_one_token, prefill
+
+pytestmark = [pytest.mark.model, pytest.mark.skipif(not quant.kernels_available()[0], reason=quant.kernels_available()[1])]
+
+QWEN = Path("/work/models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf")
+
+
+@pytest.fixture(scope="module")
+def loaded() -> object:
+    return load_model("default", "cpu", quantize="gguf")
+
+
+@pytest.fixture(scope="module")
+def prompt(loaded: object) -> list[int]:
+    import torch.nn.modules.linear as source
+
+    return loaded.tokenizer(inspect.getsource(source))["input_ids"][:300]  # type: ignore[attr-defined]
+
+
+def _check_real_tensors(path: Path, names: list[str]) -> None:
+    gguf = GgufFile(path)
+    x = torch.randn(3, 1)
+    for name in names:
+        tensor = gguf.matrix(name)
+        reference = dequantize(tensor)  # [rows, cols]
+        rows = torch.arange(0, tensor.rows, max(1, tensor.rows // 64))
+        torch.testing.assert_close(dequantize_rows(tensor, rows), reference[rows], rtol=1e-6, atol=1e-7)
+        x = torch.randn(3, tensor.cols)
+        layer = QuantLinear([tensor])
+        expected = x @ reference.t()
+        for tokens in (1, 3):
+            torch.testing.assert_close(layer(x[:tokens]), expected[:tokens], rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+
+
+def test_default_gguf_real_tensors_match_the_reference() -> None:
+    _check_real_tensors(default_gguf(), ["blk.0.attn_q.weight", "blk.7.ffn_down.weight", "token_embd.weight"])
+
+
+@pytest.mark.skipif(not QWEN.is_file(), reason=f"{QWEN} not present")
+def test_qwen_k_quant_real_tensors_match_the_reference() -> None:
+    types = {t.name: t.tensor_type.name for t in GgufFile(QWEN).tensors.values()}
+    names = ["blk.0.attn_q.weight", "blk.0.ffn_down.weight", "blk.1.ffn_down.weight"]
+    assert {types[n] for n in names} == {"Q4_K", "Q6_K"}
+    _check_real_tensors(QWEN, names)
+
+
+def test_the_loader_maps_the_gguf_instead_of_loading_fp32(loaded: object) -> None:
+    model = loaded.model  # type: ignore[attr-defined]
+    assert isinstance(model, GgufWeights) and model.path.name == "model.gguf"
+    assert model.converted == str(default_model_dir())
+    runner = make_runner(model, torch.device("cpu"), max_tokens=512, quantize="auto")
+    assert isinstance(runner, LeanRunner) and "gguf blocks" in runner.describe()["quantization"]
+
+
+def test_gguf_decoder_computes_what_the_fp32_conversion_computes(loaded: object, prompt: list[int]) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from tabfill.kernels.decoder import LeanDecoder
+
+    model = AutoModelForCausalLM.from_pretrained(str(default_model_dir()), dtype=torch.float32).eval()
+    fp32 = LeanDecoder.from_hf(model, max_tokens=512)
+    gguf = decoder_from_gguf(loaded.model.path, loaded.model.config, max_tokens=512)  # type: ignore[attr-defined]
+    tokens = torch.tensor(prompt)
+    expected = fp32.forward(tokens, 0, all_logits=True)
+    actual = gguf.forward(tokens, 0, all_logits=True)  # prefill path (tiles + GEMM)
+    assert (expected - actual).abs().max().item() < 1e-3
+    assert (expected.argmax(-1) == actual.argmax(-1)).float().mean().item() >= 0.99
+    # decode (one token at a time) and a draft verify (the small-GEMM kernels) agree with the prefill's rows
+    prefill(gguf, prompt[:200])
+    steps = torch.stack([decode_one_token(gguf, t, 200 + i) for i, t in enumerate(prompt[200:204])])
+    torch.testing.assert_close(steps, actual[200:204], rtol=1e-4, atol=2e-3)
+    torch.testing.assert_close(gguf.forward(prompt[200:208], 200, all_logits=True), actual[200:208], rtol=1e-4, atol=2e-3)
+
+
+def test_runner_rollback_and_kv_round_trip(loaded: object, prompt: list[int]) -> None:
+    runner = make_runner(loaded.model, torch.device("cpu"), max_tokens=512, quantize="gguf")  # type: ignore[attr-defined]
+    fresh = runner.forward(prompt[:120], 0)
+    runner.forward(prompt[120:160], 120)  # more context written ...
+    assert runner.keep(100) == 100
+    again = runner.forward(prompt[100:120], 100)  # ... and rolled back: the same logits as before
+    torch.testing.assert_close(again, fresh, rtol=1e-4, atol=1e-4)
+    kv = runner.read_kv(0, 120)
+    runner.forward(prompt[200:320], 0)  # overwrite the slot with another prompt
+    runner.write_kv(0, kv)  # the prefix pool's hit
+    torch.testing.assert_close(runner.forward(prompt[119:120], 119), fresh, rtol=1e-4, atol=1e-4)

@@ -1,0 +1,99 @@
+"""The GGUF block kernels: the torch reference twin against gguf-py's dequantizer, the C kernels against the
+reference (random blocks of every supported type, fused parts of mixed types, 1..16 tokens and the GEMM path)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from gguf import GGMLQuantizationType
+from gguf.quants import dequantize as gguf_dequantize
+
+from tabfill.kernels import quant
+from tabfill.kernels.quant import QuantError, QuantLinear, QuantTensor, dequantize, dequantize_rows, reference_linear
+
+TYPES = [quant.F32, quant.F16, quant.Q4_0, quant.Q4_1, quant.Q8_0, quant.Q4_K, quant.Q6_K]
+# offsets of the fp16 fields in each block (random bytes there could be inf/nan)
+_HALF_FIELDS = {quant.Q4_0: (0,), quant.Q4_1: (0, 2), quant.Q8_0: (0,), quant.Q4_K: (0, 2), quant.Q6_K: (208,)}
+
+built, why_not = quant.kernels_available()
+needs_kernels = pytest.mark.skipif(not built, reason=why_not)
+
+
+def random_tensor(kind: int, rows: int, cols: int, seed: int = 0) -> QuantTensor:
+    """Random blocks of ``kind``: random payload bits, scales drawn like a trained model's (small, signed)."""
+    gen = np.random.default_rng(seed)
+    elems, nbytes = quant.BLOCKS[kind]
+    if kind in (quant.F32, quant.F16):
+        values = gen.standard_normal((rows, cols)).astype(np.float32 if kind == quant.F32 else np.float16)
+        return QuantTensor(kind, rows, cols, torch.from_numpy(values.view(np.uint8).copy()))
+    blocks = gen.integers(0, 256, (rows, cols // elems, nbytes), dtype=np.uint8)
+    for offset in _HALF_FIELDS[kind]:
+        halves = (gen.standard_normal((rows, cols // elems)) * 0.02).astype(np.float16)
+        blocks[..., offset : offset + 2] = halves.view(np.uint8).reshape(rows, cols // elems, 2)
+    return QuantTensor(kind, rows, cols, torch.from_numpy(blocks.reshape(rows, -1).copy()))
+
+
+@pytest.mark.parametrize("kind", TYPES, ids=lambda k: quant.TYPE_NAMES[k])
+def test_reference_dequantize_matches_gguf_py(kind: int) -> None:
+    tensor = random_tensor(kind, 7, 512, seed=kind)
+    expected = gguf_dequantize(tensor.data.numpy(), GGMLQuantizationType(kind)).astype(np.float32)
+    actual = dequantize(tensor)
+    assert actual.shape == (7, 512)
+    # same formulas; only fp32 rounding of d * scale * q may differ by an ulp
+    torch.testing.assert_close(actual, torch.from_numpy(expected.reshape(7, 512)), rtol=1e-6, atol=1e-7)
+
+
+@needs_kernels
+@pytest.mark.parametrize("kind", TYPES, ids=lambda k: quant.TYPE_NAMES[k])
+def test_c_dequantize_matches_reference(kind: int) -> None:
+    tensor = random_tensor(kind, 37, 768, seed=10 + kind)
+    expected = dequantize(tensor)
+    torch.testing.assert_close(dequantize_rows(tensor), expected, rtol=1e-6, atol=1e-7)
+    index = torch.tensor([36, 0, 5, 5])
+    torch.testing.assert_close(dequantize_rows(tensor, index), expected[index], rtol=1e-6, atol=1e-7)
+    with pytest.raises(IndexError):
+        dequantize_rows(tensor, torch.tensor([37]))
+
+
+@needs_kernels
+@pytest.mark.parametrize("kind", TYPES, ids=lambda k: quant.TYPE_NAMES[k])
+@pytest.mark.parametrize("tokens", [1, 3, 8, 16, 40])
+def test_matmul_matches_reference(kind: int, tokens: int) -> None:
+    weight = random_tensor(kind, 200, 512, seed=kind * 100 + tokens)
+    x = torch.randn(tokens, 512, generator=torch.Generator().manual_seed(tokens))
+    actual = QuantLinear([weight])(x)
+    expected = reference_linear([weight], None, x)
+    assert actual.shape == (tokens, 200)
+    scale = expected.abs().max().item()
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5 * scale)
+
+
+@needs_kernels
+@pytest.mark.parametrize("tokens", [1, 5, 33])
+def test_fused_parts_of_mixed_types_with_bias(tokens: int) -> None:
+    parts = [random_tensor(quant.Q4_K, 96, 1024, 1), random_tensor(quant.Q4_K, 32, 1024, 2), random_tensor(quant.Q6_K, 40, 1024, 3)]
+    bias = torch.randn(168)
+    x = torch.randn(tokens, 1024)
+    expected = reference_linear(parts, bias, x)
+    torch.testing.assert_close(QuantLinear(parts, bias)(x), expected, rtol=1e-4, atol=1e-5 * expected.abs().max().item())
+
+
+@needs_kernels
+def test_threads_split_rows_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    weight = random_tensor(quant.Q4_1, 1000, 576, 4)
+    x = torch.randn(1, 576)
+    layer = QuantLinear([weight])
+    monkeypatch.setattr(quant, "_threads", lambda: 1)
+    one = layer(x)
+    monkeypatch.setattr(quant, "_threads", lambda: 3)
+    assert torch.equal(layer(x), one)  # each row is computed by one thread in the same order
+
+
+def test_bad_shapes_are_typed_errors() -> None:
+    with pytest.raises(QuantError, match="whole blocks"):
+        QuantTensor(quant.Q4_K, 2, 100, torch.zeros(2, 100, dtype=torch.uint8))
+    with pytest.raises(QuantError, match="not supported"):
+        QuantTensor(99, 2, 32, torch.zeros(2, 32, dtype=torch.uint8))
+    with pytest.raises(QuantError, match="is not"):
+        QuantTensor(quant.Q8_0, 2, 64, torch.zeros(2, 60, dtype=torch.uint8))
