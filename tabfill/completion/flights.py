@@ -329,8 +329,12 @@ class Flights:
             reason: StopReason
             if state.sequence != continuation.sequence or outcome == "superseded":
                 reason = "superseded"
-            elif outcome in ("timeLimit", "error"):
-                reason = "timeLimit" if outcome == "timeLimit" else "error"
+            elif outcome == "timeLimit":
+                reason = "timeLimit"
+            elif outcome == "error":  # the source failed: its state is not to be resumed
+                reason = "error"
+                if state.continuations.get(continuation.key) is continuation:
+                    del state.continuations[continuation.key]
             else:
                 reason = "preempted"
             continuation.stopped = reason

@@ -194,3 +194,19 @@ def test_a_continuation_dropped_before_it_ran_says_so() -> None:
         assert kept is not None and kept.stopped == "preempted" and source.resumes_from == []
     finally:
         service.close()
+
+
+class FailingSource(SlowSource):
+    def resume(self, state: Resumable, cancel: CancelToken, deadline: Deadline) -> Generation:
+        raise RuntimeError("the engine went away")
+
+
+def test_a_continuation_whose_source_fails_says_so_and_is_not_kept() -> None:
+    service = serve(FailingSource())
+    heard = Heard(service)
+    try:
+        assert service.complete(ask(service, "a")).finish_reason == "deadline"
+        assert heard.wait(1) == [("file:///a.py", "error", "a")]
+        assert service.flights.continuation("file:///a.py") is None
+    finally:
+        service.close()
