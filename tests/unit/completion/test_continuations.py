@@ -141,7 +141,7 @@ def test_a_continuation_that_hits_its_time_cap_says_so_and_the_same_place_resume
         assert source.resumes_from == sorted(source.resumes_from) and source.resumes_from[slices] == generated
         assert all(WHOLE.startswith(answer.text) for answer in answers)
         cached = service.complete(ask(service, "last"))
-        assert (cached.source, cached.text) == ("cache", WHOLE)
+        assert cached.source in ("cache", "continuation") and cached.text == WHOLE and source.steps == len(WORDS)
     finally:
         service.close()
 
