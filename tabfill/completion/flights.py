@@ -5,7 +5,9 @@
 - newest wins: any other request for the document cancels that job and takes a new sequence number; the
   superseded request is answered from the newest one's answer when the user only typed in between;
 - continuation: a generation cut by its deadline goes on in background slices, publishing its text for
-  type-through, while it still belongs to the document's newest request; the same prompt resumes it.
+  type-through, while it still belongs to the document's newest request. It always ends by saying so: whole
+  (the service's `on_ready`) or stopped (`Stopped`: time cap, preempted, superseded, error); a stopped one
+  is kept, and the next request with the same prompt resumes it instead of starting over.
 
 Thread-safe: the LSP thread asks, the engine worker answers and publishes.
 """
@@ -13,20 +15,32 @@ Thread-safe: the LSP thread asks, the engine worker answers and publishes.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Literal
 
 from tabfill.completion.source import TokenSource
 from tabfill.completion.types import CancelToken, Completion, CompletionRequest, Deadline, Generation, Resumable, Source
 from tabfill.completion.worker import Cancelled, EngineWorker
 from tabfill.syntax_cache.context import SyntaxContext
 
+log = logging.getLogger(__name__)
+
 # After a deadline, the rest is generated in the background in slices of this many milliseconds, each
 # publishing the text so far for type-through, for at most CONTINUE_MAX_MS.
 CONTINUE_SLICE_MS = 40
 CONTINUE_MAX_MS = 5_000
+# Continuations kept per document (the oldest goes first): typing a character and deleting it comes back
+# to a place whose continuation was superseded meanwhile, and resumes it.
+CONTINUATIONS_KEPT = 4
+
+# Why a continuation stopped before its answer was whole (sent to the editor in tabfill/completionReady):
+# its CONTINUE_MAX_MS were spent; the worker took it off for another document's request; a newer request
+# for its document took over; the source failed.
+StopReason = Literal["timeLimit", "preempted", "superseded", "error"]
 
 Key = tuple[object, ...]  # what identifies a prompt: the settings and the text that went into it
 
@@ -99,19 +113,22 @@ class Continuation:
     suffix: str
     state: Resumable
     running: bool = True  # its background job has not ended yet
+    stopped: StopReason | None = None  # why it stopped before its answer was whole (it stays resumable)
 
 
 @dataclass
 class DocumentState:
     shown: Shown | None = None
     flight: Flight | None = None
-    continuation: Continuation | None = None
+    continuations: dict[Key, Continuation] = dataclasses.field(default_factory=dict)  # oldest first
     sequence: int = 0  # the newest model request's number
     previous_tokens: tuple[int, ...] = ()  # the last generation's tokens (a corpus for drafts)
 
 
 # Shows what a continuation has so far; False when a newer request for the document took over.
 Publish = Callable[[Continuation, Generation], bool]
+# Says that a continuation stopped before its answer was whole, and why (any thread; must not block).
+Stopped = Callable[[Continuation, StopReason], None]
 
 
 class Flights:
@@ -137,21 +154,23 @@ class Flights:
             flight.token.cancel("shutdown")
 
     def forget_shown(self) -> None:
-        """A new model: no suggestion of the old one is typed through."""
+        """A new model: no suggestion of the old one is typed through, and none of its generations resumed."""
         with self._lock:
             for state in self._documents.values():
                 state.shown = None
+                state.continuations.clear()
 
     def busy(self, uri: str) -> bool:
         """A job of this document is in flight or its continuation still runs."""
         with self._lock:
             state = self._documents.get(uri)
-            return state is not None and (state.flight is not None or (state.continuation is not None and state.continuation.running))
+            return state is not None and (state.flight is not None or any(kept.running for kept in state.continuations.values()))
 
     def continuation(self, uri: str) -> Continuation | None:
+        """The document's newest kept continuation (running, or stopped and resumable)."""
         with self._lock:
             state = self._documents.get(uri)
-            return state.continuation if state is not None else None
+            return next(reversed(state.continuations.values()), None) if state is not None else None
 
     # ------------------------------------------------------------------ type-through
     def type_through(self, request: CompletionRequest) -> Completion | None:
@@ -250,39 +269,79 @@ class Flights:
 
     # ------------------------------------------------------------------ continuations
     def resumable(self, uri: str, key: Key) -> tuple[Resumable | None, tuple[int, ...]]:
-        """The document's cut generation when it was for this same prompt (it is taken either way), and the
-        previous generation's tokens."""
+        """The document's cut generation for this same prompt, taken (others stay for a request back at their
+        place), and the previous generation's tokens."""
         with self._lock:
             state = self._state(uri)
-            continuation, state.continuation = state.continuation, None
+            continuation = state.continuations.pop(key, None)
             corpus = state.previous_tokens
-        return (continuation.state if continuation is not None and continuation.key == key else None), corpus
+        return (continuation.state if continuation is not None else None), corpus
 
     def answered(self, request: CompletionRequest, completion: Completion, generation: Generation) -> None:
         with self._lock:
             self._state(request.uri).previous_tokens = generation.token_ids
         self.remember(request, completion)
 
-    def keep_going(self, continuation: Continuation, source: TokenSource, publish: Publish) -> None:
+    def keep_going(self, continuation: Continuation, source: TokenSource, publish: Publish, stopped: Stopped) -> None:
         """Generate the rest of a deadline-cut answer in the background, in slices, publishing each. Any real
-        request preempts it; one with the same prompt resumes it."""
+        request preempts it; one with the same prompt resumes it. Unless its document was closed, it ends
+        with a whole answer published or with `stopped(continuation, why)`, even when its job never ran."""
         uri = continuation.request.uri
         with self._lock:
-            self._state(uri).continuation = continuation
+            kept = self._state(uri).continuations
+            kept.pop(continuation.key, None)
+            kept[continuation.key] = continuation
+            while len(kept) > CONTINUATIONS_KEPT:
+                del kept[next(iter(kept))]
 
-        def run(token: CancelToken) -> None:
+        def run(token: CancelToken) -> str:
             until = Deadline.after_ms(CONTINUE_MAX_MS)
-            try:
-                while not token.cancelled and not until.expired:
-                    generation = source.resume(continuation.state, token, Deadline.after_ms(CONTINUE_SLICE_MS))
-                    if generation.finish_reason == "cancelled" or not publish(continuation, generation):
-                        return
-                    if generation.finish_reason != "deadline":
-                        return
-            finally:
-                continuation.running = False
+            while not token.cancelled:
+                if until.expired:
+                    return "timeLimit"
+                generation = source.resume(continuation.state, token, Deadline.after_ms(CONTINUE_SLICE_MS))
+                if generation.finish_reason == "cancelled":
+                    break
+                if not publish(continuation, generation):
+                    return "superseded"
+                if generation.finish_reason != "deadline":
+                    return "finished"
+            return token.reason or "preempted"
 
-        self._worker.submit(run, key=uri, background=True)
+        def ended(future: Future[str]) -> None:
+            if future.cancelled() or future.exception() is not None:  # dropped before it ran, or failed
+                error = None if future.cancelled() else future.exception()
+                outcome = "error" if error is not None and not isinstance(error, Cancelled) else token.reason or "preempted"
+            else:
+                outcome = future.result()
+            self._end(continuation, outcome, stopped)
+
+        token = CancelToken()
+        self._worker.submit(run, token, key=uri, background=True).add_done_callback(ended)
+
+    def _end(self, continuation: Continuation, outcome: str, stopped: Stopped) -> None:
+        """A continuation's background job ended; say why when its answer is not whole."""
+        with self._lock:
+            continuation.running = False
+            state = self._documents.get(continuation.request.uri)
+            if outcome == "finished" or state is None or outcome in ("shutdown", "document closed"):
+                return
+            reason: StopReason
+            if state.sequence != continuation.sequence or outcome == "superseded":
+                reason = "superseded"
+            elif outcome == "timeLimit":
+                reason = "timeLimit"
+            elif outcome == "error":  # the source failed: its state is not to be resumed
+                reason = "error"
+                if state.continuations.get(continuation.key) is continuation:
+                    del state.continuations[continuation.key]
+            else:
+                reason = "preempted"
+            continuation.stopped = reason
+        try:
+            stopped(continuation, reason)
+        except Exception:  # the editor hint is optional; the continuation stays resumable either way
+            log.exception("stopped callback failed")
 
     def publish(self, continuation: Continuation, completion: Completion, generation: Generation) -> bool:
         """Record what a continuation has so far, unless a newer request for the document took over (False)."""
@@ -292,7 +351,8 @@ class Flights:
             if state is None or state.sequence != continuation.sequence:
                 return False
             if generation.finish_reason != "deadline":
-                state.continuation = None
+                if state.continuations.get(continuation.key) is continuation:
+                    del state.continuations[continuation.key]
                 state.previous_tokens = generation.token_ids
             if completion.text:
                 state.shown = Shown.of(request, completion)

@@ -20,7 +20,7 @@ from typing import Literal
 from cachetools import TTLCache
 
 from tabfill.completion.fim import TEMPLATES, FimTemplate
-from tabfill.completion.flights import Continuation, Flights, Key
+from tabfill.completion.flights import Continuation, Flights, Key, StopReason
 from tabfill.completion.models import ModelError, ProgressFn
 from tabfill.completion.postprocess import postprocess
 from tabfill.completion.prompt import WINDOW_CHARS_PER_TOKEN, cross_file_header, cursor_context, make_prompt, prompt_window, window_chars
@@ -85,6 +85,9 @@ class CompletionService:
         # Called (from a remote source's I/O thread) once when its engine becomes unreachable (a message for
         # the user) and once when it is back (None): one report per outage, however many keystrokes meet it.
         self.on_outage: Callable[[str | None], None] | None = None
+        # Called (any thread) when a deadline-cut answer's continuation stopped before it was whole (time
+        # cap, preempted, superseded, error): no whole answer is coming unless the editor asks there again.
+        self.on_stopped: Callable[[CompletionRequest, StopReason], None] | None = None
         self.last_context: SyntaxContext | None = None
         self.last_cross_file = ""  # the cross-file header of the last request that reached the context stage
 
@@ -251,7 +254,7 @@ class CompletionService:
         self.flights.answered(request, completion, generation)
         if generation.continuation is not None:
             continuation = Continuation(planned.key, sequence, request, planned.context, planned.suffix, generation.continuation)
-            self.flights.keep_going(continuation, source, self._publish)
+            self.flights.keep_going(continuation, source, self._publish, self._stopped)
         return completion
 
     def _postprocess(self, request: CompletionRequest, context: SyntaxContext, suffix: str, generation: Generation) -> tuple[str, int]:
@@ -280,6 +283,12 @@ class CompletionService:
             except Exception:  # the editor hint is optional; the generation's result is already kept
                 log.exception("on_ready callback failed")
         return True
+
+    def _stopped(self, continuation: Continuation, reason: StopReason) -> None:
+        log.debug("continuation of %s stopped: %s", continuation.request.request_id, reason)
+        notify = self.on_stopped
+        if notify is not None:
+            notify(continuation.request, reason)
 
     def warm(self, request: CompletionRequest) -> None:
         """Prefill the prompt for `request` in the background (document opened, or answered without the

@@ -47,7 +47,8 @@ class TabfillServer(LanguageServer):
         self.documents = DocumentStore()
         self.service = service or CompletionService(settings)
         self.service.on_outage = self._engine_outage
-        self.service.on_ready = lambda request, completion: self.call_from_thread(self._completion_ready, request, completion)
+        self.service.on_ready = lambda request, completion: self.call_from_thread(self._completion_ready, request, "")
+        self.service.on_stopped = lambda request, reason: self.call_from_thread(self._completion_ready, request, reason)
         self._loop: asyncio.AbstractEventLoop | None = None
         self.initial_options: Any = None
         self.stats = StatsStore()
@@ -108,17 +109,22 @@ class TabfillServer(LanguageServer):
         except Exception:  # a warm-up is an optimisation: never let it break document sync
             log.warning("warm-up of %s at %r failed", uri, position, exc_info=True)
 
-    def _completion_ready(self, request: CompletionRequest, completion: Completion) -> None:
-        """A deadline-cut answer is now complete: tell the client, if the document is still at that version,
-        so it can ask again at that position (answered from the result cache at once)."""
+    def _completion_ready(self, request: CompletionRequest, stopped: str) -> None:
+        """A deadline-cut answer is now complete (`stopped` empty: asking again at that position is answered
+        from the result cache at once), or its generation stopped before that (`stopped` says why; asking
+        again there resumes it). Told to the client if the document is still at that version."""
         document = self.documents.get(request.uri)
         if document is None or document.version != request.version:
             return
         line, character = position_at(document, request.offset, self.encoding)
-        self.protocol.notify(
-            READY_NOTIFICATION,
-            {"textDocument": {"uri": request.uri, "version": request.version}, "position": {"line": line, "character": character}},
-        )
+        params: dict[str, object] = {
+            "textDocument": {"uri": request.uri, "version": request.version},
+            "position": {"line": line, "character": character},
+            "finished": not stopped,
+        }
+        if stopped:
+            params["reason"] = stopped
+        self.protocol.notify(READY_NOTIFICATION, params)
 
     def _request_at(self, document: Document, offset: int, request_id: str) -> CompletionRequest:
         uri = document.uri

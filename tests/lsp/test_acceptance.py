@@ -150,9 +150,15 @@ async def test_a_deadline_cut_answer_is_announced_when_whole_and_then_served_fro
         open_document(lsp, uri, SOURCE)
         first = await inline(lsp, uri, *END)
         assert all(as_json(lsp, item)["command"]["arguments"][0]["partial"] for item in first.items)
-        ready = await asyncio.wait_for(announced.get(), 60)
-        assert field(field(ready, "textDocument"), "uri") == uri and field(field(ready, "textDocument"), "version") == 1
-        assert (field(field(ready, "position"), "line"), field(field(ready, "position"), "character")) == END
+        for _ in range(60):  # on a slow machine the continuation may hit its time cap: asking there resumes it
+            ready = await asyncio.wait_for(announced.get(), 60)
+            assert field(field(ready, "textDocument"), "uri") == uri and field(field(ready, "textDocument"), "version") == 1
+            assert (field(field(ready, "position"), "line"), field(field(ready, "position"), "character")) == END
+            if field(ready, "finished"):
+                break
+            assert field(ready, "reason") == "timeLimit"
+            await inline(lsp, uri, *END)
+        assert field(ready, "finished")
         whole = await suggestion(lsp, uri)
         arguments = as_json(lsp, whole)["command"]["arguments"][0]
         assert (arguments["source"], arguments["partial"]) == ("continuation", False)

@@ -3,7 +3,10 @@
 //
 // The server answers a completion within its deadline with what it has, finishes the answer in the
 // background and then sends this notification (only if the document is still at the request's version).
-// Asking again at that position is answered from the server's result cache with the whole answer.
+// `finished: true`: asking again at that position is answered from the server's result cache with the
+// whole answer. `finished: false` (with a `reason`): the background generation stopped before the end
+// (time cap, preempted, superseded); the next request there resumes it, so asking again at once would only
+// restart the same capped work: nothing to do.
 
 export const COMPLETION_READY = "tabfill/completionReady";
 
@@ -18,6 +21,8 @@ export interface CompletionReady {
   uri: string;
   version: number;
   position: Place;
+  finished: boolean; // true when the server does not say (servers before the field)
+  reason?: string; // why not finished
 }
 
 /** What matters of the active editor: its document (uri as sent to the server) and its primary selection. */
@@ -27,7 +32,7 @@ export interface ActiveEditor {
   selection: { anchor: Place; active: Place };
 }
 
-export type Decision = "trigger" | "no editor" | "other document" | "other version" | "selection" | "cursor moved";
+export type Decision = "trigger" | "not finished" | "no editor" | "other document" | "other version" | "selection" | "cursor moved";
 
 function isPlace(value: unknown): value is Place {
   const place = value as Place | null;
@@ -38,7 +43,12 @@ function isPlace(value: unknown): value is Place {
 
 /** The params of a `tabfill/completionReady` notification; undefined when they are not of that shape. */
 export function parseCompletionReady(params: unknown): CompletionReady | undefined {
-  const value = params as { textDocument?: { uri?: unknown; version?: unknown }; position?: unknown } | null;
+  const value = params as {
+    textDocument?: { uri?: unknown; version?: unknown };
+    position?: unknown;
+    finished?: unknown;
+    reason?: unknown;
+  } | null;
   if (typeof value !== "object" || value === null || typeof value.textDocument !== "object" || value.textDocument === null) {
     return undefined;
   }
@@ -46,16 +56,28 @@ export function parseCompletionReady(params: unknown): CompletionReady | undefin
   if (typeof uri !== "string" || typeof version !== "number" || !Number.isInteger(version) || !isPlace(value.position)) {
     return undefined;
   }
-  return { uri, version, position: { line: value.position.line, character: value.position.character } };
+  const ready: CompletionReady = {
+    uri,
+    version,
+    position: { line: value.position.line, character: value.position.character },
+    finished: value.finished !== false,
+  };
+  if (typeof value.reason === "string") {
+    ready.reason = value.reason;
+  }
+  return ready;
 }
 
 function samePlace(a: Place, b: Place): boolean {
   return a.line === b.line && a.character === b.character;
 }
 
-/** "trigger" when the active editor is still where the cut answer was asked: same document and version,
+/** "trigger" when the answer is whole and the active editor is still where it was asked: same document and version,
  * an empty selection (a plain cursor) at the notified position; otherwise why not. */
 export function decide(ready: CompletionReady, editor: ActiveEditor | undefined): Decision {
+  if (!ready.finished) {
+    return "not finished";
+  }
   if (!editor) {
     return "no editor";
   }

@@ -3,7 +3,7 @@ import { test } from "node:test";
 import { decide, parseCompletionReady, type ActiveEditor, type CompletionReady } from "../src/ready";
 
 const uri = "file:///home/me/project/sample.py";
-const ready: CompletionReady = { uri, version: 7, position: { line: 5, character: 15 } };
+const ready: CompletionReady = { uri, version: 7, position: { line: 5, character: 15 }, finished: true };
 
 function editor(overrides: Partial<ActiveEditor> = {}): ActiveEditor {
   const cursor = { line: 5, character: 15 };
@@ -12,6 +12,10 @@ function editor(overrides: Partial<ActiveEditor> = {}): ActiveEditor {
 
 test("the same document, version and an empty cursor at the position: trigger", () => {
   assert.equal(decide(ready, editor()), "trigger");
+});
+
+test("a generation that stopped before its end (finished: false): nothing, wherever the cursor is", () => {
+  assert.equal(decide({ ...ready, finished: false, reason: "timeLimit" }, editor()), "not finished");
 });
 
 test("the document changed since (another version): nothing", () => {
@@ -39,7 +43,13 @@ test("a selection that is not empty: nothing, even when it ends at the position"
 
 test("params from the server are checked before use", () => {
   const params = { textDocument: { uri, version: 7 }, position: { line: 5, character: 15 } };
-  assert.deepEqual(parseCompletionReady(params), ready);
+  assert.deepEqual(parseCompletionReady(params), ready); // no `finished` (an older server): whole
+  assert.deepEqual(parseCompletionReady({ ...params, finished: true }), ready);
+  assert.deepEqual(parseCompletionReady({ ...params, finished: false, reason: "timeLimit" }), {
+    ...ready,
+    finished: false,
+    reason: "timeLimit",
+  });
   assert.equal(parseCompletionReady(null), undefined);
   assert.equal(parseCompletionReady({ textDocument: { uri }, position: { line: 5, character: 15 } }), undefined);
   assert.equal(parseCompletionReady({ textDocument: { uri, version: "7" }, position: { line: 5, character: 15 } }), undefined);

@@ -82,6 +82,7 @@ local state = {
   last_request = nil, ---@type {bufnr: integer, row: integer, col: integer}|nil
   last_answer = nil, ---@type {bufnr: integer, row: integer, col: integer, text: string, source: string?, partial: boolean?}|nil
   ready_seen = 0, -- tabfill/completionReady notifications received
+  ready_unfinished = 0, -- of which said the answer will not be whole (finished = false)
   ready_requests = 0, -- ... that asked again (the cursor was still where the cut answer was for)
   fallbacks = {}, ---@type table<string, table>
 }
@@ -381,13 +382,19 @@ end
 
 --- `tabfill/completionReady`: an answer cut by the server's deadline is now whole (in the server's result
 --- cache). Ask again at once when nothing moved since: same buffer and document version, same cursor,
---- still in insert mode, and this plugin's last request was for that position.
+--- still in insert mode, and this plugin's last request was for that position. `finished = false` says
+--- the server's background generation stopped before the end (time cap, preempted, superseded): the next
+--- request there resumes it, so asking again at once would only restart capped work.
 on_completion_ready = function(_, params, ctx)
   state.ready_seen = state.ready_seen + 1
   if state.builtin then
     return -- NOTE: vim.lsp.inline_completion (0.12) has no API to ask again without a keystroke
   end
   if type(params) ~= "table" or type(params.textDocument) ~= "table" or type(params.position) ~= "table" then
+    return
+  end
+  if params.finished == false then
+    state.ready_unfinished = state.ready_unfinished + 1
     return
   end
   local bufnr = vim.api.nvim_get_current_buf()
@@ -653,6 +660,7 @@ function M.info()
     last_request = state.last_request,
     last_answer = state.last_answer,
     ready_seen = state.ready_seen,
+    ready_unfinished = state.ready_unfinished,
     ready_requests = state.ready_requests,
     kept = state.kept,
     in_flight = state.in_flight,

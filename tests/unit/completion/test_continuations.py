@@ -1,0 +1,214 @@
+"""No lost answers: a deadline-cut answer's continuation ends whole or says why it stopped, and the next
+request at that place resumes it — with a model slowed on purpose (every step sleeps)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import pytest
+
+from tabfill.completion import flights
+from tabfill.completion.models import ProgressFn
+from tabfill.completion.service import CompletionService
+from tabfill.completion.source import TokenSource
+from tabfill.completion.types import (
+    CancelToken, CompletionRequest, Deadline, EngineInfo, Generation, Prompt, Resumable, Settings, Timings,
+)
+from tests.support import build_tiny_tokenizer
+
+TEXT = "def area(r):\n    return "
+WORDS = ("r", *[" + r"] * 39)  # 40 "tokens", one per step
+WHOLE = "".join(WORDS)
+STEP_S = 0.02  # each step of the slow model
+
+
+@dataclass(eq=False)
+class _Decoding:
+    prompt: Prompt
+    generated: int = 0  # how many of WORDS are generated so far
+
+
+@dataclass
+class SlowSource:
+    """Generates WORDS one per step, each step sleeping STEP_S; counts every step it runs."""
+
+    info: EngineInfo = EngineInfo("slow", "cpu", "none", 0.0, "prefix-only")
+    tokenizer: object = field(default_factory=build_tiny_tokenizer)
+    steps: int = 0
+    generates: int = 0
+    resumes_from: list[int] = field(default_factory=list)
+
+    def describe(self) -> dict[str, object]:
+        return {"runner": "slow"}
+
+    def generate(self, prompt: Prompt, cancel: CancelToken, deadline: Deadline, corpus: Sequence[int] = ()) -> Generation:
+        self.generates += 1
+        return self._run(_Decoding(prompt), cancel, deadline)
+
+    def resume(self, state: Resumable, cancel: CancelToken, deadline: Deadline) -> Generation:
+        assert isinstance(state, _Decoding)
+        self.resumes_from.append(state.generated)
+        return self._run(state, cancel, deadline)
+
+    def _run(self, state: _Decoding, cancel: CancelToken, deadline: Deadline) -> Generation:
+        while state.generated < len(WORDS):
+            if cancel.cancelled or deadline.expired:
+                finish = "cancelled" if cancel.cancelled else "deadline"
+                return self._result(state, finish)
+            time.sleep(STEP_S)
+            self.steps += 1
+            state.generated += 1
+        return self._result(state, "eos")
+
+    @staticmethod
+    def _result(state: _Decoding, finish: str) -> Generation:
+        ids = tuple(range(state.generated))
+        text = "".join(WORDS[: state.generated])
+        return Generation(ids, text, finish, len(state.prompt.token_ids), Timings(), continuation=state if finish == "deadline" else None)  # type: ignore[arg-type]
+
+    def warm(self, token_ids: list[int], cancel: CancelToken) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
+class Heard:
+    """What the service told the editor: whole answers and stops, in order."""
+
+    def __init__(self, service: CompletionService) -> None:
+        self.events: list[tuple[str, str, str]] = []  # (uri, "ready" | reason, request id)
+        self._changed = threading.Condition()
+        service.on_ready = lambda request, completion: self._add(request, "ready")
+        service.on_stopped = lambda request, reason: self._add(request, reason)
+
+    def _add(self, request: CompletionRequest, what: str) -> None:
+        with self._changed:
+            self.events.append((request.uri, what, request.request_id))
+            self._changed.notify_all()
+
+    def wait(self, count: int, timeout: float = 20.0) -> list[tuple[str, str, str]]:
+        with self._changed:
+            assert self._changed.wait_for(lambda: len(self.events) >= count, timeout), self.events
+            return list(self.events)
+
+
+def serve(source: SlowSource) -> CompletionService:
+    def opener(chosen: Settings, progress: ProgressFn) -> TokenSource:
+        return source
+
+    service = CompletionService(Settings(engine="slow://here", deadline_ms=60), opener=opener)
+    service.load().result(10)
+    return service
+
+
+def ask(service: CompletionService, request_id: str, uri: str = "file:///a.py", text: str = TEXT) -> CompletionRequest:
+    return CompletionRequest(uri, "python", 1, text, len(text), request_id)
+
+
+@pytest.fixture
+def short_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(flights, "CONTINUE_MAX_MS", 150)  # the slow model needs ~800 ms for the whole answer
+
+
+@pytest.mark.usefixtures("short_cap")
+def test_a_continuation_that_hits_its_time_cap_says_so_and_the_same_place_resumes_it() -> None:
+    source = SlowSource()
+    service = serve(source)
+    heard = Heard(service)
+    try:
+        first = service.complete(ask(service, "1"))
+        assert first.finish_reason == "deadline" and WHOLE.startswith(first.text)
+        assert heard.wait(1) == [("file:///a.py", "timeLimit", "1")]
+        kept = service.flights.continuation("file:///a.py")
+        assert kept is not None and kept.stopped == "timeLimit" and not kept.running
+        generated, slices = source.steps, len(source.resumes_from)
+        assert 0 < generated < len(WORDS)
+        answers = [first]
+        for attempt in range(2, 30):  # each request at that place goes on where the last one stopped
+            if heard.events[-1][1] == "ready":
+                break
+            answers.append(service.complete(ask(service, str(attempt))))
+            if answers[-1].finish_reason != "deadline":  # finished within this request's own deadline
+                break
+            heard.wait(attempt)
+        assert heard.events[-1][1] == "ready" or answers[-1].text == WHOLE
+        assert {what for _, what, _ in heard.events if what != "ready"} == {"timeLimit"}
+        assert source.generates == 1 and source.steps == len(WORDS)  # no token was generated twice
+        assert source.resumes_from == sorted(source.resumes_from) and source.resumes_from[slices] == generated
+        assert all(WHOLE.startswith(answer.text) for answer in answers)
+        cached = service.complete(ask(service, "last"))
+        assert cached.source in ("cache", "continuation") and cached.text == WHOLE and source.steps == len(WORDS)
+    finally:
+        service.close()
+
+
+@pytest.mark.usefixtures("short_cap")
+def test_a_continuation_preempted_by_another_documents_request_says_so() -> None:
+    source = SlowSource()
+    service = serve(source)
+    heard = Heard(service)
+    try:
+        assert service.complete(ask(service, "a")).finish_reason == "deadline"
+        service.complete(ask(service, "b", uri="file:///b.py"))
+        events = heard.wait(2)
+        assert ("file:///a.py", "preempted", "a") in events
+    finally:
+        service.close()
+
+
+@pytest.mark.usefixtures("short_cap")
+def test_a_superseded_continuation_says_so_and_is_resumed_back_at_its_place() -> None:
+    source = SlowSource()
+    service = serve(source)
+    heard = Heard(service)
+    try:
+        assert service.complete(ask(service, "1")).finish_reason == "deadline"
+        time.sleep(0.05)  # its continuation is running
+        service.complete(ask(service, "2", text=TEXT + "x"))  # the user typed: another place
+        assert heard.wait(1)[0] == ("file:///a.py", "superseded", "1")
+        before = source.generates
+        heard.wait(2)  # the second place's continuation stops too
+        back = service.complete(ask(service, "3"))  # the user deleted the "x"
+        assert source.generates == before and WHOLE.startswith(back.text)
+        assert source.resumes_from[-1] > 0  # it went on from what the first continuation had
+    finally:
+        service.close()
+
+
+def test_a_continuation_dropped_before_it_ran_says_so() -> None:
+    source = SlowSource()
+    service = serve(source)
+    heard = Heard(service)
+    gate = threading.Event()
+    try:
+        answer = service.submit(ask(service, "a"))
+        blocker = service._worker.submit(lambda token: gate.wait(5))  # queued behind the request: runs first
+        assert answer.result(10).finish_reason == "deadline"  # its continuation now waits in the queue
+        service._worker.submit(lambda token: None)  # another request drops it before it ran
+        gate.set()
+        blocker.result(10)
+        assert heard.wait(1) == [("file:///a.py", "preempted", "a")]
+        kept = service.flights.continuation("file:///a.py")
+        assert kept is not None and kept.stopped == "preempted" and source.resumes_from == []
+    finally:
+        service.close()
+
+
+class FailingSource(SlowSource):
+    def resume(self, state: Resumable, cancel: CancelToken, deadline: Deadline) -> Generation:
+        raise RuntimeError("the engine went away")
+
+
+def test_a_continuation_whose_source_fails_says_so_and_is_not_kept() -> None:
+    service = serve(FailingSource())
+    heard = Heard(service)
+    try:
+        assert service.complete(ask(service, "a")).finish_reason == "deadline"
+        assert heard.wait(1) == [("file:///a.py", "error", "a")]
+        assert service.flights.continuation("file:///a.py") is None
+    finally:
+        service.close()
