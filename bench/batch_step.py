@@ -32,10 +32,10 @@ def measure(
     rounds: int = 3, context: int = 400, attention: bool = False,
 ) -> dict[str, float]:
     """ms per step of each batch size and the single-row step; ratios to the single-row step."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
-    prompt = _code_prompt(str(model_dir), context + max(rows))
+    prompt = _code_prompt(AutoTokenizer.from_pretrained(str(model_dir)), context + max(rows))
     decoder = LeanDecoder.from_hf(model, max_tokens=context + 8)
     batch = BatchedDecoder(decoder, slots=max(rows), max_tokens=context + 8)
     prefill(decoder, prompt[:context])

@@ -36,7 +36,7 @@ from bench.machine import memory_bandwidth_gbs
 from tabfill.kernels.gguf_decoder import GgufDecoder, decoder_from_gguf
 from tabfill.kernels.steps import decode_one_token, prefill, verify_draft
 
-QWEN_GGUF = Path("/work/models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf")
+DEFAULT_MODEL_DIR = Path.home() / ".cache" / "tabfill" / "models" / "smollm2-135m"
 PREFILL_TOKENS = 384
 DRAFT_TOKENS = 8
 
@@ -216,20 +216,39 @@ def measure(
     return results
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", action="append", help="default, a converted directory or a .gguf (repeatable)")
-    parser.add_argument("--steps", type=int, default=16)
+def step_parser(doc: str | None, steps: int, model_default: str | None = str(DEFAULT_MODEL_DIR)) -> argparse.ArgumentParser:
+    """The options the step micro-benchmarks share: --model, --steps, --context, --threads."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if model_default is None:
+        parser.add_argument("--model", action="append", help="default, a preset, a converted directory or a .gguf (repeatable)")
+    else:
+        parser.add_argument("--model", default=model_default)
+    parser.add_argument("--steps", type=int, default=steps)
     parser.add_argument("--context", type=int, default=400)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--line-cases", type=int, default=72, help="greedy first lines compared on the first model (0: skip)")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    models = args.model or ["default", *([str(QWEN_GGUF)] if QWEN_GGUF.is_file() else [])]
-    results = measure(models[0], args.steps, context=args.context, threads=args.threads, extra=tuple(models[1:]), line_cases=args.line_cases)
+    return parser
+
+
+def print_results(results: dict[str, Any]) -> None:
     width = max(len(key) for key in results)
     for key, value in results.items():
         print(f"{key:<{width}}  {value:10.3f}" if isinstance(value, float) else f"{key:<{width}}  {value}")
+
+
+def _pulled_code_model() -> list[str]:
+    """The code-model preset, when `tabfill model pull qwen2.5-coder-1.5b` has been run (never fetched here)."""
+    from tabfill.completion.models import SPLIT_PRESETS, cache_root
+
+    return [name for name in SPLIT_PRESETS if (cache_root() / "models" / name).is_dir()]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = step_parser(__doc__, 16, model_default=None)
+    parser.add_argument("--line-cases", type=int, default=72, help="greedy first lines compared on the first model (0: skip)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    models = args.model or ["default", *_pulled_code_model()]
+    print_results(measure(models[0], args.steps, context=args.context, threads=args.threads, extra=tuple(models[1:]), line_cases=args.line_cases))
 
 
 if __name__ == "__main__":
