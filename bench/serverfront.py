@@ -35,9 +35,9 @@ import httpx
 from bench import machine
 from bench.cases import typing_cases
 from bench.replay import run_typing_case
-from bench.run import default_gguf, ensure_llama_cpp, log
+from bench.run import ensure_llama_cpp, log
 from bench.systems import LlamaCppSystem, System, TabfillSystem, _free_port
-from tabfill.completion.models import resolve_model
+from tabfill.completion.models import preset_gguf, resolve_model
 
 HERE = Path(__file__).resolve().parent
 MODEL_SOURCES = ("model", "continuation")  # answers that came from the server
@@ -210,7 +210,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     python, how = ensure_llama_cpp(install=not args.no_install)
     if python is None:
         raise SystemExit(f"llama-cpp-python's server is not available: {how}")
-    gguf, model_dir = default_gguf(), resolve_model("default")
+    gguf, model_dir = preset_gguf("default"), resolve_model("default")
+    assert gguf is not None
     cases = typing_cases(args.typing_cases, pace=args.pace)
     results: dict[str, Any] = {
         "command": args.command_line, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": machine.git_commit(),

@@ -78,13 +78,16 @@ class LlamaServer:
 
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
-    from bench.run import default_gguf, ensure_llama_cpp
+    from bench.run import ensure_llama_cpp
+    from tabfill.completion.models import preset_gguf
 
     started = time.monotonic()
     python, how = ensure_llama_cpp(install=True)
     assert python is not None, how
     print(f"llama-cpp-python server: {how} in {time.monotonic() - started:.0f} s")
-    server = LlamaServer(python, default_gguf(), tmp_path_factory.mktemp("llama") / "server.log")
+    gguf = preset_gguf("default")
+    assert gguf is not None
+    server = LlamaServer(python, gguf, tmp_path_factory.mktemp("llama") / "server.log")
     server.start()
     try:
         yield server
