@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tabfill.completion.gguf_models import GgufWeights, default_gguf
-from tabfill.completion.models import default_model_dir, load_model
+from tabfill.completion.models import QWEN_CODER_1_5B, cache_root, default_model_dir, load_model
 from tabfill.completion.runners import LeanRunner, make_runner
 from tabfill.kernels import quant
 from tabfill.kernels.gguf_decoder import GgufFile, decoder_from_gguf
@@ -19,7 +19,7 @@ from tabfill.kernels.steps import decode_one_token, prefill
 
 pytestmark = [pytest.mark.model, pytest.mark.skipif(not quant.kernels_available()[0], reason=quant.kernels_available()[1])]
 
-QWEN = Path("/work/models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf")
+QWEN = cache_root() / "models" / QWEN_CODER_1_5B.file_name  # after `tabfill model pull qwen2.5-coder-1.5b`
 
 
 @pytest.fixture(scope="module")
