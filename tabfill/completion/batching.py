@@ -23,10 +23,10 @@ from typing import Any
 
 import torch
 
+from tabfill.completion.batch_types import BatchEvent, BatchRequest
 from tabfill.completion.decoding import DRAFT_TOKENS, Decoding, Vocabulary, eos_ids
 from tabfill.completion.models import LoadedModel
 from tabfill.completion.prefix_cache import PrefixCache
-from tabfill.completion.types import Prompt
 from tabfill.kernels import steps
 from tabfill.kernels.batch import BatchedDecoder, RowInput
 from tabfill.kernels.decoder import LeanDecoder
@@ -39,25 +39,6 @@ log = logging.getLogger(__name__)
 PREFILL_CHUNK_TOKENS = 128
 
 FINISHES = ("stop", "length", "eos", "cancelled", "error")
-
-
-@dataclass(frozen=True)
-class BatchRequest:
-    id: str
-    prompt: Prompt
-    salt: bytes  # the tenant: prefix-cache keys are salted with it
-    priority: float  # smaller = sooner (e.g. the deadline as a monotonic time)
-    corpus: tuple[int, ...] = ()  # extra tokens for prompt-lookup drafts (e.g. the previous suggestion)
-
-
-@dataclass(frozen=True)
-class BatchEvent:
-    id: str
-    token_ids: tuple[int, ...]  # tokens generated since the last event (healing tokens included)
-    text: str  # continuation text since the last event (healing text stripped; never taken back)
-    finish: str | None  # None while running; else one of FINISHES
-    cached_tokens: int  # prompt tokens whose KV came from the prefix store
-    prompt_tokens: int
 
 
 @dataclass(eq=False)
@@ -312,3 +293,6 @@ def generate_all(engine: BatchedEngine, requests: Sequence[BatchRequest], max_st
         for event in engine.step():
             events[event.id].append(event)
     raise RuntimeError(f"requests still running after {max_steps} steps")
+
+
+__all__ = ["FINISHES", "BatchEvent", "BatchRequest", "BatchedEngine", "generate_all"]

@@ -116,7 +116,7 @@ class Engine:
         return logits
 
     @torch.inference_mode()
-    def warm(self, token_ids: list[int], cancel: CancelToken) -> int:
+    def warm(self, token_ids: list[int], cancel: CancelToken, *, document: str = "") -> int:
         """Prefill all but the last token of a prompt expected soon (a real request then forwards at least
         that one). Stops between chunks when cancelled. Returns the tokens it ran."""
         head = token_ids[:-1]
@@ -167,7 +167,7 @@ class Engine:
         """A new generation of `prompt`; `corpus` (e.g. the previous suggestion's tokens) feeds the drafts."""
         return Decoding.begin(prompt, self.eos_ids, tuple(corpus), self.draft_tokens)
 
-    def generate(self, prompt: Prompt, cancel: CancelToken, deadline: Deadline, corpus: Sequence[int] = ()) -> Generation:
+    def generate(self, prompt: Prompt, cancel: CancelToken, deadline: Deadline, corpus: Sequence[int] = (), *, document: str = "") -> Generation:
         """Greedy decoding of `prompt` until a stop, EOS, max tokens, the deadline or cancellation."""
         return self.resume(self.start(prompt, corpus), cancel, deadline)
 

@@ -236,6 +236,12 @@ class EngineClient:
         if sock is not None:
             self._send(sock, {"type": "cancel", "id": request_id})
 
+    def send(self, frame: dict[str, Any]) -> bool:
+        """Send a frame that gets no answer (warm); False when there is no connection."""
+        with self._lock:
+            sock = self._sock
+        return sock is not None and self._send(sock, frame)
+
     def request(self, frame: dict[str, Any], timeout_s: float = 5.0) -> dict[str, Any]:
         """A frame without an id (status, ping) and its answer; raises EngineUnavailable."""
         with self._lock:

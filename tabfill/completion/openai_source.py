@@ -150,7 +150,7 @@ class OpenAISource:
             described["lastStream"] = {"promptTokens": last.prompt_tokens, "cachedTokens": last.cached_tokens, "firstByteMs": first_byte}
         return described
 
-    def generate(self, prompt: Prompt, cancel: CancelToken, deadline: Deadline, corpus: Sequence[int] = ()) -> Generation:
+    def generate(self, prompt: Prompt, cancel: CancelToken, deadline: Deadline, corpus: Sequence[int] = (), *, document: str = "") -> Generation:
         if self.health.in_backoff():
             return Generation((), "", "error", len(prompt.token_ids))
         stream = self._start(prompt, prompt.max_new_tokens, priority=0)
@@ -163,7 +163,7 @@ class OpenAISource:
         cancel.on_cancel(state.stream.wake)  # NOTE: a preempted background slice only returns; the stream stays open
         return self._wait(state, cancel, deadline)
 
-    def warm(self, token_ids: list[int], cancel: CancelToken) -> int:
+    def warm(self, token_ids: list[int], cancel: CancelToken, *, document: str = "") -> int:
         """Send the prompt expected soon with one token to generate, at a lower priority, so the server's
         prefix cache holds it. Returns at once (0: what it prefills is the server's to count)."""
         if len(token_ids) < 2 or self.health.in_backoff():

@@ -3,16 +3,26 @@ text comes back as it is decoded.
 
 `generate` returns at the deadline with finish "deadline" and the still-open request as its continuation
 (a `RemoteStream`); `resume` keeps reading that request's deltas, so the deadline cut and the background
-continuation work as in-process. Imports neither torch nor transformers: the tokenizer comes from the
-engine (tokenizers library). Without a connection every call answers at once with finish "error".
+continuation work as in-process. A continuation stays open on the engine when a `resume` is cancelled (a
+preempted background slice only stops reading): the engine ends it when a newer request of its document
+supersedes it, and the front-end cancels it when the service drops it. `warm` sends the prompt expected
+soon in a warm frame, which the engine prefills when it has nothing more urgent to do.
+
+Requests carry their document as an opaque key (HMAC-SHA-256 of the URI under a key of this process):
+the engine scopes supersession by it and never sees the URI. Imports neither torch nor transformers: the
+tokenizer comes from the engine (tokenizers library). Without a connection every call answers at once
+with finish "error".
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import itertools
 import os
 import queue
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +51,7 @@ class RemoteStream:
     text: str = ""
     finish: FinishReason | None = None
     done: dict[str, Any] = field(default_factory=dict)
+    handed_off: bool = False  # returned as a continuation: the generate call's cancel token no longer owns it
 
 
 class RemoteSource:
@@ -60,6 +71,14 @@ class RemoteSource:
         load_ms = (time.perf_counter() - started) * 1000
         self.info = EngineInfo(f"{welcome.model} @ {url}", "remote", "remote", load_ms, template.name if template else "prefix-only")
         self.last_done: dict[str, Any] = {}
+        self.warms = 0
+        self._document_secret = os.urandom(32)
+
+    def document_key(self, document: str) -> str:
+        """What the engine gets for a document (a URI): opaque, stable while this process runs."""
+        if not document:
+            return ""
+        return hmac.new(self._document_secret, document.encode(), hashlib.sha256).hexdigest()[:32]
 
     def _state(self, state: str, why: str) -> None:
         if self._on_state is not None:
@@ -75,12 +94,13 @@ class RemoteSource:
             "kind": "team engine", "url": self.client.url, "connected": self.client.connected,
             "model": welcome.model if welcome else "", "tenant": welcome.tenant if welcome else "",
             "limits": dict(welcome.limits) if welcome else {}, "reconnects": self.client.reconnects,
+            "warms": self.warms,
         }
 
     def status(self) -> dict[str, Any]:
         return self.client.request({"type": "status"})
 
-    def generate(self, prompt: Prompt, cancel: CancelToken, deadline: Deadline, corpus: Sequence[int] = (),
+    def generate(self, prompt: Prompt, cancel: CancelToken, deadline: Deadline, corpus: Sequence[int] = (), *,
                  document: str = "", priority: int = 0) -> Generation:
         request_id = f"r{next(_sequence)}"
         deadline_ms = 0 if deadline.at is None else max(1, int((deadline.at - time.monotonic()) * 1000))
@@ -89,20 +109,33 @@ class RemoteSource:
             "stop": {"single_line": prompt.stop.single_line, "block_indent": prompt.stop.block_indent,
                      "max_lines": prompt.stop.max_lines, "token_ids": sorted(prompt.stop_token_ids)},
             "healing_text": prompt.healing_text, "deadline_ms": deadline_ms, "priority": priority,
-            "document": document, "corpus": list(corpus)[-2048:],
+            "document": self.document_key(document), "corpus": list(corpus)[-2048:],
         }
         stream = RemoteStream(request_id, prompt, self.client.open_stream(frame))
-        return self.resume(stream, cancel, deadline)
+        cancel.on_cancel(lambda _reason: self._cancel_unless_handed_off(stream))
+        generation = self._wait(stream, cancel, deadline)
+        if generation.continuation is not None and not stream.handed_off:
+            stream.handed_off = True
+            weakref.finalize(stream, self.client.cancel, stream.id)  # NOTE: dropped by the service: stop it there
+        return generation
+
+    def _cancel_unless_handed_off(self, stream: RemoteStream) -> None:
+        """The generate call's token: cancelled before it returned a continuation, the answer is unwanted."""
+        if not stream.handed_off and not stream.finish:
+            self.client.cancel(stream.id)
 
     def resume(self, state: object, cancel: CancelToken, deadline: Deadline) -> Generation:
-        assert isinstance(state, RemoteStream)
-        stream = state
-        cancel.on_cancel(lambda _reason: self.client.cancel(stream.id))
+        """Read on. A cancelled `cancel` only stops the reading; the request stays open on the engine."""
+        if not isinstance(state, RemoteStream):
+            raise TypeError(f"not a continuation of this source: {type(state).__name__}")
+        return self._wait(state, cancel, deadline)
+
+    def _wait(self, stream: RemoteStream, cancel: CancelToken, deadline: Deadline) -> Generation:
         started = time.perf_counter()
+        finish: FinishReason | None = None
         while not stream.finish:
             if cancel.cancelled:
-                self.client.cancel(stream.id)
-                stream.finish = "cancelled"
+                finish = "cancelled"
                 break
             wait = None if deadline.at is None else deadline.at - time.monotonic()
             if wait is not None and wait <= 0:
@@ -115,9 +148,9 @@ class RemoteSource:
         timings = Timings().add("engine", (time.perf_counter() - started) * 1000)
         done = stream.done
         return Generation(
-            tuple(stream.token_ids), stream.text, stream.finish or "deadline", len(stream.prompt.token_ids), timings,
+            tuple(stream.token_ids), stream.text, stream.finish or finish or "deadline", len(stream.prompt.token_ids), timings,
             cached_tokens=int(done.get("cached_tokens", 0)),
-            continuation=None if stream.finish else stream,
+            continuation=None if stream.finish or finish else stream,
         )
 
     def _apply(self, stream: RemoteStream, frame: dict[str, Any]) -> None:
@@ -134,8 +167,17 @@ class RemoteSource:
             stream.done = frame
             self.last_done = frame
 
-    def warm(self, token_ids: list[int], cancel: CancelToken) -> int:
-        return 0  # NOTE: the engine's (per-tenant) prefix store keeps recent prompts; no separate warm-up frame
+    def warm(self, token_ids: list[int], cancel: CancelToken, *, document: str = "") -> int:
+        """Ask the engine to prefill this prompt when it is idle (a warm frame; no answer). Returns 0: the
+        engine does the work, and a newer request of the document takes its place."""
+        if len(token_ids) < 2 or cancel.cancelled:
+            return 0
+        limit = self.client.welcome.limits.get("max_prompt_tokens", 0) if self.client.welcome else 0
+        if limit and len(token_ids) > limit:
+            token_ids = token_ids[:limit]  # NOTE: the head is what the prompt of the next keystroke shares
+        if self.client.send({"type": "warm", "prompt": list(token_ids), "document": self.document_key(document)}):
+            self.warms += 1
+        return 0
 
     def close(self) -> None:
         self.client.close()

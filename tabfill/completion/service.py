@@ -228,15 +228,18 @@ class CompletionService:
     def _model_stages(self, source: TokenSource, template: FimTemplate | None, planned: _Planned, sequence: int, cancel: CancelToken) -> Completion:
         request, timings = planned.request, planned.timings
         resumable, corpus = self.flights.resumable(request.uri, planned.key)
+        generation = None
         if resumable is not None:  # NOTE: the same prompt as a generation cut by its deadline: go on with it
             generation = source.resume(resumable, cancel, planned.deadline)
-        else:
+            if generation.finish_reason == "cancelled" and not cancel.cancelled:
+                generation = None  # the source dropped it (a team engine's newer request of the document): start over
+        if generation is None:
             with timings.measure("prompt"):
                 prompt = make_prompt(
                     self.settings, source.tokenizer, template, planned.context, planned.header, planned.prefix, planned.suffix,
                     repo_for(request, self.settings),
                 )
-            generation = source.generate(prompt, cancel, planned.deadline, corpus)
+            generation = source.generate(prompt, cancel, planned.deadline, corpus, document=request.uri)
         timings.extend(generation.timings)
         if generation.finish_reason == "cancelled":
             raise Cancelled(cancel.reason or "cancelled")
@@ -304,6 +307,6 @@ class CompletionService:
             header = cross_file_header(request, settings)
             prefix, suffix = prompt_window(request, settings, header)
             prompt = make_prompt(settings, source.tokenizer, template, context, header, prefix, suffix, repo_for(request, settings))
-            source.warm(list(prompt.token_ids), token)
+            source.warm(list(prompt.token_ids), token, document=request.uri)
 
         self._worker.submit(run, key=request.uri, background=True)

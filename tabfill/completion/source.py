@@ -62,17 +62,21 @@ class TokenSource(Protocol):
         """Its set-up and its caches' counters, for `tabfill/status` ("engine")."""
         ...
 
-    def generate(self, prompt: Prompt, cancel: CancelToken, deadline: Deadline, corpus: Sequence[int] = ()) -> Generation:
+    def generate(self, prompt: Prompt, cancel: CancelToken, deadline: Deadline, corpus: Sequence[int] = (), *, document: str = "") -> Generation:
         """Generate until a stop, EOS, max tokens, cancellation or the deadline; at the deadline the result has
-        finish_reason "deadline" and a `continuation`. `corpus` (e.g. the previous answer's tokens) feeds drafts."""
+        finish_reason "deadline" and a `continuation`. `corpus` (e.g. the previous answer's tokens) feeds drafts.
+        `document` (its URI) lets a shared engine keep one generation per document (a newer one supersedes)."""
         ...
 
     def resume(self, state: Resumable, cancel: CancelToken, deadline: Deadline) -> Generation:
-        """Go on with a generation cut by its deadline (the whole text so far, as `generate` returns it)."""
+        """Go on with a generation cut by its deadline (the whole text so far, as `generate` returns it).
+        Finish "cancelled" while `cancel` is not set: the source dropped it (e.g. a shared engine superseded
+        it); the caller starts over."""
         ...
 
-    def warm(self, token_ids: list[int], cancel: CancelToken) -> int:
-        """Prefill a prompt expected soon; returns the tokens it ran (0 when there was nothing to do)."""
+    def warm(self, token_ids: list[int], cancel: CancelToken, *, document: str = "") -> int:
+        """Prefill a prompt expected soon (in `document`); returns the tokens it ran here (0 when there was
+        nothing to do, or when a server does the work)."""
         ...
 
     def close(self) -> None: ...

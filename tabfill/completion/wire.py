@@ -174,7 +174,7 @@ class Generate:
     corpus: tuple[int, ...]
 
 
-def _ids(value: Any, name: str, request_id: str, limit: int, vocab_size: int) -> tuple[int, ...]:
+def _ids(value: Any, name: str, request_id: str | None, limit: int, vocab_size: int) -> tuple[int, ...]:
     if not isinstance(value, (list, tuple)):
         raise ProtocolError(BAD_REQUEST, f"generate: {name} must be a list of token ids", request_id)
     if len(value) > limit:
@@ -213,6 +213,22 @@ def parse_generate(frame: Mapping[str, Any], *, vocab_size: int, max_prompt_toke
         raise ProtocolError(BAD_REQUEST, "generate: healing_text, deadline_ms, priority or document out of range", request_id)
     corpus = _ids(frame.get("corpus", []), "corpus", request_id, MAX_CORPUS_TOKENS, vocab_size)
     return Generate(request_id, prompt, wanted, stop, healing, deadline_ms, priority, document, corpus)
+
+
+@dataclass(frozen=True)
+class Warm:
+    """A checked warm frame: a prompt expected soon, to prefill into the tenant's prefix cache."""
+
+    prompt: tuple[int, ...]
+    document: str
+
+
+def parse_warm(frame: Mapping[str, Any], *, vocab_size: int, max_prompt_tokens: int) -> Warm:
+    prompt = _ids(_field(frame, "prompt", (list, tuple)), "warm prompt", None, max_prompt_tokens, vocab_size)
+    document = _field(frame, "document", str, default="")
+    if len(prompt) < 2 or len(document) > MAX_DOCUMENT_KEY_CHARS:
+        raise ProtocolError(BAD_REQUEST, "warm: the prompt needs 2 tokens or more, the document key at most 256 characters")
+    return Warm(prompt, document)
 
 
 def parse_cancel(frame: Mapping[str, Any]) -> str:

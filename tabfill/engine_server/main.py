@@ -142,7 +142,8 @@ def open_backend(args: argparse.Namespace) -> tuple[ModelCard, StepEngine, int]:
     store_bytes = args.prefix_cache_mb * 2**20
     if args.backend in ("auto", "batched"):
         try:
-            from tabfill.completion.batching import BatchedEngine, BatchRequest, generate_all
+            from tabfill.completion.batch_types import BatchRequest
+            from tabfill.completion.batching import BatchedEngine, generate_all
         except ImportError:  # NOTE: a build without the batched engine
             if args.backend == "batched":
                 raise SystemExit("tabfill: this build has no batched engine; use --backend serial") from None

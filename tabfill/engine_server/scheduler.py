@@ -4,6 +4,11 @@ Keystroke scheduling: a newer request for the same document supersedes the queue
 (never two generations for one document); waiting requests start shortest-deadline first; the wait queue is
 bounded and a full queue answers busy rather than growing. The network side calls `submit` and `cancel`
 from its own thread; only this thread calls the engine's add/cancel/step.
+
+Warm-ups (`submit_warm`): a prompt expected soon, prefilled (one token generated) so that its KV is in the
+tenant's prefix store when the keystroke comes. They are the lowest class: started only when no keystroke
+request waits, at most WARM_SLOTS at once, taken off the engine when a keystroke request needs their slot,
+replaced by a newer warm-up of their document and dropped by any request of it; never answered.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import itertools
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -20,6 +26,9 @@ from typing import Any, Protocol
 from tabfill.engine_server.batch_api import BatchEvent, BatchRequest
 
 log = logging.getLogger(__name__)
+
+WARM_SLOTS = 2  # warm-ups prefilling at once (the engine prefills one chunk per step anyway)
+WARM_PRIORITY_S = 3600.0  # a warm-up's priority: after every keystroke request in the engine's own order
 
 
 class StepEngine(Protocol):
@@ -44,6 +53,7 @@ class Job:
     request: BatchRequest
     document: str
     sink: Callable[[Job, BatchEvent], None]
+    warm: bool = False  # a warm-up: prefill only, lowest class, never answered
     submitted: float = field(default_factory=time.perf_counter)
     admitted: float = 0.0
     first_event: float = 0.0
@@ -69,12 +79,14 @@ class Scheduler:
         self._queued: dict[str, Job] = {}
         self._running: dict[str, Job] = {}
         self._documents: dict[str, Job] = {}
+        self._warms: OrderedDict[str, Job] = OrderedDict()  # waiting warm-ups, oldest first (at most max_queue)
         self._to_cancel: list[str] = []
         self._arrivals = itertools.count()
         self._closed = False
         self.steps = 0
         self.generated_tokens = 0
         self.step_seconds = 0.0
+        self.warm_counts = {"started": 0, "done": 0, "dropped": 0}
         self._thread = threading.Thread(target=self._run, name="tabfill-scheduler", daemon=True)
 
     # ------------------------------------------------------------------ network side (any thread)
@@ -88,16 +100,23 @@ class Scheduler:
         if self._thread.is_alive():
             self._thread.join(timeout=10)
 
+    def _wake_engine(self) -> None:
+        """An engine whose step waits for I/O (the OpenAI backend) returns from it to take new work."""
+        wake = getattr(self.engine, "wake", None)
+        if callable(wake):
+            wake()
+
     def submit(self, job: Job) -> None:
         """Queue `job`, superseding the document's previous one; raises Busy when the queue is full."""
         superseded: Job | None = None
         with self._cond:
-            if job.id in self._queued or job.id in self._running:
+            if job.id in self._queued or job.id in self._running or job.id in self._warms:
                 raise ValueError(f"request id {job.id!r} is already in flight")
             if job.document:
                 previous = self._documents.get(job.document)
                 if previous is not None and self._drop(previous):
                     superseded = previous
+                    self.warm_counts["dropped"] += previous.warm
             full = len(self._queued) >= self.max_queue
             if not full:
                 self._queued[job.id] = job
@@ -105,18 +124,47 @@ class Scheduler:
                     self._documents[job.document] = job
                 heapq.heappush(self._queue, (job.request.priority, next(self._arrivals), job))
             self._cond.notify_all()
+        self._wake_engine()
         if superseded is not None:
             superseded.sink(superseded, final_event(superseded, "superseded"))
         if full:
             raise Busy(f"{self.max_queue} requests are waiting (the limit)")
 
+    def submit_warm(self, job: Job) -> bool:
+        """Queue a warm-up (`job.warm`), replacing its document's waiting or running one. False (and nothing
+        queued) when a request of its document is open: that request's prefill is the warm-up."""
+        assert job.warm
+        dropped: list[Job] = []
+        with self._cond:
+            if job.id in self._queued or job.id in self._running or job.id in self._warms:
+                raise ValueError(f"request id {job.id!r} is already in flight")
+            previous = self._documents.get(job.document) if job.document else None
+            if previous is not None and not previous.warm:
+                return False
+            if previous is not None and self._drop(previous):
+                dropped.append(previous)
+            while len(self._warms) >= self.max_queue:
+                _, oldest = self._warms.popitem(last=False)
+                if self._drop(oldest):
+                    dropped.append(oldest)
+            self._warms[job.id] = job
+            if job.document:
+                self._documents[job.document] = job
+            self.warm_counts["dropped"] += len(dropped)
+            self._cond.notify_all()
+        self._wake_engine()
+        for old in dropped:
+            old.sink(old, final_event(old, "superseded"))
+        return True
+
     def cancel(self, request_id: str, finish: str = "cancelled") -> bool:
         """Stop a queued or running request now (its last event, `finish`, is sent here); False if unknown."""
         with self._cond:
-            job = self._queued.get(request_id) or self._running.get(request_id)
+            job = self._queued.get(request_id) or self._running.get(request_id) or self._warms.get(request_id)
             if job is None or not self._drop(job):
                 return False
             self._cond.notify_all()
+        self._wake_engine()
         job.sink(job, final_event(job, finish))
         return True
 
@@ -126,7 +174,8 @@ class Scheduler:
         if job.finished:
             return False
         job.finished = True
-        if self._queued.pop(job.id, None) is None and self._running.pop(job.id, None) is not None:
+        queued = self._queued.pop(job.id, None) or self._warms.pop(job.id, None)
+        if queued is None and self._running.pop(job.id, None) is not None:
             self._to_cancel.append(job.id)
         if self._documents.get(job.document) is job:
             del self._documents[job.document]
@@ -137,33 +186,52 @@ class Scheduler:
             return {
                 "slots": self.slots, "running": len(self._running), "queued": len(self._queued), "maxQueue": self.max_queue,
                 "steps": self.steps, "generatedTokens": self.generated_tokens, "stepSeconds": round(self.step_seconds, 3),
+                "warms": {"waiting": len(self._warms), **self.warm_counts},
             }
 
     # ------------------------------------------------------------------ the scheduler thread
-    def _take_work(self) -> tuple[list[str], list[Job]] | None:
+    def _take_work(self) -> tuple[list[str], list[Job], list[Job]] | None:
+        """(engine cancels, jobs to add, warm-ups taken off for a keystroke request), or None once closed."""
         with self._cond:
-            while not self._closed and not self._queued and not self._running and not self._to_cancel:
+            while not self._closed and not self._queued and not self._running and not self._to_cancel and not self._warms:
                 self._cond.wait()
             if self._closed:
                 return None
+            preempted: list[Job] = []
+            if len(self._queued) > self.slots - len(self._running):  # keystrokes wait: warm-ups give their slots
+                for job in [job for job in self._running.values() if job.warm][: len(self._queued)]:
+                    self._drop(job)
+                    preempted.append(job)
+                self.warm_counts["dropped"] += len(preempted)
             cancels, self._to_cancel = self._to_cancel, []
             admitted: list[Job] = []
             while self._queue and len(self._running) < self.slots:
                 _, _, job = heapq.heappop(self._queue)
                 if self._queued.pop(job.id, None) is job:
-                    self._running[job.id] = job
-                    job.admitted = time.perf_counter()
-                    admitted.append(job)
+                    self._admit(job, admitted)
             if not self._queued:
                 self._queue.clear()  # only dropped jobs were left in the heap
-            return cancels, admitted
+                warming = sum(1 for job in self._running.values() if job.warm)
+                while self._warms and warming < WARM_SLOTS and len(self._running) < self.slots:
+                    _, job = self._warms.popitem()  # NOTE: the newest first: the cursor rests there now
+                    self._admit(job, admitted)
+                    warming += 1
+                    self.warm_counts["started"] += 1
+            return cancels, admitted, preempted
+
+    def _admit(self, job: Job, admitted: list[Job]) -> None:
+        self._running[job.id] = job
+        job.admitted = time.perf_counter()
+        admitted.append(job)
 
     def _run(self) -> None:
         while True:
             work = self._take_work()
             if work is None:
                 return
-            cancels, admitted = work
+            cancels, admitted, preempted = work
+            for job in preempted:
+                job.sink(job, final_event(job, "cancelled"))
             try:
                 for request_id in cancels:
                     self.engine.cancel(request_id)
@@ -198,6 +266,8 @@ class Scheduler:
                     del self._running[event.id]
                     if self._documents.get(job.document) is job:
                         del self._documents[job.document]
+                    if job.warm:
+                        self.warm_counts["done"] += 1
             job.first_event = job.first_event or now
             job.generated += len(event.token_ids)
             self.generated_tokens += len(event.token_ids)

@@ -21,7 +21,7 @@ from typing import Any
 from tabfill.completion import wire
 from tabfill.completion.types import Prompt, StopRule
 from tabfill.engine_server.batch_api import BatchEvent, BatchRequest
-from tabfill.engine_server.scheduler import Busy, Job, Scheduler
+from tabfill.engine_server.scheduler import WARM_PRIORITY_S, Busy, Job, Scheduler
 from tabfill.engine_server.tokens import Tenant, TokenStore
 
 log = logging.getLogger(__name__)
@@ -93,8 +93,9 @@ class EngineServer:
             connection.release()
             writer.close()
 
-    def admit(self, tenant: Tenant) -> str | None:
-        """Count a generate against the tenant's limits; the reason it is refused, or None."""
+    def admit(self, tenant: Tenant, count: bool = True) -> str | None:
+        """Count a generate against the tenant's limits (`count`: False only checks, for a warm-up); the
+        reason it is refused, or None."""
         state = self._tenants.setdefault(tenant.name, _TenantState())
         now = time.monotonic()
         while state.recent and state.recent[0] < now - 60:
@@ -103,8 +104,9 @@ class EngineServer:
             return f"tenant {tenant.name} is over its limit of {tenant.rpm} requests per minute"
         if tenant.concurrent and state.active >= tenant.concurrent:
             return f"tenant {tenant.name} has {state.active} requests running (its limit)"
-        state.recent.append(now)
-        state.active += 1
+        if count:
+            state.recent.append(now)
+            state.active += 1
         return None
 
     def release(self, tenant: Tenant) -> None:
@@ -128,6 +130,8 @@ class _Connection:
         self.pending: deque[bytes | wire.ProtocolError] = deque()
         self.tenant: Tenant | None = None
         self.jobs: dict[str, Job] = {}  # this connection's open generations by the client's id
+        self.warms: dict[str, Job] = {}  # its waiting or running warm-ups by their engine id
+        self._warm_ids = itertools.count(1)
         self.closed = False
 
     # ---------------------------------------------------------------- frames in and out
@@ -207,6 +211,8 @@ class _Connection:
         kind = frame["type"]
         if kind == "generate":
             self.generate(frame)
+        elif kind == "warm":
+            self.warm(frame)
         elif kind == "cancel":
             job = self.jobs.get(wire.parse_cancel(frame))
             if job is not None:
@@ -242,11 +248,8 @@ class _Connection:
         )
         # NOTE: shortest deadline first; a priority class (0 = keystroke) weighs 10 s per step.
         priority = time.monotonic() + (request.deadline_ms or 60_000) / 1000 + 10.0 * request.priority
-        document = ""
-        if request.document:
-            document = f"{self.number}:" + hashlib.sha256(request.document.encode()).hexdigest()[:32]
         batch = BatchRequest(f"{self.number}/{request.id}", prompt, server.salt(tenant.name), priority, request.corpus)
-        job = Job(batch, document, self.on_event)
+        job = Job(batch, self.document_key(request.document), self.on_event)
         if server.config.log_prompts:
             log.info("connection %d generate %s: %d prompt tokens %r", self.number, request.id, len(request.prompt), list(request.prompt))
         else:
@@ -258,6 +261,32 @@ class _Connection:
             del self.jobs[request.id]
             server.release(tenant)
             raise wire.ProtocolError(wire.BUSY, str(exc), request.id) from None
+
+    def document_key(self, document: str) -> str:
+        """The scheduler's key of a document: this connection's (so one front-end never supersedes another's
+        request, whatever keys they send), hashed (the key may be a URI: never kept or logged in clear)."""
+        return f"{self.number}:" + hashlib.sha256(document.encode()).hexdigest()[:32] if document else ""
+
+    def warm(self, frame: dict[str, Any]) -> None:
+        """Queue a warm-up (never answered). Dropped silently while the tenant is at its limits or a request
+        of the document is open."""
+        server, tenant = self.server, self.tenant
+        assert tenant is not None
+        request = wire.parse_warm(frame, vocab_size=server.card.vocab_size, max_prompt_tokens=self.max_prompt_tokens)
+        if server.admit(tenant, count=False):
+            return
+        prompt = Prompt(request.prompt, 1, StopRule(single_line=False, max_lines=1 << 20))
+        batch = BatchRequest(f"{self.number}/~warm{next(self._warm_ids)}", prompt, server.salt(tenant.name), time.monotonic() + WARM_PRIORITY_S)
+        job = Job(batch, self.document_key(request.document), self.on_warm_event, warm=True)
+        self.warms[job.id] = job
+        if not server.scheduler.submit_warm(job):
+            del self.warms[job.id]
+        elif server.config.log_prompts:
+            log.info("connection %d warm: %d prompt tokens %r", self.number, len(request.prompt), list(request.prompt))
+
+    def on_warm_event(self, job: Job, event: BatchEvent) -> None:
+        if event.finish is not None:
+            self.loop.call_soon_threadsafe(self.warms.pop, job.id, None)
 
     def on_event(self, job: Job, event: BatchEvent) -> None:
         """Scheduler -> client, from any thread."""
@@ -288,5 +317,5 @@ class _Connection:
     def release(self) -> None:
         """The connection ended: its generations stop (their done frames go nowhere)."""
         self.closed = True
-        for job in list(self.jobs.values()):
+        for job in [*self.jobs.values(), *self.warms.values()]:
             self.server.scheduler.cancel(job.id)

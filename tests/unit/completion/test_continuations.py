@@ -44,7 +44,7 @@ class SlowSource:
     def describe(self) -> dict[str, object]:
         return {"runner": "slow"}
 
-    def generate(self, prompt: Prompt, cancel: CancelToken, deadline: Deadline, corpus: Sequence[int] = ()) -> Generation:
+    def generate(self, prompt: Prompt, cancel: CancelToken, deadline: Deadline, corpus: Sequence[int] = (), *, document: str = "") -> Generation:
         self.generates += 1
         return self._run(_Decoding(prompt), cancel, deadline)
 
@@ -69,7 +69,7 @@ class SlowSource:
         text = "".join(WORDS[: state.generated])
         return Generation(ids, text, finish, len(state.prompt.token_ids), Timings(), continuation=state if finish == "deadline" else None)  # type: ignore[arg-type]
 
-    def warm(self, token_ids: list[int], cancel: CancelToken) -> int:
+    def warm(self, token_ids: list[int], cancel: CancelToken, *, document: str = "") -> int:
         return 0
 
     def close(self) -> None:

@@ -53,7 +53,7 @@ class ScriptedSource:
     def describe(self) -> dict[str, object]:
         return {"runner": "scripted"}
 
-    def generate(self, prompt: Prompt, cancel: CancelToken, deadline: Deadline, corpus: Sequence[int] = ()) -> Generation:
+    def generate(self, prompt: Prompt, cancel: CancelToken, deadline: Deadline, corpus: Sequence[int] = (), *, document: str = "") -> Generation:
         self.calls.append("generate")
         if self.cut_at:
             head = self.answer[: self.cut_at]
@@ -65,7 +65,7 @@ class ScriptedSource:
         assert isinstance(state, _Cut)
         return Generation((1, 2), state.rest, "stop", len(state.prompt.token_ids), Timings())
 
-    def warm(self, token_ids: list[int], cancel: CancelToken) -> int:
+    def warm(self, token_ids: list[int], cancel: CancelToken, *, document: str = "") -> int:
         self.calls.append("warm")
         return 0
 

@@ -73,7 +73,7 @@ class FakeEngine:
             token = (prompt.token_ids[-1] + done + 1) % VOCAB
             done += 1
             finish = "length" if done >= prompt.max_new_tokens else None
-            cached = self._cached(request) if done == 1 else 0
+            cached = self._cached(request)  # NOTE: every event says it, as the batched engine's do
             events.append(BatchEvent(request_id, (token,), f"{token},", finish, cached, len(prompt.token_ids)))
             if finish:
                 del self.rows[request_id]

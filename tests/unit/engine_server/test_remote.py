@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import threading
 import time
 from pathlib import Path
 
@@ -47,18 +49,81 @@ def test_the_deadline_returns_what_has_arrived_and_resume_continues_the_open_req
             source.close()
 
 
-def test_cancelling_a_continuation_cancels_it_on_the_engine(tmp_path: Path) -> None:
+def wait_for(predicate, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return bool(predicate())
+
+
+def test_a_cancelled_resume_leaves_the_continuation_open_and_dropping_it_cancels_it_on_the_engine(tmp_path: Path) -> None:
     with engine_server(tmp_path, step_delay_s=0.02) as running:
         source = RemoteSource(f"tcp://127.0.0.1:{running.port}", running.tokens["alice"])
         try:
             first = source.generate(prompt(new_tokens=60), CancelToken(), Deadline.after_ms(60))
             cancel = CancelToken()
-            cancel.cancel()
+            cancel.cancel("preempted")  # a background slice taken off the worker: it only stops reading
             assert source.resume(first.continuation, cancel, Deadline.after_ms(1000)).finish_reason == "cancelled"
-            deadline = time.monotonic() + 5
-            while not running.engine.cancelled and time.monotonic() < deadline:
-                time.sleep(0.01)
-            assert len(running.engine.cancelled) == 1
+            time.sleep(0.1)
+            assert running.engine.cancelled == []
+            rest = source.resume(first.continuation, CancelToken(), Deadline.after_ms(300))
+            assert len(rest.token_ids) > len(first.token_ids)
+            del first, rest  # the service dropped the continuation
+            gc.collect()
+            assert wait_for(lambda: len(running.engine.cancelled) == 1)
+        finally:
+            source.close()
+
+
+def test_cancelling_a_generate_cancels_it_on_the_engine(tmp_path: Path) -> None:
+    with engine_server(tmp_path, step_delay_s=0.02) as running:
+        source = RemoteSource(f"tcp://127.0.0.1:{running.port}", running.tokens["alice"])
+        try:
+            cancel = CancelToken()
+            threading.Timer(0.1, cancel.cancel).start()
+            assert source.generate(prompt(new_tokens=60), cancel, Deadline.after_ms(5000)).finish_reason == "cancelled"
+            assert wait_for(lambda: len(running.engine.cancelled) == 1)
+        finally:
+            source.close()
+
+
+def test_a_newer_request_of_the_document_supersedes_the_open_one_and_the_uri_stays_here(tmp_path: Path) -> None:
+    with engine_server(tmp_path, step_delay_s=0.02) as running:
+        source = RemoteSource(f"tcp://127.0.0.1:{running.port}", running.tokens["alice"])
+        sent: list[dict] = []
+        open_stream = source.client.open_stream
+        source.client.open_stream = lambda frame: (sent.append(frame), open_stream(frame))[1]  # type: ignore[method-assign]
+        try:
+            uri = "file:///home/alice/secret-project/main.py"
+            first = source.generate(prompt(new_tokens=60), CancelToken(), Deadline.after_ms(60), document=uri)
+            assert first.finish_reason == "deadline"
+            other = source.generate(prompt((5, 6), new_tokens=2), CancelToken(), Deadline.after_ms(5000), document="file:///b.py")
+            newer = source.generate(prompt((7, 8), new_tokens=2), CancelToken(), Deadline.after_ms(5000), document=uri)
+            assert (other.finish_reason, newer.finish_reason) == ("length", "length")
+            # the engine ended the older generation of the document: resuming it says so (the service starts over)
+            assert source.resume(first.continuation, CancelToken(), Deadline.after_ms(2000)).finish_reason == "cancelled"
+            assert source.last_done["finish"] == "superseded"
+            keys = [frame["document"] for frame in sent]
+            assert keys[0] == keys[2] != keys[1] and len(keys[0]) == 32
+            assert all("secret" not in str(frame) and "main.py" not in str(frame) for frame in sent)
+            again = RemoteSource(f"tcp://127.0.0.1:{running.port}", running.tokens["alice"])
+            assert again.document_key(uri) != keys[0]  # another process's key: nothing to match against
+            again.close()
+        finally:
+            source.close()
+
+
+def test_warm_prefills_on_the_engine_so_the_next_request_finds_its_prefix(tmp_path: Path) -> None:
+    with engine_server(tmp_path) as running:
+        source = RemoteSource(f"tcp://127.0.0.1:{running.port}", running.tokens["alice"])
+        try:
+            ids = [11, 12, 13, 14, 15, 16]
+            assert source.warm(ids, CancelToken(), document="file:///a.py") == 0
+            assert wait_for(lambda: source.status()["scheduler"]["warms"]["done"] == 1)
+            (warmed,) = running.engine.seen[next(iter(running.engine.seen))]
+            assert warmed == tuple(ids)
+            generation = source.generate(prompt((*ids, 17)), CancelToken(), Deadline.after_ms(5000))
+            assert generation.cached_tokens == len(ids)
         finally:
             source.close()
 

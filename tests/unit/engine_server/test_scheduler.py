@@ -31,9 +31,13 @@ class Recorder:
         return str(finishes[0])
 
 
-def job(request_id: str, recorder: Recorder, *, document: str = "", priority: float = 0.0, new_tokens: int = 3) -> Job:
+def job(request_id: str, recorder: Recorder, *, document: str = "", priority: float = 0.0, new_tokens: int = 3, warm: bool = False) -> Job:
     prompt = Prompt((1, 2, 3), new_tokens, StopRule())
-    return Job(BatchRequest(request_id, prompt, b"salt", priority), document, recorder)
+    return Job(BatchRequest(request_id, prompt, b"salt", priority), document, recorder, warm=warm)
+
+
+def warm(request_id: str, recorder: Recorder, document: str = "", new_tokens: int = 1) -> Job:
+    return job(request_id, recorder, document=document, priority=3600.0, new_tokens=new_tokens, warm=True)
 
 
 def test_a_newer_request_for_the_same_document_supersedes_the_running_one_at_once() -> None:
@@ -113,3 +117,60 @@ def test_a_request_the_engine_refuses_ends_with_error_and_others_run() -> None:
         assert recorder.finish("ok") == "length"
     finally:
         scheduler.close()
+
+
+def test_a_warm_up_starts_only_when_no_keystroke_request_waits() -> None:
+    engine, recorder = FakeEngine(), Recorder()
+    scheduler = Scheduler(engine, slots=1)  # not started: everything waits
+    scheduler.submit(job("typing-1", recorder, document="a"))
+    assert scheduler.submit_warm(warm("rest", recorder, document="b"))
+    scheduler.submit(job("typing-2", recorder, document="c"))
+    scheduler.start()
+    try:
+        assert recorder.finish("rest") == "length"
+        assert engine.started == ["typing-1", "typing-2", "rest"]
+        assert scheduler.describe()["warms"] == {"waiting": 0, "started": 1, "done": 1, "dropped": 0}
+    finally:
+        scheduler.close()
+
+
+def test_a_keystroke_request_takes_the_slot_of_a_running_warm_up() -> None:
+    engine, recorder = FakeEngine(step_delay_s=0.005), Recorder()
+    scheduler = Scheduler(engine, slots=1)
+    scheduler.start()
+    try:
+        assert scheduler.submit_warm(warm("rest", recorder, document="a", new_tokens=10_000))
+        assert wait_until(lambda: "rest" in engine.started)
+        scheduler.submit(job("typing", recorder, document="b"))
+        assert recorder.finish("rest") == "cancelled"
+        assert recorder.finish("typing") == "length"
+        assert engine.log == [("add", "rest"), ("cancel", "rest"), ("add", "typing")]
+        assert scheduler.describe()["warms"]["dropped"] == 1
+    finally:
+        scheduler.close()
+
+
+def test_warm_ups_give_way_to_their_document_and_a_newer_warm_up_replaces_the_older() -> None:
+    engine, recorder = FakeEngine(), Recorder()
+    scheduler = Scheduler(engine, slots=2)  # not started
+    assert scheduler.submit_warm(warm("w1", recorder, document="a"))
+    assert scheduler.submit_warm(warm("w2", recorder, document="a"))  # the cursor moved: w1 is stale
+    assert recorder.finish("w1") == "superseded"
+    scheduler.submit(job("typing", recorder, document="a"))  # the keystroke came: its own prefill warms
+    assert recorder.finish("w2") == "superseded"
+    assert not scheduler.submit_warm(warm("w3", recorder, document="a"))  # a request of the document is open
+    scheduler.start()
+    try:
+        assert recorder.finish("typing") == "length"
+        time.sleep(0.05)
+        assert engine.started == ["typing"]
+        assert scheduler.describe()["warms"] == {"waiting": 0, "started": 0, "done": 0, "dropped": 2}
+    finally:
+        scheduler.close()
+
+
+def wait_until(predicate, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return bool(predicate())
