@@ -14,13 +14,14 @@ once and start an outage (openai_health: reported once, backoff, reconnect by th
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import logging
 import threading
 import time
 import uuid
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 3.0
 FIRST_BYTE_TIMEOUT_S = 30.0  # no byte for this long: the server is treated as down (an outage)
-MAX_OPEN_STREAMS = 4  # continuations kept open at once; the oldest is closed beyond that
+MAX_OPEN_STREAMS = 4  # continuations kept open at once; the oldest is closed beyond that (`max_open_streams`)
 _WARM_STOP = StopRule(single_line=False, max_lines=1 << 30)
 
 
@@ -65,6 +66,7 @@ class OpenAISource:
         self.prompts = "text (until the server is detected)"
         self.health = Health(self.base_url)
         self.requests = 0
+        self.max_open_streams = MAX_OPEN_STREAMS
         self.last_stream: Stream | None = None
         self._lock = threading.Lock()
         self._open: list[Stream] = []
@@ -153,7 +155,7 @@ class OpenAISource:
     def generate(self, prompt: Prompt, cancel: CancelToken, deadline: Deadline, corpus: Sequence[int] = (), *, document: str = "") -> Generation:
         if self.health.in_backoff():
             return Generation((), "", "error", len(prompt.token_ids))
-        stream = self._start(prompt, prompt.max_new_tokens, priority=0)
+        stream = self.start_stream(prompt, prompt.max_new_tokens, priority=0)
         cancel.on_cancel(lambda _reason: self._cancelled_before_handoff(stream))
         return self._wait(Handle(stream, prompt), cancel, deadline)
 
@@ -168,7 +170,7 @@ class OpenAISource:
         prefix cache holds it. Returns at once (0: what it prefills is the server's to count)."""
         if len(token_ids) < 2 or self.health.in_backoff():
             return 0
-        self._start(Prompt(tuple(token_ids), 1, _WARM_STOP), 1, priority=1)
+        self.start_stream(Prompt(tuple(token_ids), 1, _WARM_STOP), 1, priority=1)
         return 0
 
     def close(self) -> None:
@@ -208,20 +210,25 @@ class OpenAISource:
                 stop = stop[:4]  # the OpenAI API takes at most 4
         return wire.RequestPlan(body, max_tokens, stop, stop_ids, request_id, priority)
 
-    def _start(self, prompt: Prompt, max_tokens: int, priority: int) -> Stream:
+    def start_stream(self, prompt: Prompt, max_tokens: int, priority: int, *, salt: str | None = None,
+                     listener: Callable[[], None] | None = None) -> Stream:
+        """Send `prompt` and return its stream at once (it fills on this source's event loop). `salt`: the
+        prefix-cache salt of this request's tenant (vLLM/SGLang `cache_salt`) instead of the API key's;
+        `listener`: called after each event and when the stream ends."""
         request_id = f"tabfill-{uuid.uuid4().hex[:16]}"
         plan = self._plan(prompt, max_tokens, priority, request_id)
-        path, body = self.base_url + "/completions", wire.completion_body(plan, self.profile)
+        profile = self.profile if salt is None else dataclasses.replace(self.profile, salt=salt)
+        path, body = self.base_url + "/completions", wire.completion_body(plan, profile)
         parts = wire.split_fim(prompt, self.tokenizer) if self.profile.kind == wire.LLAMA_CPP else None
         if parts is not None:  # NOTE: llama.cpp's own FIM, with the cross-file header as an input_extra file
             header, prefix, suffix = parts
             files = [("context", header)] if header else []
-            path, body = self.root_url + "/infill", wire.infill_body(prefix, suffix, files, plan, self.profile)
-        stream = Stream(request_id, prompt.stop, len(prompt.token_ids))
+            path, body = self.root_url + "/infill", wire.infill_body(prefix, suffix, files, plan, profile)
+        stream = Stream(request_id, prompt.stop, len(prompt.token_ids), listener=listener)
         with self._lock:
             self.requests += 1
             self._open.append(stream)
-            extra = self._open[:-MAX_OPEN_STREAMS]
+            extra = self._open[: -self.max_open_streams]
         for old in extra:
             self._abort(old)
         if not self.detected:
@@ -299,6 +306,10 @@ class OpenAISource:
         stream.wake()
         if not stream.handed_off:
             self._abort(stream)
+
+    def abort(self, stream: Stream) -> None:
+        """Stop a stream this source started (closing it is how the server aborts the request)."""
+        self._abort(stream)
 
     def _abort(self, stream: Stream) -> None:
         """Close the stream (vLLM and llama.cpp abort on disconnect); SGLang also gets /abort_request."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,10 +33,17 @@ class Stream:
     handed_off: bool = False  # returned to the service as a continuation: its first cancel token no longer owns it
     task: Any = None  # the concurrent.futures.Future of its coroutine on the event loop
     cond: threading.Condition = field(default_factory=threading.Condition)
+    listener: Callable[[], None] | None = None  # called (event-loop thread, no lock held) after each event and at the end
 
     def add(self, chunk: Chunk) -> bool:
         """Take one event; True when reading must stop (the stop rule cut the text, or [DONE]). After the
         server's finish reason the answer is complete, but reading goes on to [DONE] for the usage event."""
+        stop = self._add(chunk)
+        if self.listener is not None:
+            self.listener()
+        return stop
+
+    def _add(self, chunk: Chunk) -> bool:
         with self.cond:
             if self.first_byte_ms is None:
                 self.first_byte_ms = (time.monotonic() - self.started) * 1000
@@ -67,6 +75,8 @@ class Stream:
             if self.finish is None:
                 self.error = error
                 self._end(finish)
+        if self.listener is not None:
+            self.listener()
 
     def _end(self, finish: FinishReason) -> None:
         self.finish = finish

@@ -69,6 +69,18 @@ class FileTokenizer:
         config = {f"{name}_token": special.get(f"{name}_token") for name in ("bos", "eos", "unk", "pad")}
         return FileTokenizer(Tokenizer.from_str(tokenizer_json.decode("utf-8")), config, source)
 
+    def to_json(self) -> bytes:
+        """Its tokenizer.json (what a team engine sends front-ends)."""
+        return str(self._tokenizer.to_str()).encode("utf-8")
+
+    def special(self) -> dict[str, Any]:
+        """The special tokens and their ids, as a team engine's tokenizer frame names them."""
+        special: dict[str, Any] = {}
+        for name in ("bos", "eos", "unk", "pad"):
+            token = getattr(self, f"{name}_token")
+            special[f"{name}_token"], special[f"{name}_token_id"] = token, self._id(token)
+        return special
+
     def _id(self, token: str | None) -> int | None:
         return None if token is None else self._tokenizer.token_to_id(token)
 

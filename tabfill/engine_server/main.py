@@ -37,8 +37,14 @@ def add_arguments(engine: argparse.ArgumentParser) -> None:
     engine.add_argument("--kv-tokens", type=int, default=1024, help="positions per KV slot (prompt + answer)")
     engine.add_argument("--max-queue", type=int, default=64, help="waiting requests before answering busy")
     engine.add_argument("--prefix-cache-mb", type=int, default=128, help="prefix KV store (per tenant with the serial backend)")
-    engine.add_argument("--backend", default="auto", choices=("auto", "batched", "serial"),
-                        help="batched: continuous batching over --slots KV slots; serial: one generation at a time; auto: batched when built in")
+    engine.add_argument("--backend", default="auto", type=_backend,
+                        help="batched: continuous batching over --slots KV slots; serial: one generation at a time; auto: batched when "
+                        "built in; openai+http(s)://HOST:PORT/v1: forward generation to an OpenAI-compatible server (vLLM, SGLang, "
+                        "llama.cpp) with --slots streams at once, keeping tokens, tenants, limits and scheduling here")
+    engine.add_argument("--backend-model", default="", metavar="NAME",
+                        help="with an openai+ backend: the served model's name and/or where its tokenizer is here (default: the server's)")
+    engine.add_argument("--backend-api-key", default="", metavar="KEY",
+                        help="with an openai+ backend: its API key (default: $TABFILL_ENGINE_API_KEY)")
     engine.add_argument("--log-prompts", action="store_true", help="log prompt token ids (source code!); off by default")
     commands = engine.add_subparsers(dest="engine_command")
     token = commands.add_parser("token", help="manage tenant tokens")
@@ -48,6 +54,12 @@ def add_arguments(engine: argparse.ArgumentParser) -> None:
     add.add_argument("--tokens", type=Path, dest="token_file", help="the token file (default: the engine's --tokens)")
     add.add_argument("--concurrent", type=int, default=0, help="at most this many generations at once (0: no limit)")
     add.add_argument("--rpm", type=int, default=0, help="at most this many requests per minute (0: no limit)")
+
+
+def _backend(value: str) -> str:
+    if value in ("auto", "batched", "serial") or value.startswith(("openai+http://", "openai+https://")):
+        return value
+    raise argparse.ArgumentTypeError(f"{value!r}: expected auto, batched, serial or openai+http(s)://HOST:PORT/v1")
 
 
 def cmd_engine(args: argparse.Namespace) -> int:
@@ -84,6 +96,9 @@ def cmd_engine(args: argparse.Namespace) -> int:
         asyncio.run(_serve(server, host or "127.0.0.1", int(port), context))
     finally:
         scheduler.close()
+        close = getattr(engine, "close", None)
+        if callable(close):
+            close()
     return 0
 
 
@@ -116,7 +131,13 @@ def _token_add(args: argparse.Namespace) -> int:
 
 
 def open_backend(args: argparse.Namespace) -> tuple[ModelCard, StepEngine, int]:
-    """Load the model and build the batched engine (or the serial fallback); returns its slot count too."""
+    """Load the model and build the batched engine (or the serial fallback, or connect to an OpenAI-compatible
+    server); returns its slot count too."""
+    if args.backend.startswith("openai+"):
+        from tabfill.engine_server.openai_backend import open_openai_backend
+
+        card, backend = open_openai_backend(args.backend, args.backend_model, args.backend_api_key, slots=args.slots, kv_tokens=args.kv_tokens)
+        return card, backend, args.slots
     import torch
 
     from tabfill.completion.engine import Engine

@@ -116,7 +116,18 @@ class EngineServer:
         return {
             "type": "status", "model": self.card.name, "connections": self.connections,
             "uptime_s": round(time.time() - self.started, 1), "scheduler": self.scheduler.describe(),
+            # NOTE: only a backend that says so is asked from this thread (the batched engine is not thread-safe)
+            **({"backend": _plain(report())} if callable(report := getattr(self.scheduler.engine, "status", None)) else {}),
         }
+
+
+def _plain(value: Any) -> Any:
+    """A describe() answer as msgpack can carry it (no tuples of odd types, no objects)."""
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value if value is None or isinstance(value, (str, int, float, bool)) else str(value)
 
 
 class _Connection:

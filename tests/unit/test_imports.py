@@ -46,3 +46,14 @@ def test_the_command_line_parser_imports_neither_torch_nor_transformers() -> Non
     """`tabfill serve` parses the whole command line first, `engine` included: that must stay light."""
     output = run("import sys\nfrom tabfill.cli import build_parser\nbuild_parser().parse_args(['serve'])\n" + HEAVY)
     assert output.startswith("[]\n"), output
+
+
+def test_the_engine_in_front_of_an_openai_server_imports_neither_torch_nor_transformers() -> None:
+    """`tabfill engine --backend openai+http://…` is a gateway: tokens, tenants and scheduling, no model."""
+    code = (
+        "import sys\n"
+        "import tabfill.cli, tabfill.engine_server.main, tabfill.engine_server.openai_backend\n"
+        "import tabfill.engine_server.server, tabfill.engine_server.scheduler\n"
+    )
+    output = run(code + HEAVY)
+    assert output.startswith("[]\n"), output
