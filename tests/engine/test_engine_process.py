@@ -115,17 +115,49 @@ def test_cancel_in_the_middle_frees_the_slot(engine: EngineProcess, tenants) -> 
     remote = source(engine, tokens["alice"])
     try:
         long = Prompt(prompt_of(remote, CODE[0]).token_ids, 200, StopRule(single_line=False, max_lines=200))
-        cut = remote.generate(long, CancelToken(), Deadline.after_ms(300))
-        assert cut.finish_reason == "deadline" and cut.continuation is not None
         cancel = CancelToken()
-        cancel.cancel()
-        assert remote.resume(cut.continuation, cancel, Deadline.after_ms(2000)).finish_reason == "cancelled"
+        threading.Timer(0.5, cancel.cancel).start()
+        assert remote.generate(long, cancel, Deadline.after_ms(30_000)).finish_reason == "cancelled"
         deadline = time.monotonic() + 10
         while remote.status()["scheduler"]["running"] and time.monotonic() < deadline:
             time.sleep(0.05)
         assert remote.status()["scheduler"]["running"] == 0
         after = remote.generate(prompt_of(remote, CODE[2]), CancelToken(), Deadline.after_ms(30_000))
         assert after.finish_reason in ("stop", "length", "eos")
+    finally:
+        remote.close()
+
+
+def test_a_newer_request_of_the_document_supersedes_the_running_one(engine: EngineProcess, tenants) -> None:
+    _, tokens = tenants
+    remote = source(engine, tokens["bob"])
+    try:
+        long = Prompt(prompt_of(remote, CODE[1]).token_ids, 200, StopRule(single_line=False, max_lines=200))
+        first = remote.generate(long, CancelToken(), Deadline.after_ms(300), document="file:///work/stack.py")
+        assert first.finish_reason == "deadline" and first.continuation is not None
+        newer = remote.generate(prompt_of(remote, CODE[4]), CancelToken(), Deadline(), document="file:///work/stack.py")
+        assert newer.finish_reason in ("stop", "length", "eos")
+        assert remote.resume(first.continuation, CancelToken(), Deadline.after_ms(5000)).finish_reason == "cancelled"
+        assert remote.last_done["finish"] == "superseded"
+        assert remote.status()["scheduler"]["running"] == 0
+    finally:
+        remote.close()
+
+
+def test_a_warmed_prompt_is_reused_by_the_next_request(engine: EngineProcess, tenants) -> None:
+    _, tokens = tenants
+    remote = source(engine, tokens["alice"])
+    try:
+        ids = prompt_of(remote, "\n".join(reversed(CODE)) * 2).token_ids  # a prompt no other test sent
+        done_before = remote.status()["scheduler"]["warms"]["done"]
+        remote.warm(list(ids), CancelToken(), document="file:///work/warm.py")
+        deadline = time.monotonic() + 60
+        while remote.status()["scheduler"]["warms"]["done"] == done_before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        typed = remote.tokenizer(" x", add_special_tokens=False)["input_ids"]
+        generation = remote.generate(Prompt((*ids, *typed), 8, StopRule()), CancelToken(), Deadline(), document="file:///work/warm.py")
+        assert generation.finish_reason in ("stop", "length", "eos")
+        assert generation.cached_tokens >= len(ids) - 32  # all whole 32-token blocks of the warmed prompt
     finally:
         remote.close()
 
