@@ -29,6 +29,7 @@ STEP_S = 0.02  # each step of the slow model
 class _Decoding:
     prompt: Prompt
     generated: int = 0  # how many of WORDS are generated so far
+    dropped: bool = False  # the source ended it (as a team engine does when a newer request supersedes it)
 
 
 @dataclass
@@ -40,17 +41,21 @@ class SlowSource:
     steps: int = 0
     generates: int = 0
     resumes_from: list[int] = field(default_factory=list)
+    documents: list[str] = field(default_factory=list)
 
     def describe(self) -> dict[str, object]:
         return {"runner": "slow"}
 
     def generate(self, prompt: Prompt, cancel: CancelToken, deadline: Deadline, corpus: Sequence[int] = (), *, document: str = "") -> Generation:
         self.generates += 1
+        self.documents.append(document)
         return self._run(_Decoding(prompt), cancel, deadline)
 
     def resume(self, state: Resumable, cancel: CancelToken, deadline: Deadline) -> Generation:
         assert isinstance(state, _Decoding)
         self.resumes_from.append(state.generated)
+        if state.dropped:
+            return self._result(state, "cancelled")
         return self._run(state, cancel, deadline)
 
     def _run(self, state: _Decoding, cancel: CancelToken, deadline: Deadline) -> Generation:
@@ -210,5 +215,24 @@ def test_a_continuation_whose_source_fails_says_so_and_is_not_kept() -> None:
         assert service.complete(ask(service, "a")).finish_reason == "deadline"
         assert heard.wait(1) == [("file:///a.py", "error", "a")]
         assert service.flights.continuation("file:///a.py") is None
+    finally:
+        service.close()
+
+
+@pytest.mark.usefixtures("short_cap")
+def test_a_continuation_the_source_dropped_is_started_over_not_answered_empty() -> None:
+    source = SlowSource()
+    service = serve(source)
+    heard = Heard(service)
+    try:
+        first = service.complete(ask(service, "1"))
+        assert first.finish_reason == "deadline"
+        heard.wait(1)
+        kept = service.flights.continuation("file:///a.py")
+        assert kept is not None and isinstance(kept.state, _Decoding)
+        kept.state.dropped = True  # e.g. the team engine superseded it meanwhile
+        again = service.complete(ask(service, "2"))
+        assert again.text and WHOLE.startswith(again.text) and again.finish_reason in ("deadline", "eos")
+        assert source.generates == 2 and source.documents == ["file:///a.py"] * 2
     finally:
         service.close()
