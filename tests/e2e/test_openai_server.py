@@ -130,6 +130,30 @@ async def test_serve_in_front_of_llama_cpp_python_gives_real_completions(llama_s
         assert after["engine"]["lastGeneration"]["finishReason"] in ("stop", "length", "eos")
 
 
+async def test_a_team_engine_in_front_of_llama_cpp_python_serves_an_editor(llama_server: LlamaServer, tmp_path: Path) -> None:
+    """`tabfill engine --backend openai+http://…` (tokens, tenants, scheduling; no model) between the editor's
+    `tabfill serve --engine tcp://…` and the server."""
+    from bench.engine_process import make_tokens, start_engine
+
+    tokens = make_tokens(tmp_path / "tokens", "alice")
+    engine = start_engine(tmp_path / "tokens", tmp_path / "engine.log", "--backend", llama_server.url, "--backend-model", "default", timeout_s=120)
+    try:
+        uri, _ = _serve_args(llama_server, tmp_path, 60_000)
+        options = {"engine": engine.url, "engineToken": tokens["alice"], "deadlineMs": 60_000}
+        async with lsp_session([], init_options=options, cache_dir=tmp_path / "front") as lsp:
+            described = (await _status(lsp))["engine"]
+            assert described["kind"] == "team engine" and described["connected"]
+            assert described["model"].endswith(f"127.0.0.1:{llama_server.port}/v1")  # the engine serves the server's model
+            open_document(lsp, uri, DOCUMENT)
+            result = await inline(lsp, uri, *CURSOR)
+            assert result.items, "no completion through the team engine"
+            text = result.items[0].insert_text
+            assert isinstance(text, str) and text.strip() and "\n" not in text
+    finally:
+        engine.stop()
+    assert "fibonacci" not in engine.log()  # no source code in the gateway's log
+
+
 async def test_an_engine_outage_is_one_message_and_serving_resumes(llama_server: LlamaServer, tmp_path: Path) -> None:
     uri, args = _serve_args(llama_server, tmp_path, 500)
     line, character = CURSOR
