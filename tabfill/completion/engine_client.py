@@ -58,6 +58,7 @@ class Welcome:
     limits: dict[str, Any]
     tokenizer_json: bytes
     special: dict[str, Any]
+    features: frozenset[str] = frozenset()  # optional frames the engine takes (e.g. "warm")
 
 
 class EngineClient:
@@ -117,7 +118,8 @@ class EngineClient:
                 raise EngineUnavailable(f"expected welcome, got {frame.get('type')!r}")
             tokenizer_json, special = self._tokenizer(sock, reader, str(frame["tokenizer_id"]))
             welcome = Welcome(str(frame["model"]), str(frame["tokenizer_id"]), int(frame["vocab_size"]), str(frame.get("tenant", "")),
-                              dict(frame.get("limits", {})), tokenizer_json, special)
+                              dict(frame.get("limits", {})), tokenizer_json, special,
+                              frozenset(str(f) for f in frame.get("features", ()) if isinstance(f, str)))
             sock.settimeout(None)
         except BaseException:
             sock.close()
@@ -246,6 +248,11 @@ class EngineClient:
         """A frame without an id (status, ping) and its answer; raises EngineUnavailable."""
         with self._lock:
             sock = self._sock
+        try:
+            while True:  # NOTE: an error about an earlier id-less frame (a warm) is not this answer
+                self._replies.get_nowait()
+        except queue.Empty:
+            pass
         if sock is None or not self._send(sock, frame):
             raise EngineUnavailable("no connection to the engine")
         try:

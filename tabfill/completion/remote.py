@@ -170,9 +170,10 @@ class RemoteSource:
     def warm(self, token_ids: list[int], cancel: CancelToken, *, document: str = "") -> int:
         """Ask the engine to prefill this prompt when it is idle (a warm frame; no answer). Returns 0: the
         engine does the work, and a newer request of the document takes its place."""
-        if len(token_ids) < 2 or cancel.cancelled:
+        welcome = self.client.welcome
+        if len(token_ids) < 2 or cancel.cancelled or welcome is None or "warm" not in welcome.features:
             return 0
-        limit = self.client.welcome.limits.get("max_prompt_tokens", 0) if self.client.welcome else 0
+        limit = welcome.limits.get("max_prompt_tokens", 0)
         if limit and len(token_ids) > limit:
             token_ids = token_ids[:limit]  # NOTE: the head is what the prompt of the next keystroke shares
         if self.client.send({"type": "warm", "prompt": list(token_ids), "document": self.document_key(document)}):

@@ -31,6 +31,9 @@ VERSION = "version"
 INTERNAL = "internal"
 ERROR_CODES = (UNAUTHORIZED, BUSY, TOO_LARGE, BAD_REQUEST, VERSION, INTERNAL)
 
+# Optional frames this engine takes, listed in welcome.features (a front-end sends them only when listed).
+FEATURES = ("warm",)
+
 # Finish reasons of a done frame.
 FINISHES = ("stop", "length", "eos", "cancelled", "superseded", "error")
 

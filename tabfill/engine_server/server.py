@@ -207,7 +207,7 @@ class _Connection:
         assert tenant is not None
         return {
             "type": "welcome", "protocol": wire.PROTOCOL_VERSION, "model": card.name, "tokenizer_id": card.tokenizer_id,
-            "vocab_size": card.vocab_size, "tenant": tenant.name,
+            "vocab_size": card.vocab_size, "tenant": tenant.name, "features": list(wire.FEATURES),
             "limits": {
                 "max_frame_bytes": config.max_frame_bytes, "max_prompt_tokens": self.max_prompt_tokens,
                 "max_new_tokens": config.max_new_tokens, "concurrent": tenant.concurrent, "rpm": tenant.rpm,

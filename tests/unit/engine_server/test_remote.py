@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import threading
 import time
@@ -251,3 +252,18 @@ def test_the_source_factory_opens_the_team_engine_for_tcp_and_reports_a_bad_toke
         bad, _ = parse_settings({"engine": f"tcp://127.0.0.1:{running.port}", "engineToken": "bob.wrong"})
         with pytest.raises(ModelError, match="unauthorized"):
             open_source(bad, lambda stage, fraction: None)
+
+
+def test_warm_is_sent_only_to_an_engine_that_lists_it_and_a_bad_one_does_not_confuse_status(tmp_path: Path) -> None:
+    with engine_server(tmp_path) as running:
+        source = RemoteSource(f"tcp://127.0.0.1:{running.port}", running.tokens["alice"])
+        try:
+            assert source.client.welcome is not None and "warm" in source.client.welcome.features
+            source.client.send({"type": "warm", "prompt": [1]})  # too short: an error without an id
+            time.sleep(0.2)
+            assert source.status()["type"] == "status"
+            source.client.welcome = dataclasses.replace(source.client.welcome, features=frozenset())  # an older engine
+            source.warm([1, 2, 3], CancelToken())
+            assert source.warms == 0
+        finally:
+            source.close()
