@@ -6,6 +6,7 @@ with the fast tests."""
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -198,3 +199,24 @@ def test_warm_sends_the_prompt_upstream_with_one_token_to_generate(gateway, tmp_
         assert wait_for(lambda: alice.status()["scheduler"]["warms"]["done"] >= 1)
     finally:
         alice.close()
+
+
+def test_an_unreachable_upstream_answers_error_at_once_and_the_gateway_serves_on(tmp_path: Path) -> None:
+    build_tiny_tokenizer().save_pretrained(tmp_path / "tokenizer")
+    tokens = make_tokens(tmp_path / "tokens", "alice")
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    engine = start_engine(tmp_path / "tokens", tmp_path / "engine.log", "--backend", f"openai+http://127.0.0.1:{port}/v1",
+                          "--backend-model", str(tmp_path / "tokenizer"), timeout_s=60)
+    alice = RemoteSource(engine.url, tokens["alice"], cache_dir=tmp_path)
+    try:
+        ids = tuple(alice.tokenizer("x = ", add_special_tokens=False)["input_ids"])
+        for _ in range(3):
+            started = time.monotonic()
+            answer = alice.generate(Prompt(ids, 4, StopRule()), CancelToken(), Deadline.after_ms(5000))
+            assert (answer.finish_reason, answer.text) == ("error", "") and time.monotonic() - started < 3
+        assert alice.status()["backend"]["outage"]  # the gateway says why in its status
+    finally:
+        alice.close()
+        engine.stop()
