@@ -3,14 +3,18 @@
 A `QuantTensor` is one GGUF matrix as its file stores it ([rows, row_bytes] uint8, usually a view of the
 memory-mapped file): nothing is dequantized at load. `QuantLinear` is a linear layer over one or more of them
 (q|k|v or gate|up fused by concatenating rows, even when the parts have different block types):
-- a few tokens (decode, draft verification): the C kernels (csrc/quant.c) unpack each row's blocks in
-  registers and multiply them with the fp32 activations, streaming the compact weights once per call;
-- many tokens (prefill): rows are dequantized tile by tile into fp32 and multiplied with torch's GEMM.
-Both compute the product of the dequantized matrix with the fp32 activations (no activation quantization),
-so the model computes what the GGUF file says up to the order of fp32 additions.
+- a few tokens (decode, draft verification): as llama.cpp does, each token's activations are quantized
+  once per call to 8-bit blocks (per 32 values: d = max|x| / 127, q = round(x / d)), and the C kernels
+  (csrc/quant.c) multiply them with the weight blocks in integers (AVX2 maddubs/madd), streaming the
+  compact weights once per call: the product of the dequantized matrix with the rounded activations q * d;
+- many tokens (prefill): rows are dequantized tile by tile into fp32 and multiplied with torch's GEMM
+  (fp32 activations).
+F32/F16 matrices always take the fp32 activations.
 
-`dequantize` is the reference twin in torch, written from ggml's dequantize_row_* definitions; the tests
-check it against gguf-py's numpy dequantizer and the C kernels against it.
+`dequantize` and `quantize_activations` are the reference twins in torch, written from ggml's
+dequantize_row_* definitions and the kernels' rounding; the tests check the first against gguf-py's numpy
+dequantizer, the kernels' activation blocks bit for bit against the second, and the products against
+`reference_linear`.
 
 NOTE: measured on the 2-core AVX2 box, SmolLM2-135M Q4_1 (see `python -m bench.decode_step`).
 """
@@ -125,6 +129,25 @@ def dequantize(tensor: QuantTensor) -> Tensor:
     return out.reshape(rows, cols)
 
 
+ACT_BLOCK = 32  # activation values per 8-bit block (one scale each)
+
+
+def quantize_activations(x: Tensor) -> tuple[Tensor, Tensor]:
+    """x [S, K] fp32 -> (q [S, K] int8, d [S, K / 32] fp32) as the kernels round them: per block of 32,
+    d = max|x| / 127 and q = round-half-even(x * (1 / d)) (0 for an all-zero block). x ~ q * d."""
+    blocks = x.float().reshape(x.shape[0], -1, ACT_BLOCK)  # [S, nb, 32]
+    d = blocks.abs().amax(dim=-1, keepdim=True) / 127.0  # [S, nb, 1]
+    inverse = torch.where(d != 0, 1.0 / d, torch.zeros_like(d))
+    q = torch.round(blocks * inverse)
+    return q.to(torch.int8).reshape(x.shape), d.squeeze(-1)
+
+
+def rounded_activations(x: Tensor) -> Tensor:
+    """fp32 [S, K]: x after the kernels' 8-bit rounding (q * d)."""
+    q, d = quantize_activations(x)
+    return (q.float().reshape(x.shape[0], -1, ACT_BLOCK) * d[..., None]).reshape(x.shape)
+
+
 # ---- the C kernels -----------------------------------------------------------------------------------
 
 
@@ -160,7 +183,10 @@ def _lib() -> ctypes.CDLL:
                 c_ptr, c_int, c_i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
                 lib.tf_matmul.argtypes = [ctypes.POINTER(_Part), c_int, c_int, c_ptr, c_int, c_ptr, c_i64, c_int]
                 lib.tf_dequant.argtypes = [c_int, c_ptr, c_i64, c_int, c_ptr, c_int, c_ptr, c_int]
-                lib.tf_matmul.restype = lib.tf_dequant.restype = lib.tf_has_avx2.restype = c_int
+                lib.tf_quantize_q8.argtypes = [c_ptr, c_int, c_int, c_ptr, c_ptr, c_ptr]
+                lib.tf_force_portable.argtypes = [c_int]
+                lib.tf_force_portable.restype = None
+                lib.tf_matmul.restype = lib.tf_dequant.restype = lib.tf_has_avx2.restype = lib.tf_quantize_q8.restype = c_int
                 _lib_state.append(lib)
         state = _lib_state[0]
     if isinstance(state, str):
@@ -188,13 +214,31 @@ def dequantize_rows(tensor: QuantTensor, index: Tensor | None = None) -> Tensor:
     if rows is not None and count and (int(rows.min()) < 0 or int(rows.max()) >= tensor.rows):
         raise IndexError(f"row index out of range for a matrix of {tensor.rows} rows")
     out = torch.empty(count, tensor.cols, dtype=torch.float32)
-    status = _lib().tf_dequant(
-        tensor.type, tensor.data.data_ptr(), tensor.data.shape[1], tensor.cols,
-        None if rows is None else rows.data_ptr(), count, out.data_ptr(), _threads(),
-    )
+    _dequant(tensor, tensor.data.data_ptr(), None if rows is None else rows.data_ptr(), count, out)
+    return out
+
+
+def _dequantize_into(tensor: QuantTensor, start: int, stop: int, out: Tensor) -> None:
+    """Rows ``start:stop`` of ``tensor`` into ``out`` [stop - start, cols] (contiguous fp32)."""
+    _dequant(tensor, tensor.data[start].data_ptr(), None, stop - start, out)
+
+
+def _dequant(tensor: QuantTensor, data: int, rows: int | None, count: int, out: Tensor) -> None:
+    status = _lib().tf_dequant(tensor.type, data, tensor.data.shape[1], tensor.cols, rows, count, out.data_ptr(), _threads())
     if status:
         raise QuantError(f"{TYPE_NAMES[tensor.type]} rows of {tensor.cols} cannot be dequantized")
-    return out
+
+
+def kernel_activations(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The C kernels' 8-bit blocks of x [S, K]: (q [S, K] int8, d [S, K / 32], d * sum(q) [S, K / 32])."""
+    x = x.float().contiguous()
+    tokens, cols = x.shape
+    q = torch.empty(tokens, cols, dtype=torch.int8)
+    d = torch.empty(tokens, cols // ACT_BLOCK)
+    ds = torch.empty(tokens, cols // ACT_BLOCK)
+    if _lib().tf_quantize_q8(x.data_ptr(), tokens, cols, q.data_ptr(), d.data_ptr(), ds.data_ptr()):
+        raise QuantError(f"{cols} values are not whole blocks of {ACT_BLOCK}")
+    return q, d, ds
 
 
 class QuantLinear:
@@ -206,8 +250,8 @@ class QuantLinear:
         self.parts = parts
         self.in_features = parts[0].cols
         self.out_features = sum(p.rows for p in parts)
-        if self.in_features % 8:
-            raise QuantError(f"in_features {self.in_features} is not a multiple of 8")
+        if self.in_features % ACT_BLOCK:
+            raise QuantError(f"in_features {self.in_features} is not a multiple of {ACT_BLOCK}")
         if bias is not None and bias.shape != (self.out_features,):
             raise QuantError(f"bias {tuple(bias.shape)} does not match {self.out_features} outputs")
         self.bias = None if bias is None else bias.detach().float().contiguous()
@@ -234,21 +278,29 @@ class QuantLinear:
         return out if self.bias is None else out.add_(self.bias)
 
     def _tiled_gemm(self, x: Tensor) -> Tensor:
-        """Many tokens: dequantize tiles of rows into fp32 and let torch's GEMM multiply them."""
-        out = torch.empty(x.shape[0], self.out_features, dtype=torch.float32)
-        tile_rows = max(64, TILE_BYTES // (4 * self.in_features))
+        """Many tokens: dequantize tiles of rows into one reused fp32 buffer and let torch's GEMM multiply
+        them; the output is built transposed ([N, S], each tile's rows contiguous), then turned."""
+        cols = self.in_features
+        tile_rows = max(64, TILE_BYTES // (4 * cols))
+        tile = torch.empty(min(tile_rows, max(p.rows for p in self.parts)), cols)
+        out_t = torch.empty(self.out_features, x.shape[0])  # [N, S]
+        x_t = x.t()
         offset = 0
         for part in self.parts:
             for start in range(0, part.rows, tile_rows):
                 stop = min(part.rows, start + tile_rows)
-                tile = dequantize_rows(QuantTensor(part.type, stop - start, part.cols, part.data[start:stop]))  # [n, K]
-                torch.mm(x, tile.t(), out=out[:, offset + start : offset + stop])
+                rows = tile[: stop - start]
+                _dequantize_into(part, start, stop, rows)
+                torch.mm(rows, x_t, out=out_t[offset + start : offset + stop])
             offset += part.rows
-        return out
+        return out_t.t().contiguous()
 
 
 def reference_linear(parts: list[QuantTensor], bias: Tensor | None, x: Tensor) -> Tensor:
-    """What a QuantLinear computes, with the reference dequantizer and an fp32 matmul (for tests)."""
-    weight = torch.cat([dequantize(p) for p in parts], dim=0)  # [N, K]
-    out = x.float() @ weight.t()
+    """What a QuantLinear computes, with the reference twins and fp32 matmuls (for tests): up to
+    KERNEL_MAX_TOKENS tokens, the quantized parts multiply the 8-bit-rounded activations."""
+    x = x.float()
+    rounded = rounded_activations(x) if x.shape[0] <= KERNEL_MAX_TOKENS else x
+    outs = [(x if p.type in (F32, F16) else rounded) @ dequantize(p).t() for p in parts]  # [S, N_i]
+    out = torch.cat(outs, dim=1)
     return out if bias is None else out + bias.float()
