@@ -706,3 +706,125 @@ int tf_has_avx2(void) { return have_avx2(); }
 
 /* Tests: 1 runs the portable C path on an AVX2 machine too (what a machine without AVX2 computes). */
 void tf_force_portable(int on) { force_portable = on; }
+
+/* ---- one decode step of a Llama/Qwen2 decoder, whole, in C ------------------------------------------- */
+
+/* The same forward as tabfill/kernels/decoder.py's LeanDecoder for one token (RMS norms, q|k|v with an
+ * optional bias, rotate-half rotary from the decoder's tables, grouped-query attention over the fp32 KV
+ * cache, SiLU-gated MLP, a tied or separate head): without a Python call per operation. The matrices go
+ * through tf_matmul's kernels, so each product is bit for bit the one QuantLinear computes. */
+
+typedef struct {
+    const tf_part *parts;
+    int nparts, rows;
+    const float *bias; /* [rows] or NULL */
+} tf_linear;
+
+typedef struct {
+    const float *norm1, *norm2; /* [D] */
+    tf_linear qkv, o, up, down;  /* up: gate rows then up rows */
+} tf_layer;
+
+typedef struct {
+    int layers, dim, heads, kv_heads, head_dim, inter, cache_tokens;
+    float eps;
+    const tf_layer *layer;
+    const float *final_norm;
+    tf_linear head;
+    tf_part embed;
+    const float *cos, *signed_sin; /* [T, Dh] */
+    float *k_cache, *v_cache;      /* [L, Hkv, cache_tokens, Dh] */
+} tf_model;
+
+static int linear1(const tf_linear *l, int K, const float *x, float *y, int nthreads) {
+    int status = tf_matmul(l->parts, l->nparts, K, x, 1, y, l->rows, nthreads);
+    if (status == 0 && l->bias)
+        for (int n = 0; n < l->rows; n++) y[n] += l->bias[n];
+    return status;
+}
+
+static void rms_norm(const float *x, const float *w, int D, float eps, float *y) {
+    float ss = 0.0f;
+    for (int i = 0; i < D; i++) ss += x[i] * x[i];
+    float r = 1.0f / sqrtf(ss / (float)D + eps);
+    for (int i = 0; i < D; i++) y[i] = x[i] * r * w[i];
+}
+
+typedef struct {
+    const tf_model *m;
+    const float *q;       /* [Hq, Dh] */
+    const float *k, *v;   /* this layer's cache [Hkv, T, Dh] */
+    int len;              /* keys 0..len-1 */
+    float *scores;        /* [Hq, len] */
+    float *out;           /* [Hq, Dh] */
+} attend_job;
+
+__attribute__((target_clones("arch=haswell", "default")))
+static void attend_head(void *arg, int h) {
+    const attend_job *job = arg;
+    const tf_model *m = job->m;
+    int Dh = m->head_dim, len = job->len, g = h / (m->heads / m->kv_heads);
+    const float *q = job->q + (int64_t)h * Dh;
+    const float *k = job->k + (int64_t)g * m->cache_tokens * Dh, *v = job->v + (int64_t)g * m->cache_tokens * Dh;
+    float *s = job->scores + (int64_t)h * len, *o = job->out + (int64_t)h * Dh;
+    float scale = 1.0f / sqrtf((float)Dh), top = -INFINITY, sum = 0.0f;
+    for (int t = 0; t < len; t++) {
+        s[t] = dot_generic(q, k + (int64_t)t * Dh, Dh) * scale;
+        top = s[t] > top ? s[t] : top;
+    }
+    for (int t = 0; t < len; t++) sum += (s[t] = expf(s[t] - top));
+    for (int i = 0; i < Dh; i++) o[i] = 0.0f;
+    for (int t = 0; t < len; t++) {
+        float p = s[t] / sum;
+        const float *vt = v + (int64_t)t * Dh;
+        for (int i = 0; i < Dh; i++) o[i] += p * vt[i];
+    }
+}
+
+static void rotate(float *v, const float *cos, const float *ssin, int Dh) {
+    float tmp[512];
+    memcpy(tmp, v, sizeof(float) * (size_t)Dh);
+    for (int i = 0; i < Dh; i++) v[i] = tmp[i] * cos[i] + tmp[(i + Dh / 2) % Dh] * ssin[i];
+}
+
+/* Write `token` at `pos` and return the last position's logits [head.rows]. 0, or what tf_matmul returned,
+ * or -3 for a position outside the cache / a head too wide, -2 when out of memory. */
+int tf_decode_step(const tf_model *m, int token, int pos, float *logits, int nthreads) {
+    int D = m->dim, Hq = m->heads, Hkv = m->kv_heads, Dh = m->head_dim, I = m->inter, T = m->cache_tokens;
+    if (pos < 0 || pos >= T || Dh > 512 || Dh % 2 || token < 0 || token >= m->embed.rows) return -3;
+    int qkv_rows = (Hq + 2 * Hkv) * Dh, len = pos + 1;
+    size_t floats = (size_t)D * 3 + (size_t)qkv_rows + (size_t)Hq * Dh + (size_t)2 * I + (size_t)Hq * len;
+    float *x = malloc(sizeof(float) * floats);
+    if (x == NULL) return -2;
+    float *h = x + D, *tmp = h + D, *qkv = tmp + D, *att = qkv + qkv_rows, *up = att + Hq * Dh, *scores = up + 2 * I;
+    int status = 0;
+    const uint8_t *row = m->embed.data + (int64_t)token * m->embed.row_bytes;
+    if (!(have_avx2() && dequant_row_avx2(m->embed.type, row, D, x))) dequant_row_generic(m->embed.type, row, D, x);
+    const float *cos = m->cos + (int64_t)pos * Dh, *ssin = m->signed_sin + (int64_t)pos * Dh;
+    for (int l = 0; l < m->layers && status == 0; l++) {
+        const tf_layer *layer = &m->layer[l];
+        float *kc = m->k_cache + (int64_t)l * Hkv * T * Dh, *vc = m->v_cache + (int64_t)l * Hkv * T * Dh;
+        rms_norm(x, layer->norm1, D, m->eps, h);
+        if ((status = linear1(&layer->qkv, D, h, qkv, nthreads))) break;
+        for (int i = 0; i < Hq + Hkv; i++) rotate(qkv + (int64_t)i * Dh, cos, ssin, Dh);
+        for (int g = 0; g < Hkv; g++) {
+            memcpy(kc + ((int64_t)g * T + pos) * Dh, qkv + (int64_t)(Hq + g) * Dh, sizeof(float) * (size_t)Dh);
+            memcpy(vc + ((int64_t)g * T + pos) * Dh, qkv + (int64_t)(Hq + Hkv + g) * Dh, sizeof(float) * (size_t)Dh);
+        }
+        attend_job job = {m, qkv, kc, vc, len, scores, att};
+        run_parallel(attend_head, &job, Hq, len < 256 ? 1 : nthreads);
+        if ((status = linear1(&layer->o, Hq * Dh, att, tmp, nthreads))) break;
+        for (int i = 0; i < D; i++) x[i] += tmp[i];
+        rms_norm(x, layer->norm2, D, m->eps, h);
+        if ((status = linear1(&layer->up, D, h, up, nthreads))) break;
+        for (int i = 0; i < I; i++) up[i] = up[i] / (1.0f + expf(-up[i])) * up[I + i];
+        if ((status = linear1(&layer->down, I, up, tmp, nthreads))) break;
+        for (int i = 0; i < D; i++) x[i] += tmp[i];
+    }
+    if (status == 0) {
+        rms_norm(x, m->final_norm, D, m->eps, h);
+        status = linear1(&m->head, D, h, logits, nthreads);
+    }
+    free(x);
+    return status;
+}

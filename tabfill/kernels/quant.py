@@ -184,6 +184,8 @@ def _lib() -> ctypes.CDLL:
                 lib.tf_matmul.argtypes = [ctypes.POINTER(_Part), c_int, c_int, c_ptr, c_int, c_ptr, c_i64, c_int]
                 lib.tf_dequant.argtypes = [c_int, c_ptr, c_i64, c_int, c_ptr, c_int, c_ptr, c_int]
                 lib.tf_quantize_q8.argtypes = [c_ptr, c_int, c_int, c_ptr, c_ptr, c_ptr]
+                lib.tf_decode_step.argtypes = [c_ptr, c_int, c_int, c_ptr, c_int]
+                lib.tf_decode_step.restype = c_int
                 lib.tf_force_portable.argtypes = [c_int]
                 lib.tf_force_portable.restype = None
                 lib.tf_matmul.restype = lib.tf_dequant.restype = lib.tf_has_avx2.restype = lib.tf_quantize_q8.restype = c_int
@@ -294,6 +296,87 @@ class QuantLinear:
                 torch.mm(rows, x_t, out=out_t[offset + start : offset + stop])
             offset += part.rows
         return out_t.t().contiguous()
+
+
+class _Linear(ctypes.Structure):
+    _fields_ = [("parts", ctypes.POINTER(_Part)), ("nparts", ctypes.c_int), ("rows", ctypes.c_int), ("bias", ctypes.c_void_p)]
+
+
+class _Layer(ctypes.Structure):
+    _fields_ = [("norm1", ctypes.c_void_p), ("norm2", ctypes.c_void_p), ("qkv", _Linear), ("o", _Linear), ("up", _Linear), ("down", _Linear)]
+
+
+class _Model(ctypes.Structure):
+    _fields_ = [
+        ("layers", ctypes.c_int), ("dim", ctypes.c_int), ("heads", ctypes.c_int), ("kv_heads", ctypes.c_int),
+        ("head_dim", ctypes.c_int), ("inter", ctypes.c_int), ("cache_tokens", ctypes.c_int), ("eps", ctypes.c_float),
+        ("layer", ctypes.POINTER(_Layer)), ("final_norm", ctypes.c_void_p), ("head", _Linear), ("embed", _Part),
+        ("cos", ctypes.c_void_p), ("signed_sin", ctypes.c_void_p), ("k_cache", ctypes.c_void_p), ("v_cache", ctypes.c_void_p),
+    ]
+
+
+@dataclass(frozen=True)
+class StepLayer:
+    """One layer as the C decode step reads it (fp32 contiguous norm weights)."""
+
+    norm1: Tensor
+    norm2: Tensor
+    qkv: QuantLinear
+    o: QuantLinear
+    up: QuantLinear  # gate rows, then up rows
+    down: QuantLinear
+
+
+class DecodeStep:
+    """A whole one-token decode step of a Llama/Qwen2 decoder in one C call (csrc/quant.c, tf_decode_step):
+    RMS norms, q|k|v, rotate-half rotary from the decoder's tables, grouped-query attention over its fp32 KV
+    cache [L, Hkv, T, Dh], SiLU-gated MLP, head. The products are QuantLinear's kernels; what the call saves
+    is a Python call per operation (~30 per layer). Holds references to every tensor it points at."""
+
+    def __init__(
+        self, *, layers: list[StepLayer], final_norm: Tensor, head: QuantLinear, embed: QuantTensor, heads: int,
+        kv_heads: int, head_dim: int, eps: float, cos: Tensor, signed_sin: Tensor, k_cache: Tensor, v_cache: Tensor,
+    ) -> None:
+        dim = embed.cols
+        tensors = [final_norm, cos, signed_sin, k_cache, v_cache] + [t for layer in layers for t in (layer.norm1, layer.norm2)]
+        if any(t.dtype != torch.float32 or not t.is_contiguous() or t.device.type != "cpu" for t in tensors):
+            raise QuantError("the C decode step needs contiguous fp32 CPU tensors")
+        if head_dim % 2 or head_dim > 512 or heads % kv_heads:
+            raise QuantError(f"head_dim {head_dim} / {heads} heads over {kv_heads} kv heads is not supported")
+        inter = layers[0].down.in_features
+        for layer in layers:
+            shapes = ((layer.qkv.in_features, layer.qkv.out_features), (layer.o.in_features, layer.o.out_features),
+                      (layer.up.in_features, layer.up.out_features), (layer.down.in_features, layer.down.out_features))
+            if shapes != ((dim, (heads + 2 * kv_heads) * head_dim), (heads * head_dim, dim), (dim, 2 * inter), (inter, dim)):
+                raise QuantError(f"layer shapes {shapes} do not match a Llama/Qwen2 decoder")
+        self._keep: list[object] = [layers, final_norm, head, embed, cos, signed_sin, k_cache, v_cache]
+        self._layers = (_Layer * len(layers))(*[
+            _Layer(layer.norm1.data_ptr(), layer.norm2.data_ptr(), self._linear(layer.qkv), self._linear(layer.o),
+                   self._linear(layer.up), self._linear(layer.down))
+            for layer in layers
+        ])
+        self._model = _Model(
+            len(layers), dim, heads, kv_heads, head_dim, inter, k_cache.shape[-2], eps, self._layers,
+            final_norm.data_ptr(), self._linear(head), _Part(embed.type, embed.rows, embed.data.data_ptr(), embed.data.shape[1]),
+            cos.data_ptr(), signed_sin.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
+        )
+        self.vocab = head.out_features
+        self.max_tokens = min(k_cache.shape[-2], cos.shape[0])
+        self._lib = _lib()
+
+    def _linear(self, linear: QuantLinear) -> _Linear:
+        bias = linear.bias
+        return _Linear(linear._parts, len(linear.parts), linear.out_features, None if bias is None else bias.data_ptr())
+
+    def __call__(self, token: int, pos: int) -> Tensor:
+        """Logits [V] after writing ``token`` at ``pos``."""
+        if not 0 <= pos < self.max_tokens:
+            raise ValueError(f"position {pos} outside the cache (max_tokens {self.max_tokens})")
+        logits = torch.empty(self.vocab)
+        status = self._lib.tf_decode_step(ctypes.byref(self._model), token, pos, logits.data_ptr(), _threads())
+        if status:
+            raise QuantError(f"the C decode step failed ({status})")
+        return logits
 
 
 def reference_linear(parts: list[QuantTensor], bias: Tensor | None, x: Tensor) -> Tensor:
