@@ -126,8 +126,10 @@ def test_integer_path_stays_within_the_activation_rounding_of_fp32(kernel_path: 
     assert (actual - exact).abs().max() > 0  # the rounding is there: this is not the fp32 product
 
 
+@pytest.mark.parametrize("tile_bytes", [quant.TILE_BYTES, 64 * 4 * 1024], ids=["one-tile", "tiles-of-64-rows"])
 @pytest.mark.parametrize("tokens", [1, 5, 33])
-def test_fused_parts_of_mixed_types_with_bias(kernel_path: object, tokens: int) -> None:
+def test_fused_parts_of_mixed_types_with_bias(kernel_path: object, tokens: int, tile_bytes: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(quant, "TILE_BYTES", tile_bytes)
     parts = [random_tensor(quant.Q4_K, 96, 1024, 1), random_tensor(quant.Q4_K, 32, 1024, 2), random_tensor(quant.Q6_K, 40, 1024, 3)]
     bias = torch.randn(168)
     x = _activations(tokens, 1024, seed=3)
