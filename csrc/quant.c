@@ -1,16 +1,16 @@
 /* Matrix products over GGUF-quantized weight rows, on CPU.
  *
  * The weights stay in the GGUF's own blocks (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K; F32 and F16 rows too). As
- * llama.cpp does, each token's activations are quantized once per call to 8-bit blocks of 32 (an fp32 scale
- * each), and each output row n of y[s, n] = sum_k x[s, k] * w[n, k] is computed from the row's blocks in
- * integer arithmetic (AVX2 maddubs/madd) with the block scales applied in fp32: the product of the
+ * llama.cpp does, each token's activations are quantized once per call to integer blocks of 32 (16-bit, an
+ * fp32 scale each), and each output row n of y[s, n] = sum_k x[s, k] * w[n, k] is computed from the row's
+ * blocks in integer arithmetic (AVX2 madd) with the block scales applied in fp32: the product of the
  * dequantized matrix (as gguf-py and ggml's dequantize_row_* define it) with the rounded activations, up to
  * the order of fp32 additions. F32/F16 rows multiply the fp32 activations.
  *
  * Entry points (plain C ABI, called through ctypes from tabfill/kernels/quant.py):
  *   tf_matmul       y[S, ldy] = x[S, K] @ W^T for W = row-concatenated parts (S small: decode and drafts)
  *   tf_dequant      fp32 rows of one part (embedding lookup; weight tiles for the prefill GEMM)
- *   tf_quantize_q8  the activations' 8-bit blocks (for the reference twin's tests)
+ *   tf_quantize_act the activations' 16-bit blocks (for the reference twin's tests)
  *
  * Speed: AVX2 + FMA + F16C kernels chosen at run time (__builtin_cpu_supports); without them a portable
  * path computes the same integer products in plain C. Nothing here needs AVX-512. Work is split in blocks
@@ -203,24 +203,28 @@ static int have_avx2(void) {
 
 /* ---- 8-bit activations: what the integer kernels multiply the weight blocks with --------------------- */
 
-/* x[K] -> per 32-element block b: d[b] = max|x| / 127, q = round(x / d) (to nearest even, via x * (1/d) as
- * llama.cpp's quantize_row_q8 does), ds[b] = d[b] * sum(q) (for the offsets of Q4_0/Q4_1/Q4_K). The
- * products below are exactly those of the dequantized weights with q * d, up to the order of fp32 sums. */
+/* x[K] -> per 32-element block b: d[b] = max|x| / 32767, q = round(x / d) (to nearest even, via x * (1/d)),
+ * ds[b] = d[b] * sum(q) (for the offsets of Q4_0/Q4_1/Q4_K). The products below are exactly those of the
+ * dequantized weights with q * d, up to the order of fp32 sums. NOTE: 16-bit, not llama.cpp's 8-bit: with
+ * 8-bit blocks 3 of 24 of the bench's greedy first lines differed from the fp32 model's; 16 bits cost one
+ * more madd per 32 values and keep the rounding ~256x below it. */
+#define ACT_MAX 32767.0f
+
 typedef struct {
-    int8_t *q;   /* [K] */
+    int16_t *q;  /* [K] */
     float *d;    /* [K / 32] */
     float *ds;   /* [K / 32] */
-} q8_act;
+} qact;
 
-static void quantize_q8_generic(const float *x, int K, q8_act a) {
+static void quantize_act_generic(const float *x, int K, qact a) {
     for (int b = 0; b < K / 32; b++) {
         float amax = 0.0f;
         for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(x[32 * b + j]));
-        float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+        float d = amax / ACT_MAX, id = d != 0.0f ? 1.0f / d : 0.0f;
         int sum = 0;
         for (int j = 0; j < 32; j++) {
             int v = (int)nearbyintf(x[32 * b + j] * id);
-            a.q[32 * b + j] = (int8_t)v;
+            a.q[32 * b + j] = (int16_t)v;
             sum += v;
         }
         a.d[b] = d;
@@ -228,7 +232,7 @@ static void quantize_q8_generic(const float *x, int K, q8_act a) {
     }
 }
 
-AVX2 static void quantize_q8_avx2(const float *x, int K, q8_act a) {
+AVX2 static void quantize_act_avx2(const float *x, int K, qact a) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
     for (int b = 0; b < K / 32; b++) {
         const float *xb = x + 32 * b;
@@ -238,7 +242,7 @@ AVX2 static void quantize_q8_avx2(const float *x, int K, q8_act a) {
         __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
         h = _mm_max_ps(h, _mm_movehl_ps(h, h));
         h = _mm_max_ss(h, _mm_movehdup_ps(h));
-        float d = _mm_cvtss_f32(h) / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+        float d = _mm_cvtss_f32(h) / ACT_MAX, id = d != 0.0f ? 1.0f / d : 0.0f;
         __m256 mul = _mm256_set1_ps(id);
         const int round = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
         __m256i i0 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v0, mul), round));
@@ -249,10 +253,11 @@ AVX2 static void quantize_q8_avx2(const float *x, int K, q8_act a) {
         __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
         s4 = _mm_hadd_epi32(s4, s4);
         s4 = _mm_hadd_epi32(s4, s4);
-        /* pack 32 int32 -> 32 int8 in order (the packs work within 128-bit lanes: permute back) */
-        __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
-        p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-        _mm256_storeu_si256((__m256i *)(a.q + 32 * b), p);
+        /* 32 int32 -> 32 int16 in order (packs work within 128-bit lanes: permute the quadwords back) */
+        __m256i p0 = _mm256_permute4x64_epi64(_mm256_packs_epi32(i0, i1), 0xD8);
+        __m256i p1 = _mm256_permute4x64_epi64(_mm256_packs_epi32(i2, i3), 0xD8);
+        _mm256_storeu_si256((__m256i *)(a.q + 32 * b), p0);
+        _mm256_storeu_si256((__m256i *)(a.q + 32 * b + 16), p1);
         a.d[b] = d;
         a.ds[b] = d * (float)_mm_cvtsi128_si32(s4);
     }
@@ -306,7 +311,7 @@ static void unpack_block32(int type, const uint8_t *row, int b, int8_t q[32], fl
     }
 }
 
-static float row_dot_q8_generic(int type, const uint8_t *row, q8_act a, int K) {
+static float row_dot_qact_generic(int type, const uint8_t *row, qact a, int K) {
     float sum = 0.0f;
     for (int b = 0; b < K / 32; b++) {
         int8_t q[32];
@@ -322,14 +327,20 @@ static float row_dot_q8_generic(int type, const uint8_t *row, q8_act a, int K) {
     return sum;
 }
 
-/* 32 unsigned bytes (0..127) times 32 signed bytes -> 8 int32 sums of 4 */
-AVX2 static inline __m256i dot_u8s8(__m256i u, __m256i s) {
-    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+/* 32 weight bytes (unsigned 0..63 when `is_signed` is 0, else signed) times 32 int16 activations -> 8 int32
+ * sums: the two 16-element halves as two vectors (for Q6_K's scale per 16) */
+AVX2 static inline void dot32_halves(__m256i w, int is_signed, const int16_t *x, __m256i *lo, __m256i *hi) {
+    __m128i w0 = _mm256_castsi256_si128(w), w1 = _mm256_extracti128_si256(w, 1);
+    __m256i a = is_signed ? _mm256_cvtepi8_epi16(w0) : _mm256_cvtepu8_epi16(w0);
+    __m256i b = is_signed ? _mm256_cvtepi8_epi16(w1) : _mm256_cvtepu8_epi16(w1);
+    *lo = _mm256_madd_epi16(a, _mm256_loadu_si256((const __m256i *)x));
+    *hi = _mm256_madd_epi16(b, _mm256_loadu_si256((const __m256i *)(x + 16)));
 }
 
-/* signed times signed: |w| times x with w's signs */
-AVX2 static inline __m256i dot_s8s8(__m256i w, __m256i x) {
-    return dot_u8s8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+AVX2 static inline __m256 dot32(__m256i w, int is_signed, const int16_t *x) {
+    __m256i lo, hi;
+    dot32_halves(w, is_signed, x, &lo, &hi);
+    return _mm256_cvtepi32_ps(_mm256_add_epi32(lo, hi));
 }
 
 /* 16 bytes of nibbles -> 32 bytes: low nibbles (elements 0..15), then high nibbles (16..31) */
@@ -339,31 +350,27 @@ AVX2 static inline __m256i nibbles32(const uint8_t *qs) {
     return _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
 }
 
-AVX2 static float row_dot_q8_avx2(int type, const uint8_t *src, q8_act a, int K) {
+AVX2 static float row_dot_qact_avx2(int type, const uint8_t *src, qact a, int K) {
     __m256 acc = _mm256_setzero_ps();
     float offset = 0.0f;
-    const int8_t *xq = a.q;
+    const int16_t *xq = a.q;
     switch (type) {
     case T_Q4_0:
         for (int b = 0; b < K / 32; b++, src += 18, xq += 32) {
             float d = h2f(src);
-            __m256i s = dot_u8s8(nibbles32(src + 2), _mm256_loadu_si256((const __m256i *)xq));
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d[b]), _mm256_cvtepi32_ps(s), acc);
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d[b]), dot32(nibbles32(src + 2), 0, xq), acc);
             offset -= 8.0f * d * a.ds[b];
         }
         break;
     case T_Q4_1:
         for (int b = 0; b < K / 32; b++, src += 20, xq += 32) {
-            __m256i s = dot_u8s8(nibbles32(src + 4), _mm256_loadu_si256((const __m256i *)xq));
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(src) * a.d[b]), _mm256_cvtepi32_ps(s), acc);
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(src) * a.d[b]), dot32(nibbles32(src + 4), 0, xq), acc);
             offset += h2f(src + 2) * a.ds[b];
         }
         break;
     case T_Q8_0:
-        for (int b = 0; b < K / 32; b++, src += 34, xq += 32) {
-            __m256i s = dot_s8s8(_mm256_loadu_si256((const __m256i *)(src + 2)), _mm256_loadu_si256((const __m256i *)xq));
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(src) * a.d[b]), _mm256_cvtepi32_ps(s), acc);
-        }
+        for (int b = 0; b < K / 32; b++, src += 34, xq += 32)
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(src) * a.d[b]), dot32(_mm256_loadu_si256((const __m256i *)(src + 2)), 1, xq), acc);
         break;
     case T_Q4_K: {
         const __m256i m4 = _mm256_set1_epi8(0x0F);
@@ -376,10 +383,8 @@ AVX2 static float row_dot_q8_avx2(int type, const uint8_t *src, q8_act a, int K)
                 scale_min_k4(2 * j, src + 4, &sc0, &m0);
                 scale_min_k4(2 * j + 1, src + 4, &sc1, &m1);
                 __m256i raw = _mm256_loadu_si256((const __m256i *)q);
-                __m256i s0 = dot_u8s8(_mm256_and_si256(raw, m4), _mm256_loadu_si256((const __m256i *)xq));
-                __m256i s1 = dot_u8s8(_mm256_and_si256(_mm256_srli_epi16(raw, 4), m4), _mm256_loadu_si256((const __m256i *)(xq + 32)));
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(d * sc0 * a.d[b]), _mm256_cvtepi32_ps(s0), acc);
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(d * sc1 * a.d[b + 1]), _mm256_cvtepi32_ps(s1), acc);
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(d * sc0 * a.d[b]), dot32(_mm256_and_si256(raw, m4), 0, xq), acc);
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(d * sc1 * a.d[b + 1]), dot32(_mm256_and_si256(_mm256_srli_epi16(raw, 4), m4), 0, xq + 32), acc);
                 offset -= dmin * m0 * a.ds[b] + dmin * m1 * a.ds[b + 1];
             }
         }
@@ -401,12 +406,11 @@ AVX2 static float row_dot_q8_avx2(int type, const uint8_t *src, q8_act a, int K)
                 q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), _mm256_and_si256(_mm256_srli_epi16(h, 2), m3));
                 for (int i = 0; i < 4; i++, xq += 32) {
                     int b = 8 * sb + 4 * n + i;
-                    __m256i w = _mm256_sub_epi8(q[i], off);
-                    __m256i x = _mm256_loadu_si256((const __m256i *)xq);
-                    __m256i p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
-                    __m256i scales = _mm256_setr_m128i(_mm_set1_epi16(sc[2 * i]), _mm_set1_epi16(sc[2 * i + 1]));
-                    __m256i s = _mm256_madd_epi16(p16, scales);
-                    acc = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d[b]), _mm256_cvtepi32_ps(s), acc);
+                    __m256i lo, hi;
+                    dot32_halves(_mm256_sub_epi8(q[i], off), 1, xq, &lo, &hi);
+                    __m256 dd = _mm256_set1_ps(d * a.d[b]);
+                    acc = _mm256_fmadd_ps(_mm256_mul_ps(dd, _mm256_set1_ps((float)sc[2 * i])), _mm256_cvtepi32_ps(lo), acc);
+                    acc = _mm256_fmadd_ps(_mm256_mul_ps(dd, _mm256_set1_ps((float)sc[2 * i + 1])), _mm256_cvtepi32_ps(hi), acc);
                 }
             }
         }
@@ -415,7 +419,6 @@ AVX2 static float row_dot_q8_avx2(int type, const uint8_t *src, q8_act a, int K)
     }
     return hsum8(acc) + offset;
 }
-
 
 /* ---- AVX2 dequantization (weight tiles of the prefill GEMM, embedding rows) --------------------------- */
 
@@ -594,7 +597,7 @@ typedef struct {
     const tf_part *parts;
     int nparts, K, S, total_rows;
     const float *x; /* [S, K] */
-    q8_act *act;    /* [S]: x quantized (NULL when every part is F32/F16) */
+    qact *act;    /* [S]: x quantized (NULL when every part is F32/F16) */
     float *y;
     int64_t ldy;
 } matmul_job;
@@ -619,7 +622,7 @@ static void matmul_rows(void *arg, int block) {
             if (fp && !avx2) dequant_row_generic(w->type, row, K, buf);
             for (int s = 0; s < S; s++) {
                 float v;
-                if (!fp) v = avx2 ? row_dot_q8_avx2(w->type, row, job->act[s], K) : row_dot_q8_generic(w->type, row, job->act[s], K);
+                if (!fp) v = avx2 ? row_dot_qact_avx2(w->type, row, job->act[s], K) : row_dot_qact_generic(w->type, row, job->act[s], K);
                 else v = avx2 ? row_dot_float_avx2(w->type, row, job->x + (int64_t)s * K, K) : dot_generic(buf, job->x + (int64_t)s * K, K);
                 out[s * job->ldy] = v;
             }
@@ -628,17 +631,17 @@ static void matmul_rows(void *arg, int block) {
     free(buf);
 }
 
-static q8_act *quantize_rows(const float *x, int S, int K) {
+static qact *quantize_rows(const float *x, int S, int K) {
     /* one allocation: S headers, then q [S K], d [S K/32], ds [S K/32] */
     size_t nb = (size_t)K / 32;
-    q8_act *act = malloc(sizeof(q8_act) * (size_t)S + (size_t)S * K + 2 * sizeof(float) * (size_t)S * nb + 64);
+    qact *act = malloc(sizeof(qact) * (size_t)S + 2 * (size_t)S * K + 2 * sizeof(float) * (size_t)S * nb + 64);
     if (act == NULL) return NULL;
     float *d = (float *)(((uintptr_t)(act + S) + 63) & ~(uintptr_t)63), *ds = d + (size_t)S * nb;
-    int8_t *q = (int8_t *)(ds + (size_t)S * nb);
+    int16_t *q = (int16_t *)(ds + (size_t)S * nb);
     for (int s = 0; s < S; s++) {
-        act[s] = (q8_act){q + (size_t)s * K, d + (size_t)s * nb, ds + (size_t)s * nb};
-        if (have_avx2()) quantize_q8_avx2(x + (int64_t)s * K, K, act[s]);
-        else quantize_q8_generic(x + (int64_t)s * K, K, act[s]);
+        act[s] = (qact){q + (size_t)s * K, d + (size_t)s * nb, ds + (size_t)s * nb};
+        if (have_avx2()) quantize_act_avx2(x + (int64_t)s * K, K, act[s]);
+        else quantize_act_generic(x + (int64_t)s * K, K, act[s]);
     }
     return act;
 }
@@ -654,7 +657,7 @@ int tf_matmul(const tf_part *parts, int nparts, int K, const float *x, int S, fl
         total += parts[p].rows;
         quantized |= !is_float_type(parts[p].type);
     }
-    q8_act *act = NULL;
+    qact *act = NULL;
     if (quantized && (act = quantize_rows(x, S, K)) == NULL) return -2;
     matmul_job job = {parts, nparts, K, S, total, x, act, y, ldy};
     run_parallel(matmul_rows, &job, (total + BLOCK_ROWS - 1) / BLOCK_ROWS, total < 64 ? 1 : nthreads);
@@ -664,12 +667,12 @@ int tf_matmul(const tf_part *parts, int nparts, int K, const float *x, int S, fl
 
 /* The activations' 8-bit blocks as tf_matmul computes them (for the reference twin's tests):
  * q [S, K] int8, d and ds [S, K / 32]. */
-int tf_quantize_q8(const float *x, int S, int K, int8_t *q, float *d, float *ds) {
+int tf_quantize_act(const float *x, int S, int K, int16_t *q, float *d, float *ds) {
     if (K % 32) return -1;
     for (int s = 0; s < S; s++) {
-        q8_act a = {q + (int64_t)s * K, d + (int64_t)s * (K / 32), ds + (int64_t)s * (K / 32)};
-        if (have_avx2()) quantize_q8_avx2(x + (int64_t)s * K, K, a);
-        else quantize_q8_generic(x + (int64_t)s * K, K, a);
+        qact a = {q + (int64_t)s * K, d + (int64_t)s * (K / 32), ds + (int64_t)s * (K / 32)};
+        if (have_avx2()) quantize_act_avx2(x + (int64_t)s * K, K, a);
+        else quantize_act_generic(x + (int64_t)s * K, K, a);
     }
     return 0;
 }

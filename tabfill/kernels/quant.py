@@ -4,9 +4,10 @@ A `QuantTensor` is one GGUF matrix as its file stores it ([rows, row_bytes] uint
 memory-mapped file): nothing is dequantized at load. `QuantLinear` is a linear layer over one or more of them
 (q|k|v or gate|up fused by concatenating rows, even when the parts have different block types):
 - a few tokens (decode, draft verification): as llama.cpp does, each token's activations are quantized
-  once per call to 8-bit blocks (per 32 values: d = max|x| / 127, q = round(x / d)), and the C kernels
-  (csrc/quant.c) multiply them with the weight blocks in integers (AVX2 maddubs/madd), streaming the
-  compact weights once per call: the product of the dequantized matrix with the rounded activations q * d;
+  once per call to integer blocks (per 32 values: d = max|x| / 32767, q = round(x / d), 16-bit where
+  llama.cpp uses 8: see csrc/quant.c), and the C kernels (csrc/quant.c) multiply them with the weight
+  blocks in integers (AVX2 madd), streaming the compact weights once per call: the product of the
+  dequantized matrix with the rounded activations q * d;
 - many tokens (prefill): rows are dequantized tile by tile into fp32 and multiplied with torch's GEMM
   (fp32 activations).
 F32/F16 matrices always take the fp32 activations.
@@ -129,21 +130,22 @@ def dequantize(tensor: QuantTensor) -> Tensor:
     return out.reshape(rows, cols)
 
 
-ACT_BLOCK = 32  # activation values per 8-bit block (one scale each)
+ACT_BLOCK = 32  # activation values per integer block (one scale each)
+ACT_MAX = 32767.0  # 16-bit activations
 
 
 def quantize_activations(x: Tensor) -> tuple[Tensor, Tensor]:
-    """x [S, K] fp32 -> (q [S, K] int8, d [S, K / 32] fp32) as the kernels round them: per block of 32,
-    d = max|x| / 127 and q = round-half-even(x * (1 / d)) (0 for an all-zero block). x ~ q * d."""
+    """x [S, K] fp32 -> (q [S, K] int16, d [S, K / 32] fp32) as the kernels round them: per block of 32,
+    d = max|x| / 32767 and q = round-half-even(x * (1 / d)) (0 for an all-zero block). x ~ q * d."""
     blocks = x.float().reshape(x.shape[0], -1, ACT_BLOCK)  # [S, nb, 32]
-    d = blocks.abs().amax(dim=-1, keepdim=True) / 127.0  # [S, nb, 1]
+    d = blocks.abs().amax(dim=-1, keepdim=True) / ACT_MAX  # [S, nb, 1]
     inverse = torch.where(d != 0, 1.0 / d, torch.zeros_like(d))
     q = torch.round(blocks * inverse)
-    return q.to(torch.int8).reshape(x.shape), d.squeeze(-1)
+    return q.to(torch.int16).reshape(x.shape), d.squeeze(-1)
 
 
 def rounded_activations(x: Tensor) -> Tensor:
-    """fp32 [S, K]: x after the kernels' 8-bit rounding (q * d)."""
+    """fp32 [S, K]: x after the kernels' rounding (q * d)."""
     q, d = quantize_activations(x)
     return (q.float().reshape(x.shape[0], -1, ACT_BLOCK) * d[..., None]).reshape(x.shape)
 
@@ -183,12 +185,12 @@ def _lib() -> ctypes.CDLL:
                 c_ptr, c_int, c_i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
                 lib.tf_matmul.argtypes = [ctypes.POINTER(_Part), c_int, c_int, c_ptr, c_int, c_ptr, c_i64, c_int]
                 lib.tf_dequant.argtypes = [c_int, c_ptr, c_i64, c_int, c_ptr, c_int, c_ptr, c_int]
-                lib.tf_quantize_q8.argtypes = [c_ptr, c_int, c_int, c_ptr, c_ptr, c_ptr]
+                lib.tf_quantize_act.argtypes = [c_ptr, c_int, c_int, c_ptr, c_ptr, c_ptr]
                 lib.tf_decode_step.argtypes = [c_ptr, c_int, c_int, c_ptr, c_int]
                 lib.tf_decode_step.restype = c_int
                 lib.tf_force_portable.argtypes = [c_int]
                 lib.tf_force_portable.restype = None
-                lib.tf_matmul.restype = lib.tf_dequant.restype = lib.tf_has_avx2.restype = lib.tf_quantize_q8.restype = c_int
+                lib.tf_matmul.restype = lib.tf_dequant.restype = lib.tf_has_avx2.restype = lib.tf_quantize_act.restype = c_int
                 _lib_state.append(lib)
         state = _lib_state[0]
     if isinstance(state, str):
@@ -232,13 +234,13 @@ def _dequant(tensor: QuantTensor, data: int, rows: int | None, count: int, out: 
 
 
 def kernel_activations(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """The C kernels' 8-bit blocks of x [S, K]: (q [S, K] int8, d [S, K / 32], d * sum(q) [S, K / 32])."""
+    """The C kernels' integer blocks of x [S, K]: (q [S, K] int16, d [S, K / 32], d * sum(q) [S, K / 32])."""
     x = x.float().contiguous()
     tokens, cols = x.shape
-    q = torch.empty(tokens, cols, dtype=torch.int8)
+    q = torch.empty(tokens, cols, dtype=torch.int16)
     d = torch.empty(tokens, cols // ACT_BLOCK)
     ds = torch.empty(tokens, cols // ACT_BLOCK)
-    if _lib().tf_quantize_q8(x.data_ptr(), tokens, cols, q.data_ptr(), d.data_ptr(), ds.data_ptr()):
+    if _lib().tf_quantize_act(x.data_ptr(), tokens, cols, q.data_ptr(), d.data_ptr(), ds.data_ptr()):
         raise QuantError(f"{cols} values are not whole blocks of {ACT_BLOCK}")
     return q, d, ds
 
@@ -389,7 +391,7 @@ class DecodeStep:
 
 def reference_linear(parts: list[QuantTensor], bias: Tensor | None, x: Tensor) -> Tensor:
     """What a QuantLinear computes, with the reference twins and fp32 matmuls (for tests): up to
-    KERNEL_MAX_TOKENS tokens, the quantized parts multiply the 8-bit-rounded activations."""
+    KERNEL_MAX_TOKENS tokens, the quantized parts multiply the rounded activations."""
     x = x.float()
     rounded = rounded_activations(x) if x.shape[0] <= KERNEL_MAX_TOKENS else x
     outs = [(x if p.type in (F32, F16) else rounded) @ dequantize(p).t() for p in parts]  # [S, N_i]

@@ -47,7 +47,9 @@ def tiny_decoder(kind: int, *, bias: bool = False) -> GgufDecoder:
     )
 
 
-def _steps_both_ways(decoder: GgufDecoder, prompt: list[int], steps: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _steps_both_ways(
+    decoder: GgufDecoder, prompt: list[int], steps: list[int], tol: float = 1e-4
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(C step logits, torch forward logits) at each step after the same prefill; the caches compared too."""
     step = decoder.step
     assert step is not None
@@ -61,8 +63,8 @@ def _steps_both_ways(decoder: GgufDecoder, prompt: list[int], steps: list[int]) 
         decoder.step = step
         actual = decoder.forward([token], pos)
         assert actual.shape == (VOCAB,)
-        torch.testing.assert_close(decoder.cache.k, k, rtol=1e-4, atol=1e-4)
-        torch.testing.assert_close(decoder.cache.v, v, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(decoder.cache.k, k, rtol=tol, atol=tol)
+        torch.testing.assert_close(decoder.cache.v, v, rtol=tol, atol=tol)
         out.append((actual, expected))
     return out
 
@@ -76,12 +78,12 @@ def test_c_step_equals_the_torch_forward_on_fp32_weights() -> None:
 
 @needs_kernels
 def test_c_step_follows_the_torch_forward_on_quantized_weights() -> None:
-    """Same kernels, same 8-bit rounding; only fp32 order in norms and attention differs (which may move an
-    activation across a rounding boundary: a small, bounded difference)."""
+    """Same kernels, same activation rounding; only fp32 order in norms and attention differs (which may move
+    an activation across a rounding step of max|x|/32767: a small difference)."""
     for kind in (quant.Q4_1, quant.Q8_0, quant.Q4_0):
         decoder = tiny_decoder(kind)
-        for actual, expected in _steps_both_ways(decoder, list(range(10, 30)), [1, 2, 3]):
-            assert (actual - expected).abs().max() <= 0.02 * expected.abs().max()
+        for actual, expected in _steps_both_ways(decoder, list(range(10, 30)), [1, 2, 3], tol=2e-3):
+            assert (actual - expected).abs().max() <= 2e-3 * expected.abs().max()
             assert actual.argmax() == expected.argmax()
 
 

@@ -1,4 +1,4 @@
-"""The GGUF block kernels: the torch reference twin against gguf-py's dequantizer, the kernels' 8-bit
+"""The GGUF block kernels: the torch reference twin against gguf-py's dequantizer, the kernels' integer
 activation blocks bit for bit against their twin, the C kernels against the reference (random blocks of
 every supported type, fused parts of mixed types, 1..16 tokens and the GEMM path, AVX2 and portable C), and
 the integer path's distance from the fp32 product bounded by the activations' rounding."""
@@ -77,15 +77,16 @@ def _activations(tokens: int, cols: int, seed: int) -> torch.Tensor:
     x = torch.randn(tokens, cols, generator=torch.Generator().manual_seed(seed))
     x[:, 7] *= 40.0
     x[:, 32:64] = 0.0
-    x[0, 64:96] = torch.arange(32) - 15.5  # amax 16.5 -> d = 16.5/127: several values round at .5 exactly
+    x[0, 96] = 32767 / 1024  # d = 2^-10 exactly: the block's other values are exact halves (ties) of the step
+    x[0, 97:128] = (torch.arange(31) - 14.5) / 1024
     return x
 
 
 def test_activation_twin_rounds_half_to_even() -> None:
     x = torch.zeros(1, 32)
-    x[0, 0], x[0, 1], x[0, 2] = 127.0, 0.5, 1.5  # d = 1: 0.5 -> 0, 1.5 -> 2
+    x[0, 0], x[0, 1], x[0, 2] = 32767.0, 0.5, 1.5  # d = 1: 0.5 -> 0, 1.5 -> 2
     q, d = quantize_activations(x)
-    assert q[0, :3].tolist() == [127, 0, 2] and d.tolist() == [[1.0]]
+    assert q[0, :3].tolist() == [32767, 0, 2] and d.tolist() == [[1.0]]
     assert quantize_activations(torch.zeros(2, 64))[0].abs().sum() == 0
 
 
@@ -112,7 +113,7 @@ def test_matmul_matches_reference(kernel_path: object, kind: int, tokens: int) -
 
 @pytest.mark.parametrize("kind", [k for k in TYPES if k not in (quant.F32, quant.F16)], ids=lambda k: quant.TYPE_NAMES[k])
 def test_integer_path_stays_within_the_activation_rounding_of_fp32(kernel_path: object, kind: int) -> None:
-    """|W x_rounded - W x| <= |W| |x_rounded - x| <= |W| (d / 2): what 8-bit activations may cost at most."""
+    """|W x_rounded - W x| <= |W| |x_rounded - x| <= |W| (d / 2): what the integer activations may cost at most."""
     weight = random_tensor(kind, 300, 1024, seed=kind)
     x = _activations(2, 1024, seed=kind)
     actual = QuantLinear([weight])(x)
