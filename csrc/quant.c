@@ -1,18 +1,21 @@
-/* Matrix products over GGUF-quantized weight rows, on CPU, with fp32 activations.
+/* Matrix products over GGUF-quantized weight rows, on CPU.
  *
- * The weights stay in the GGUF's own blocks (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K; F32 and F16 rows too): each
- * output row n of y[s, n] = sum_k x[s, k] * w[n, k] is computed by unpacking the row's blocks in registers
- * and multiplying them with fp32 activations, so the product is the dequantized matrix's (as gguf-py and
- * ggml's dequantize_row_* define it) up to the order of fp32 additions.
+ * The weights stay in the GGUF's own blocks (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K; F32 and F16 rows too). As
+ * llama.cpp does, each token's activations are quantized once per call to integer blocks of 32 (16-bit, an
+ * fp32 scale each), and each output row n of y[s, n] = sum_k x[s, k] * w[n, k] is computed from the row's
+ * blocks in integer arithmetic (AVX2 madd) with the block scales applied in fp32: the product of the
+ * dequantized matrix (as gguf-py and ggml's dequantize_row_* define it) with the rounded activations, up to
+ * the order of fp32 additions. F32/F16 rows multiply the fp32 activations.
  *
  * Entry points (plain C ABI, called through ctypes from tabfill/kernels/quant.py):
- *   tf_matmul   y[S, ldy] = x[S, K] @ W^T for W = row-concatenated parts (S small: decode and drafts)
- *   tf_dequant  fp32 rows of one part (embedding lookup; weight tiles for the prefill GEMM)
+ *   tf_matmul       y[S, ldy] = x[S, K] @ W^T for W = row-concatenated parts (S small: decode and drafts)
+ *   tf_dequant      fp32 rows of one part (embedding lookup; weight tiles for the prefill GEMM)
+ *   tf_quantize_act the activations' 16-bit blocks (for the reference twin's tests)
  *
  * Speed: AVX2 + FMA + F16C kernels chosen at run time (__builtin_cpu_supports); without them a portable
- * path dequantizes each row and takes plain dot products. Nothing here needs AVX-512. Work is split by
- * output rows over a small persistent thread pool (the calling thread plus nthreads - 1 workers that spin
- * briefly between calls, then sleep).
+ * path computes the same integer products in plain C. Nothing here needs AVX-512. Work is split in blocks
+ * of output rows over a small persistent thread pool (the calling thread plus nthreads - 1 workers that spin
+ * briefly between calls, then sleep), claimed one block at a time.
  */
 #define _GNU_SOURCE
 #include <math.h>
@@ -174,101 +177,226 @@ AVX2 static inline float hsum8(__m256 v) {
 
 AVX2 static inline float h2f(const uint8_t *p) { return _cvtsh_ss(rd16(p)); }
 
-/* 16 unsigned bytes -> two vectors of 8 floats */
-#define U8X16_TO_PS(v, f0, f1)                                                                  \
-    do {                                                                                        \
-        f0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));                                       \
-        f1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(v, 8)));                    \
-    } while (0)
-
-/* x[0..31] . nibbles of 16 bytes (low nibbles are elements 0..15, high nibbles 16..31) */
-AVX2 static inline __m256 nibble_dot32(const uint8_t *qs, const float *x) {
-    const __m128i m4 = _mm_set1_epi8(0x0F);
-    __m128i raw = _mm_loadu_si128((const __m128i *)qs);
-    __m128i lo = _mm_and_si128(raw, m4), hi = _mm_and_si128(_mm_srli_epi16(raw, 4), m4);
-    __m256 f0, f1, f2, f3;
-    U8X16_TO_PS(lo, f0, f1);
-    U8X16_TO_PS(hi, f2, f3);
-    __m256 acc = _mm256_mul_ps(f0, _mm256_loadu_ps(x));
-    acc = _mm256_fmadd_ps(f1, _mm256_loadu_ps(x + 8), acc);
-    acc = _mm256_fmadd_ps(f2, _mm256_loadu_ps(x + 16), acc);
-    return _mm256_fmadd_ps(f3, _mm256_loadu_ps(x + 24), acc);
-}
-
-/* x[0..31] . 32 signed bytes */
-AVX2 static inline __m256 s8_dot32(__m256i q, const float *x) {
-    __m128i a = _mm256_castsi256_si128(q), b = _mm256_extracti128_si256(q, 1);
-    __m256 acc = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(a)), _mm256_loadu_ps(x));
-    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(a, 8))), _mm256_loadu_ps(x + 8), acc);
-    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)), _mm256_loadu_ps(x + 16), acc);
-    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(b, 8))), _mm256_loadu_ps(x + 24), acc);
-}
-
-/* x[0..15] . 16 signed bytes */
-AVX2 static inline __m256 s8_dot16(__m128i q, const float *x) {
-    __m256 acc = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), _mm256_loadu_ps(x));
-    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q, 8))), _mm256_loadu_ps(x + 8), acc);
-}
-
-/* One row of W times one activation vector. `xsum` holds the sums of x over each 32-element block (for
- * the offsets of Q4_1 and Q4_K: sum (d q + m) x = d sum q x + m sum x). */
-AVX2 static float row_dot_avx2(int type, const uint8_t *src, const float *x, const float *xsum, int K) {
+/* One F32/F16 row times fp32 activations. */
+AVX2 static float row_dot_float_avx2(int type, const uint8_t *src, const float *x, int K) {
     __m256 acc = _mm256_setzero_ps();
-    float offset = 0.0f;
-    switch (type) {
-    case T_F32: {
+    if (type == T_F32) {
         const float *w = (const float *)src;
         for (int k = 0; k < K; k += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(w + k), _mm256_loadu_ps(x + k), acc);
-        break;
-    }
-    case T_F16:
+    } else {
         for (int k = 0; k < K; k += 8)
             acc = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + 2 * k))), _mm256_loadu_ps(x + k), acc);
+    }
+    return hsum8(acc);
+}
+
+static int force_portable = 0;
+
+static int have_avx2(void) {
+    static int cached = -1;
+    if (cached < 0) {
+        __builtin_cpu_init();
+        cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    }
+    return cached && !force_portable;
+}
+
+/* ---- 8-bit activations: what the integer kernels multiply the weight blocks with --------------------- */
+
+/* x[K] -> per 32-element block b: d[b] = max|x| / 32767, q = round(x / d) (to nearest even, via x * (1/d)),
+ * ds[b] = d[b] * sum(q) (for the offsets of Q4_0/Q4_1/Q4_K). The products below are exactly those of the
+ * dequantized weights with q * d, up to the order of fp32 sums. NOTE: 16-bit, not llama.cpp's 8-bit: with
+ * 8-bit blocks 3 of 24 of the bench's greedy first lines differed from the fp32 model's; 16 bits cost one
+ * more madd per 32 values and keep the rounding ~256x below it. */
+#define ACT_MAX 32767.0f
+
+typedef struct {
+    int16_t *q;  /* [K] */
+    float *d;    /* [K / 32] */
+    float *ds;   /* [K / 32] */
+} qact;
+
+static void quantize_act_generic(const float *x, int K, qact a) {
+    for (int b = 0; b < K / 32; b++) {
+        float amax = 0.0f;
+        for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(x[32 * b + j]));
+        float d = amax / ACT_MAX, id = d != 0.0f ? 1.0f / d : 0.0f;
+        int sum = 0;
+        for (int j = 0; j < 32; j++) {
+            int v = (int)nearbyintf(x[32 * b + j] * id);
+            a.q[32 * b + j] = (int16_t)v;
+            sum += v;
+        }
+        a.d[b] = d;
+        a.ds[b] = d * (float)sum;
+    }
+}
+
+AVX2 static void quantize_act_avx2(const float *x, int K, qact a) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (int b = 0; b < K / 32; b++) {
+        const float *xb = x + 32 * b;
+        __m256 v0 = _mm256_loadu_ps(xb), v1 = _mm256_loadu_ps(xb + 8), v2 = _mm256_loadu_ps(xb + 16), v3 = _mm256_loadu_ps(xb + 24);
+        __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v0), _mm256_andnot_ps(sign, v1)),
+                                 _mm256_max_ps(_mm256_andnot_ps(sign, v2), _mm256_andnot_ps(sign, v3)));
+        __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        h = _mm_max_ss(h, _mm_movehdup_ps(h));
+        float d = _mm_cvtss_f32(h) / ACT_MAX, id = d != 0.0f ? 1.0f / d : 0.0f;
+        __m256 mul = _mm256_set1_ps(id);
+        const int round = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+        __m256i i0 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v0, mul), round));
+        __m256i i1 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v1, mul), round));
+        __m256i i2 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v2, mul), round));
+        __m256i i3 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v3, mul), round));
+        __m256i s = _mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3));
+        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+        s4 = _mm_hadd_epi32(s4, s4);
+        s4 = _mm_hadd_epi32(s4, s4);
+        /* 32 int32 -> 32 int16 in order (packs work within 128-bit lanes: permute the quadwords back) */
+        __m256i p0 = _mm256_permute4x64_epi64(_mm256_packs_epi32(i0, i1), 0xD8);
+        __m256i p1 = _mm256_permute4x64_epi64(_mm256_packs_epi32(i2, i3), 0xD8);
+        _mm256_storeu_si256((__m256i *)(a.q + 32 * b), p0);
+        _mm256_storeu_si256((__m256i *)(a.q + 32 * b + 16), p1);
+        a.d[b] = d;
+        a.ds[b] = d * (float)_mm_cvtsi128_si32(s4);
+    }
+}
+
+/* One 32-element block of a weight row as integers: w[j] = scale[j / 16] * q[j] + offset. The portable
+ * integer path (no AVX2), and what the AVX2 kernels compute block by block. */
+static void unpack_block32(int type, const uint8_t *row, int b, int8_t q[32], float scale[2], float *offset) {
+    *offset = 0.0f;
+    memset(q, 0, 32);
+    scale[0] = scale[1] = 0.0f;
+    switch (type) {
+    case T_Q4_0: case T_Q4_1: {
+        const uint8_t *blk = row + (int64_t)b * (type == T_Q4_0 ? 18 : 20), *qs = blk + (type == T_Q4_0 ? 2 : 4);
+        int zero = type == T_Q4_0 ? 8 : 0;
+        for (int j = 0; j < 16; j++) {
+            q[j] = (int8_t)((qs[j] & 0xF) - zero);
+            q[j + 16] = (int8_t)((qs[j] >> 4) - zero);
+        }
+        scale[0] = scale[1] = half_to_float(rd16(blk));
+        if (type == T_Q4_1) *offset = half_to_float(rd16(blk + 2));
         break;
+    }
+    case T_Q8_0: {
+        const uint8_t *blk = row + (int64_t)b * 34;
+        memcpy(q, blk + 2, 32);
+        scale[0] = scale[1] = half_to_float(rd16(blk));
+        break;
+    }
+    case T_Q4_K: {
+        const uint8_t *blk = row + (int64_t)(b / 8) * 144, *qs = blk + 16 + 32 * ((b % 8) / 2);
+        uint8_t sc, m;
+        scale_min_k4(b % 8, blk + 4, &sc, &m);
+        for (int j = 0; j < 32; j++) q[j] = (int8_t)(b % 2 ? qs[j] >> 4 : qs[j] & 0xF);
+        scale[0] = scale[1] = half_to_float(rd16(blk)) * sc;
+        *offset = -half_to_float(rd16(blk + 2)) * m;
+        break;
+    }
+    case T_Q6_K: {
+        const uint8_t *blk = row + (int64_t)(b / 8) * 210;
+        int half = (b % 8) / 4, i = b % 4; /* 128-element half, group of 32 in it */
+        const uint8_t *ql = blk + 64 * half + 32 * (i % 2), *qh = blk + 128 + 32 * half;
+        const int8_t *sc = (const int8_t *)(blk + 192) + 8 * half;
+        for (int l = 0; l < 32; l++)
+            q[l] = (int8_t)((int)((i < 2 ? ql[l] & 0xF : ql[l] >> 4) | (((qh[l] >> (2 * i)) & 3) << 4)) - 32);
+        float d = half_to_float(rd16(blk + 208));
+        scale[0] = d * sc[2 * i];
+        scale[1] = d * sc[2 * i + 1];
+        break;
+    }
+    }
+}
+
+static float row_dot_qact_generic(int type, const uint8_t *row, qact a, int K) {
+    float sum = 0.0f;
+    for (int b = 0; b < K / 32; b++) {
+        int8_t q[32];
+        float scale[2], offset;
+        unpack_block32(type, row, b, q, scale, &offset);
+        int s0 = 0, s1 = 0;
+        for (int j = 0; j < 16; j++) {
+            s0 += q[j] * a.q[32 * b + j];
+            s1 += q[j + 16] * a.q[32 * b + 16 + j];
+        }
+        sum += a.d[b] * (scale[0] * (float)s0 + scale[1] * (float)s1) + offset * a.ds[b];
+    }
+    return sum;
+}
+
+/* 32 weight bytes (unsigned 0..63 when `is_signed` is 0, else signed) times 32 int16 activations -> 8 int32
+ * sums: the two 16-element halves as two vectors (for Q6_K's scale per 16) */
+AVX2 static inline void dot32_halves(__m256i w, int is_signed, const int16_t *x, __m256i *lo, __m256i *hi) {
+    __m128i w0 = _mm256_castsi256_si128(w), w1 = _mm256_extracti128_si256(w, 1);
+    __m256i a = is_signed ? _mm256_cvtepi8_epi16(w0) : _mm256_cvtepu8_epi16(w0);
+    __m256i b = is_signed ? _mm256_cvtepi8_epi16(w1) : _mm256_cvtepu8_epi16(w1);
+    *lo = _mm256_madd_epi16(a, _mm256_loadu_si256((const __m256i *)x));
+    *hi = _mm256_madd_epi16(b, _mm256_loadu_si256((const __m256i *)(x + 16)));
+}
+
+AVX2 static inline __m256 dot32(__m256i w, int is_signed, const int16_t *x) {
+    __m256i lo, hi;
+    dot32_halves(w, is_signed, x, &lo, &hi);
+    return _mm256_cvtepi32_ps(_mm256_add_epi32(lo, hi));
+}
+
+/* 16 bytes of nibbles -> 32 bytes: low nibbles (elements 0..15), then high nibbles (16..31) */
+AVX2 static inline __m256i nibbles32(const uint8_t *qs) {
+    __m128i raw = _mm_loadu_si128((const __m128i *)qs);
+    __m256i both = _mm256_insertf128_si256(_mm256_castsi128_si256(raw), _mm_srli_epi16(raw, 4), 1);
+    return _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
+}
+
+AVX2 static float row_dot_qact_avx2(int type, const uint8_t *src, qact a, int K) {
+    __m256 acc = _mm256_setzero_ps();
+    float offset = 0.0f;
+    const int16_t *xq = a.q;
+    switch (type) {
     case T_Q4_0:
-        for (int b = 0; b < K / 32; b++, src += 18) {
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(src)), nibble_dot32(src + 2, x + 32 * b), acc);
-            offset -= 8.0f * h2f(src) * xsum[b];
+        for (int b = 0; b < K / 32; b++, src += 18, xq += 32) {
+            float d = h2f(src);
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d[b]), dot32(nibbles32(src + 2), 0, xq), acc);
+            offset -= 8.0f * d * a.ds[b];
         }
         break;
     case T_Q4_1:
-        for (int b = 0; b < K / 32; b++, src += 20) {
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(src)), nibble_dot32(src + 4, x + 32 * b), acc);
-            offset += h2f(src + 2) * xsum[b];
+        for (int b = 0; b < K / 32; b++, src += 20, xq += 32) {
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(src) * a.d[b]), dot32(nibbles32(src + 4), 0, xq), acc);
+            offset += h2f(src + 2) * a.ds[b];
         }
         break;
     case T_Q8_0:
-        for (int b = 0; b < K / 32; b++, src += 34)
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(src)), s8_dot32(_mm256_loadu_si256((const __m256i *)(src + 2)), x + 32 * b), acc);
+        for (int b = 0; b < K / 32; b++, src += 34, xq += 32)
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(src) * a.d[b]), dot32(_mm256_loadu_si256((const __m256i *)(src + 2)), 1, xq), acc);
         break;
     case T_Q4_K: {
         const __m256i m4 = _mm256_set1_epi8(0x0F);
-        for (int b = 0; b < K / 256; b++, src += 144) {
+        for (int sb = 0; sb < K / 256; sb++, src += 144) {
             float d = h2f(src), dmin = h2f(src + 2);
-            const uint8_t *scales = src + 4, *q = src + 16;
-            const float *xb = x + 256 * b, *sb = xsum + 8 * b;
-            for (int j = 0; j < 4; j++, q += 32, xb += 64) {
+            const uint8_t *q = src + 16;
+            for (int j = 0; j < 4; j++, q += 32, xq += 64) {
+                int b = 8 * sb + 2 * j;
                 uint8_t sc0, m0, sc1, m1;
-                scale_min_k4(2 * j, scales, &sc0, &m0);
-                scale_min_k4(2 * j + 1, scales, &sc1, &m1);
+                scale_min_k4(2 * j, src + 4, &sc0, &m0);
+                scale_min_k4(2 * j + 1, src + 4, &sc1, &m1);
                 __m256i raw = _mm256_loadu_si256((const __m256i *)q);
-                __m256i lo = _mm256_and_si256(raw, m4), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
-                /* nibbles are 0..15: as signed bytes they convert the same */
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(d * sc0), s8_dot32(lo, xb), acc);
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(d * sc1), s8_dot32(hi, xb + 32), acc);
-                offset -= dmin * m0 * sb[2 * j] + dmin * m1 * sb[2 * j + 1];
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(d * sc0 * a.d[b]), dot32(_mm256_and_si256(raw, m4), 0, xq), acc);
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(d * sc1 * a.d[b + 1]), dot32(_mm256_and_si256(_mm256_srli_epi16(raw, 4), m4), 0, xq + 32), acc);
+                offset -= dmin * m0 * a.ds[b] + dmin * m1 * a.ds[b + 1];
             }
         }
         break;
     }
     case T_Q6_K: {
         const __m256i m4 = _mm256_set1_epi8(0x0F), m3 = _mm256_set1_epi8(0x30), off = _mm256_set1_epi8(32);
-        for (int b = 0; b < K / 256; b++, src += 210) {
+        for (int sb = 0; sb < K / 256; sb++, src += 210) {
             const uint8_t *ql = src, *qh = src + 128;
             const int8_t *sc = (const int8_t *)(src + 192);
             float d = h2f(src + 208);
-            const float *xb = x + 256 * b;
-            for (int n = 0; n < 2; n++, ql += 64, qh += 32, sc += 8, xb += 128) {
+            for (int n = 0; n < 2; n++, ql += 64, qh += 32, sc += 8) {
                 __m256i l0 = _mm256_loadu_si256((const __m256i *)ql), l1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
                 __m256i h = _mm256_loadu_si256((const __m256i *)qh);
                 __m256i q[4];
@@ -276,10 +404,13 @@ AVX2 static float row_dot_avx2(int type, const uint8_t *src, const float *x, con
                 q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(h, 2), m3));
                 q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(h, m3));
                 q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), _mm256_and_si256(_mm256_srli_epi16(h, 2), m3));
-                for (int i = 0; i < 4; i++) {
-                    __m256i v = _mm256_sub_epi8(q[i], off);
-                    acc = _mm256_fmadd_ps(_mm256_set1_ps(d * sc[2 * i]), s8_dot16(_mm256_castsi256_si128(v), xb + 32 * i), acc);
-                    acc = _mm256_fmadd_ps(_mm256_set1_ps(d * sc[2 * i + 1]), s8_dot16(_mm256_extracti128_si256(v, 1), xb + 32 * i + 16), acc);
+                for (int i = 0; i < 4; i++, xq += 32) {
+                    int b = 8 * sb + 4 * n + i;
+                    __m256i lo, hi;
+                    dot32_halves(_mm256_sub_epi8(q[i], off), 1, xq, &lo, &hi);
+                    __m256 dd = _mm256_set1_ps(d * a.d[b]);
+                    acc = _mm256_fmadd_ps(_mm256_mul_ps(dd, _mm256_set1_ps((float)sc[2 * i])), _mm256_cvtepi32_ps(lo), acc);
+                    acc = _mm256_fmadd_ps(_mm256_mul_ps(dd, _mm256_set1_ps((float)sc[2 * i + 1])), _mm256_cvtepi32_ps(hi), acc);
                 }
             }
         }
@@ -289,66 +420,124 @@ AVX2 static float row_dot_avx2(int type, const uint8_t *src, const float *x, con
     return hsum8(acc) + offset;
 }
 
-AVX2 static float dot_avx2(const float *a, const float *b, int K) {
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    int k = 0;
-    for (; k + 16 <= K; k += 16) {
-        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), _mm256_loadu_ps(b + k), acc0);
-        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k + 8), _mm256_loadu_ps(b + k + 8), acc1);
+/* ---- AVX2 dequantization (weight tiles of the prefill GEMM, embedding rows) --------------------------- */
+
+/* 32 bytes (as signed when `is_signed`) -> 32 floats scale * q + offset, stored at y */
+AVX2 static inline void store32(__m256i q, int is_signed, __m256 scale, __m256 offset, float *y) {
+    __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
+    __m128i parts[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
+    for (int i = 0; i < 4; i++) {
+        __m256i v = is_signed ? _mm256_cvtepi8_epi32(parts[i]) : _mm256_cvtepu8_epi32(parts[i]);
+        _mm256_storeu_ps(y + 8 * i, _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(v), scale), offset));
     }
-    for (; k + 8 <= K; k += 8) acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), _mm256_loadu_ps(b + k), acc0);
-    float s = hsum8(_mm256_add_ps(acc0, acc1));
-    for (; k < K; k++) s += a[k] * b[k];
-    return s;
 }
 
-/* Four activation rows against one fp32 weight row: the row is loaded once per four products. */
-AVX2 static void dot4_avx2(const float *w, const float *x, int64_t ldx, int K, float *out) {
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
-    for (int k = 0; k < K; k += 8) {
-        __m256 wv = _mm256_loadu_ps(w + k);
-        a0 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + k), a0);
-        a1 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + ldx + k), a1);
-        a2 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + 2 * ldx + k), a2);
-        a3 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + 3 * ldx + k), a3);
-    }
-    out[0] = hsum8(a0);
-    out[1] = hsum8(a1);
-    out[2] = hsum8(a2);
-    out[3] = hsum8(a3);
+/* 16 signed bytes -> 16 floats scale * q */
+AVX2 static inline void store16(__m128i q, __m256 scale, float *y) {
+    _mm256_storeu_ps(y, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), scale));
+    _mm256_storeu_ps(y + 8, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q, 8))), scale));
 }
 
-static int have_avx2(void) {
-    static int cached = -1;
-    if (cached < 0) {
-        __builtin_cpu_init();
-        cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+/* the reference's formulas with the same fp32 roundings (d * q + m as a product, then a sum) */
+AVX2 static int dequant_row_avx2(int type, const uint8_t *src, int K, float *y) {
+    const __m256 zero = _mm256_setzero_ps();
+    switch (type) {
+    case T_Q4_0:
+        for (int b = 0; b < K / 32; b++, src += 18, y += 32) {
+            __m256i q = _mm256_sub_epi8(nibbles32(src + 2), _mm256_set1_epi8(8));
+            store32(q, 1, _mm256_set1_ps(h2f(src)), zero, y);
+        }
+        return 1;
+    case T_Q4_1:
+        for (int b = 0; b < K / 32; b++, src += 20, y += 32)
+            store32(nibbles32(src + 4), 0, _mm256_set1_ps(h2f(src)), _mm256_set1_ps(h2f(src + 2)), y);
+        return 1;
+    case T_Q8_0:
+        for (int b = 0; b < K / 32; b++, src += 34, y += 32)
+            store32(_mm256_loadu_si256((const __m256i *)(src + 2)), 1, _mm256_set1_ps(h2f(src)), zero, y);
+        return 1;
+    case T_Q4_K: {
+        const __m256i m4 = _mm256_set1_epi8(0x0F);
+        for (int sb = 0; sb < K / 256; sb++, src += 144) {
+            float d = h2f(src), dmin = h2f(src + 2);
+            const uint8_t *q = src + 16;
+            for (int j = 0; j < 4; j++, q += 32, y += 64) {
+                uint8_t sc0, m0, sc1, m1;
+                scale_min_k4(2 * j, src + 4, &sc0, &m0);
+                scale_min_k4(2 * j + 1, src + 4, &sc1, &m1);
+                __m256i raw = _mm256_loadu_si256((const __m256i *)q);
+                store32(_mm256_and_si256(raw, m4), 0, _mm256_set1_ps(d * sc0), _mm256_set1_ps(-(dmin * m0)), y);
+                store32(_mm256_and_si256(_mm256_srli_epi16(raw, 4), m4), 0, _mm256_set1_ps(d * sc1), _mm256_set1_ps(-(dmin * m1)), y + 32);
+            }
+        }
+        return 1;
     }
-    return cached;
+    case T_Q6_K: {
+        const __m256i m4 = _mm256_set1_epi8(0x0F), m3 = _mm256_set1_epi8(0x30), off = _mm256_set1_epi8(32);
+        for (int sb = 0; sb < K / 256; sb++, src += 210) {
+            const uint8_t *ql = src, *qh = src + 128;
+            const int8_t *sc = (const int8_t *)(src + 192);
+            float d = h2f(src + 208);
+            for (int n = 0; n < 2; n++, ql += 64, qh += 32, sc += 8) {
+                __m256i l0 = _mm256_loadu_si256((const __m256i *)ql), l1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
+                __m256i h = _mm256_loadu_si256((const __m256i *)qh);
+                __m256i q[4];
+                q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(h, 4), m3));
+                q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(h, 2), m3));
+                q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(h, m3));
+                q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), _mm256_and_si256(_mm256_srli_epi16(h, 2), m3));
+                for (int i = 0; i < 4; i++, y += 32) {
+                    __m256i v = _mm256_sub_epi8(q[i], off);
+                    store16(_mm256_castsi256_si128(v), _mm256_set1_ps(d * sc[2 * i]), y);
+                    store16(_mm256_extracti128_si256(v, 1), _mm256_set1_ps(d * sc[2 * i + 1]), y + 16);
+                }
+            }
+        }
+        return 1;
+    }
+    }
+    return 0;
 }
 
 /* ---- a small persistent thread pool ------------------------------------------------------------------ */
 
+/* A job is `blocks` independent pieces of work; the calling thread and the workers claim them one at a time
+ * from a shared counter until none are left. NOTE: on a loaded machine a worker may not run for a whole time
+ * slice: with static shares the caller would wait for it; here the caller takes the pieces the worker did
+ * not get to and waits only for a piece a worker has started. */
+
 #define MAX_THREADS 64
 #define SPIN_ROUNDS 20000 /* ~50-200 us of pause instructions before a worker sleeps */
+#define MAX_BLOCKS (1 << 20)
 
-typedef void (*job_fn)(void *arg, int part, int parts);
+typedef void (*job_fn)(void *arg, int block);
 
 static struct {
     pthread_mutex_t lock;
     pthread_cond_t wake;
-    atomic_uint generation;
-    atomic_int pending;
+    atomic_uint generation;   /* bumped for each job: wakes the workers */
+    atomic_uint_fast64_t claim; /* job tag (24 bits) | blocks (20 bits) | next block (20 bits) */
+    atomic_int done;          /* blocks finished */
     job_fn fn;
     void *arg;
-    int parts;
-    int workers; /* started so far */
-} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER};
+    int workers;              /* started so far */
+} pool = {.lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER};
+
+/* Claim and run blocks of the job tagged `tag` while there are any. A block claimed is one of that job (the
+ * claim word holds its tag and size), so the job is not finished and its fn/arg are still the current ones. */
+static void run_blocks(uint64_t tag) {
+    for (;;) {
+        uint64_t v = atomic_load(&pool.claim);
+        uint64_t next = v & (MAX_BLOCKS - 1), blocks = (v >> 20) & (MAX_BLOCKS - 1);
+        if ((v >> 40) != tag || next >= blocks) return;
+        if (!atomic_compare_exchange_weak(&pool.claim, &v, v + 1)) continue;
+        pool.fn(pool.arg, (int)next);
+        atomic_fetch_add(&pool.done, 1);
+    }
+}
 
 static void *worker_main(void *arg) {
-    /* the generation current when the worker was created: its first job is the next one */
-    int index = (int)((uintptr_t)arg & 0xFF); /* 1.. */
-    unsigned seen = (unsigned)((uintptr_t)arg >> 8);
+    unsigned seen = (unsigned)(uintptr_t)arg; /* the generation current when the worker was created */
     for (;;) {
         unsigned now;
         int spins = 0;
@@ -362,42 +551,38 @@ static void *worker_main(void *arg) {
             pthread_mutex_unlock(&pool.lock);
         }
         seen = now;
-        if (index < pool.parts) {
-            pool.fn(pool.arg, index, pool.parts);
-            atomic_fetch_sub_explicit(&pool.pending, 1, memory_order_release);
-        }
+        run_blocks(now & 0xFFFFFF);
     }
     return NULL;
 }
 
-/* Run fn(arg, i, parts) for i in 0..parts-1: part 0 on the calling thread. One caller at a time. */
-static void run_parallel(job_fn fn, void *arg, int parts) {
+/* Run fn(arg, b) for b in 0..blocks-1 on up to `threads` threads (the caller's included). One caller at a time. */
+static void run_parallel(job_fn fn, void *arg, int blocks, int threads) {
     static pthread_mutex_t callers = PTHREAD_MUTEX_INITIALIZER;
-    if (parts > MAX_THREADS) parts = MAX_THREADS;
-    if (parts <= 1) {
-        fn(arg, 0, 1);
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    if (threads <= 1 || blocks <= 1 || blocks >= MAX_BLOCKS) {
+        for (int b = 0; b < blocks; b++) fn(arg, b);
         return;
     }
     pthread_mutex_lock(&callers);
-    while (pool.workers < parts - 1) {
+    while (pool.workers < threads - 1) {
         pthread_t thread;
-        uintptr_t arg = ((uintptr_t)atomic_load(&pool.generation) << 8) | (uintptr_t)(pool.workers + 1);
-        if (pthread_create(&thread, NULL, worker_main, (void *)arg) != 0) break;
+        if (pthread_create(&thread, NULL, worker_main, (void *)(uintptr_t)atomic_load(&pool.generation)) != 0) break;
         pthread_detach(thread);
         pool.workers++;
     }
-    if (parts > pool.workers + 1) parts = pool.workers + 1;
+    unsigned generation = atomic_load(&pool.generation) + 1;
+    uint64_t tag = generation & 0xFFFFFF;
     pool.fn = fn;
     pool.arg = arg;
-    pool.parts = parts;
-    atomic_store(&pool.pending, parts - 1);
+    atomic_store(&pool.done, 0);
+    atomic_store(&pool.claim, (tag << 40) | ((uint64_t)blocks << 20));
     pthread_mutex_lock(&pool.lock);
-    atomic_fetch_add_explicit(&pool.generation, 1, memory_order_release);
+    atomic_store_explicit(&pool.generation, generation, memory_order_release);
     pthread_cond_broadcast(&pool.wake);
     pthread_mutex_unlock(&pool.lock);
-    fn(arg, 0, parts);
-    /* NOTE: on an oversubscribed machine the worker may be descheduled: after a short spin, give the core away */
-    for (int spins = 0; atomic_load_explicit(&pool.pending, memory_order_acquire) > 0; spins++) {
+    run_blocks(tag);
+    for (int spins = 0; atomic_load_explicit(&pool.done, memory_order_acquire) < blocks; spins++) {
         if (spins < 2000) _mm_pause();
         else sched_yield();
     }
@@ -406,72 +591,89 @@ static void run_parallel(job_fn fn, void *arg, int parts) {
 
 /* ---- entry points ----------------------------------------------------------------------------------- */
 
+static int is_float_type(int type) { return type == T_F32 || type == T_F16; }
+
 typedef struct {
     const tf_part *parts;
     int nparts, K, S, total_rows;
-    const float *x, *xsum;
+    const float *x; /* [S, K] */
+    qact *act;    /* [S]: x quantized (NULL when every part is F32/F16) */
     float *y;
     int64_t ldy;
 } matmul_job;
 
-static void matmul_rows(void *arg, int part, int parts) {
+#define BLOCK_ROWS 16 /* rows per piece of work: 64 bytes of y per token, a cache line threads do not share */
+
+static void matmul_rows(void *arg, int block) {
     const matmul_job *job = arg;
-    /* rows [begin, end) of the concatenation, in multiples of 8 so threads do not share cache lines of y */
-    int chunk = ((job->total_rows + parts - 1) / parts + 7) & ~7;
-    int begin = part * chunk, end = begin + chunk < job->total_rows ? begin + chunk : job->total_rows;
+    /* rows [begin, end) of the concatenation */
+    int begin = block * BLOCK_ROWS, end = begin + BLOCK_ROWS < job->total_rows ? begin + BLOCK_ROWS : job->total_rows;
     int K = job->K, S = job->S, avx2 = have_avx2();
     float *buf = NULL;
-    if (S > 1 || !avx2) buf = aligned_alloc(64, ((size_t)K * 4 + 63) & ~(size_t)63);
     int base = 0;
     for (int p = 0; p < job->nparts; base += job->parts[p].rows, p++) {
         const tf_part *w = &job->parts[p];
         int lo = begin > base ? begin - base : 0, hi = end - base < w->rows ? end - base : w->rows;
+        int fp = is_float_type(w->type);
+        if (fp && !avx2 && buf == NULL && lo < hi) buf = malloc((size_t)K * 4);
         for (int r = lo; r < hi; r++) {
             const uint8_t *row = w->data + (int64_t)r * w->row_bytes;
             float *out = job->y + base + r;
-            if (S == 1 && avx2) {
-                out[0] = row_dot_avx2(w->type, row, job->x, job->xsum, K);
-                continue;
-            }
-            dequant_row_generic(w->type, row, K, buf);
-            int s = 0;
-            if (avx2) {
-                float four[4];
-                for (; s + 4 <= S; s += 4) {
-                    dot4_avx2(buf, job->x + (int64_t)s * K, K, K, four);
-                    for (int i = 0; i < 4; i++) out[(s + i) * job->ldy] = four[i];
-                }
-                for (; s < S; s++) out[s * job->ldy] = dot_avx2(buf, job->x + (int64_t)s * K, K);
-            } else {
-                for (; s < S; s++) out[s * job->ldy] = dot_generic(buf, job->x + (int64_t)s * K, K);
+            if (fp && !avx2) dequant_row_generic(w->type, row, K, buf);
+            for (int s = 0; s < S; s++) {
+                float v;
+                if (!fp) v = avx2 ? row_dot_qact_avx2(w->type, row, job->act[s], K) : row_dot_qact_generic(w->type, row, job->act[s], K);
+                else v = avx2 ? row_dot_float_avx2(w->type, row, job->x + (int64_t)s * K, K) : dot_generic(buf, job->x + (int64_t)s * K, K);
+                out[s * job->ldy] = v;
             }
         }
     }
     free(buf);
 }
 
-/* Returns 0, or -1 for an unknown type or a K the type's blocks do not divide. */
+static qact *quantize_rows(const float *x, int S, int K) {
+    /* one allocation: S headers, then q [S K], d [S K/32], ds [S K/32] */
+    size_t nb = (size_t)K / 32;
+    qact *act = malloc(sizeof(qact) * (size_t)S + 2 * (size_t)S * K + 2 * sizeof(float) * (size_t)S * nb + 64);
+    if (act == NULL) return NULL;
+    float *d = (float *)(((uintptr_t)(act + S) + 63) & ~(uintptr_t)63), *ds = d + (size_t)S * nb;
+    int16_t *q = (int16_t *)(ds + (size_t)S * nb);
+    for (int s = 0; s < S; s++) {
+        act[s] = (qact){q + (size_t)s * K, d + (size_t)s * nb, ds + (size_t)s * nb};
+        if (have_avx2()) quantize_act_avx2(x + (int64_t)s * K, K, act[s]);
+        else quantize_act_generic(x + (int64_t)s * K, K, act[s]);
+    }
+    return act;
+}
+
+/* y[S, ldy] = x[S, K] @ W^T for W = the parts' rows concatenated. Quantized parts multiply the 8-bit
+ * activations (quantize_q8) in integers; F32/F16 parts the fp32 activations. Returns 0, or -1 for an
+ * unknown type or a K the type's blocks do not divide, -2 when out of memory. */
 int tf_matmul(const tf_part *parts, int nparts, int K, const float *x, int S, float *y, int64_t ldy, int nthreads) {
-    int total = 0;
+    int total = 0, quantized = 0;
     for (int p = 0; p < nparts; p++) {
         int elems = block_elems(parts[p].type);
-        if (elems == 0 || K % elems != 0 || K % 8 != 0) return -1;
+        if (elems == 0 || K % elems != 0 || K % 32 != 0) return -1;
         total += parts[p].rows;
+        quantized |= !is_float_type(parts[p].type);
     }
-    float *xsum = NULL;
-    if (S == 1) {
-        xsum = malloc(sizeof(float) * (size_t)(K / 32 + 1));
-        for (int b = 0; b < K / 32; b++) {
-            float s = 0;
-            for (int j = 0; j < 32; j++) s += x[32 * b + j];
-            xsum[b] = s;
-        }
+    qact *act = NULL;
+    if (quantized && (act = quantize_rows(x, S, K)) == NULL) return -2;
+    matmul_job job = {parts, nparts, K, S, total, x, act, y, ldy};
+    run_parallel(matmul_rows, &job, (total + BLOCK_ROWS - 1) / BLOCK_ROWS, total < 64 ? 1 : nthreads);
+    free(act);
+    return 0;
+}
+
+/* The activations' 8-bit blocks as tf_matmul computes them (for the reference twin's tests):
+ * q [S, K] int8, d and ds [S, K / 32]. */
+int tf_quantize_act(const float *x, int S, int K, int16_t *q, float *d, float *ds) {
+    if (K % 32) return -1;
+    for (int s = 0; s < S; s++) {
+        qact a = {q + (int64_t)s * K, d + (int64_t)s * (K / 32), ds + (int64_t)s * (K / 32)};
+        if (have_avx2()) quantize_act_avx2(x + (int64_t)s * K, K, a);
+        else quantize_act_generic(x + (int64_t)s * K, K, a);
     }
-    matmul_job job = {parts, nparts, K, S, total, x, xsum, y, ldy};
-    int threads = nthreads < 1 ? 1 : nthreads;
-    if (total < 64 * threads) threads = 1;
-    run_parallel(matmul_rows, &job, threads);
-    free(xsum);
     return 0;
 }
 
@@ -484,13 +686,14 @@ typedef struct {
     float *out;
 } dequant_job;
 
-static void dequant_rows(void *arg, int part, int parts) {
+static void dequant_rows(void *arg, int block) {
     const dequant_job *job = arg;
-    int chunk = (job->n + parts - 1) / parts;
-    int begin = part * chunk, end = begin + chunk < job->n ? begin + chunk : job->n;
+    int begin = block * BLOCK_ROWS, end = begin + BLOCK_ROWS < job->n ? begin + BLOCK_ROWS : job->n;
     for (int i = begin; i < end; i++) {
         int64_t r = job->rows ? job->rows[i] : i;
-        dequant_row_generic(job->type, job->data + r * job->row_bytes, job->K, job->out + (int64_t)i * job->K);
+        const uint8_t *row = job->data + r * job->row_bytes;
+        float *out = job->out + (int64_t)i * job->K;
+        if (!(have_avx2() && dequant_row_avx2(job->type, row, job->K, out))) dequant_row_generic(job->type, row, job->K, out);
     }
 }
 
@@ -498,10 +701,133 @@ int tf_dequant(int type, const uint8_t *data, int64_t row_bytes, int K, const in
     int elems = block_elems(type);
     if (elems == 0 || K % elems != 0) return -1;
     dequant_job job = {type, K, data, row_bytes, rows, n, out};
-    int threads = nthreads < 1 ? 1 : nthreads;
-    if (n < 16 * threads) threads = 1;
-    run_parallel(dequant_rows, &job, threads);
+    run_parallel(dequant_rows, &job, (n + BLOCK_ROWS - 1) / BLOCK_ROWS, n < 64 ? 1 : nthreads);
     return 0;
 }
 
 int tf_has_avx2(void) { return have_avx2(); }
+
+/* Tests: 1 runs the portable C path on an AVX2 machine too (what a machine without AVX2 computes). */
+void tf_force_portable(int on) { force_portable = on; }
+
+/* ---- one decode step of a Llama/Qwen2 decoder, whole, in C ------------------------------------------- */
+
+/* The same forward as tabfill/kernels/decoder.py's LeanDecoder for one token (RMS norms, q|k|v with an
+ * optional bias, rotate-half rotary from the decoder's tables, grouped-query attention over the fp32 KV
+ * cache, SiLU-gated MLP, a tied or separate head): without a Python call per operation. The matrices go
+ * through tf_matmul's kernels, so each product is bit for bit the one QuantLinear computes. */
+
+typedef struct {
+    const tf_part *parts;
+    int nparts, rows;
+    const float *bias; /* [rows] or NULL */
+} tf_linear;
+
+typedef struct {
+    const float *norm1, *norm2; /* [D] */
+    tf_linear qkv, o, up, down;  /* up: gate rows then up rows */
+} tf_layer;
+
+typedef struct {
+    int layers, dim, heads, kv_heads, head_dim, inter, cache_tokens;
+    float eps;
+    const tf_layer *layer;
+    const float *final_norm;
+    tf_linear head;
+    tf_part embed;
+    const float *cos, *signed_sin; /* [T, Dh] */
+    float *k_cache, *v_cache;      /* [L, Hkv, cache_tokens, Dh] */
+} tf_model;
+
+static int linear1(const tf_linear *l, int K, const float *x, float *y, int nthreads) {
+    int status = tf_matmul(l->parts, l->nparts, K, x, 1, y, l->rows, nthreads);
+    if (status == 0 && l->bias)
+        for (int n = 0; n < l->rows; n++) y[n] += l->bias[n];
+    return status;
+}
+
+static void rms_norm(const float *x, const float *w, int D, float eps, float *y) {
+    float ss = 0.0f;
+    for (int i = 0; i < D; i++) ss += x[i] * x[i];
+    float r = 1.0f / sqrtf(ss / (float)D + eps);
+    for (int i = 0; i < D; i++) y[i] = x[i] * r * w[i];
+}
+
+typedef struct {
+    const tf_model *m;
+    const float *q;       /* [Hq, Dh] */
+    const float *k, *v;   /* this layer's cache [Hkv, T, Dh] */
+    int len;              /* keys 0..len-1 */
+    float *scores;        /* [Hq, len] */
+    float *out;           /* [Hq, Dh] */
+} attend_job;
+
+__attribute__((target_clones("arch=haswell", "default")))
+static void attend_head(void *arg, int h) {
+    const attend_job *job = arg;
+    const tf_model *m = job->m;
+    int Dh = m->head_dim, len = job->len, g = h / (m->heads / m->kv_heads);
+    const float *q = job->q + (int64_t)h * Dh;
+    const float *k = job->k + (int64_t)g * m->cache_tokens * Dh, *v = job->v + (int64_t)g * m->cache_tokens * Dh;
+    float *s = job->scores + (int64_t)h * len, *o = job->out + (int64_t)h * Dh;
+    float scale = 1.0f / sqrtf((float)Dh), top = -INFINITY, sum = 0.0f;
+    for (int t = 0; t < len; t++) {
+        s[t] = dot_generic(q, k + (int64_t)t * Dh, Dh) * scale;
+        top = s[t] > top ? s[t] : top;
+    }
+    for (int t = 0; t < len; t++) sum += (s[t] = expf(s[t] - top));
+    for (int i = 0; i < Dh; i++) o[i] = 0.0f;
+    for (int t = 0; t < len; t++) {
+        float p = s[t] / sum;
+        const float *vt = v + (int64_t)t * Dh;
+        for (int i = 0; i < Dh; i++) o[i] += p * vt[i];
+    }
+}
+
+static void rotate(float *v, const float *cos, const float *ssin, int Dh) {
+    float tmp[512];
+    memcpy(tmp, v, sizeof(float) * (size_t)Dh);
+    for (int i = 0; i < Dh; i++) v[i] = tmp[i] * cos[i] + tmp[(i + Dh / 2) % Dh] * ssin[i];
+}
+
+/* Write `token` at `pos` and return the last position's logits [head.rows]. 0, or what tf_matmul returned,
+ * or -3 for a position outside the cache / a head too wide, -2 when out of memory. */
+int tf_decode_step(const tf_model *m, int token, int pos, float *logits, int nthreads) {
+    int D = m->dim, Hq = m->heads, Hkv = m->kv_heads, Dh = m->head_dim, I = m->inter, T = m->cache_tokens;
+    if (pos < 0 || pos >= T || Dh > 512 || Dh % 2 || token < 0 || token >= m->embed.rows) return -3;
+    int qkv_rows = (Hq + 2 * Hkv) * Dh, len = pos + 1;
+    size_t floats = (size_t)D * 3 + (size_t)qkv_rows + (size_t)Hq * Dh + (size_t)2 * I + (size_t)Hq * len;
+    float *x = malloc(sizeof(float) * floats);
+    if (x == NULL) return -2;
+    float *h = x + D, *tmp = h + D, *qkv = tmp + D, *att = qkv + qkv_rows, *up = att + Hq * Dh, *scores = up + 2 * I;
+    int status = 0;
+    const uint8_t *row = m->embed.data + (int64_t)token * m->embed.row_bytes;
+    if (!(have_avx2() && dequant_row_avx2(m->embed.type, row, D, x))) dequant_row_generic(m->embed.type, row, D, x);
+    const float *cos = m->cos + (int64_t)pos * Dh, *ssin = m->signed_sin + (int64_t)pos * Dh;
+    for (int l = 0; l < m->layers && status == 0; l++) {
+        const tf_layer *layer = &m->layer[l];
+        float *kc = m->k_cache + (int64_t)l * Hkv * T * Dh, *vc = m->v_cache + (int64_t)l * Hkv * T * Dh;
+        rms_norm(x, layer->norm1, D, m->eps, h);
+        if ((status = linear1(&layer->qkv, D, h, qkv, nthreads))) break;
+        for (int i = 0; i < Hq + Hkv; i++) rotate(qkv + (int64_t)i * Dh, cos, ssin, Dh);
+        for (int g = 0; g < Hkv; g++) {
+            memcpy(kc + ((int64_t)g * T + pos) * Dh, qkv + (int64_t)(Hq + g) * Dh, sizeof(float) * (size_t)Dh);
+            memcpy(vc + ((int64_t)g * T + pos) * Dh, qkv + (int64_t)(Hq + Hkv + g) * Dh, sizeof(float) * (size_t)Dh);
+        }
+        attend_job job = {m, qkv, kc, vc, len, scores, att};
+        run_parallel(attend_head, &job, Hq, len < 256 ? 1 : nthreads);
+        if ((status = linear1(&layer->o, Hq * Dh, att, tmp, nthreads))) break;
+        for (int i = 0; i < D; i++) x[i] += tmp[i];
+        rms_norm(x, layer->norm2, D, m->eps, h);
+        if ((status = linear1(&layer->up, D, h, up, nthreads))) break;
+        for (int i = 0; i < I; i++) up[i] = up[i] / (1.0f + expf(-up[i])) * up[I + i];
+        if ((status = linear1(&layer->down, I, up, tmp, nthreads))) break;
+        for (int i = 0; i < D; i++) x[i] += tmp[i];
+    }
+    if (status == 0) {
+        rms_norm(x, m->final_norm, D, m->eps, h);
+        status = linear1(&m->head, D, h, logits, nthreads);
+    }
+    free(x);
+    return status;
+}

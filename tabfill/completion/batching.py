@@ -70,7 +70,6 @@ class BatchedEngine:
         slots: int,
         max_tokens: int,
         prefix_cache: PrefixCache | None,
-        quantize: str | None = None,
         decoder: LeanDecoder | None = None,
         prefill_chunk: int = PREFILL_CHUNK_TOKENS,
     ) -> None:
@@ -80,7 +79,7 @@ class BatchedEngine:
         if decoder is None:
             # NOTE: no single-sequence cache next to the slot pool (SmolLM2: 45 KB a token, ~90 MB at 2048
             # tokens): the RSS is the weights plus the pool.
-            decoder = LeanDecoder.from_hf(model, max_tokens=max_tokens, quantize=quantize, cache_tokens=0)
+            decoder = LeanDecoder.from_hf(model, max_tokens=max_tokens, cache_tokens=0)
         if prefill_chunk < 1:
             raise ValueError(f"prefill_chunk must be >= 1, got {prefill_chunk}")
         self.batch = BatchedDecoder(decoder, slots=slots, max_tokens=max_tokens)

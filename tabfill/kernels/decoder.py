@@ -21,9 +21,7 @@ from tabfill.kernels.attention import attention, select_backend
 from tabfill.kernels.config import Arch, arch_of, config_problem, rope_tables, supports
 from tabfill.kernels.packing import Layer, Linear, detached, pack_weights
 
-__all__ = ["QUANTIZATIONS", "KVCache", "LeanDecoder", "describe", "supports"]
-
-QUANTIZATIONS = ("none", "int8")
+__all__ = ["KVCache", "LeanDecoder", "describe", "supports"]
 
 
 class KVCache:
@@ -115,27 +113,18 @@ class LeanDecoder:
 
     @classmethod
     def from_hf(
-        cls, model: Any, *, max_tokens: int = 2048, quantize: str | None = None, smooth_alpha: float | None = 0.5,
-        cache_tokens: int | None = None,
+        cls, model: Any, *, max_tokens: int = 2048, cache_tokens: int | None = None,
     ) -> LeanDecoder:
         """Build from a loaded transformers causal LM (its device and dtype), its weights packed by
-        ``packing.pack_weights`` (fp32 shared with the transformers model, or int8 copies on CPU).
+        ``packing.pack_weights`` (shared with the transformers model).
         Raises ValueError for configurations it does not implement.
         """
         config = model.config
         problem = config_problem(config, max_tokens)
         if problem is not None:
             raise ValueError(problem)
-        quantization = "none" if quantize in (None, "none") else quantize
-        if quantization not in QUANTIZATIONS:
-            raise ValueError(f"quantize must be one of {QUANTIZATIONS}, got {quantize!r}")
         first = next(iter(model.parameters()))
         device, dtype = first.device, first.dtype
-        if quantization == "int8":
-            if device.type != "cpu":
-                raise ValueError("int8 dynamic quantization runs on CPU only")
-            if not {"fbgemm", "x86"} & set(torch.backends.quantized.supported_engines):
-                raise ValueError("this torch build has no fbgemm/x86 quantized engine")
         num_heads = config.num_attention_heads
         num_kv_heads = getattr(config, "num_key_value_heads", None) or num_heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // num_heads
@@ -143,7 +132,7 @@ class LeanDecoder:
         if not math.isclose(float(getattr(inner.layers[0].self_attn, "scaling", head_dim**-0.5)), head_dim**-0.5, rel_tol=1e-6):
             raise ValueError("attention scaling other than 1/sqrt(head_dim) is not supported")
         arch = arch_of(config)
-        weights = pack_weights(model, arch, quantization, smooth_alpha)
+        weights = pack_weights(model, arch)
         cos, signed_sin = rope_tables(config, getattr(inner, "rotary_emb", None), head_dim, max_tokens)
         return cls(
             arch=arch,
@@ -160,7 +149,7 @@ class LeanDecoder:
             head_dim=head_dim,
             vocab_size=config.vocab_size,
             max_tokens=max_tokens,
-            quantization="int8 dynamic (fbgemm, per-channel weights)" if quantization == "int8" else "none",
+            quantization="none",
             cache_tokens=cache_tokens,
         )
 

@@ -13,6 +13,7 @@ twin of the whole model: what transformers' GGUF conversion computes).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,17 +24,45 @@ from torch import Tensor
 from tabfill.kernels.config import arch_of, config_problem, rope_parameters, rope_tables
 from tabfill.kernels.decoder import LeanDecoder
 from tabfill.kernels.packing import Dense, Layer
-from tabfill.kernels.quant import BLOCKS, QuantError, QuantLinear, QuantTensor, dequantize, dequantize_rows
+from tabfill.kernels.quant import (
+    BLOCKS, DecodeStep, QuantError, QuantLinear, QuantTensor, StepLayer, dequantize, dequantize_rows,
+)
 
 GGUF_ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2"}  # GGUF general.architecture -> transformers model_type
 
 
 class GgufDecoder(LeanDecoder):
-    """LeanDecoder whose embedding rows are dequantized on lookup from the GGUF's token_embd blocks."""
+    """LeanDecoder whose embedding rows are dequantized on lookup from the GGUF's token_embd blocks, and whose
+    one-token steps (decode) run whole in one C call (`DecodeStep`) when its matrices are the GGUF's blocks."""
 
     def __init__(self, *, token_embd: QuantTensor | None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.token_embd = token_embd
+        self.step = self._decode_step()
+
+    def _decode_step(self) -> DecodeStep | None:
+        linears = [m for layer in self.layers for m in (layer.qkv, layer.o, layer.up, layer.down)] + [self.lm_head]
+        arch = self.arch
+        if self.token_embd is None or not all(isinstance(m, QuantLinear) for m in linears):
+            return None
+        if (arch.norm, arch.gated_mlp, arch.activation) != ("rms", True, "silu") or self.cache.k.shape[1] != 1:
+            return None
+        layers = [
+            StepLayer(layer.norm1_weight.float().contiguous(), layer.norm2_weight.float().contiguous(), layer.qkv, layer.o, layer.up, layer.down)  # type: ignore[arg-type]
+            for layer in self.layers
+        ]
+        return DecodeStep(
+            layers=layers, final_norm=self.final_norm_weight.float().contiguous(), head=self.lm_head,  # type: ignore[arg-type]
+            embed=self.token_embd, heads=self.num_heads, kv_heads=self.num_kv_heads, head_dim=self.head_dim,
+            eps=arch.eps, cos=self.cos.contiguous(), signed_sin=self.signed_sin.contiguous(), k_cache=self.cache.k,
+            v_cache=self.cache.v,
+        )
+
+    @torch.no_grad()
+    def forward(self, token_ids: Tensor | Sequence[int], start_pos: int, *, all_logits: bool = False) -> Tensor:
+        if self.step is not None and not all_logits and len(token_ids) == 1:
+            return self.step(int(token_ids[0]), start_pos)
+        return super().forward(token_ids, start_pos, all_logits=all_logits)
 
     def _embed(self, token_ids: Tensor) -> Tensor:  # [S] -> [S, D]
         if self.token_embd is None:

@@ -3,14 +3,19 @@
 A `QuantTensor` is one GGUF matrix as its file stores it ([rows, row_bytes] uint8, usually a view of the
 memory-mapped file): nothing is dequantized at load. `QuantLinear` is a linear layer over one or more of them
 (q|k|v or gate|up fused by concatenating rows, even when the parts have different block types):
-- a few tokens (decode, draft verification): the C kernels (csrc/quant.c) unpack each row's blocks in
-  registers and multiply them with the fp32 activations, streaming the compact weights once per call;
-- many tokens (prefill): rows are dequantized tile by tile into fp32 and multiplied with torch's GEMM.
-Both compute the product of the dequantized matrix with the fp32 activations (no activation quantization),
-so the model computes what the GGUF file says up to the order of fp32 additions.
+- a few tokens (decode, draft verification): as llama.cpp does, each token's activations are quantized
+  once per call to integer blocks (per 32 values: d = max|x| / 32767, q = round(x / d), 16-bit where
+  llama.cpp uses 8: see csrc/quant.c), and the C kernels (csrc/quant.c) multiply them with the weight
+  blocks in integers (AVX2 madd), streaming the compact weights once per call: the product of the
+  dequantized matrix with the rounded activations q * d;
+- many tokens (prefill): rows are dequantized tile by tile into fp32 and multiplied with torch's GEMM
+  (fp32 activations).
+F32/F16 matrices always take the fp32 activations.
 
-`dequantize` is the reference twin in torch, written from ggml's dequantize_row_* definitions; the tests
-check it against gguf-py's numpy dequantizer and the C kernels against it.
+`dequantize` and `quantize_activations` are the reference twins in torch, written from ggml's
+dequantize_row_* definitions and the kernels' rounding; the tests check the first against gguf-py's numpy
+dequantizer, the kernels' activation blocks bit for bit against the second, and the products against
+`reference_linear`.
 
 NOTE: measured on the 2-core AVX2 box, SmolLM2-135M Q4_1 (see `python -m bench.decode_step`).
 """
@@ -125,6 +130,26 @@ def dequantize(tensor: QuantTensor) -> Tensor:
     return out.reshape(rows, cols)
 
 
+ACT_BLOCK = 32  # activation values per integer block (one scale each)
+ACT_MAX = 32767.0  # 16-bit activations
+
+
+def quantize_activations(x: Tensor) -> tuple[Tensor, Tensor]:
+    """x [S, K] fp32 -> (q [S, K] int16, d [S, K / 32] fp32) as the kernels round them: per block of 32,
+    d = max|x| / 32767 and q = round-half-even(x * (1 / d)) (0 for an all-zero block). x ~ q * d."""
+    blocks = x.float().reshape(x.shape[0], -1, ACT_BLOCK)  # [S, nb, 32]
+    d = blocks.abs().amax(dim=-1, keepdim=True) / ACT_MAX  # [S, nb, 1]
+    inverse = torch.where(d != 0, 1.0 / d, torch.zeros_like(d))
+    q = torch.round(blocks * inverse)
+    return q.to(torch.int16).reshape(x.shape), d.squeeze(-1)
+
+
+def rounded_activations(x: Tensor) -> Tensor:
+    """fp32 [S, K]: x after the kernels' rounding (q * d)."""
+    q, d = quantize_activations(x)
+    return (q.float().reshape(x.shape[0], -1, ACT_BLOCK) * d[..., None]).reshape(x.shape)
+
+
 # ---- the C kernels -----------------------------------------------------------------------------------
 
 
@@ -160,7 +185,12 @@ def _lib() -> ctypes.CDLL:
                 c_ptr, c_int, c_i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
                 lib.tf_matmul.argtypes = [ctypes.POINTER(_Part), c_int, c_int, c_ptr, c_int, c_ptr, c_i64, c_int]
                 lib.tf_dequant.argtypes = [c_int, c_ptr, c_i64, c_int, c_ptr, c_int, c_ptr, c_int]
-                lib.tf_matmul.restype = lib.tf_dequant.restype = lib.tf_has_avx2.restype = c_int
+                lib.tf_quantize_act.argtypes = [c_ptr, c_int, c_int, c_ptr, c_ptr, c_ptr]
+                lib.tf_decode_step.argtypes = [c_ptr, c_int, c_int, c_ptr, c_int]
+                lib.tf_decode_step.restype = c_int
+                lib.tf_force_portable.argtypes = [c_int]
+                lib.tf_force_portable.restype = None
+                lib.tf_matmul.restype = lib.tf_dequant.restype = lib.tf_has_avx2.restype = lib.tf_quantize_act.restype = c_int
                 _lib_state.append(lib)
         state = _lib_state[0]
     if isinstance(state, str):
@@ -188,13 +218,31 @@ def dequantize_rows(tensor: QuantTensor, index: Tensor | None = None) -> Tensor:
     if rows is not None and count and (int(rows.min()) < 0 or int(rows.max()) >= tensor.rows):
         raise IndexError(f"row index out of range for a matrix of {tensor.rows} rows")
     out = torch.empty(count, tensor.cols, dtype=torch.float32)
-    status = _lib().tf_dequant(
-        tensor.type, tensor.data.data_ptr(), tensor.data.shape[1], tensor.cols,
-        None if rows is None else rows.data_ptr(), count, out.data_ptr(), _threads(),
-    )
+    _dequant(tensor, tensor.data.data_ptr(), None if rows is None else rows.data_ptr(), count, out)
+    return out
+
+
+def _dequantize_into(tensor: QuantTensor, start: int, stop: int, out: Tensor) -> None:
+    """Rows ``start:stop`` of ``tensor`` into ``out`` [stop - start, cols] (contiguous fp32)."""
+    _dequant(tensor, tensor.data[start].data_ptr(), None, stop - start, out)
+
+
+def _dequant(tensor: QuantTensor, data: int, rows: int | None, count: int, out: Tensor) -> None:
+    status = _lib().tf_dequant(tensor.type, data, tensor.data.shape[1], tensor.cols, rows, count, out.data_ptr(), _threads())
     if status:
         raise QuantError(f"{TYPE_NAMES[tensor.type]} rows of {tensor.cols} cannot be dequantized")
-    return out
+
+
+def kernel_activations(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The C kernels' integer blocks of x [S, K]: (q [S, K] int16, d [S, K / 32], d * sum(q) [S, K / 32])."""
+    x = x.float().contiguous()
+    tokens, cols = x.shape
+    q = torch.empty(tokens, cols, dtype=torch.int16)
+    d = torch.empty(tokens, cols // ACT_BLOCK)
+    ds = torch.empty(tokens, cols // ACT_BLOCK)
+    if _lib().tf_quantize_act(x.data_ptr(), tokens, cols, q.data_ptr(), d.data_ptr(), ds.data_ptr()):
+        raise QuantError(f"{cols} values are not whole blocks of {ACT_BLOCK}")
+    return q, d, ds
 
 
 class QuantLinear:
@@ -206,8 +254,8 @@ class QuantLinear:
         self.parts = parts
         self.in_features = parts[0].cols
         self.out_features = sum(p.rows for p in parts)
-        if self.in_features % 8:
-            raise QuantError(f"in_features {self.in_features} is not a multiple of 8")
+        if self.in_features % ACT_BLOCK:
+            raise QuantError(f"in_features {self.in_features} is not a multiple of {ACT_BLOCK}")
         if bias is not None and bias.shape != (self.out_features,):
             raise QuantError(f"bias {tuple(bias.shape)} does not match {self.out_features} outputs")
         self.bias = None if bias is None else bias.detach().float().contiguous()
@@ -234,21 +282,118 @@ class QuantLinear:
         return out if self.bias is None else out.add_(self.bias)
 
     def _tiled_gemm(self, x: Tensor) -> Tensor:
-        """Many tokens: dequantize tiles of rows into fp32 and let torch's GEMM multiply them."""
-        out = torch.empty(x.shape[0], self.out_features, dtype=torch.float32)
-        tile_rows = max(64, TILE_BYTES // (4 * self.in_features))
+        """Many tokens: dequantize tiles of rows into one fp32 buffer and let torch's GEMM multiply them. A
+        matrix of at most TILE_BYTES (SmolLM2's largest is 7 MB) is one tile: its product is the output, no
+        copy. NOTE: measured per 128-token chunk on SmolLM2 (1 thread): dequantizing every matrix costs ~30
+        ms beside ~440 ms of GEMM; tiles small enough for L2 (256 KB-1 MB) slowed the GEMM by 10-15 %."""
+        cols = self.in_features
+        tile_rows = max(64, TILE_BYTES // (4 * cols))
+        if self.out_features <= tile_rows:
+            weight = torch.empty(self.out_features, cols)
+            offset = 0
+            for part in self.parts:
+                _dequantize_into(part, 0, part.rows, weight[offset : offset + part.rows])
+                offset += part.rows
+            return torch.mm(x, weight.t())
+        out = torch.empty(x.shape[0], self.out_features)
+        tile = torch.empty(tile_rows, cols)
         offset = 0
         for part in self.parts:
             for start in range(0, part.rows, tile_rows):
                 stop = min(part.rows, start + tile_rows)
-                tile = dequantize_rows(QuantTensor(part.type, stop - start, part.cols, part.data[start:stop]))  # [n, K]
-                torch.mm(x, tile.t(), out=out[:, offset + start : offset + stop])
+                rows = tile[: stop - start]
+                _dequantize_into(part, start, stop, rows)
+                out[:, offset + start : offset + stop] = torch.mm(x, rows.t())
             offset += part.rows
         return out
 
 
+class _Linear(ctypes.Structure):
+    _fields_ = [("parts", ctypes.POINTER(_Part)), ("nparts", ctypes.c_int), ("rows", ctypes.c_int), ("bias", ctypes.c_void_p)]
+
+
+class _Layer(ctypes.Structure):
+    _fields_ = [("norm1", ctypes.c_void_p), ("norm2", ctypes.c_void_p), ("qkv", _Linear), ("o", _Linear), ("up", _Linear), ("down", _Linear)]
+
+
+class _Model(ctypes.Structure):
+    _fields_ = [
+        ("layers", ctypes.c_int), ("dim", ctypes.c_int), ("heads", ctypes.c_int), ("kv_heads", ctypes.c_int),
+        ("head_dim", ctypes.c_int), ("inter", ctypes.c_int), ("cache_tokens", ctypes.c_int), ("eps", ctypes.c_float),
+        ("layer", ctypes.POINTER(_Layer)), ("final_norm", ctypes.c_void_p), ("head", _Linear), ("embed", _Part),
+        ("cos", ctypes.c_void_p), ("signed_sin", ctypes.c_void_p), ("k_cache", ctypes.c_void_p), ("v_cache", ctypes.c_void_p),
+    ]
+
+
+@dataclass(frozen=True)
+class StepLayer:
+    """One layer as the C decode step reads it (fp32 contiguous norm weights)."""
+
+    norm1: Tensor
+    norm2: Tensor
+    qkv: QuantLinear
+    o: QuantLinear
+    up: QuantLinear  # gate rows, then up rows
+    down: QuantLinear
+
+
+class DecodeStep:
+    """A whole one-token decode step of a Llama/Qwen2 decoder in one C call (csrc/quant.c, tf_decode_step):
+    RMS norms, q|k|v, rotate-half rotary from the decoder's tables, grouped-query attention over its fp32 KV
+    cache [L, Hkv, T, Dh], SiLU-gated MLP, head. The products are QuantLinear's kernels; what the call saves
+    is a Python call per operation (~30 per layer). Holds references to every tensor it points at."""
+
+    def __init__(
+        self, *, layers: list[StepLayer], final_norm: Tensor, head: QuantLinear, embed: QuantTensor, heads: int,
+        kv_heads: int, head_dim: int, eps: float, cos: Tensor, signed_sin: Tensor, k_cache: Tensor, v_cache: Tensor,
+    ) -> None:
+        dim = embed.cols
+        tensors = [final_norm, cos, signed_sin, k_cache, v_cache] + [t for layer in layers for t in (layer.norm1, layer.norm2)]
+        if any(t.dtype != torch.float32 or not t.is_contiguous() or t.device.type != "cpu" for t in tensors):
+            raise QuantError("the C decode step needs contiguous fp32 CPU tensors")
+        if head_dim % 2 or head_dim > 512 or heads % kv_heads:
+            raise QuantError(f"head_dim {head_dim} / {heads} heads over {kv_heads} kv heads is not supported")
+        inter = layers[0].down.in_features
+        for layer in layers:
+            shapes = ((layer.qkv.in_features, layer.qkv.out_features), (layer.o.in_features, layer.o.out_features),
+                      (layer.up.in_features, layer.up.out_features), (layer.down.in_features, layer.down.out_features))
+            if shapes != ((dim, (heads + 2 * kv_heads) * head_dim), (heads * head_dim, dim), (dim, 2 * inter), (inter, dim)):
+                raise QuantError(f"layer shapes {shapes} do not match a Llama/Qwen2 decoder")
+        self._keep: list[object] = [layers, final_norm, head, embed, cos, signed_sin, k_cache, v_cache]
+        self._layers = (_Layer * len(layers))(*[
+            _Layer(layer.norm1.data_ptr(), layer.norm2.data_ptr(), self._linear(layer.qkv), self._linear(layer.o),
+                   self._linear(layer.up), self._linear(layer.down))
+            for layer in layers
+        ])
+        self._model = _Model(
+            len(layers), dim, heads, kv_heads, head_dim, inter, k_cache.shape[-2], eps, self._layers,
+            final_norm.data_ptr(), self._linear(head), _Part(embed.type, embed.rows, embed.data.data_ptr(), embed.data.shape[1]),
+            cos.data_ptr(), signed_sin.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
+        )
+        self.vocab = head.out_features
+        self.max_tokens = min(k_cache.shape[-2], cos.shape[0])
+        self._lib = _lib()
+
+    def _linear(self, linear: QuantLinear) -> _Linear:
+        bias = linear.bias
+        return _Linear(linear._parts, len(linear.parts), linear.out_features, None if bias is None else bias.data_ptr())
+
+    def __call__(self, token: int, pos: int) -> Tensor:
+        """Logits [V] after writing ``token`` at ``pos``."""
+        if not 0 <= pos < self.max_tokens:
+            raise ValueError(f"position {pos} outside the cache (max_tokens {self.max_tokens})")
+        logits = torch.empty(self.vocab)
+        status = self._lib.tf_decode_step(ctypes.byref(self._model), token, pos, logits.data_ptr(), _threads())
+        if status:
+            raise QuantError(f"the C decode step failed ({status})")
+        return logits
+
+
 def reference_linear(parts: list[QuantTensor], bias: Tensor | None, x: Tensor) -> Tensor:
-    """What a QuantLinear computes, with the reference dequantizer and an fp32 matmul (for tests)."""
-    weight = torch.cat([dequantize(p) for p in parts], dim=0)  # [N, K]
-    out = x.float() @ weight.t()
+    """What a QuantLinear computes, with the reference twins and fp32 matmuls (for tests): up to
+    KERNEL_MAX_TOKENS tokens, the quantized parts multiply the rounded activations."""
+    x = x.float()
+    rounded = rounded_activations(x) if x.shape[0] <= KERNEL_MAX_TOKENS else x
+    outs = [(x if p.type in (F32, F16) else rounded) @ dequantize(p).t() for p in parts]  # [S, N_i]
+    out = torch.cat(outs, dim=1)
     return out if bias is None else out + bias.float()

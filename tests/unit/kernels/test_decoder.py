@@ -122,17 +122,6 @@ def test_prefill_is_chunked_beyond_the_chunk_size() -> None:
     torch.testing.assert_close(steps.prefill(decoder, prompt), _hf_logits(model, prompt)[-1], atol=ATOL, rtol=ATOL)
 
 
-def test_int8_is_close_to_fp32() -> None:
-    model = _model("llama")
-    prompt = _prompt(32)
-    expected = _hf_logits(model, prompt)
-    decoder = LeanDecoder.from_hf(model, max_tokens=64, quantize="int8")
-    got = decoder.forward(torch.tensor(prompt), 0, all_logits=True)
-    assert (got - expected).abs().max() < 0.05 * expected.abs().max()
-    assert (got.argmax(-1) == expected.argmax(-1)).float().mean() >= 0.8
-    assert "int8" in describe(decoder)["quantization"]
-
-
 def test_unsupported_configs() -> None:
     gpt2 = GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64)
     assert not supports(gpt2)

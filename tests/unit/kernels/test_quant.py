@@ -1,5 +1,7 @@
-"""The GGUF block kernels: the torch reference twin against gguf-py's dequantizer, the C kernels against the
-reference (random blocks of every supported type, fused parts of mixed types, 1..16 tokens and the GEMM path)."""
+"""The GGUF block kernels: the torch reference twin against gguf-py's dequantizer, the kernels' integer
+activation blocks bit for bit against their twin, the C kernels against the reference (random blocks of
+every supported type, fused parts of mixed types, 1..16 tokens and the GEMM path, AVX2 and portable C), and
+the integer path's distance from the fp32 product bounded by the activations' rounding."""
 
 from __future__ import annotations
 
@@ -10,7 +12,10 @@ from gguf import GGMLQuantizationType
 from gguf.quants import dequantize as gguf_dequantize
 
 from tabfill.kernels import quant
-from tabfill.kernels.quant import QuantError, QuantLinear, QuantTensor, dequantize, dequantize_rows, reference_linear
+from tabfill.kernels.quant import (
+    QuantError, QuantLinear, QuantTensor, dequantize, dequantize_rows, kernel_activations, quantize_activations,
+    reference_linear,
+)
 
 TYPES = [quant.F32, quant.F16, quant.Q4_0, quant.Q4_1, quant.Q8_0, quant.Q4_K, quant.Q6_K]
 # offsets of the fp16 fields in each block (random bytes there could be inf/nan)
@@ -18,6 +23,17 @@ _HALF_FIELDS = {quant.Q4_0: (0,), quant.Q4_1: (0, 2), quant.Q8_0: (0,), quant.Q4
 
 built, why_not = quant.kernels_available()
 needs_kernels = pytest.mark.skipif(not built, reason=why_not)
+
+
+@pytest.fixture(params=["native", "portable"])
+def kernel_path(request: pytest.FixtureRequest) -> object:
+    """Each kernel test twice: the instruction set this machine has, and the portable C (no AVX2)."""
+    if not built:
+        pytest.skip(why_not)
+    lib = quant._lib()
+    lib.tf_force_portable(int(request.param == "portable"))
+    yield request.param
+    lib.tf_force_portable(0)
 
 
 def random_tensor(kind: int, rows: int, cols: int, seed: int = 0) -> QuantTensor:
@@ -56,12 +72,38 @@ def test_c_dequantize_matches_reference(kind: int) -> None:
         dequantize_rows(tensor, torch.tensor([37]))
 
 
-@needs_kernels
+def _activations(tokens: int, cols: int, seed: int) -> torch.Tensor:
+    """Activations like a decoder's: mostly small, a few outlier channels, an all-zero block, exact halves."""
+    x = torch.randn(tokens, cols, generator=torch.Generator().manual_seed(seed))
+    x[:, 7] *= 40.0
+    x[:, 32:64] = 0.0
+    x[0, 96] = 32767 / 1024  # d = 2^-10 exactly: the block's other values are exact halves (ties) of the step
+    x[0, 97:128] = (torch.arange(31) - 14.5) / 1024
+    return x
+
+
+def test_activation_twin_rounds_half_to_even() -> None:
+    x = torch.zeros(1, 32)
+    x[0, 0], x[0, 1], x[0, 2] = 32767.0, 0.5, 1.5  # d = 1: 0.5 -> 0, 1.5 -> 2
+    q, d = quantize_activations(x)
+    assert q[0, :3].tolist() == [32767, 0, 2] and d.tolist() == [[1.0]]
+    assert quantize_activations(torch.zeros(2, 64))[0].abs().sum() == 0
+
+
+@pytest.mark.parametrize("tokens", [1, 5])
+def test_kernel_activations_equal_the_twin_bit_for_bit(kernel_path: object, tokens: int) -> None:
+    x = _activations(tokens, 1536, seed=tokens)
+    q, d, ds = kernel_activations(x)
+    q_ref, d_ref = quantize_activations(x)
+    assert torch.equal(q, q_ref) and torch.equal(d, d_ref)
+    torch.testing.assert_close(ds, d_ref * q_ref.view(tokens, -1, 32).sum(-1).float(), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("kind", TYPES, ids=lambda k: quant.TYPE_NAMES[k])
 @pytest.mark.parametrize("tokens", [1, 3, 8, 16, 40])
-def test_matmul_matches_reference(kind: int, tokens: int) -> None:
+def test_matmul_matches_reference(kernel_path: object, kind: int, tokens: int) -> None:
     weight = random_tensor(kind, 200, 512, seed=kind * 100 + tokens)
-    x = torch.randn(tokens, 512, generator=torch.Generator().manual_seed(tokens))
+    x = _activations(tokens, 512, seed=tokens)
     actual = QuantLinear([weight])(x)
     expected = reference_linear([weight], None, x)
     assert actual.shape == (tokens, 200)
@@ -69,12 +111,29 @@ def test_matmul_matches_reference(kind: int, tokens: int) -> None:
     torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5 * scale)
 
 
-@needs_kernels
+@pytest.mark.parametrize("kind", [k for k in TYPES if k not in (quant.F32, quant.F16)], ids=lambda k: quant.TYPE_NAMES[k])
+def test_integer_path_stays_within_the_activation_rounding_of_fp32(kernel_path: object, kind: int) -> None:
+    """|W x_rounded - W x| <= |W| |x_rounded - x| <= |W| (d / 2): what the integer activations may cost at most."""
+    weight = random_tensor(kind, 300, 1024, seed=kind)
+    x = _activations(2, 1024, seed=kind)
+    actual = QuantLinear([weight])(x)
+    dense = dequantize(weight)
+    exact = x @ dense.t()
+    _, d = quantize_activations(x)
+    half_step = (d / 2).repeat_interleave(32, dim=1)  # [S, K]
+    bound = half_step @ dense.abs().t()  # [S, N]
+    slack = 1e-4 * (x.abs() @ dense.abs().t())  # fp32 summation order
+    assert ((actual - exact).abs() <= bound + slack).all()
+    assert (actual - exact).abs().max() > 0  # the rounding is there: this is not the fp32 product
+
+
+@pytest.mark.parametrize("tile_bytes", [quant.TILE_BYTES, 64 * 4 * 1024], ids=["one-tile", "tiles-of-64-rows"])
 @pytest.mark.parametrize("tokens", [1, 5, 33])
-def test_fused_parts_of_mixed_types_with_bias(tokens: int) -> None:
+def test_fused_parts_of_mixed_types_with_bias(kernel_path: object, tokens: int, tile_bytes: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(quant, "TILE_BYTES", tile_bytes)
     parts = [random_tensor(quant.Q4_K, 96, 1024, 1), random_tensor(quant.Q4_K, 32, 1024, 2), random_tensor(quant.Q6_K, 40, 1024, 3)]
     bias = torch.randn(168)
-    x = torch.randn(tokens, 1024)
+    x = _activations(tokens, 1024, seed=3)
     expected = reference_linear(parts, bias, x)
     torch.testing.assert_close(QuantLinear(parts, bias)(x), expected, rtol=1e-4, atol=1e-5 * expected.abs().max().item())
 

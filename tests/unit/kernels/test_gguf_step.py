@@ -1,0 +1,95 @@
+"""The whole one-token decode step in C (quant.DecodeStep, what GgufDecoder.forward runs for one token)
+against the torch forward of the same decoder over the same kernels, on tiny random decoders."""
+
+from __future__ import annotations
+
+import torch
+
+from tabfill.kernels import quant
+from tabfill.kernels.config import Arch
+from tabfill.kernels.gguf_decoder import GgufDecoder
+from tabfill.kernels.packing import Layer
+from tabfill.kernels.quant import QuantLinear
+from tests.unit.kernels.test_quant import needs_kernels, random_tensor
+
+D, HEADS, KV_HEADS, HEAD_DIM, INTER, VOCAB, TOKENS = 64, 4, 2, 16, 96, 120, 48
+
+
+def tiny_decoder(kind: int, *, bias: bool = False) -> GgufDecoder:
+    """Weights of GGML type ``kind`` (F32: no activation rounding anywhere), Llama shapes."""
+    seeds = iter(range(1000))
+
+    def linear(rows: list[int], cols: int, with_bias: bool = False) -> QuantLinear:
+        parts = [random_tensor(kind, r, cols, seed=next(seeds)) for r in rows]
+        return QuantLinear(parts, torch.randn(sum(rows)) * 0.1 if with_bias else None)
+
+    gen = torch.Generator().manual_seed(7)
+    layers = [
+        Layer(
+            norm1_weight=1 + 0.1 * torch.randn(D, generator=gen), norm1_bias=None,
+            qkv=linear([HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM], D, bias),
+            o=linear([D], HEADS * HEAD_DIM),
+            norm2_weight=1 + 0.1 * torch.randn(D, generator=gen), norm2_bias=None,
+            up=linear([INTER, INTER], D), down=linear([D], INTER),
+        )
+        for _ in range(2)
+    ]
+    inv_freq = 1.0 / 10000 ** (torch.arange(0, HEAD_DIM, 2).float() / HEAD_DIM)
+    angles = torch.outer(torch.arange(TOKENS).float(), inv_freq)  # [T, Dh/2]
+    cos = torch.cat((angles.cos(), angles.cos()), dim=-1)
+    signed_sin = torch.cat((-angles.sin(), angles.sin()), dim=-1)
+    embed = random_tensor(kind, VOCAB, D, seed=999)
+    return GgufDecoder(
+        token_embd=embed, arch=Arch(norm="rms", gated_mlp=True, activation="silu", eps=1e-5),
+        embed=torch.empty(0, D), embed_transposed=False, layers=layers, final_norm_weight=torch.ones(D),
+        final_norm_bias=None, lm_head=linear([VOCAB], D), cos=cos, signed_sin=signed_sin, num_heads=HEADS,
+        num_kv_heads=KV_HEADS, head_dim=HEAD_DIM, vocab_size=VOCAB, max_tokens=TOKENS, quantization="test",
+    )
+
+
+def _steps_both_ways(
+    decoder: GgufDecoder, prompt: list[int], steps: list[int], tol: float = 1e-4
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(C step logits, torch forward logits) at each step after the same prefill; the caches compared too."""
+    step = decoder.step
+    assert step is not None
+    out = []
+    decoder.forward(prompt, 0)  # several tokens: the torch forward
+    for i, token in enumerate(steps):
+        pos = len(prompt) + i
+        decoder.step = None
+        expected = decoder.forward([token], pos)
+        k, v = decoder.cache.k.clone(), decoder.cache.v.clone()
+        decoder.step = step
+        actual = decoder.forward([token], pos)
+        assert actual.shape == (VOCAB,)
+        torch.testing.assert_close(decoder.cache.k, k, rtol=tol, atol=tol)
+        torch.testing.assert_close(decoder.cache.v, v, rtol=tol, atol=tol)
+        out.append((actual, expected))
+    return out
+
+
+@needs_kernels
+def test_c_step_equals_the_torch_forward_on_fp32_weights() -> None:
+    decoder = tiny_decoder(quant.F32, bias=True)
+    for actual, expected in _steps_both_ways(decoder, [3, 17, 42, 99, 5], [8, 64, 119, 0, 33]):
+        torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+
+
+@needs_kernels
+def test_c_step_follows_the_torch_forward_on_quantized_weights() -> None:
+    """Same kernels, same activation rounding; only fp32 order in norms and attention differs (which may move
+    an activation across a rounding step of max|x|/32767: a small difference)."""
+    for kind in (quant.Q4_1, quant.Q8_0, quant.Q4_0):
+        decoder = tiny_decoder(kind)
+        for actual, expected in _steps_both_ways(decoder, list(range(10, 30)), [1, 2, 3], tol=2e-3):
+            assert (actual - expected).abs().max() <= 2e-3 * expected.abs().max()
+            assert actual.argmax() == expected.argmax()
+
+
+@needs_kernels
+def test_decoder_without_quantized_matrices_has_no_c_step() -> None:
+    decoder = tiny_decoder(quant.F32)
+    assert decoder.step is not None
+    decoder.layers[0].o = lambda x: x  # type: ignore[assignment]
+    assert decoder._decode_step() is None
