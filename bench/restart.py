@@ -26,8 +26,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.follow_clients import NvimClient
-
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 EXTENSION = ROOT / "editors" / "vscode"
@@ -56,6 +54,8 @@ def until(what: str, probe: Any, timeout_s: float = WAIT_S, every_s: float = 0.0
 
 
 def nvim_rounds(model: str, rounds: int, workdir: Path) -> list[float]:
+    from bench.follow_clients import NvimClient  # NOTE: here, so the report's test does not load the bench systems
+
     with NvimClient.start(workdir / "nvim", server_command(model)) as client:
         sample = client.workdir / "sample.py"
         sample.write_text(SAMPLE + "\n", encoding="utf-8")
