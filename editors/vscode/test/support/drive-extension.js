@@ -36,7 +36,7 @@ function serverPid() {
   }
   return children.length === 1 ? children[0] : undefined;
 }
-async function until(what, probe, timeoutMs = 120000) {
+async function until(what, probe, timeoutMs = 600000) { // an upper bound for slow machines
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const value = probe();
