@@ -2,14 +2,15 @@
 set delay with the rest of a target line (after the indentation), finishes a cancelled request before it answers (as a server
 mid-step does), and counts what the client did: requests in flight at once, cancels, tabfill/warm.
 
-Usage: python fake_lsp.py TARGET [DELAY_MS]. `fake/configure` {delayMs} changes the delay; `fake/stats`
-returns the counts.
+Usage: python fake_lsp.py TARGET [DELAY_MS]; it exits with code 3 at once while the file $FAKE_LSP_DIE_IF exists. `fake/configure` {delayMs} changes the delay; `fake/stats`
+returns the counts, the documents as the server has them, the settings it was given and its process id.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -26,6 +27,8 @@ class FakeServer:
         self.cancelled: set[Any] = set()
         self.warm: list[dict[str, Any]] = []
         self.events: list[str] = []  # the order of inline requests and warm notifications
+        self.initialization_options: Any = None
+        self.configurations: list[Any] = []  # workspace/didChangeConfiguration settings, in order
         self.started = time.monotonic()
         self.writer: asyncio.StreamWriter | None = None
         self.out = sys.stdout.buffer
@@ -81,6 +84,7 @@ class FakeServer:
         return {
             "maxInFlight": self.max_in_flight, "requests": self.requests, "cancelled": len(self.cancelled),
             "warm": self.warm, "events": self.events, "documents": {uri: "\n".join(lines) for uri, lines in self.documents.items()},
+            "initializationOptions": self.initialization_options, "configurations": self.configurations, "pid": os.getpid(),
         }
 
     def handle(self, message: dict[str, Any]) -> None:
@@ -92,12 +96,15 @@ class FakeServer:
             return
         result: Any = None
         if method == "initialize":
+            self.initialization_options = params.get("initializationOptions")
             result = {"capabilities": {"textDocumentSync": {"openClose": True, "change": 2}, "inlineCompletionProvider": True,
                                        "positionEncoding": "utf-16"}}
         elif method == "textDocument/didOpen":
             self.documents[params["textDocument"]["uri"]] = params["textDocument"]["text"].split("\n")
         elif method == "textDocument/didChange":
             self.apply(params["textDocument"]["uri"], params["contentChanges"])
+        elif method == "workspace/didChangeConfiguration":
+            self.configurations.append(params.get("settings"))
         elif method == "$/cancelRequest":
             self.cancelled.add(params["id"])
         elif method == "tabfill/warm":
@@ -116,6 +123,8 @@ class FakeServer:
 
 
 async def main() -> None:
+    if os.path.exists(os.environ.get("FAKE_LSP_DIE_IF", "\0")):
+        sys.exit(3)  # a server that cannot start (the restart tests create this file)
     server = FakeServer(sys.argv[1], float(sys.argv[2]) if len(sys.argv) > 2 else 100.0)
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()

@@ -125,9 +125,13 @@ def editor(tmp_path: Path, tiny_model: Path, server_settings: dict[str, Any]) ->
 
 
 @contextlib.contextmanager
-def launch(tmp_path: Path, server: list[str], options: str, server_settings: dict[str, Any] | None = None) -> Iterator[Editor]:
+def launch(
+    tmp_path: Path, server: list[str], options: str, server_settings: dict[str, Any] | None = None, exrc: tuple[str, str] | None = None,
+) -> Iterator[Editor]:
     """Headless Neovim with the plugin set up (`options`: more Lua fields for setup) for `server`, editing
-    SOURCE in sample.py, once the server says it is ready."""
+    SOURCE in sample.py, once the server says it is ready. `exrc`: (name, text) of a project-local config
+    in the working directory, trusted (as `:trust` does): the setup goes to the user's config
+    ($XDG_CONFIG_HOME/nvim/init.lua, 'exrc' on) instead of `-u`, so Neovim sources both, in that order."""
     env = dict(os.environ)
     for name in ("XDG_STATE_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_RUNTIME_DIR"):
         env[name] = str(tmp_path / name.lower())
@@ -136,8 +140,18 @@ def launch(tmp_path: Path, server: list[str], options: str, server_settings: dic
     env["TABFILL_CACHE_DIR"] = str(cache_dir)
     env["NVIM_LOG_FILE"] = str(tmp_path / "nvim.log")
     init = tmp_path / "init.lua"
+    if exrc is not None:
+        (tmp_path / exrc[0]).write_text(exrc[1], encoding="utf-8")
+        trust = [nvim_binary(), "--headless", "-n", "-i", "NONE", "-u", "NONE", "-c", f"edit {exrc[0]}",
+                 "-c", "lua vim.secure.trust({action = 'allow', bufnr = 0})", "-c", "qa!"]
+        (Path(env["XDG_STATE_HOME"]) / "nvim").mkdir()  # where the trust database goes
+        trusted = subprocess.run(trust, env=env, cwd=tmp_path, timeout=60, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        assert trusted.returncode == 0 and not trusted.stderr, trusted.stderr
+        init = Path(env["XDG_CONFIG_HOME"]) / "nvim" / "init.lua"
+        init.parent.mkdir()
     init.write_text(
-        f"vim.opt.runtimepath:prepend({json.dumps(str(PLUGIN))})\n"
+        ("vim.o.exrc = true\n" if exrc is not None else "")
+        + f"vim.opt.runtimepath:prepend({json.dumps(str(PLUGIN))})\n"
         "vim.lsp.set_log_level('warn')\n"
         f"require('tabfill').setup({{ cmd = vim.json.decode({json.dumps(json.dumps(server))}), {options},"
         f" settings = vim.json.decode({json.dumps(json.dumps(server_settings or {}))}) }})\n",
@@ -147,7 +161,7 @@ def launch(tmp_path: Path, server: list[str], options: str, server_settings: dic
     sample.write_text(SOURCE + "\n", encoding="utf-8")
     socket = str(tmp_path / "nvim.sock")
     process = subprocess.Popen(
-        [nvim_binary(), "--headless", "-n", "-i", "NONE", "-u", str(init), "--listen", socket, str(sample)],
+        [nvim_binary(), "--headless", "-n", "-i", "NONE", *([] if exrc is not None else ["-u", str(init)]), "--listen", socket, str(sample)],
         env=env, cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 30

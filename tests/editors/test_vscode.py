@@ -132,3 +132,24 @@ def test_a_server_that_cannot_start_shows_an_error_with_the_reason(installed: No
     assert seen["readyText"] == "$(error) tabfill"
     assert "could not start" in seen["readyTooltip"] and missing in seen["readyTooltip"]
     assert seen["statusCommand"] == "tabfill.showLog"
+
+
+def test_a_killed_server_is_restarted_and_the_suggestion_comes_back(installed: None, tiny_model: Path, reference_text: str, tmp_path: Path) -> None:
+    """kill -9 of the server with a request in flight, twice: the extension starts a new server (the library's
+    own restart is off), sends it the open document, asks again once the model is loaded (no keystroke) and
+    shows the same suggestion; one message for the outage, not one per crash. The workspace's own
+    tabfill.server.path and tabfill.model (set by the stand-in's .vscode/settings.json) are ignored."""
+    seen, _ = drive_real_server(tiny_model, tmp_path, "restart", "2")
+    assert [item["insertText"] for item in seen["first"]] == [reference_text]
+    first, second = seen["recoveries"]
+    for recovery in (first, second):
+        assert recovery["newPid"] != recovery["pid"], recovery
+        assert [item["insertText"] for item in recovery["again"]] == [reference_text]
+        assert recovery["statusText"].startswith("$(check) tabfill"), recovery
+    assert first["newPid"] == second["pid"]
+    warnings = [message for kind, message in seen["messages"] if kind == "warning"]
+    assert len(warnings) == 1 and "restarting it" in warnings[0], seen["messages"]
+    assert not [message for kind, message in seen["messages"] if kind == "error"], seen["messages"]
+    assert any("restart 1 of 5 in 500 ms" in entry for entry in seen["log"]), seen["log"]
+    assert any("restart 2 of 5 in 1000 ms" in entry for entry in seen["log"]), seen["log"]  # backoff
+    assert any(text.startswith("$(loading~spin)") for text in seen["seen"])

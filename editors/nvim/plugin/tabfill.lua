@@ -20,6 +20,10 @@ vim.api.nvim_create_user_command("TabfillStatus", function()
   vim.notify(("tabfill: %s, model %s on %s, last latency %s"):format(status.state, status.model, status.device, latency))
 end, { desc = "tabfill: server state, model and last latency" })
 
+vim.api.nvim_create_user_command("TabfillRestart", function()
+  require("tabfill").restart()
+end, { desc = "tabfill: restart the server (also after automatic restarts gave up)" })
+
 vim.api.nvim_create_user_command("TabfillLog", function()
   vim.cmd("LspLog")
 end, { desc = "tabfill: open the LSP log" })

@@ -1,7 +1,9 @@
 // The VS Code side: starts `tabfill serve`, asks for inline completions, shows the status bar item.
 import * as vscode from "vscode";
 import {
+  CloseAction,
   DidChangeConfigurationNotification,
+  ErrorAction,
   InlineCompletionRequest,
   LanguageClient,
   State,
@@ -14,7 +16,8 @@ import {
 } from "vscode-languageclient/node";
 import { FollowClient } from "./follow-client";
 import { COMPLETION_READY, decide, parseCompletionReady } from "./ready";
-import { configurationParams, needsRestart, readSettings, type ExtensionSettings } from "./settings";
+import { Restarts, type RestartDecision } from "./restart";
+import { configurationParams, needsRestart, readSettings, userValue, type ExtensionSettings } from "./settings";
 import { Signals } from "./signals";
 import { StatusModel, type ServerStatus } from "./status";
 
@@ -29,6 +32,12 @@ const TRIGGER_INLINE_SUGGEST = "editor.action.inlineSuggest.trigger";
  * `handleDidShowCompletionItem` hooks cannot be added to it.
  */
 class TabfillClient extends LanguageClient {
+  quiet: () => boolean = () => false; // while restarting after a crash: errors go to the log only
+
+  error(message: string, data?: unknown, showNotification: boolean | "force" = true): void {
+    super.error(message, data, this.quiet() ? false : showNotification);
+  }
+
   registerFeature(feature: StaticFeature | DynamicFeature<unknown>): void {
     const method = (feature as { registrationType?: { method?: string } }).registrationType?.method;
     if (method === InlineCompletionRequest.method) {
@@ -80,6 +89,9 @@ class Extension implements vscode.Disposable {
   private poll: NodeJS.Timeout | undefined;
   follow!: FollowClient;
   private readonly inFlight = new Set<Promise<void>>(); // signals not yet written
+  private readonly restarts = new Restarts();
+  private restartTimer: NodeJS.Timeout | undefined;
+  private resumeWhenReady = false; // after a crash: ask for the suggestion again once the model is loaded
 
   constructor() {
     this.settings = this.read();
@@ -100,7 +112,7 @@ class Extension implements vscode.Disposable {
 
   private read(): ExtensionSettings {
     const config = vscode.workspace.getConfiguration("tabfill");
-    const settings = readSettings((key) => config.get(key));
+    const settings = readSettings((key) => userValue(key, config.inspect(key)));
     for (const problem of settings.problems) {
       void vscode.window.showWarningMessage(`tabfill: ${problem}`);
     }
@@ -123,12 +135,21 @@ class Extension implements vscode.Disposable {
       initializationOptions: { tabfill: this.settings.serverSettings },
       outputChannel: this.log,
       initializationFailedHandler: (error) => {
-        this.status.fail(`the server did not start: ${error instanceof Error ? error.message : String(error)}`);
-        this.render();
+        if (!this.restarts.restarting) {
+          this.status.fail(`the server did not start: ${error instanceof Error ? error.message : String(error)}`);
+          this.render();
+        }
         return false;
+      },
+      // NOTE: a server that stops on its own is restarted here (crashed), with backoff and one message per
+      // outage; the library's own restart has no backoff and says so on every crash.
+      errorHandler: {
+        error: (_error, _message, count) => ({ action: count !== undefined && count <= 3 ? ErrorAction.Continue : ErrorAction.Shutdown, handled: true }),
+        closed: () => ({ action: CloseAction.DoNotRestart, handled: true, message: "the connection to the server closed" }),
       },
     };
     const client = new TabfillClient("tabfill", "tabfill", serverOptions, clientOptions);
+    client.quiet = () => this.restarts.restarting;
     this.client = client;
     this.follow = new FollowClient(client, () => this.settings, (ms) => {
       this.status.latency(ms);
@@ -137,9 +158,13 @@ class Extension implements vscode.Disposable {
     this.disposables.push(
       this.follow,
       client.onDidChangeState((event) => {
-        if (event.newState === State.Stopped && this.client === client && this.status.state !== "error") {
-          this.status.fail("the server stopped; see the log");
-          this.render();
+        if (this.client !== client) {
+          return; // stopped on purpose (restart, settings, deactivate): this.client was cleared first
+        }
+        if (event.newState === State.Running) {
+          this.restarts.running(Date.now());
+        } else if (event.newState === State.Stopped && event.oldState === State.Running) {
+          this.crashed("the server stopped");
         }
       }),
       vscode.languages.registerInlineCompletionItemProvider(
@@ -152,8 +177,13 @@ class Extension implements vscode.Disposable {
     try {
       await client.start();
     } catch (error) {
-      this.status.fail(`could not start \`${command} ${args.join(" ")}\`: ${error instanceof Error ? error.message : String(error)}`);
-      this.render();
+      const reason = `could not start \`${command} ${args.join(" ")}\`: ${error instanceof Error ? error.message : String(error)}`;
+      if (this.restarts.restarting && this.client === client) {
+        this.crashed(reason);
+      } else {
+        this.status.fail(reason);
+        this.render();
+      }
       return;
     }
     // A deadline-cut answer is whole now (in the server's cache): ask again if nothing moved since.
@@ -190,10 +220,7 @@ class Extension implements vscode.Disposable {
       },
     );
     if (decision === "trigger" && editor) {
-      this.follow.invalidate(editor.document);
-      void vscode.commands.executeCommand(TRIGGER_INLINE_SUGGEST).then(undefined, (error: unknown) => {
-        this.log.warn(`${TRIGGER_INLINE_SUGGEST} failed: ${error instanceof Error ? error.message : String(error)}`);
-      });
+      this.askAgain();
     } else {
       this.log.debug(`${COMPLETION_READY} ignored: ${decision}`);
     }
@@ -224,6 +251,10 @@ class Extension implements vscode.Disposable {
       if (status.state === "ready" || status.state === "failed") {
         this.stopPolling();
       }
+      if (status.state === "ready" && this.resumeWhenReady) {
+        this.resumeWhenReady = false;
+        this.askAgain(); // the suggestion the crash took away, without waiting for a key
+      }
     } catch (error) {
       this.log.warn(`tabfill/status failed: ${error instanceof Error ? error.message : String(error)}`);
     }
@@ -245,8 +276,18 @@ class Extension implements vscode.Disposable {
     }
   }
 
+  /** The user's `tabfill: Restart server`, or a changed server command: a new server, the outage forgotten. */
   async restart(): Promise<void> {
+    this.restarts.reset();
+    await this.relaunch();
+  }
+
+  private async relaunch(): Promise<void> {
     this.stopPolling();
+    if (this.restartTimer) {
+      clearTimeout(this.restartTimer);
+      this.restartTimer = undefined;
+    }
     const client = this.client;
     this.client = undefined;
     if (client) {
@@ -255,7 +296,49 @@ class Extension implements vscode.Disposable {
     for (const disposable of this.disposables.splice(0)) {
       disposable.dispose();
     }
-    await this.start();
+    await this.start(); // NOTE: a new client sends didOpen with the current text of every open document
+  }
+
+  /** The server stopped without being asked to, or a restart failed: restart it with backoff; say so once. */
+  private crashed(reason: string): void {
+    const decision: RestartDecision = this.restarts.crashed(Date.now());
+    this.stopPolling();
+    if (decision.action === "give up") {
+      const message = `the server stopped ${decision.attempts + 1} times in a row (last: ${reason}); not restarting it. Fix the cause (see the log), then run "tabfill: Restart server".`;
+      this.log.error(message);
+      this.status.fail(message);
+      this.render();
+      if (decision.announce) {
+        void vscode.window.showErrorMessage(`tabfill: ${message}`);
+      }
+      return;
+    }
+    this.log.warn(`${reason}; restart ${decision.attempt} of ${this.restarts.maxTries} in ${decision.delayMs} ms`);
+    if (decision.announce) {
+      void vscode.window.showWarningMessage(`tabfill: ${reason} (see the log); restarting it. Open documents are sent to the new server.`);
+    }
+    this.status.progress("begin", `restarting the server (${decision.attempt} of ${this.restarts.maxTries})`);
+    this.render();
+    this.resumeWhenReady = true;
+    if (this.restartTimer) {
+      clearTimeout(this.restartTimer);
+    }
+    this.restartTimer = setTimeout(() => {
+      this.restartTimer = undefined;
+      void this.relaunch();
+    }, decision.delayMs);
+  }
+
+  /** Run VS Code's inline suggestion request at the cursor of the active editor. */
+  private askAgain(): void {
+    const editor = vscode.window.activeTextEditor;
+    if (!editor || !this.settings.enable) {
+      return;
+    }
+    this.follow.invalidate(editor.document);
+    void vscode.commands.executeCommand(TRIGGER_INLINE_SUGGEST).then(undefined, (error: unknown) => {
+      this.log.warn(`${TRIGGER_INLINE_SUGGEST} failed: ${error instanceof Error ? error.message : String(error)}`);
+    });
   }
 
   async toggle(): Promise<void> {
@@ -269,6 +352,9 @@ class Extension implements vscode.Disposable {
 
   dispose(): void {
     this.stopPolling();
+    if (this.restartTimer) {
+      clearTimeout(this.restartTimer);
+    }
     for (const disposable of this.disposables.splice(0)) {
       disposable.dispose();
     }
@@ -278,8 +364,14 @@ class Extension implements vscode.Disposable {
 
   async stop(): Promise<void> {
     this.stopPolling();
+    if (this.restartTimer) {
+      clearTimeout(this.restartTimer);
+      this.restartTimer = undefined;
+    }
     await Promise.all(this.inFlight); // NOTE: stopping first would drop them
-    await this.client?.stop().catch(() => undefined);
+    const client = this.client;
+    this.client = undefined; // stopping on purpose: not a crash
+    await client?.stop().catch(() => undefined);
   }
 }
 

@@ -22,7 +22,44 @@ export const SERVER_KEYS = [
   "leanForward",
   "quantize",
   "prefixCacheMb",
+  "engine",
+  "engineModel",
+  "engineToken",
+  "engineApiKey",
 ] as const;
+
+/** Settings that name a program, a path, a hub id or a URL (or a key for one): "scope": "machine" in
+ * package.json, and read here from the user's settings only, never from a workspace (a cloned repository's
+ * .vscode/settings.json must not choose what runs, what is read or where code is sent). */
+export const MACHINE_KEYS: readonly string[] = [
+  "server.path",
+  "server.args",
+  "model",
+  "device",
+  "engine",
+  "engineModel",
+  "engineToken",
+  "engineApiKey",
+];
+
+/** What vscode.WorkspaceConfiguration.inspect says about one setting (the layers this extension reads). */
+export interface Inspected {
+  globalValue?: unknown;
+  workspaceValue?: unknown;
+  workspaceFolderValue?: unknown;
+}
+
+/** The value the user set for `key`, or undefined (then the server's default applies, not package.json's: a
+ * default sent along would override the server's command-line options). Machine settings: user settings only. */
+export function userValue(key: string, inspected: Inspected | undefined): unknown {
+  if (!inspected) {
+    return undefined;
+  }
+  if (MACHINE_KEYS.includes(key)) {
+    return inspected.globalValue;
+  }
+  return inspected.workspaceFolderValue ?? inspected.workspaceValue ?? inspected.globalValue;
+}
 
 export type ServerSettings = Partial<Record<(typeof SERVER_KEYS)[number], unknown>>;
 

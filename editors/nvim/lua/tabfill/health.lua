@@ -19,14 +19,14 @@ function M.check()
     info("Neovim 0.12+ has vim.lsp.inline_completion: see :help tabfill-0.12 to use it instead of this plugin's UI")
   end
   local tabfill = require("tabfill")
-  local cmd = tabfill.config.cmd
+  local state = tabfill.info()
+  local cmd = state.cmd -- the one the user's config set (:help tabfill-trust)
   cmd = type(cmd) == "string" and { cmd } or cmd
   if vim.fn.executable(cmd[1]) == 1 then
     ok(("server command: %s (%s)"):format(table.concat(cmd, " "), vim.fn.exepath(cmd[1])))
   else
     error(("server command not found: %s"):format(cmd[1]), { "pip install tabfill, or set cmd in require('tabfill').setup{}" })
   end
-  local state = tabfill.info()
   info(("completion %s; keys: accept %s, word %s, line %s, dismiss %s"):format(
     state.enabled and "enabled" or "disabled (:TabfillToggle)", tabfill.config.keys.accept or "-",
     tabfill.config.keys.accept_word or "-", tabfill.config.keys.accept_line or "-", tabfill.config.keys.dismiss or "-"))
@@ -56,6 +56,9 @@ function M.check()
   end
   if state.last_error then
     warn("last error: " .. state.last_error)
+  end
+  if state.restarted > 0 then
+    info(("the server was restarted %d times after it stopped on its own (:help tabfill-restart)"):format(state.restarted))
   end
 end
 

@@ -2,6 +2,8 @@
 -- On Neovim 0.12+ the built-in vim.lsp.inline_completion can draw it instead (see :help tabfill-0.12).
 local util = require("tabfill.util")
 local follow = require("tabfill.follow")
+local restart = require("tabfill.restart")
+local trust = require("tabfill.trust")
 
 local M = {}
 
@@ -41,9 +43,16 @@ local defaults = {
   -- Neovim 0.12+: let vim.lsp.inline_completion draw and accept (this plugin then only starts the
   -- server and maps `keys.accept`); ignored, with a warning, on older versions.
   use_builtin = false,
+  -- A server that stops on its own (a crash, kill -9) is restarted: at most max_tries times per outage,
+  -- after delays doubling from first_delay_ms (see lua/tabfill/restart.lua); max_tries = 0: never.
+  restart = { max_tries = 5, first_delay_ms = 500, max_delay_ms = 8000, stable_ms = 60000 },
 }
 
 M.config = vim.deepcopy(defaults)
+
+-- The server command and the settings that name a model, a path or a URL, as the user's own config set them:
+-- a project's config (exrc) cannot change them (lua/tabfill/trust.lua), nor can writes to M.config.
+local trusted = { cmd = defaults.cmd, settings = {} }
 
 -- What is shown: one suggestion anchored at the cursor it was made for.
 ---@class tabfill.Suggestion
@@ -85,12 +94,17 @@ local state = {
   ready_unfinished = 0, -- of which said the answer will not be whole (finished = false)
   ready_requests = 0, -- ... that asked again (the cursor was still where the cut answer was for)
   fallbacks = {}, ---@type table<string, table>
+  restarts = restart.new(defaults.restart),
+  restart_timer = nil, ---@type uv.uv_timer_t|nil
+  restarted = 0, -- servers started again after they stopped on their own
+  resume = false, -- after a restart: ask again once the model is loaded ($/progress end)
 }
 
 -- ---------------------------------------------------------------------------- clients
---- Settings as a JSON object even when empty (an empty Lua table would be sent as `[]`).
+--- Settings as a JSON object even when empty (an empty Lua table would be sent as `[]`); the user-only
+--- ones (model, engine, ...) always from the user's own config.
 local function settings_object()
-  local settings = vim.deepcopy(M.config.settings or {})
+  local settings = vim.tbl_extend("force", (trust.without_user_only(M.config.settings)), trusted.settings)
   return next(settings) == nil and vim.empty_dict() or settings
 end
 
@@ -109,19 +123,26 @@ local function filetype_enabled(ft)
 end
 
 local on_completion_ready -- tabfill/completionReady handler (below, with the requests)
+local on_exit -- a server stopped (below)
+local request -- textDocument/inlineCompletion at the cursor (below)
 
+local function now_ms()
+  return uv.hrtime() / 1e6
+end
+
+--- Start (or reuse) the server for a buffer; the client id, or nil when none was started.
 local function start_client(bufnr)
   if vim.bo[bufnr].buftype ~= "" or not filetype_enabled(vim.bo[bufnr].filetype) then
-    return
+    return nil
   end
-  local cmd = M.config.cmd
+  local cmd = trusted.cmd
   if type(cmd) == "string" then
     cmd = { cmd }
   end
   if vim.fn.executable(cmd[1]) ~= 1 then
     state.last_error = ("`%s` is not executable (set cmd in require('tabfill').setup)"):format(cmd[1])
     vim.notify_once("tabfill: " .. state.last_error, vim.log.levels.WARN)
-    return
+    return nil
   end
   local root = vim.fs.root and vim.fs.root(bufnr, M.config.root_markers) or nil
   local capabilities = vim.lsp.protocol.make_client_capabilities()
@@ -129,7 +150,7 @@ local function start_client(bufnr)
   capabilities.general = vim.tbl_extend("force", capabilities.general or {}, { positionEncodings = { "utf-8", "utf-16" } })
   capabilities.textDocument = capabilities.textDocument or {}
   capabilities.textDocument.inlineCompletion = { dynamicRegistration = false }
-  vim.lsp.start({
+  return vim.lsp.start({
     name = NAME,
     cmd = cmd,
     root_dir = root or vim.fn.getcwd(),
@@ -137,12 +158,85 @@ local function start_client(bufnr)
     init_options = settings_object(),
     settings = { tabfill = settings_object() },
     handlers = { ["tabfill/completionReady"] = on_completion_ready },
-    on_exit = function(code, signal)
-      if code ~= 0 then
-        state.last_error = ("server exited with code %d (signal %d); see :LspLog"):format(code, signal or 0)
-      end
+    on_init = function()
+      state.restarts:running(now_ms())
+    end,
+    on_exit = function(code, signal, client_id)
+      on_exit(code, signal, client_id)
     end,
   }, { bufnr = bufnr })
+end
+
+--- The server stopped without being asked to, or a restart failed: start it again for `buffers` after the
+--- policy's delay (vim.lsp.start sends each buffer's current text in didOpen); say so once per outage.
+local function crashed(reason, buffers)
+  local decision = state.restarts:crashed(now_ms())
+  if decision.action == "give_up" then
+    state.last_error = ("the server stopped %d times in a row (last: %s); not restarting it. Fix the cause (:TabfillLog), then :TabfillRestart")
+      :format(decision.attempt + 1, reason)
+    if decision.announce then
+      vim.notify("tabfill: " .. state.last_error, vim.log.levels.ERROR)
+    end
+    return
+  end
+  state.last_error = ("%s; restart %d of %d in %d ms"):format(reason, decision.attempt, state.restarts.policy.max_tries, decision.delay_ms)
+  if decision.announce then
+    vim.notify(("tabfill: %s; restarting it (open buffers are sent to the new server)"):format(reason), vim.log.levels.WARN)
+  end
+  state.restart_timer = state.restart_timer or uv.new_timer()
+  state.restart_timer:stop()
+  state.restart_timer:start(decision.delay_ms, 0, vim.schedule_wrap(function()
+    local started = false
+    for _, bufnr in ipairs(buffers) do
+      if vim.api.nvim_buf_is_valid(bufnr) and vim.api.nvim_buf_is_loaded(bufnr) and start_client(bufnr) then
+        started = true
+      end
+    end
+    if started then
+      state.restarted = state.restarted + 1
+      state.resume = true
+    elseif #buffers > 0 then
+      crashed("the server could not be started", buffers)
+    end
+  end))
+end
+
+on_exit = function(code, signal, client_id)
+  local client = util.get_client_by_id(client_id)
+  -- NOTE: read now: the client is forgotten soon after (on the main loop)
+  local stopping = client == nil or client._is_stopping == true -- client:stop(), :LspStop, Neovim exiting
+  local buffers = client and vim.tbl_keys(client.attached_buffers or {}) or {}
+  vim.schedule(function()
+    local p = state.pending
+    if p and p.client.id == client_id then
+      state.pending, state.in_flight = nil, math.max(0, state.in_flight - 1) -- it will never be answered
+    end
+    if code ~= 0 or signal ~= 0 then
+      state.last_error = ("server exited with code %d (signal %d); see :LspLog"):format(code, signal or 0)
+    end
+    if stopping or vim.v.exiting ~= vim.NIL or (code == 0 and signal == 0) then
+      return
+    end
+    if state.restarts.policy.max_tries > 0 then
+      table.sort(buffers)
+      crashed(signal ~= 0 and ("the server was killed by signal %d"):format(signal) or ("the server exited with code %d"):format(code), buffers)
+    end
+  end)
+end
+
+--- $/progress end (the model is loaded) after a restart: ask again at the cursor, without waiting for a key.
+local function on_progress(args)
+  local data = args.data or {}
+  local value = data.params and data.params.value
+  local client = data.client_id and util.get_client_by_id(data.client_id)
+  if not (state.resume and client and client.name == NAME and type(value) == "table" and value.kind == "end") then
+    return
+  end
+  state.resume = false
+  local bufnr = vim.api.nvim_get_current_buf()
+  if state.enabled and not state.builtin and vim.fn.mode() == "i" and client_for(bufnr) == client then
+    request(2)
+  end
 end
 
 -- ---------------------------------------------------------------------------- drawing
@@ -183,9 +277,6 @@ local function render()
 end
 
 -- ---------------------------------------------------------------------------- requests
-local function now_ms()
-  return uv.hrtime() / 1e6
-end
 
 --- Cancel the request in flight; its slot frees when the server answers it (or it goes stale).
 local function cancel_pending()
@@ -244,8 +335,6 @@ local function suggestion_from(item, bufnr, row, col, encoding, client_id)
     shown_sent = false,
   }
 end
-
-local request
 
 --- The request in flight has landed (answered, failed or cancelled): free its slot, ask again if wanted.
 local function landed(seq)
@@ -669,7 +758,38 @@ function M.info()
     key_interval_ms = follow.interval(state.pace, now_ms()),
     server_latency_ms = state.pace.latency_ms,
     warm_sent = state.warm_sent,
+    restarted = state.restarted,
+    restart_attempts = state.restarts.attempts,
+    cmd = trusted.cmd,
+    settings = settings_object(),
   }
+end
+
+--- :TabfillRestart: stop the servers and start them again for the loaded buffers (also after the
+--- automatic restarts gave up).
+function M.restart()
+  state.restarts:reset()
+  if state.restart_timer then
+    state.restart_timer:stop()
+  end
+  for _, client in ipairs(util.get_clients({ name = NAME })) do
+    util.stop(client)
+  end
+  local timer, waited = uv.new_timer(), 0
+  timer:start(0, 50, vim.schedule_wrap(function()
+    waited = waited + 50
+    if #util.get_clients({ name = NAME }) > 0 and waited < 5000 then
+      return -- still stopping: vim.lsp.start would reuse it
+    end
+    timer:stop()
+    timer:close()
+    for _, bufnr in ipairs(vim.api.nvim_list_bufs()) do
+      if vim.api.nvim_buf_is_loaded(bufnr) then
+        start_client(bufnr)
+      end
+    end
+    state.resume = true
+  end))
 end
 
 --- The server's `tabfill/status` (model, device, state, last timings), synchronously; nil, err on failure.
@@ -688,11 +808,32 @@ function M.server_status(bufnr, timeout_ms)
   return response.result, nil
 end
 
+--- Why a project's config could not set these options (nothing when it set none of them).
+local function ignored_from_project(origin, names)
+  if #names > 0 then
+    vim.notify(("tabfill: ignored %s from %s: a project's config cannot set them; set them in your own config (:help tabfill-trust)")
+      :format(table.concat(names, ", "), origin), vim.log.levels.WARN)
+  end
+end
+
 function M.update_settings(settings)
-  M.config.settings = vim.tbl_deep_extend("force", M.config.settings, settings or {})
-  for _, client in ipairs(util.get_clients({ name = NAME })) do
-    client.config.settings = { tabfill = settings_object() }
-    util.notify(client, "workspace/didChangeConfiguration", { settings = { tabfill = settings_object() } })
+  settings = settings or {}
+  local origin = trust.project_origin()
+  if origin then
+    local kept, removed = trust.without_user_only(settings)
+    ignored_from_project(origin, removed)
+    settings = kept
+  else
+    trusted.settings = vim.tbl_extend("force", trusted.settings, trust.user_only(settings))
+  end
+  M.config.settings = vim.tbl_deep_extend("force", M.config.settings, settings)
+  -- NOTE: a client still starting sends its settings once initialized (Neovim's own didChangeConfiguration)
+  for _, client in ipairs(util.get_clients({ name = NAME, _uninitialized = true })) do
+    client.settings = { tabfill = settings_object() }
+    client.config.settings = client.settings
+    if client.initialized then
+      util.notify(client, "workspace/didChangeConfiguration", { settings = client.settings })
+    end
   end
 end
 
@@ -736,10 +877,31 @@ end
 
 -- ---------------------------------------------------------------------------- setup
 function M.setup(opts)
-  M.config = vim.tbl_deep_extend("force", vim.deepcopy(defaults), opts or {})
-  if opts and opts.filetypes then
-    M.config.filetypes = opts.filetypes -- a list replaces, it does not merge
+  opts = vim.deepcopy(opts or {})
+  local origin = trust.project_origin() -- a project's .nvim.lua / exrc: not the server command nor model
+  local ignored = {}
+  if origin then
+    if opts.cmd ~= nil then
+      ignored[1], opts.cmd = "cmd", nil
+    end
+    local removed
+    opts.settings, removed = trust.without_user_only(opts.settings)
+    vim.list_extend(ignored, removed)
   end
+  M.config = vim.tbl_deep_extend("force", vim.deepcopy(defaults), opts)
+  for _, list in ipairs({ "filetypes", "cmd" }) do
+    if opts[list] then
+      M.config[list] = opts[list] -- a list replaces, it does not merge
+    end
+  end
+  if origin then
+    M.config.cmd = trusted.cmd
+    ignored_from_project(origin, ignored)
+  else
+    trusted.cmd = M.config.cmd
+    trusted.settings = trust.user_only(M.config.settings)
+  end
+  state.restarts = restart.new(M.config.restart)
   vim.api.nvim_set_hl(0, "TabfillSuggestion", { link = "Comment", default = true })
   vim.api.nvim_clear_autocmds({ group = group })
   vim.api.nvim_create_autocmd("FileType", {
@@ -778,6 +940,7 @@ function M.setup(opts)
     -- NOTE: Neovim drops the handler of a request the server answers with RequestCancelled; this event
     -- still tells that a cancelled request in flight has landed.
     vim.api.nvim_create_autocmd("LspRequest", { group = group, callback = on_lsp_request })
+    vim.api.nvim_create_autocmd("LspProgress", { group = group, callback = on_progress })
     vim.api.nvim_create_autocmd({ "InsertLeave", "BufLeave" }, {
       group = group,
       callback = function()

@@ -33,6 +33,13 @@ function M.notify(client, method, params)
   return client.notify(method, params)
 end
 
+function M.stop(client)
+  if has_011 then
+    return client:stop()
+  end
+  return client.stop()
+end
+
 --- Sends $/cancelRequest for a request that is still running.
 function M.cancel_request(client, id)
   if client.is_stopped and (has_011 and client:is_stopped() or not has_011 and client.is_stopped()) then

@@ -3,6 +3,9 @@
 //   node drive-extension.js <out/src/extension.js> '<server command as a JSON list>' <file> <line> <character> [ready]
 // With `ready`: tabfill.deadlineMs = 1 and the file in the active editor, cursor at <line> <character>;
 // prints the first (deadline-cut) answer and what VS Code's inline-suggest trigger asked for afterwards.
+// With `restart [N]`: after the first answer, N times (default 2): kill -9 the server while a request is in
+// flight and wait until a suggestion is on screen again without a keystroke (the extension restarts the
+// server and runs the inline-suggest trigger once the model is loaded); prints each recovery's time.
 "use strict";
 const Module = require("module");
 const path = require("path");
@@ -14,15 +17,26 @@ Module._resolveFilename = function (request, ...rest) {
 };
 require.cache["vscode"] = { id: "vscode", filename: "vscode", loaded: true, exports: fake };
 
-const [entry, serverJson, file, line, character, mode] = process.argv.slice(2);
+const [entry, serverJson, file, line, character, mode, modeArgument] = process.argv.slice(2);
 const server = JSON.parse(serverJson);
 const { record, configuration, openEmitter, textDocument } = fake._test;
 configuration["tabfill.server.path"] = server[0];
 configuration["tabfill.server.args"] = server.slice(1);
 configuration["tabfill.deadlineMs"] = mode === "ready" ? 1 : 60000;
+// a workspace's settings (a cloned repository's .vscode/settings.json): ignored for the server command and model
+configuration["workspace:tabfill.server.path"] = "/nonexistent/evil-tabfill";
+configuration["workspace:tabfill.model"] = "/nonexistent/evil-model";
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-async function until(what, probe, timeoutMs = 120000) {
+/** The server: this process's one child (Linux). */
+function serverPid() {
+  const children = [];
+  for (const task of fs.readdirSync("/proc/self/task")) {
+    children.push(...fs.readFileSync(`/proc/self/task/${task}/children`, "utf8").split(" ").filter(Boolean).map(Number));
+  }
+  return children.length === 1 ? children[0] : undefined;
+}
+async function until(what, probe, timeoutMs = 600000) { // an upper bound for slow machines
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const value = probe();
@@ -58,11 +72,13 @@ async function until(what, probe, timeoutMs = 120000) {
   const position = new fake.Position(Number(line), Number(character));
   const describe = (list) => list.map((i) => ({ insertText: i.insertText, command: i.command && i.command.command, arguments: i.command && i.command.arguments }));
   const retriggered = [];
-  if (mode === "ready") {
+  if (mode === "ready" || mode === "restart") {
     // VS Code's side of the trigger command: ask the provider again at the cursor, as the editor does.
     fake.commands.registerCommand("editor.action.inlineSuggest.trigger", async () => {
-      const again = await provider.provideInlineCompletionItems(document, fake.window.activeTextEditor.selection.active, { triggerKind: 0 }, token);
+      const current = record.inlineProviders[0]; // a restarted server comes with a new provider
+      const again = current ? await current.provideInlineCompletionItems(document, fake.window.activeTextEditor.selection.active, { triggerKind: 0 }, token) : null;
       retriggered.push(describe((again && (again.items || again)) || []));
+      seen.add(status.text);
     });
     fake.window.activeTextEditor = { document, selection: { anchor: position, active: position, isEmpty: true }, selections: [] };
   }
@@ -70,6 +86,28 @@ async function until(what, probe, timeoutMs = 120000) {
   const items = (result && (result.items || result)) || [];
   const item = items[0];
   const afterText = status.text;
+
+  if (mode === "restart") {
+    const recoveries = [];
+    for (let round = 0; round < Number(modeArgument || 2); round += 1) {
+      const pid = await until("the server process", serverPid, 30000);
+      const inFlight = record.inlineProviders[0].provideInlineCompletionItems(document, new fake.Position(0, 0), { triggerKind: 1 }, token);
+      const killed = performance.now();
+      process.kill(pid, "SIGKILL");
+      const lost = await inFlight;
+      const before = retriggered.length;
+      const again = await until("a suggestion on screen again", () => retriggered.slice(before).find((list) => list.length > 0 && list[0].insertText));
+      const ms = performance.now() - killed;
+      recoveries.push({ ms: Math.round(ms), pid, newPid: serverPid(), lost: describe((lost && (lost.items || lost)) || []), again: describe(again), statusText: status.text });
+    }
+    clearInterval(timer);
+    await extension.deactivate();
+    console.log(JSON.stringify({
+      first: describe(items), recoveries, seen: [...seen], messages: record.messages,
+      log: record.log.filter((entry) => /restart|stopped|closed/i.test(entry)),
+    }));
+    process.exit(0);
+  }
 
   if (mode === "ready") {
     await until("the inline-suggest trigger after tabfill/completionReady", () => retriggered.length > 0, 30000);

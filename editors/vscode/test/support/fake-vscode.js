@@ -107,7 +107,11 @@ const workspace = {
       return full in configuration ? configuration[full] : fallback;
     },
     has: (key) => `${section}.${key}` in configuration,
-    inspect: () => undefined,
+    // user settings: "section.key"; a workspace's (.vscode/settings.json): "workspace:section.key"
+    inspect: (key) => {
+      const full = section ? `${section}.${key}` : key;
+      return { key: full, globalValue: configuration[full], workspaceValue: configuration[`workspace:${full}`] };
+    },
     update: async (key, value) => {
       configuration[`${section}.${key}`] = value;
       configurationEmitter.fire({ affectsConfiguration: (name) => `${section}.${key}`.startsWith(name) });
