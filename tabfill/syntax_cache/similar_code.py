@@ -143,11 +143,10 @@ class SimilarCode:
         cached = self._chosen.get(document.uri)
         if cached is not None and cached[0] == key:
             return cached[1]
-        deadline = time.perf_counter() + budget_ms / 1000.0
         line_end = document.text.find("\n", offset)
         hidden = (max(0, offset - in_prompt[0]), max(len(document.text) if line_end < 0 else line_end, offset + in_prompt[1]))
         own = relative_display(document.uri, self.roots)
-        candidates = self._candidates(document, own, hidden, documents, kind, deadline)
+        candidates = self._candidates(document, own, hidden, documents, kind, budget_ms)
 
         def still_there(window: Window) -> bool:
             """A window chosen before is still shown as it was: in another file unchanged, or in this document
@@ -187,15 +186,19 @@ class SimilarCode:
 
     # ------------------------------------------------------------------------------------------ sources
     def _candidates(
-        self, document: Document, display: str, hidden: tuple[int, int], documents: dict[str, Document], kind: str, deadline: float
+        self, document: Document, display: str, hidden: tuple[int, int], documents: dict[str, Document], kind: str, budget_ms: float
     ) -> list[Window]:
         """Windows of this document (shown as `display`) outside `hidden` (the cursor line and what the prompt
         holds), of the other open documents of the family, and of the workspace's files nearest to this one
-        (within `deadline`)."""
+        (read for `budget_ms` at most)."""
         hidden_from, hidden_to = hidden
-        # NOTE: this document's windows are not cached: its version changes with every keystroke
+        # NOTE: this document's windows are not cached: its text changes with every keystroke. Cutting a large
+        # one, or listing a large workspace, takes a while: the budget for reading files starts after both, or
+        # they would starve it (and the choice, made once per line, would hold no file of the workspace).
         out = [w for w in windows_of(document.text[:MAX_FILE_BYTES], display) if w.end < hidden_from or w.start > hidden_to]
         here = uri_to_path(document.uri)
+        nearby = self._nearby_files(here, kind)
+        deadline = time.perf_counter() + budget_ms / 1000.0
         open_paths: set[Path] = set()
         for other in documents.values():
             if other.uri == document.uri or family(other.language_id) != kind:
@@ -206,7 +209,7 @@ class SimilarCode:
             out += self._windows_of(None, other)
         if here is not None:
             open_paths.add(normalize_path(here))
-        for path in self._nearby_files(here, kind):
+        for path in nearby:
             if path in open_paths:
                 continue  # the open document's text is the truth, not the file on disk
             if time.perf_counter() > deadline:
