@@ -15,43 +15,54 @@ import sys
 from collections.abc import Hashable, MutableMapping
 from typing import TypeVar
 
-_TEXTS = (str, bytes)
+_SEQUENCES = (list, tuple, set, frozenset)
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
+_FIELDS: dict[type, tuple[str, ...]] = {}  # per class: what approx_bytes follows in its objects (see _fields)
 
 
 def approx_bytes(value: object) -> int:
     """Bytes `value` keeps alive: itself and, recursively, what its containers and fields hold."""
+    # NOTE: written for speed (about a microsecond an object): windows of a large file are some 60,000 objects
     seen: set[int] = set()
     total = 0
     stack = [value]
+    pop, extend, getsizeof = stack.pop, stack.extend, sys.getsizeof
     while stack:
-        item = stack.pop()
-        if item is None or isinstance(item, bool):
+        item = pop()
+        kind = type(item)
+        if kind is int or kind is float:
+            total += getsizeof(item)
             continue
-        if isinstance(item, (int, float)):
-            total += sys.getsizeof(item)
-            continue
-        if id(item) in seen:
+        if item is None or kind is bool or id(item) in seen:
             continue
         seen.add(id(item))
-        total += sys.getsizeof(item)
-        if isinstance(item, _TEXTS) or isinstance(item, type):
+        total += getsizeof(item)
+        if kind is str or kind is bytes:
             continue
-        if isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, (list, tuple, set, frozenset)):
-            stack.extend(item)
-        elif dataclasses.is_dataclass(item) and hasattr(item, "__dict__"):
-            stack.append(vars(item))
+        if isinstance(item, _SEQUENCES):
+            extend(item)
+        elif isinstance(item, dict):
+            extend(item.keys())
+            extend(item.values())
         else:
-            for cls in type(item).__mro__:
-                slots = getattr(cls, "__slots__", ())
-                for name in (slots,) if isinstance(slots, str) else slots:
-                    if name not in ("__dict__", "__weakref__") and hasattr(item, name):
-                        stack.append(getattr(item, name))
+            names = _FIELDS.get(kind)
+            if names is None:
+                names = _FIELDS[kind] = _fields(kind)
+            extend(getattr(item, name) for name in names if hasattr(item, name))
     return total
+
+
+def _fields(kind: type) -> tuple[str, ...]:
+    """What approx_bytes follows in an object of class `kind`: its slots, and a dataclass's __dict__; nothing
+    in objects of other classes (enums, classes, native handles)."""
+    names: list[str] = []
+    for cls in kind.__mro__:
+        declared = cls.__dict__.get("__slots__", ())
+        names += [declared] if isinstance(declared, str) else [name for name in declared if name not in ("__dict__", "__weakref__")]
+    if dataclasses.is_dataclass(kind) and "__slots__" not in kind.__dict__:
+        names.append("__dict__")  # a dataclass without slots keeps its fields there
+    return tuple(names)
 
 
 def keep(cache: MutableMapping[K, V], key: K, value: V) -> V:
