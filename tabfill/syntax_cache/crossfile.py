@@ -131,7 +131,8 @@ class CrossFileIndex:
         out: list[Snippet] = []
         files_read = 0
         for item in imports:
-            if time.perf_counter() > deadline or files_read >= DEFINITION_FILES or len(out) >= DEFINITION_SNIPPETS:
+            # NOTE: at least one file a lookup, however late the thread was scheduled: a lookup makes progress
+            if (files_read and time.perf_counter() > deadline) or files_read >= DEFINITION_FILES or len(out) >= DEFINITION_SNIPPETS:
                 break
             for path in self._candidates(item.module, grammar, here):
                 if path == own:

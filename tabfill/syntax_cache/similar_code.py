@@ -209,12 +209,14 @@ class SimilarCode:
             out += self._windows_of(None, other)
         if here is not None:
             open_paths.add(normalize_path(here))
+        read = 0
         for path in nearby:
             if path in open_paths:
                 continue  # the open document's text is the truth, not the file on disk
-            if time.perf_counter() > deadline:
-                break
+            if read and time.perf_counter() > deadline:
+                break  # NOTE: at least one file a lookup, however late the thread was scheduled
             out += self._windows_of(path, None)
+            read += 1
         return out
 
     def _windows_of(self, path: Path | None, document: Document | None) -> list[Window]:
