@@ -9,8 +9,8 @@ own window (the code after the cursor included), are shown to the model as comme
 Bounded and cheap per keystroke: at most SIMILAR_FILES files of the document's language family, each at most
 MAX_FILE_BYTES, read from the workspace roots only, nearest by path first, within a time budget per lookup
 (what is not read yet is read by a later one); windows are cached per file (mtime and size) and per open
-document content, WINDOW_CACHE_BYTES in all. The choice is made once per cursor line and kept while it stays nearly as good
-(KEEP_RATIO), so the prompt's cached prefix survives typing.
+document content, WINDOW_CACHE_BYTES in all. The choice is made once per cursor line and kept while it stays
+nearly as good (KEEP_RATIO), so the prompt's cached prefix survives typing.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ class SimilarCode:
         self._listings: dict[str, tuple[float, list[Path]]] = {}  # family -> (when listed, files); MAX_LISTED entries
         # (file, family) -> (when its listing was made, the nearest files)
         self._nearby: LRUCache[tuple[Path, str], tuple[float, list[Path]]] = LRUCache(NEARBY_CACHE_BYTES, getsizeof=approx_bytes)
-        # per document: (cursor line, other open documents' versions) -> the choice; and the last choice made
+        # per document: (cursor line, other open documents' contents) -> the choice; and the last choice made
         self._chosen: dict[str, tuple[object, list[Snippet]]] = {}
         self._last: dict[str, list[Window]] = {}
 
