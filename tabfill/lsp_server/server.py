@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import threading
 import time
 import uuid
 from collections.abc import Coroutine
@@ -23,11 +24,12 @@ from tabfill.completion.settings import parse_settings
 from tabfill.completion.sources import preload
 from tabfill.completion.types import CancelToken, Completion, CompletionRequest, EngineInfo, Settings
 from tabfill.completion.worker import Cancelled
-from tabfill.lsp_server.documents import DocumentStore
+from tabfill.lsp_server.documents import DocumentStore, Lookup
 from tabfill.lsp_server.positions import PositionEncoding, json_position, offset_at, position_at
 from tabfill.lsp_server.protocol import TabfillProtocol
 from tabfill.lsp_server.stats import StatsStore, accept_arguments, item_reference
 from tabfill.syntax_cache.context import SyntaxContext
+from tabfill.syntax_cache.workspace import Snippet
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,7 @@ class TabfillServer(LanguageServer):
         # so they run one at a time in arrival order (the lookup caches are its own).
         self._lookups = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tabfill-lookup")
         self._warm_ups: set[asyncio.Task[None]] = set()
+        self.debug_loop = False  # DEBUG_LOOP_ENV: slow callbacks logged, and the CPU time of each lookup's parts
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -129,6 +132,18 @@ class TabfillServer(LanguageServer):
         self._warm_ups.add(task)  # NOTE: the loop keeps only a weak reference to a task
         task.add_done_callback(self._warm_ups.discard)
 
+    def _lookup(self, prepared: Lookup) -> tuple[Snippet, ...]:
+        cpu = time.thread_time()
+        snippets = self.documents.lookup(prepared)
+        self._log_cpu("lookup", prepared.document.uri, cpu)
+        return snippets
+
+    def _log_cpu(self, what: str, uri: str, since: float) -> None:
+        """In debug-loop mode: what a part of a request cost in CPU time (not wall time: a loaded machine does
+        not inflate it) and on which thread."""
+        if self.debug_loop:
+            log.warning("%s for %s: %.1f ms of CPU on %s", what, uri, (time.thread_time() - since) * 1000, threading.current_thread().name)
+
     def _completion_ready(self, request: CompletionRequest, stopped: str) -> None:
         """A deadline-cut answer is now complete (`stopped` empty: asking again at that position is answered
         from the result cache at once), or its generation stopped before that (`stopped` says why; asking
@@ -153,10 +168,12 @@ class TabfillServer(LanguageServer):
         if task is not None:  # the debug loop's slow-callback log names a task by this
             task.set_name(f"tabfill-request {request_id}")
         # NOTE: cross-file lookups cost file reads; skip them when the setting leaves them out of the prompt.
+        cpu = time.thread_time()
         prepared = self.documents.prepare(uri, offset, self.service.settings.cross_file_context, in_prompt=self.service.prompt_chars)
         if prepared is None:
             raise JsonRpcInvalidParams(f"document not open: {uri} (send textDocument/didOpen first)")
-        cross_file = await asyncio.get_running_loop().run_in_executor(self._lookups, self.documents.lookup, prepared)
+        self._log_cpu("prepare", uri, cpu)
+        cross_file = await asyncio.get_running_loop().run_in_executor(self._lookups, self._lookup, prepared)
         document = prepared.document  # NOTE: as it was when asked, whatever arrived while the lookup ran
         repo_name, repo_path = self.documents.place(uri)
         return CompletionRequest(
@@ -246,7 +263,7 @@ def create_server(settings: Settings | None = None) -> TabfillServer:
     def initialize(ls: TabfillServer, params: types.InitializeParams) -> None:
         ls._loop = asyncio.get_running_loop() if _has_running_loop() else None
         if ls._loop is not None:
-            _debug_loop(ls._loop, os.environ.get(DEBUG_LOOP_ENV, ""))
+            ls.debug_loop = _debug_loop(ls._loop, os.environ.get(DEBUG_LOOP_ENV, ""))
         ls.initial_options = params.initialization_options
         # NOTE: torch and transformers for an in-process model are imported now, before initialize is answered
         # (imports on the loader thread would stall the event loop later); the editor's options are known
@@ -425,10 +442,10 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _debug_loop(loop: asyncio.AbstractEventLoop, value: str) -> None:
+def _debug_loop(loop: asyncio.AbstractEventLoop, value: str) -> bool:
     """asyncio debug mode with slow-callback logging when `value` (DEBUG_LOOP_ENV) is "1" or a threshold in ms."""
     if value.strip().lower() in ("", "0", "false", "no", "off"):
-        return
+        return False
     try:
         threshold_ms = float(value) if value.strip() != "1" else DEBUG_LOOP_SLOW_MS
     except ValueError:
@@ -437,6 +454,7 @@ def _debug_loop(loop: asyncio.AbstractEventLoop, value: str) -> None:
     loop.slow_callback_duration = threshold_ms / 1000
     logging.getLogger("asyncio").setLevel(logging.WARNING)
     log.warning("event-loop debug mode: callbacks over %.0f ms are logged", threshold_ms)
+    return True
 
 
 def _has_running_loop() -> bool:
