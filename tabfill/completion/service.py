@@ -31,10 +31,13 @@ from tabfill.completion.sources import Opener, open_source
 from tabfill.completion.types import CancelToken, Completion, CompletionRequest, Deadline, EngineInfo, Generation, Settings, Source, Timings
 from tabfill.completion.worker import Cancelled, EngineWorker
 from tabfill.syntax_cache.context import Mode, SyntaxContext
+from tabfill.syntax_cache.sizes import approx_bytes, keep
 
 log = logging.getLogger(__name__)
 
 State = Literal["idle", "loading", "ready", "failed"]
+RESULTS_CACHE_BYTES = 16 << 20  # whole answers by prompt: their text and the prompt text they are keyed by
+RESULTS_TTL_S = 600.0
 
 
 def _done(value: Completion) -> Future[Completion]:
@@ -45,6 +48,22 @@ def _done(value: Completion) -> Future[Completion]:
 
 def _empty(request: CompletionRequest, reason: str, timings: Timings) -> Completion:
     return Completion("", request.offset, 0, request.request_id, "none", reason, timings)
+
+
+@dataclass(frozen=True)
+class _Result:
+    """A whole answer in the result cache. `source`: "cache", or "continuation" when a continuation made it."""
+
+    text: str
+    replace_chars: int
+    finish_reason: str
+    source: Source
+    prompt: Key  # its key, kept so that the entry's size counts the prompt text (the key's bulk)
+
+
+def _result_bytes(result: _Result) -> int:
+    """The answer and its prompt's text; the settings (the key's first item) are shared by every entry."""
+    return approx_bytes((result.text, result.prompt[1:]))
 
 
 @dataclass(frozen=True)
@@ -75,8 +94,7 @@ class CompletionService:
         self.state: State = "idle"
         self.error = ""
         self.flights = Flights(self._worker)
-        # (text, replace_chars, finish_reason, source when served from here: "cache", or "continuation")
-        self._results: TTLCache[Key, tuple[str, int, str, Source]] = TTLCache(maxsize=512, ttl=600)
+        self._results: TTLCache[Key, _Result] = TTLCache(maxsize=RESULTS_CACHE_BYTES, ttl=RESULTS_TTL_S, getsizeof=_result_bytes)
         self.last_timings = Timings()
         self.last_generation: Generation | None = None
         # Called (from the engine thread) when a deadline-cut answer has been generated to its end: the
@@ -189,7 +207,7 @@ class CompletionService:
             with self._lock:
                 cached = self._results.get(key)
         if cached is not None:
-            completion = Completion(cached[0], request.offset, cached[1], request.request_id, cached[3], cached[2], timings)
+            completion = Completion(cached.text, request.offset, cached.replace_chars, request.request_id, cached.source, cached.finish_reason, timings)
             self.flights.remember(request, completion)
             return self._at_once(request, completion)
         if source is None:
@@ -252,7 +270,7 @@ class CompletionService:
         )
         with self._lock:
             if generation.finish_reason not in ("deadline", "error"):  # NOTE: a failed engine's empty answer is not kept
-                self._results[planned.key] = (text, replace_chars, generation.finish_reason, "cache")
+                keep(self._results, planned.key, _Result(text, replace_chars, generation.finish_reason, "cache", planned.key))
             self.last_timings, self.last_generation = timings, generation
         self.flights.answered(request, completion, generation)
         if generation.continuation is not None:
@@ -278,7 +296,7 @@ class CompletionService:
         if generation.finish_reason in ("deadline", "error"):
             return True
         with self._lock:
-            self._results[continuation.key] = (text, replace_chars, generation.finish_reason, "continuation")
+            keep(self._results, continuation.key, _Result(text, replace_chars, generation.finish_reason, "continuation", continuation.key))
             notify = self.on_ready
         if notify is not None:
             try:

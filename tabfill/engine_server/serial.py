@@ -3,12 +3,13 @@
 Used when the batched engine is not available (or `--backend serial`): requests run one at a time, in
 priority order, each `step` a short slice of decoding so that cancels and supersedes land between slices.
 Tenancy holds as with the batched engine: each tenant salt has its own prefix store, and the live slot is
-emptied when the tenant changes, so no tenant starts from another's KV.
+emptied when the tenant changes, so no tenant starts from another's KV. The stores together hold at most
+STORES_MAX_BYTES (each counts the `prefix_cache_bytes` its pool takes), least recently used tenant out.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from cachetools import LRUCache
 
 from tabfill.completion.engine import Decoding, Engine
 from tabfill.completion.prefix_cache import PrefixCache
@@ -16,18 +17,23 @@ from tabfill.completion.types import CancelToken, Deadline
 from tabfill.engine_server.batch_api import BatchEvent, BatchRequest
 
 SLICE_MS = 40.0  # one step decodes for about this long (each slice re-forwards its last token: not shorter)
-MAX_STORES = 8  # tenants whose prefix stores are kept (least recently used dropped)
+STORES_MAX_BYTES = 2 << 30  # the tenants' prefix stores together (at least one store, however large)
+
+
+def store_bytes(store: PrefixCache | None) -> int:
+    """What a tenant's store costs: the pool its first commit allocates (`max_bytes`), none without a store."""
+    return store.max_bytes if store is not None else 0
 
 
 class SerialEngine:
-    def __init__(self, engine: Engine, prefix_cache_bytes: int, block_tokens: int = 32) -> None:
+    def __init__(self, engine: Engine, prefix_cache_bytes: int, block_tokens: int = 32, stores_max_bytes: int = STORES_MAX_BYTES) -> None:
         self.engine = engine
         self.prefix_cache_bytes = prefix_cache_bytes
         self.block_tokens = block_tokens
         self._waiting: dict[str, BatchRequest] = {}
         self._current: tuple[BatchRequest, Decoding] | None = None
         self._sent: dict[str, tuple[int, str]] = {}  # per request: tokens and text already reported
-        self._stores: OrderedDict[bytes, PrefixCache | None] = OrderedDict()
+        self._stores: LRUCache[bytes, PrefixCache | None] = LRUCache(max(stores_max_bytes, prefix_cache_bytes), getsizeof=store_bytes)
         self._salt: bytes | None = None
 
     @property
@@ -57,12 +63,12 @@ class SerialEngine:
         if store is not None and engine._live:
             store.commit(engine._live, len(engine._live), engine.runner.read_kv)
         engine._live, engine._owner = [], None
-        if salt not in self._stores:
-            self._stores[salt] = PrefixCache(self.block_tokens, self.prefix_cache_bytes) if self.prefix_cache_bytes and engine.runner.kv_bytes_per_token else None
-            while len(self._stores) > MAX_STORES:
-                self._stores.popitem(last=False)
-        self._stores.move_to_end(salt)
-        engine.prefix_cache, self._salt = self._stores[salt], salt
+        if salt in self._stores:
+            store = self._stores[salt]  # NOTE: a read marks it most recently used
+        else:
+            store = PrefixCache(self.block_tokens, self.prefix_cache_bytes) if self.prefix_cache_bytes and engine.runner.kv_bytes_per_token else None
+            self._stores[salt] = store
+        engine.prefix_cache, self._salt = store, salt
 
     def step(self) -> list[BatchEvent]:
         if self._current is None:

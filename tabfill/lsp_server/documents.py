@@ -1,9 +1,15 @@
-"""Open documents, kept in sync from didOpen/didChange/didClose (incremental), each with its syntax tree."""
+"""Open documents, kept in sync from didOpen/didChange/didClose (incremental), each with its syntax tree.
+
+A request's cross-file lookup reads files and cuts whole documents into windows: `prepare` copies what it needs
+on the event loop (cheap), `lookup` does the work on another thread (one lookup at a time; the cross-file and
+similar-code caches belong to that thread, and closed documents reach them through a queue it drains)."""
 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from lsprotocol import types
@@ -18,6 +24,18 @@ from tabfill.syntax_cache.workspace import Snippet, normalize_path, uri_to_path
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Lookup:
+    """What one request's context needs, taken on the event loop: copies that later edits leave alone."""
+
+    document: Document  # the requesting document as it was (its text and version are the request's)
+    offset: int | None  # the cursor; None: no similar-code lookup
+    documents: dict[str, Document]  # the open documents; empty when cross-file context is off
+    in_prompt: tuple[int, int]
+    snapshot: SyntaxSnapshot | None
+    recent: tuple[Snippet, ...]  # recently edited regions of other documents (read on the loop: a few lines)
+
+
 class DocumentStore:
     def __init__(self) -> None:
         self._documents: dict[str, Document] = {}
@@ -25,6 +43,7 @@ class DocumentStore:
         self.recent_edits = RecentEdits()
         self.cross_file = CrossFileIndex()
         self.similar = SimilarCode()
+        self._closed: deque[str] = deque()  # closed since the last lookup: what its caches must forget
 
     def set_workspace(self, folders: Sequence[types.WorkspaceFolder] | None, root_uri: str | None, root_path: str | None) -> None:
         """The folders cross-file context may read (nothing outside them)."""
@@ -116,26 +135,46 @@ class DocumentStore:
         """What a completion request at `uri` carries besides the text: its syntax snapshot and, with
         `cross_file`, the cross-file snippets: imported definitions, code like the code before `offset` (the
         cursor; from other files, and from this one outside the characters (before, after) the cursor that
-        `in_prompt` says the prompt holds already), then recently edited regions of other documents."""
-        snapshot = self.snapshot(uri)
+        `in_prompt` says the prompt holds already), then recently edited regions of other documents.
+        `prepare` and `lookup` in one call (the server runs them on two threads); () for a closed document."""
+        prepared = self.prepare(uri, offset, cross_file, in_prompt)
+        return (None, ()) if prepared is None else (prepared.snapshot, self.lookup(prepared))
+
+    def prepare(self, uri: str, offset: int | None = None, cross_file: bool = True, in_prompt: tuple[int, int] = (0, 0)) -> Lookup | None:
+        """The event loop's part of `request_context`: the snapshot, the recent edits and copies of the open
+        documents (None when `uri` is not open)."""
         document = self._documents.get(uri)
-        if not cross_file or document is None:
-            return snapshot, ()
-        snippets: list[Snippet] = []
+        if document is None:
+            return None
+        snapshot = self.snapshot(uri)
+        if not cross_file:
+            return Lookup(document.copy(), offset, {}, in_prompt, snapshot, ())
+        documents = {other.uri: other.copy() for other in self._documents.values()}
+        recent = tuple(self.recent_edits.regions(self._documents, uri, language_id=document.language_id))
+        return Lookup(documents[uri], offset, documents, in_prompt, snapshot, recent)
+
+    def lookup(self, prepared: Lookup) -> tuple[Snippet, ...]:
+        """The cross-file snippets of a prepared request: file reads and whole-document work, for a thread of
+        its own (one lookup at a time)."""
+        while self._closed:
+            closed = self._closed.popleft()
+            self.cross_file.forget(closed)
+            self.similar.forget(closed)
+        if not prepared.documents:
+            return ()
+        document, snippets = prepared.document, []
         try:
-            snippets += self.cross_file.snippets(uri, snapshot, self._documents)
-            if offset is not None:
-                snippets += self.similar.snippets(document, offset, self._documents, in_prompt)
-            snippets += self.recent_edits.regions(self._documents, uri, language_id=document.language_id)
+            snippets += self.cross_file.snippets(document.uri, prepared.snapshot, prepared.documents)
+            if prepared.offset is not None:
+                snippets += self.similar.snippets(document, prepared.offset, prepared.documents, prepared.in_prompt)
         except Exception as exc:  # cross-file context is optional: its failure never costs the completion
-            log.warning("cross-file context for %s failed: %s: %s", uri, type(exc).__name__, exc)
-        return snapshot, tuple(snippets)
+            log.warning("cross-file context for %s failed: %s: %s", document.uri, type(exc).__name__, exc)
+        return (*snippets, *prepared.recent)
 
     def close(self, uri: str) -> bool:
         self._trees.pop(uri, None)
         self.recent_edits.forget(uri)
-        self.cross_file.forget(uri)
-        self.similar.forget(uri)
+        self._closed.append(uri)
         return self._documents.pop(uri, None) is not None
 
 

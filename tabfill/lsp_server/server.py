@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
+import threading
 import time
 import uuid
-from concurrent.futures import Future
+from collections.abc import Coroutine
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from lsprotocol import types
@@ -21,12 +24,12 @@ from tabfill.completion.settings import parse_settings
 from tabfill.completion.sources import preload
 from tabfill.completion.types import CancelToken, Completion, CompletionRequest, EngineInfo, Settings
 from tabfill.completion.worker import Cancelled
-from tabfill.lsp_server.documents import DocumentStore
+from tabfill.lsp_server.documents import DocumentStore, Lookup
 from tabfill.lsp_server.positions import PositionEncoding, json_position, offset_at, position_at
 from tabfill.lsp_server.protocol import TabfillProtocol
 from tabfill.lsp_server.stats import StatsStore, accept_arguments, item_reference
 from tabfill.syntax_cache.context import SyntaxContext
-from tabfill.syntax_cache.document import Document
+from tabfill.syntax_cache.workspace import Snippet
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,10 @@ DID_SHOW_COMPLETION = "textDocument/didShowCompletion"
 DID_PARTIALLY_ACCEPT_COMPLETION = "textDocument/didPartiallyAcceptCompletion"
 ACCEPT_COMMAND = "tabfill.accept"
 STATS_FLUSH_DELAY_S = 2.0
+# TABFILL_DEBUG_LOOP=1 (or a number of milliseconds): asyncio debug mode, logging every event-loop callback that
+# runs longer than this (a handler's step included) as "Executing <...> took N seconds".
+DEBUG_LOOP_ENV = "TABFILL_DEBUG_LOOP"
+DEBUG_LOOP_SLOW_MS = 50.0
 
 
 class TabfillServer(LanguageServer):
@@ -55,6 +62,11 @@ class TabfillServer(LanguageServer):
         self.pace = TypingPace()  # the user's key interval per document, from didChange spacing
         self.last_latency_ms: float | None = None
         self._stats_flush: asyncio.TimerHandle | None = None
+        # NOTE: cross-file lookups read files and window whole documents: never on the event loop. One thread,
+        # so they run one at a time in arrival order (the lookup caches are its own).
+        self._lookups = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tabfill-lookup")
+        self._warm_ups: set[asyncio.Task[None]] = set()
+        self.debug_loop = False  # DEBUG_LOOP_ENV: slow callbacks logged, and the CPU time of each lookup's parts
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -86,7 +98,7 @@ class TabfillServer(LanguageServer):
         if isinstance(cause, ValueError) and type(cause).__name__ == "JSONDecodeError" and isinstance(self.protocol, TabfillProtocol):
             self.protocol.answer_parse_error(cause)
 
-    def request_for(self, uri: str, line: int, character: int, request_id: str) -> CompletionRequest:
+    async def request_for(self, uri: str, line: int, character: int, request_id: str) -> CompletionRequest:
         document = self.documents.get(uri)
         if document is None:
             raise JsonRpcInvalidParams(f"document not open: {uri} (send textDocument/didOpen first)")
@@ -94,7 +106,7 @@ class TabfillServer(LanguageServer):
             offset = offset_at(document, line, character, self.encoding)
         except ValueError as exc:
             raise JsonRpcInvalidParams(str(exc)) from exc
-        return self._request_at(document, offset, request_id)
+        return await self._request_at(uri, offset, request_id)
 
     def warm(self, uri: str, position: tuple[int, int] | None = None) -> None:
         """Prefill a cursor's prompt in the background: at `position` (tabfill/warm; any document size), else at
@@ -104,10 +116,33 @@ class TabfillServer(LanguageServer):
             return
         try:
             offset = len(document.text) if position is None else offset_at(document, *position, self.encoding)
-            if position is not None or offset <= self.service.window_chars:
-                self.service.warm(self._request_at(document, offset, "warm-up"))
+        except ValueError:
+            return log.warning("warm-up of %s at %r: not a position of the document", uri, position)
+        if position is not None or offset <= self.service.window_chars:
+            self._spawn(self._warm_at(uri, offset))
+
+    async def _warm_at(self, uri: str, offset: int) -> None:
+        try:
+            self.service.warm(await self._request_at(uri, offset, "warm-up"))
         except Exception:  # a warm-up is an optimisation: never let it break document sync
-            log.warning("warm-up of %s at %r failed", uri, position, exc_info=True)
+            log.warning("warm-up of %s at %d failed", uri, offset, exc_info=True)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._warm_ups.add(task)  # NOTE: the loop keeps only a weak reference to a task
+        task.add_done_callback(self._warm_ups.discard)
+
+    def _lookup(self, prepared: Lookup) -> tuple[Snippet, ...]:
+        cpu = time.thread_time()
+        snippets = self.documents.lookup(prepared)
+        self._log_cpu("lookup", prepared.document.uri, cpu)
+        return snippets
+
+    def _log_cpu(self, what: str, uri: str, since: float) -> None:
+        """In debug-loop mode: what a part of a request cost in CPU time (not wall time: a loaded machine does
+        not inflate it) and on which thread."""
+        if self.debug_loop:
+            log.warning("%s for %s: %.1f ms of CPU on %s", what, uri, (time.thread_time() - since) * 1000, threading.current_thread().name)
 
     def _completion_ready(self, request: CompletionRequest, stopped: str) -> None:
         """A deadline-cut answer is now complete (`stopped` empty: asking again at that position is answered
@@ -126,16 +161,23 @@ class TabfillServer(LanguageServer):
             params["reason"] = stopped
         self.protocol.notify(READY_NOTIFICATION, params)
 
-    def _request_at(self, document: Document, offset: int, request_id: str) -> CompletionRequest:
-        uri = document.uri
+    async def _request_at(self, uri: str, offset: int, request_id: str) -> CompletionRequest:
+        """The request at `offset` of the document as it is now; its cross-file lookup runs on the lookup thread."""
         started = time.perf_counter()
+        task = asyncio.current_task()
+        if task is not None:  # the debug loop's slow-callback log names a task by this
+            task.set_name(f"tabfill-request {request_id}")
         # NOTE: cross-file lookups cost file reads; skip them when the setting leaves them out of the prompt.
-        syntax, cross_file = self.documents.request_context(
-            uri, offset, self.service.settings.cross_file_context, in_prompt=self.service.prompt_chars
-        )
+        cpu = time.thread_time()
+        prepared = self.documents.prepare(uri, offset, self.service.settings.cross_file_context, in_prompt=self.service.prompt_chars)
+        if prepared is None:
+            raise JsonRpcInvalidParams(f"document not open: {uri} (send textDocument/didOpen first)")
+        self._log_cpu("prepare", uri, cpu)
+        cross_file = await asyncio.get_running_loop().run_in_executor(self._lookups, self._lookup, prepared)
+        document = prepared.document  # NOTE: as it was when asked, whatever arrived while the lookup ran
         repo_name, repo_path = self.documents.place(uri)
         return CompletionRequest(
-            uri, document.language_id, document.version, document.text, offset, request_id, syntax=syntax, cross_file=cross_file,
+            uri, document.language_id, document.version, document.text, offset, request_id, syntax=prepared.snapshot, cross_file=cross_file,
             repo_name=repo_name, repo_path=repo_path, lookup_ms=(time.perf_counter() - started) * 1000, key_interval_ms=self.pace.interval_ms(uri),
         )
 
@@ -220,6 +262,8 @@ def create_server(settings: Settings | None = None) -> TabfillServer:
     @server.feature(types.INITIALIZE)
     def initialize(ls: TabfillServer, params: types.InitializeParams) -> None:
         ls._loop = asyncio.get_running_loop() if _has_running_loop() else None
+        if ls._loop is not None:
+            ls.debug_loop = _debug_loop(ls._loop, os.environ.get(DEBUG_LOOP_ENV, ""))
         ls.initial_options = params.initialization_options
         # NOTE: torch and transformers for an in-process model are imported now, before initialize is answered
         # (imports on the loader thread would stall the event loop later); the editor's options are known
@@ -259,7 +303,7 @@ def create_server(settings: Settings | None = None) -> TabfillServer:
     @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
     async def inline_completion(ls: TabfillServer, params: types.InlineCompletionParams) -> types.InlineCompletionList:
         uri = params.text_document.uri
-        request = ls.request_for(uri, params.position.line, params.position.character, str(ls.protocol.msg_id))
+        request = await ls.request_for(uri, params.position.line, params.position.character, str(ls.protocol.msg_id))
         started = time.perf_counter()
         completion = await ls.complete(request)
         latency_ms = (time.perf_counter() - started) * 1000
@@ -316,7 +360,7 @@ def create_server(settings: Settings | None = None) -> TabfillServer:
     @server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(trigger_characters=[".", "("]))
     async def completion(ls: TabfillServer, params: types.CompletionParams) -> types.CompletionList:
         uri = params.text_document.uri
-        request = ls.request_for(uri, params.position.line, params.position.character, str(ls.protocol.msg_id))
+        request = await ls.request_for(uri, params.position.line, params.position.character, str(ls.protocol.msg_id))
         result = await ls.complete(request)
         if not result.text:
             return types.CompletionList(is_incomplete=True, items=[])
@@ -349,6 +393,7 @@ def create_server(settings: Settings | None = None) -> TabfillServer:
     @server.feature(types.SHUTDOWN)
     def shutdown(ls: TabfillServer, params: Any) -> None:
         ls._flush_stats(in_background=False)
+        ls._lookups.shutdown(wait=False, cancel_futures=True)
         ls.service.close()
 
     return server
@@ -395,6 +440,21 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(item) for item in value]
     return value
+
+
+def _debug_loop(loop: asyncio.AbstractEventLoop, value: str) -> bool:
+    """asyncio debug mode with slow-callback logging when `value` (DEBUG_LOOP_ENV) is "1" or a threshold in ms."""
+    if value.strip().lower() in ("", "0", "false", "no", "off"):
+        return False
+    try:
+        threshold_ms = float(value) if value.strip() != "1" else DEBUG_LOOP_SLOW_MS
+    except ValueError:
+        threshold_ms = DEBUG_LOOP_SLOW_MS
+    loop.set_debug(True)
+    loop.slow_callback_duration = threshold_ms / 1000
+    logging.getLogger("asyncio").setLevel(logging.WARNING)
+    log.warning("event-loop debug mode: callbacks over %.0f ms are logged", threshold_ms)
+    return True
 
 
 def _has_running_loop() -> bool:

@@ -21,11 +21,14 @@ import os
 import re
 import tempfile
 import threading
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from cachetools import LRUCache
+
+from tabfill.syntax_cache.sizes import approx_bytes, keep
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +36,7 @@ FILE_NAME = "stats.json"
 FORMAT_VERSION = 1
 MAX_LANGUAGES = 64  # further languages are counted under OTHER
 MAX_LATENCIES = 500  # per language, the most recent ones
-MAX_ITEMS = 2048  # items remembered for de-duplicating signals
+ITEMS_MAX_BYTES = 1 << 20  # items remembered for de-duplicating signals (least recently signalled out)
 MAX_FILE_BYTES = 4 << 20  # a larger file is not ours to trust: start again
 OTHER = "other"
 COUNTERS = ("requests", "suggested", "shown", "accepted", "partial", "acceptedChars",
@@ -61,7 +64,7 @@ def clean_language(value: Any) -> str:
     return value if isinstance(value, str) and _LANGUAGE_ID.match(value) else "unknown"
 
 
-@dataclass
+@dataclass(slots=True)  # NOTE: a fixed size while its flags change (a __dict__ grows when written to)
 class _Item:
     language: str
     chars: int | None = None  # the length of the item's text, when this process issued it
@@ -91,7 +94,7 @@ class StatsStore:
     def __init__(self, path: Path | None = None) -> None:
         self._path = path
         self._pending = _Pending()
-        self._items: OrderedDict[str, _Item] = OrderedDict()
+        self._items: LRUCache[str, _Item] = LRUCache(ITEMS_MAX_BYTES, getsizeof=approx_bytes)
         self._lock = threading.Lock()
 
     @property
@@ -113,9 +116,7 @@ class StatsStore:
     def issue(self, item_id: str, language: str, chars: int) -> None:
         """Remember an item the server answered with, so its signals count once each."""
         with self._lock:
-            self._items[item_id] = _Item(language, chars)
-            while len(self._items) > MAX_ITEMS:
-                self._items.popitem(last=False)
+            keep(self._items, item_id, _Item(language, chars))
 
     def shown(self, item_id: str, language: str) -> None:
         with self._lock:
@@ -154,10 +155,7 @@ class StatsStore:
     def _item(self, item_id: str, language: str) -> _Item:
         item = self._items.get(item_id)
         if item is None:  # issued by an earlier server process, or forgotten: trust its arguments
-            item = _Item(language)
-            self._items[item_id] = item
-            while len(self._items) > MAX_ITEMS:
-                self._items.popitem(last=False)
+            item = keep(self._items, item_id, _Item(language))
         return item
 
     def _mark_shown(self, item: _Item) -> None:

@@ -3,26 +3,30 @@ docstring/comment line) in other open documents and in files of the workspace fo
 recently edited regions of other documents.
 
 Bounded: at most DEFINITION_FILES files read per lookup, workspace.MAX_FILE_BYTES per file,
-DEFINITION_BUDGET_MS per lookup, and never a path outside the workspace roots. Definitions are cached per file
-(mtime and size) and per open document version, so a keystroke costs a few dictionary lookups.
+DEFINITION_BUDGET_MS per lookup, and never a path outside the workspace roots nor the document's own file.
+Definitions are cached per file (mtime and size) and per open document content, DEFINITION_CACHE_BYTES in all,
+so a keystroke costs a few dictionary lookups.
 """
 
 from __future__ import annotations
 
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from pathlib import Path
+
+from cachetools import LRUCache
 
 from tabfill.syntax_cache.definitions import Definition, Import, definitions_in, imports_of
 from tabfill.syntax_cache.document import Document
 from tabfill.syntax_cache.tree import SyntaxSnapshot
-from tabfill.syntax_cache.workspace import Snippet, cached_source, family, normalize_path, relative_display, uri_to_path
+from tabfill.syntax_cache.workspace import Snippet, cached_source, family, normalize_path, relative_display, source_cache, uri_to_path
 
 __all__ = ["CrossFileIndex", "RecentEdits", "Snippet"]
 
 DEFINITION_FILES = 12  # files read per lookup of imported definitions
 DEFINITION_BUDGET_MS = 25.0
 DEFINITION_SNIPPETS = 16
+DEFINITION_CACHE_BYTES = 16 << 20  # definitions of files and open documents, least recently used out
 RECENT_REGIONS = 8
 RECENT_CONTEXT_LINES = 2  # lines kept on each side of an edited line
 CROSS_FILE_GRAMMARS = ("python", "javascript", "typescript", "tsx")
@@ -73,14 +77,13 @@ class RecentEdits:
 
 
 class CrossFileIndex:
-    """Resolves imports to definitions; caches per file (mtime_ns, size) and per open document version."""
+    """Resolves imports to definitions; caches per file (mtime_ns, size) and per open document content."""
 
-    def __init__(self, max_cached_files: int = 256, resolve_ttl_s: float = 5.0) -> None:
+    def __init__(self, max_cached_bytes: int = DEFINITION_CACHE_BYTES, resolve_ttl_s: float = 5.0) -> None:
         self.roots: list[Path] = []
-        self._files: OrderedDict[tuple[str, object], list[Definition]] = OrderedDict()
-        self._max_cached = max_cached_files
-        # per document: (imports, open documents' versions) -> snippets, reused for `resolve_ttl_s` (files on disk
-        # may change meanwhile; the open documents' versions are part of the key)
+        self._files: LRUCache[tuple[str, object], list[Definition]] = source_cache(max_cached_bytes)
+        # per document: (imports, open documents' contents) -> snippets, reused for `resolve_ttl_s` (files on disk
+        # may change meanwhile; the open documents' contents are part of the key)
         self._resolved: dict[str, tuple[object, float, list[Snippet]]] = {}
         self._resolve_ttl_s = resolve_ttl_s
 
@@ -95,7 +98,7 @@ class CrossFileIndex:
             except OSError:
                 continue
         self.roots = resolved
-        self._resolved.clear()  # what was found under the old roots
+        self._resolved = {}  # what was found under the old roots
 
     def _inside(self, path: Path) -> bool:
         return any(path == root or path.is_relative_to(root) for root in self.roots)
@@ -107,7 +110,7 @@ class CrossFileIndex:
         imports = imports_of(snapshot)
         if not imports:
             return []
-        key = (tuple(imports), tuple(sorted((d.uri, d.version) for d in documents.values() if d.uri != uri)))
+        key = (tuple(imports), tuple(sorted(d.identity for d in documents.values() if d.uri != uri)))
         now = time.monotonic()
         cached = self._resolved.get(uri)
         if cached is not None and cached[0] == key and now - cached[1] < self._resolve_ttl_s:
@@ -119,6 +122,7 @@ class CrossFileIndex:
     def _resolve(self, uri: str, grammar: str, imports: list[Import], documents: dict[str, Document], budget_ms: float) -> list[Snippet]:
         deadline = time.perf_counter() + budget_ms / 1000.0
         here = uri_to_path(uri)
+        own = normalize_path(here) if here is not None else None
         open_by_path: dict[Path, Document] = {}
         for other in documents.values():
             other_path = uri_to_path(other.uri)
@@ -127,9 +131,12 @@ class CrossFileIndex:
         out: list[Snippet] = []
         files_read = 0
         for item in imports:
-            if time.perf_counter() > deadline or files_read >= DEFINITION_FILES or len(out) >= DEFINITION_SNIPPETS:
+            # NOTE: at least one file a lookup, however late the thread was scheduled: a lookup makes progress
+            if (files_read and time.perf_counter() > deadline) or files_read >= DEFINITION_FILES or len(out) >= DEFINITION_SNIPPETS:
                 break
             for path in self._candidates(item.module, grammar, here):
+                if path == own:
+                    continue  # a self-import: the file on disk is an older copy of this very document
                 document = open_by_path.get(path)
                 if document is None and not (self._inside(path) and path.is_file()):
                     continue
@@ -170,7 +177,7 @@ class CrossFileIndex:
 
     def _definitions(self, path: Path, document: Document | None, grammar: str) -> list[Definition]:
         target_grammar = _grammar_for_path(path, grammar)
-        found = cached_source(self._files, self._max_cached, path, document, lambda source: definitions_in(target_grammar, source))
+        found = cached_source(self._files, path, document, lambda source: definitions_in(target_grammar, source))
         return found or []
 
 

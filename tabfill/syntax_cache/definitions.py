@@ -132,7 +132,7 @@ def _js_imports(node: Node) -> list[Import]:
     return []
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # NOTE: thousands per file in the caches: no __dict__ each
 class Definition:
     name: str
     signature: str

@@ -83,6 +83,19 @@ class Document:
         if version is not None:
             self.version = version
 
+    @property
+    def identity(self) -> tuple[str, int, int]:
+        """(uri, length, hash of the text): what caches key this document's derived data by. Unlike the version
+        it never names other text: a document closed and opened again at version 1 with new text gets a new one
+        (and a str caches its hash, so asking again for unchanged text costs nothing)."""
+        return self.uri, len(self._text), hash(self._text)
+
+    def copy(self) -> Document:
+        """A copy that later edits of this one leave alone (the text is shared, the line index copied)."""
+        twin = Document.__new__(Document)
+        twin.uri, twin.language_id, twin.version, twin._text, twin._starts = self.uri, self.language_id, self.version, self._text, list(self._starts)
+        return twin
+
     def line_start(self, line: int) -> int:
         """Offset at which `line` (clamped into range) starts."""
         return self._starts[min(max(line, 0), len(self._starts) - 1)]

@@ -9,22 +9,26 @@ own window (the code after the cursor included), are shown to the model as comme
 Bounded and cheap per keystroke: at most SIMILAR_FILES files of the document's language family, each at most
 MAX_FILE_BYTES, read from the workspace roots only, nearest by path first, within a time budget per lookup
 (what is not read yet is read by a later one); windows are cached per file (mtime and size) and per open
-document version. The choice is made once per cursor line and kept while it stays nearly as good
-(KEEP_RATIO), so the prompt's cached prefix survives typing.
+document content, WINDOW_CACHE_BYTES in all. The choice is made once per cursor line and kept while it stays
+nearly as good (KEEP_RATIO), so the prompt's cached prefix survives typing.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from cachetools import LRUCache
+
 from tabfill.syntax_cache.document import Document
 from tabfill.syntax_cache.languages import IDENTIFIER
-from tabfill.syntax_cache.workspace import MAX_FILE_BYTES, Snippet, cached_source, family, normalize_path, relative_display, uri_to_path
+from tabfill.syntax_cache.sizes import approx_bytes, keep
+from tabfill.syntax_cache.workspace import (
+    MAX_FILE_BYTES, Snippet, cached_source, family, normalize_path, relative_display, source_cache, uri_to_path,
+)
 
 WINDOW_LINES = 8  # lines per window (a window is what one snippet shows)
 WINDOW_STRIDE = 4
@@ -32,6 +36,8 @@ QUERY_LINES = 8  # the cursor line and the lines before it
 SIMILAR_FILES = 48
 MAX_LISTED = 4000  # directory entries a workspace listing visits at most
 LISTING_TTL_S = 30.0
+WINDOW_CACHE_BYTES = 64 << 20  # windows of files and open documents (text and word sets), least recently used out
+NEARBY_CACHE_BYTES = 4 << 20  # per file: the workspace files nearest to it
 SIMILAR_BUDGET_MS = 15.0
 SIMILAR_SNIPPETS = 3
 MIN_SCORE = 0.2  # Jaccard similarity below which a window is not worth its tokens
@@ -49,7 +55,7 @@ _STOP_WORDS = frozenset(
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # NOTE: thousands per file in the caches: no __dict__ each
 class Window:
     """Lines `first`..`last` (0-based, inclusive) of one file or document; `start`/`end`: code-point offsets."""
 
@@ -99,27 +105,23 @@ def windows_of(text: str, display: str) -> list[Window]:
 class SimilarCode:
     """Finds windows like the code at the cursor in the workspace and the open documents."""
 
-    def __init__(self, max_cached_files: int = 512) -> None:
+    def __init__(self, max_cached_bytes: int = WINDOW_CACHE_BYTES) -> None:
         self.roots: list[Path] = []
-        self._windows: OrderedDict[tuple[str, object], list[Window]] = OrderedDict()
-        self._max_cached = max_cached_files
-        self._listings: dict[str, tuple[float, list[Path]]] = {}
-        self._nearby: dict[tuple[Path, str], tuple[list[Path], list[Path]]] = {}  # (file, family) -> (listing, nearest)
-        # per document: (cursor line, other open documents' versions) -> the choice; and the last choice made
+        self._windows: LRUCache[tuple[str, object], list[Window]] = source_cache(max_cached_bytes)
+        self._listings: dict[str, tuple[float, list[Path]]] = {}  # family -> (when listed, files); MAX_LISTED entries
+        # (file, family) -> (when its listing was made, the nearest files)
+        self._nearby: LRUCache[tuple[Path, str], tuple[float, list[Path]]] = LRUCache(NEARBY_CACHE_BYTES, getsizeof=approx_bytes)
+        # per document: (cursor line, other open documents' contents) -> the choice; and the last choice made
         self._chosen: dict[str, tuple[object, list[Snippet]]] = {}
         self._last: dict[str, list[Window]] = {}
 
     def set_roots(self, roots: list[Path]) -> None:
         self.roots = list(roots)
-        self._listings.clear()
-        self._nearby.clear()
+        self._listings = {}
 
     def forget(self, uri: str) -> None:
         self._chosen.pop(uri, None)
         self._last.pop(uri, None)
-        path = uri_to_path(uri)
-        for key in [key for key in self._nearby if key[0] == path]:
-            del self._nearby[key]
 
     def snippets(
         self, document: Document, offset: int, documents: dict[str, Document], in_prompt: tuple[int, int] = (0, 0),
@@ -136,16 +138,15 @@ class SimilarCode:
         query = words_of(document.text[query_start:offset])
         if not query:
             return []
-        others = tuple(sorted((d.uri, d.version) for d in documents.values() if d.uri != document.uri))
+        others = tuple(sorted(d.identity for d in documents.values() if d.uri != document.uri))
         key = (line, others)
         cached = self._chosen.get(document.uri)
         if cached is not None and cached[0] == key:
             return cached[1]
-        deadline = time.perf_counter() + budget_ms / 1000.0
         line_end = document.text.find("\n", offset)
         hidden = (max(0, offset - in_prompt[0]), max(len(document.text) if line_end < 0 else line_end, offset + in_prompt[1]))
         own = relative_display(document.uri, self.roots)
-        candidates = self._candidates(document, own, hidden, documents, kind, deadline)
+        candidates = self._candidates(document, own, hidden, documents, kind, budget_ms)
 
         def still_there(window: Window) -> bool:
             """A window chosen before is still shown as it was: in another file unchanged, or in this document
@@ -185,15 +186,19 @@ class SimilarCode:
 
     # ------------------------------------------------------------------------------------------ sources
     def _candidates(
-        self, document: Document, display: str, hidden: tuple[int, int], documents: dict[str, Document], kind: str, deadline: float
+        self, document: Document, display: str, hidden: tuple[int, int], documents: dict[str, Document], kind: str, budget_ms: float
     ) -> list[Window]:
         """Windows of this document (shown as `display`) outside `hidden` (the cursor line and what the prompt
         holds), of the other open documents of the family, and of the workspace's files nearest to this one
-        (within `deadline`)."""
+        (read for `budget_ms` at most)."""
         hidden_from, hidden_to = hidden
-        # NOTE: this document's windows are not cached: its version changes with every keystroke
+        # NOTE: this document's windows are not cached: its text changes with every keystroke. Cutting a large
+        # one, or listing a large workspace, takes a while: the budget for reading files starts after both, or
+        # they would starve it (and the choice, made once per line, would hold no file of the workspace).
         out = [w for w in windows_of(document.text[:MAX_FILE_BYTES], display) if w.end < hidden_from or w.start > hidden_to]
         here = uri_to_path(document.uri)
+        nearby = self._nearby_files(here, kind)
+        deadline = time.perf_counter() + budget_ms / 1000.0
         open_paths: set[Path] = set()
         for other in documents.values():
             if other.uri == document.uri or family(other.language_id) != kind:
@@ -204,29 +209,31 @@ class SimilarCode:
             out += self._windows_of(None, other)
         if here is not None:
             open_paths.add(normalize_path(here))
-        for path in self._nearby_files(here, kind):
+        read = 0
+        for path in nearby:
             if path in open_paths:
                 continue  # the open document's text is the truth, not the file on disk
-            if time.perf_counter() > deadline:
-                break
+            if read and time.perf_counter() > deadline:
+                break  # NOTE: at least one file a lookup, however late the thread was scheduled
             out += self._windows_of(path, None)
+            read += 1
         return out
 
     def _windows_of(self, path: Path | None, document: Document | None) -> list[Window]:
-        """Windows of an open document (cached by version), else of the workspace file at `path` (by mtime, size)."""
+        """Windows of an open document (cached by content), else of the workspace file at `path` (by mtime, size)."""
         uri = document.uri if document is not None else path.as_uri() if path is not None else ""
         display = relative_display(uri, self.roots)
-        found = cached_source(self._windows, self._max_cached, path, document, lambda source: windows_of(source.decode("utf-8", "replace"), display))
+        found = cached_source(self._windows, path, document, lambda source: windows_of(source.decode("utf-8", "replace"), display))
         return found or []
 
     def _nearby_files(self, here: Path | None, kind: str) -> list[Path]:
         """Workspace files of the family, nearest to `here` first (same folder, then by shared path), at most SIMILAR_FILES."""
-        listing = self._listing(kind)
+        listed_at, listing = self._listing(kind)
         if here is None:
             return listing[:SIMILAR_FILES]
         key = (here, kind)
         cached = self._nearby.get(key)
-        if cached is not None and cached[0] is listing:
+        if cached is not None and cached[0] == listed_at:
             return cached[1]
         parent = normalize_path(here).parent.parts
 
@@ -239,15 +246,14 @@ class SimilarCode:
                 shared += 1
             return (len(parent) - shared) + (len(parts) - shared), str(path)
 
-        nearby = sorted(listing, key=distance)[:SIMILAR_FILES]
-        self._nearby[key] = (listing, nearby)
-        return nearby
+        return keep(self._nearby, key, (listed_at, sorted(listing, key=distance)[:SIMILAR_FILES]))[1]
 
-    def _listing(self, kind: str) -> list[Path]:
+    def _listing(self, kind: str) -> tuple[float, list[Path]]:
+        """(when it was made, the workspace's files of the family): MAX_LISTED directory entries, LISTING_TTL_S."""
         cached = self._listings.get(kind)
         now = time.monotonic()
         if cached is not None and now - cached[0] < LISTING_TTL_S:
-            return cached[1]
+            return cached
         extensions = _EXTENSIONS[kind]
         found: list[Path] = []
         visited = 0
@@ -272,5 +278,5 @@ class SimilarCode:
                     except OSError:
                         continue
         self._listings[kind] = (now, found)
-        return found
+        return now, found
 

@@ -1,19 +1,21 @@
 """The workspace as the syntax layer reads it: file URIs and paths, how a snippet names its file, language
-families, and sources read once and cached (an open document by version, a file by mtime and size)."""
+families, and sources read once and cached (an open document by content, a file by mtime and size), bounded by bytes."""
 
 from __future__ import annotations
 
 import os
 import re
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import unquote, urlparse
 
+from cachetools import LRUCache
+
 from tabfill.syntax_cache.document import Document
 from tabfill.syntax_cache.languages import grammar_name
+from tabfill.syntax_cache.sizes import approx_bytes, keep
 from tabfill.syntax_cache.tree import encode
 
 MAX_FILE_BYTES = 512 * 1024  # a file (or open document) larger than this is read only this far, or not at all
@@ -56,16 +58,20 @@ def relative_display(uri: str, roots: list[Path]) -> str:
 
 
 T = TypeVar("T")
+SourceCache = LRUCache[tuple[str, object], T]
 
 
-def cached_source(
-    cache: OrderedDict[tuple[str, object], T], bound: int, path: Path | None, document: Document | None, parse: Callable[[bytes], T]
-) -> T | None:
-    """`parse` of an open document's text (cached by uri and version) or else of the file at `path` (cached by
-    path, mtime and size; None when it cannot be read or is over MAX_FILE_BYTES), at most MAX_FILE_BYTES of
-    it, through `cache`: least recently used first out beyond `bound` entries."""
+def source_cache(max_bytes: int) -> SourceCache[T]:
+    """A cache for `cached_source`: least recently used first out beyond `max_bytes` (approx_bytes of the values)."""
+    return LRUCache(maxsize=max_bytes, getsizeof=approx_bytes)
+
+
+def cached_source(cache: SourceCache[T], path: Path | None, document: Document | None, parse: Callable[[bytes], T]) -> T | None:
+    """`parse` of an open document's text (cached by its content: Document.identity) or else of the file at
+    `path` (cached by path, mtime and size; None when it cannot be read or is over MAX_FILE_BYTES), at most
+    MAX_FILE_BYTES of it, through `cache`."""
     if document is not None:
-        key: tuple[str, object] = (document.uri, document.version)
+        key: tuple[str, object] = (document.uri, document.identity[1:])
         text = document.text
         read: Callable[[], bytes] = lambda: encode(text[:MAX_FILE_BYTES])
     elif path is not None:
@@ -82,16 +88,12 @@ def cached_source(
         return None
     cached = cache.get(key)
     if cached is not None:
-        cache.move_to_end(key)
         return cached
     try:
         source = read()
     except OSError:
         return None
-    value = cache[key] = parse(source)
-    while len(cache) > bound:
-        cache.popitem(last=False)
-    return value
+    return keep(cache, key, parse(source))
 
 
 def normalize_path(path: Path) -> Path:

@@ -26,8 +26,9 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_model_dir(tmp_path_factory.mktemp("tiny-model"))
 
 
-def server_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "tabfill.cli", "serve", *args]
+def server_command(*args: str, log_file: Path | None = None) -> list[str]:
+    logging = ["--log-file", str(log_file)] if log_file is not None else []
+    return [sys.executable, "-m", "tabfill.cli", *logging, "serve", *args]
 
 
 @contextlib.asynccontextmanager
@@ -39,13 +40,14 @@ async def lsp_session(
     wait_ready: bool = True,
     cache_dir: Path | None = None,
     root_uri: str | None = None,
+    log_file: Path | None = None,
 ) -> AsyncIterator[LanguageClient]:
     """A started, initialized server. No workspace folder unless `root_uri` is given: the workspace is what
     cross-file context may read, and a shared folder such as /tmp would put other tests' files in prompts."""
     env = dict(os.environ)
     if cache_dir is not None:
         env["TABFILL_CACHE_DIR"] = str(cache_dir)
-    config = ClientServerConfig(server_command=server_command(*server_args), server_env=env)
+    config = ClientServerConfig(server_command=server_command(*server_args, log_file=log_file), server_env=env)
     lsp_client = await config.start()
     assert isinstance(lsp_client, LanguageClient)
     capabilities = client_capabilities(client)

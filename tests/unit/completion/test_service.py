@@ -230,3 +230,22 @@ def test_a_superseded_request_is_answered_from_the_newest_generation(service: Co
     new, old = newer.result(60), older.result(60)
     assert new.source == "model" and new.text
     assert (old.text, old.offset, old.request_id, old.source) == ("re" + new.text, len(before), "older", "model")
+
+
+def test_the_result_cache_is_bounded_by_the_bytes_of_answers_and_prompts(service: CompletionService) -> None:
+    from tabfill.completion.service import RESULTS_CACHE_BYTES, _Result
+    from tabfill.syntax_cache.sizes import approx_bytes, keep
+
+    first = service.complete(request())
+    assert first.source == "model"  # a real answer is kept with its prompt and counted
+    assert service._results.currsize == sum(map(approx_bytes, [(r.text, r.prompt[1:]) for r in service._results.values()])) > len(TEXT)
+    prompt = "x = compute(value)\n" * 3000  # 57 KB of prompt text per entry: 2,000 of them are seven times the bound
+    for number in range(2000):
+        key = (service.settings, number, 0, "", prompt + str(number), "")
+        keep(service._results, key, _Result(f"answer {number}", 0, "stop", "cache", key))
+        assert service._results.currsize <= RESULTS_CACHE_BYTES
+    kept = list(service._results.values())
+    assert sum(approx_bytes((r.text, r.prompt[1:])) for r in kept) <= RESULTS_CACHE_BYTES
+    assert len(kept) * len(prompt) > RESULTS_CACHE_BYTES * 0.9  # the bound is used, not a small entry count
+    assert service._results.get((service.settings, 1999, 0, "", prompt + "1999", "")) == kept[-1]  # the newest hits
+    assert service._results.get((service.settings, 0, 0, "", prompt + "0", "")) is None

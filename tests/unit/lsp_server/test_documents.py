@@ -154,3 +154,32 @@ def test_place_names_the_workspace_folder_and_the_path_in_it(tmp_path: Path) -> 
     assert store.place((project / "pkg" / "views.py").as_uri()) == ("shop", "pkg/views.py")
     assert store.place((tmp_path / "elsewhere.py").as_uri()) == ("", "elsewhere.py")
     assert store.place("untitled:Untitled-1") == ("", "")
+
+
+def test_a_document_closed_and_reopened_at_version_1_with_other_text_is_seen_anew(tmp_path: Path) -> None:
+    store = DocumentStore()
+    store.set_workspace([types.WorkspaceFolder(uri=tmp_path.as_uri(), name="w")], None, None)
+    shapes, main = (tmp_path / "shapes.py").as_uri(), (tmp_path / "main.py").as_uri()
+    text = "from shapes import area\n\ndef ring_area(outer, inner):\n    return area(outer) - area("
+
+    def context() -> list[tuple[str, str]]:
+        return [(s.kind, s.text) for s in store.request_context(main, len(text), in_prompt=(len(text), 0))[1]]
+
+    open_doc(store, "def area(r):\n    return 3.14 * r * r\n\ndef ring_area(outer, inner):\n    return area(outer) - area(inner)\n", uri=shapes)
+    open_doc(store, text, uri=main)
+    assert context() == [
+        ("definition", "def area(r):"),
+        ("similar", "def area(r):\n    return 3.14 * r * r\n\ndef ring_area(outer, inner):\n    return area(outer) - area(inner)"),
+    ]
+    # the same versions, other text: neither the definitions nor the windows of the old text may come back
+    store.close(shapes)
+    store.close(main)
+    new_shapes = "def area(side):\n    return side * side\n\ndef ring_area(outer, inner):\n    return area(outer) - area(inner) + side\n"
+    open_doc(store, new_shapes, uri=shapes)
+    open_doc(store, text, uri=main)
+    assert context() == [("definition", "def area(side):"), ("similar", new_shapes.rstrip("\n"))]
+    # and the document itself, reopened with other text, is parsed anew
+    store.close(main)
+    open_doc(store, "import shapes\n", uri=main)
+    snapshot, _ = store.request_context(main, 5)
+    assert snapshot is not None and snapshot.text == "import shapes\n"

@@ -178,3 +178,21 @@ def test_a_client_that_never_reports_shows_has_an_unknown_rate(tmp_path: Path) -
     assert table["all"]["acceptanceRate"] == 0.25  # the accept nobody saw shown stays out of the rate
     typescript_line = next(line for line in format_table(summary(read_stats(path))).splitlines() if line.startswith("typescript"))
     assert typescript_line.split()[4] == "unknown"
+
+
+def test_remembered_items_are_bounded_by_bytes_and_recent_ones_still_count_once(tmp_path: Path) -> None:
+    from tabfill.syntax_cache.sizes import approx_bytes
+
+    store = StatsStore(tmp_path / "stats.json")
+    for number in range(50_000):  # far more items than the bound holds
+        store.issue(f"item-{number:08d}", "python", chars=10)
+        store.shown(f"item-{number:08d}", "python")
+    assert store._items.currsize <= stats.ITEMS_MAX_BYTES
+    assert sum(map(approx_bytes, store._items.values())) <= stats.ITEMS_MAX_BYTES
+    assert 1000 < len(store._items) < 50_000
+    store.accepted("item-00049999", "python")
+    store.accepted("item-00049999", "python")
+    store.shown("item-00049999", "python")
+    store.flush()
+    python = rows(tmp_path / "stats.json")["python"]
+    assert (python["shown"], python["accepted"], python["acceptedChars"]) == (50_000, 1, 10)  # the recent item: once

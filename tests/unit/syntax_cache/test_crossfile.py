@@ -137,3 +137,20 @@ def test_js_arrow_functions_keep_their_first_body_line() -> None:
     assert rendered["load"] == "export const load = async (path) => {\n  const text = await read(path)\n  ...\n}"
     assert rendered["noop"] == "const noop = () => {}"
     assert rendered["twice"] == "const twice = function (x)"  # not an arrow function: its header as before
+
+
+def test_a_self_import_never_shows_the_documents_own_stale_file(tmp_path: Path) -> None:
+    # tools.py imports a name of its own module; the file on disk is an older copy of the open document
+    tools = write(tmp_path, "tools.py", 'def helper():\n    """The stale copy on disk."""\n')
+    write(tmp_path, "lib/tools.py", "def helper(path):\n    return path\n")
+    text = "from tools import helper\n\ndef helper(x, y):\n    return x + y\n"
+    document = Document(tools.as_uri(), "python", 1, text)
+    index = CrossFileIndex()
+    index.set_roots([tmp_path])
+    assert index.snippets(document.uri, snapshot("python", text), {document.uri: document}) == []
+    # through a symlinked path too (paths are compared resolved); another module of that name still resolves
+    (tmp_path / "link").symlink_to(tmp_path)
+    index.set_roots([tmp_path, tmp_path / "lib"])
+    linked = Document((tmp_path / "link" / "tools.py").as_uri(), "python", 1, text)
+    snippets = index.snippets(linked.uri, snapshot("python", text), {linked.uri: linked})
+    assert [(s.path, s.text) for s in snippets] == [("lib/tools.py", "def helper(path):")]
