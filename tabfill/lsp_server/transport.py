@@ -9,8 +9,8 @@ handled in order before any handler's task runs; a handler that yields once sees
 
 A frame is `Content-Length: N\\r\\n` (other headers ignored), an empty line, then N bytes of JSON. A header
 block without a valid length, or garbage between frames, is skipped up to the next `Content-Length`; a
-body that is not JSON but holds the start of a frame (its length was too long and swallowed the next
-message) ends there, and that frame is read as the next one.
+body that is not JSON but a JSON value followed by the start of a frame (its length was too long and took
+in the next frame's first bytes) ends there, and that frame is read as the next one.
 """
 
 from __future__ import annotations
@@ -88,21 +88,45 @@ class FrameParser:
         """Drop bytes up to the next `Content-Length` (at least one byte, so this always moves on)."""
         self.malformed += 1
         buffer = self._buffer
-        index = bytes(buffer).lower().find(_MARK, 1)
-        dropped = index if index >= 0 else max(1, len(buffer) - len(_MARK) + 1)
+        lower = bytes(buffer).lower()
+        index = lower.find(_MARK, 1)
+        if index < 0:  # keep only a first part of a `Content-Length` that may end the buffer
+            index = _partial_mark(lower[1:])
+            index = len(lower) if index is None else index + 1
+        dropped = index
         log.warning("skipped %d bytes of input: %s", dropped, why)
         del buffer[:dropped]
 
 
 def _swallowed_frame(body: bytes) -> int | None:
-    """Where a frame starts inside a body that is not JSON (None: none does, or the body is JSON)."""
-    index = body.lower().find(_MARK)
-    if index < 0 or body.find(b"\r\n\r\n", index) < 0:
-        return None
+    """Where the next frame starts inside a body that is not JSON (its length was too long and took in the
+    next frame's first bytes): after the body's JSON value when `Content-Length` or a first part of it
+    follows, else at a `Content-Length` inside it, else at a first part of one that ends it. None when the
+    body is JSON, or no frame starts in it."""
+    if body.rstrip()[-1:] in (b"}", b"]") and b"ontent-" not in body:
+        return None  # NOTE: the usual case, without parsing the body twice
     try:
         json.loads(body)
+        return None
     except ValueError:
-        return index
+        pass
+    lower = body.lower()
+    try:
+        text = body.decode("utf-8")
+        end = len(text[: json.JSONDecoder().raw_decode(text, len(text) - len(text.lstrip()))[1]].encode("utf-8"))
+        if _MARK.startswith(lower[end:]) or lower[end:].startswith(_MARK):
+            return end
+    except ValueError:
+        pass
+    index = lower.find(_MARK)
+    return index if index >= 0 else _partial_mark(lower)
+
+
+def _partial_mark(lower: bytes) -> int | None:
+    """Where a first part of `content-length` ends `lower` (the longest), None when none does."""
+    for size in range(min(len(_MARK) - 1, len(lower)), 0, -1):
+        if lower.endswith(_MARK[:size]):
+            return len(lower) - size
     return None
 
 
