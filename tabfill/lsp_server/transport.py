@@ -91,8 +91,8 @@ class FrameParser:
         lower = bytes(buffer).lower()
         index = lower.find(_MARK, 1)
         if index < 0:  # keep only a first part of a `Content-Length` that may end the buffer
-            index = _partial_mark(lower[1:])
-            index = len(lower) if index is None else index + 1
+            partial = _partial_mark(lower[1:])
+            index = len(lower) if partial is None else partial + 1
         dropped = index
         log.warning("skipped %d bytes of input: %s", dropped, why)
         del buffer[:dropped]
