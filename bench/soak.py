@@ -47,7 +47,7 @@ def percentile(values: list[float], fraction: float) -> float | None:
 
 
 async def start(model: str) -> TabfillSystem:
-    system = TabfillSystem("tabfill", model)
+    system = TabfillSystem("tabfill", model, ready_timeout_s=3600)  # a loaded machine may take long to load the model
     await system.start()
     return system
 
