@@ -7,6 +7,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 
@@ -42,6 +43,17 @@ def write_atomic(path: Path, data: bytes) -> None:
             os.unlink(temp)
         raise
     fsync_path(path.parent)
+
+
+def remove_stale_temporaries(path: Path, older_than_s: float = 60.0) -> int:
+    """Remove the temporary files a killed `write_atomic(path, …)` left beside `path`; returns how many."""
+    removed = 0
+    for leftover in path.parent.glob(f".{path.name}.*.tmp"):
+        with contextlib.suppress(OSError):
+            if time.time() - leftover.stat().st_mtime > older_than_s:
+                leftover.unlink()
+                removed += 1
+    return removed
 
 
 def move_atomic(source: Path, target: Path) -> None:

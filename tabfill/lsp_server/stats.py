@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tabfill.completion.atomic import write_atomic
+from tabfill.completion.atomic import remove_stale_temporaries, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +180,7 @@ class StatsStore:
                 data = read_stats(self.path, set_aside=True)
                 merge(data, pending)
                 _write_atomic(self.path, data)
+                remove_stale_temporaries(self.path)  # left by a process killed in the middle of a flush
         except OSError as exc:
             log.warning("could not write stats to %s: %s", self.path, exc)
             with self._lock:  # keep them for the next flush

@@ -121,6 +121,12 @@ def test_a_flush_killed_before_its_rename_leaves_the_last_whole_file(tmp_path: P
     monkeypatch.undo()
     assert path.read_bytes() == before and rows(path)["python"]["requests"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["stats.json", "stats.json.lock"]  # no temporary file left
+    killed_hard = tmp_path / ".stats.json.abc123.tmp"  # what a kill -9 between write and rename leaves
+    killed_hard.write_text('{"version": 1, "lang')
+    os.utime(killed_hard, (0, 0))
+    store.record_request("python", 7.0, suggested=True)
+    store.flush()  # the next flush removes the leftover
+    assert rows(path)["python"]["requests"] == 2 and not killed_hard.exists()
 
 
 def test_a_failed_write_keeps_the_counts_for_the_next_flush(tmp_path: Path) -> None:
