@@ -225,55 +225,53 @@ def draw_sessions(examples: int, seed: int) -> list[list[tuple[Any, ...]]]:
     return drawn
 
 
-async def fuzz(model: str, examples: int, seed: int) -> dict[str, Any]:
-    system = await start(model)
+async def fuzz(system: TabfillSystem, examples: int, seed: int) -> tuple[dict[str, Any], TabfillSystem]:
+    """The fuzz against `system` (last: its traffic may change settings); a server that died is restarted and
+    counted. Returns the figures and the server in use at the end."""
     counts = {"examples": 0, "messages": 0, "requests": 0, "crashes": 0, "unanswered": 0, "internal_errors": 0, "documents_differ": 0}
     problems: list[str] = []
-    try:
-        for number, steps in enumerate(draw_sessions(examples, seed)):
-            client = client_of(system)
-            traffic = Traffic(f"file:///fuzz/{number}/doc", next_id=(number + 1) * 1_000_000)
-            data = [chunk for item in steps for chunk in traffic.frames(item)]
-            checks = traffic.checks()
-            data += [frame({"id": check_id, "method": "tabfill/status", "params": {"textDocument": {"uri": uri}}}) for check_id, uri, _ in checks]
-            futures = {i: client.expect(i) for i in traffic.expected + [check_id for check_id, _, _ in checks]}
-            client.write_raw(b"".join(data))
-            counts["examples"] += 1
-            counts["messages"] += traffic.sent + len(checks)
-            counts["requests"] += len(traffic.expected)
-            results: dict[int, Any] = {}
-            for request_id, future in futures.items():
-                try:
-                    results[request_id] = await asyncio.wait_for(future, 60)
-                except RpcError as exc:
-                    results[request_id] = exc
-                except (asyncio.TimeoutError, EOFError, ConnectionError) as exc:
-                    results[request_id] = exc
-            if system.client is not None and system.client.process.returncode is not None or any(isinstance(r, EOFError) for r in results.values()):
-                counts["crashes"] += 1
-                problems.append(f"example {number}: the server died; steps {steps!r:.2000}")
-                system = await start(model)
-                continue
-            for request_id in traffic.expected:
-                outcome = results[request_id]
-                if isinstance(outcome, RpcError):
-                    if outcome.code == -32603:
-                        counts["internal_errors"] += 1
-                        problems.append(f"example {number}: internal error {outcome}")
-                elif isinstance(outcome, BaseException) or not answered({"result": outcome}):
-                    counts["unanswered"] += 1
-                    problems.append(f"example {number}: request {request_id} unanswered ({type(outcome).__name__})")
-            for check_id, uri, expected in checks:
-                outcome = results[check_id]
-                got = ((outcome.get("document") or {}).get("sha256", "")) if isinstance(outcome, dict) else None
-                if got != expected:
-                    counts["documents_differ"] += 1
-                    problems.append(f"example {number}: {uri} differs from the replay; steps {steps!r:.2000}")
-            if number % 10 == 9:
-                log(f"fuzz: {number + 1} examples, {counts}")
-    finally:
-        await client_of(system).close()
-    return {**counts, "problems": problems[:20]}
+    for number, steps in enumerate(draw_sessions(examples, seed)):
+        client = client_of(system)
+        traffic = Traffic(f"file:///fuzz/{number}/doc", next_id=(number + 1) * 1_000_000)
+        data = [chunk for item in steps for chunk in traffic.frames(item)]
+        checks = traffic.checks()
+        data += [frame({"id": check_id, "method": "tabfill/status", "params": {"textDocument": {"uri": uri}}}) for check_id, uri, _ in checks]
+        futures = {i: client.expect(i) for i in traffic.expected + [check_id for check_id, _, _ in checks]}
+        client.write_raw(b"".join(data))
+        counts["examples"] += 1
+        counts["messages"] += traffic.sent + len(checks)
+        counts["requests"] += len(traffic.expected)
+        results: dict[int, Any] = {}
+        for request_id, future in futures.items():
+            try:
+                results[request_id] = await asyncio.wait_for(future, 60)
+            except RpcError as exc:
+                results[request_id] = exc
+            except (asyncio.TimeoutError, EOFError, ConnectionError) as exc:
+                results[request_id] = exc
+        if system.client is not None and system.client.process.returncode is not None or any(isinstance(r, EOFError) for r in results.values()):
+            counts["crashes"] += 1
+            problems.append(f"example {number}: the server died; steps {steps!r:.2000}")
+            system = await start(system.model)
+            continue
+        for request_id in traffic.expected:
+            outcome = results[request_id]
+            if isinstance(outcome, RpcError):
+                if outcome.code == -32603:
+                    counts["internal_errors"] += 1
+                    problems.append(f"example {number}: internal error {outcome}")
+            elif isinstance(outcome, BaseException) or not answered({"result": outcome}):
+                counts["unanswered"] += 1
+                problems.append(f"example {number}: request {request_id} unanswered ({type(outcome).__name__})")
+        for check_id, uri, expected in checks:
+            outcome = results[check_id]
+            got = ((outcome.get("document") or {}).get("sha256", "")) if isinstance(outcome, dict) else None
+            if got != expected:
+                counts["documents_differ"] += 1
+                problems.append(f"example {number}: {uri} differs from the replay; steps {steps!r:.2000}")
+        if number % 10 == 9:
+            log(f"fuzz: {number + 1} examples, {counts}")
+    return {**counts, "problems": problems[:20]}, system
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -319,21 +317,20 @@ def report(results: dict[str, Any]) -> str:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"command": "python -m bench.soak " + " ".join(sys.argv[1:]), "model": args.model}
     chosen = set(args.sections.split(","))
-    if chosen & {"burst", "soak"}:
-        system = await start(args.model)
-        try:
-            if "burst" in chosen:
-                log(f"burst: {args.burst} messages")
-                results["burst"] = await burst(system, args.burst)
-                log(f"burst: {results['burst']}")
-            if "soak" in chosen:
-                log(f"soak: {args.requests} requests")
-                results["soak"] = await soak(system, args.requests, args.session, args.seed)
-        finally:
-            await client_of(system).close()
-    if "fuzz" in chosen:
-        log(f"fuzz: {args.fuzz_examples} examples")
-        results["fuzz"] = await fuzz(args.model, args.fuzz_examples, args.seed)
+    system = await start(args.model)  # one server for the three parts (loading the model may take minutes)
+    try:
+        if "burst" in chosen:
+            log(f"burst: {args.burst} messages")
+            results["burst"] = await burst(system, args.burst)
+            log(f"burst: {results['burst']}")
+        if "soak" in chosen:
+            log(f"soak: {args.requests} requests")
+            results["soak"] = await soak(system, args.requests, args.session, args.seed)
+        if "fuzz" in chosen:
+            log(f"fuzz: {args.fuzz_examples} examples")
+            results["fuzz"], system = await fuzz(system, args.fuzz_examples, args.seed)
+    finally:
+        await client_of(system).close()
     return results
 
 
