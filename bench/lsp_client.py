@@ -93,6 +93,17 @@ class LspClient:
         _, future = self.send_request(method, params)
         return await future
 
+    def expect(self, request_id: int) -> asyncio.Future[Any]:
+        """A future for the answer to a request sent by `write_raw` (an RpcError when it is an error)."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        return future
+
+    def write_raw(self, data: bytes) -> None:
+        """Bytes as they are: frames built elsewhere, or malformed on purpose."""
+        assert self.process.stdin is not None
+        self.process.stdin.write(data)
+
     def notify(self, method: str, params: Any) -> None:
         self._write({"method": method, "params": params})
 

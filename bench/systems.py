@@ -132,8 +132,11 @@ def _context(language_id: str, text: str, offset: int) -> SyntaxContext:
 class TabfillSystem(System):
     sends_ids = True
 
-    def __init__(self, name: str, model: str, options: dict[str, Any] | None = None, root: Path | None = None) -> None:
+    def __init__(
+        self, name: str, model: str, options: dict[str, Any] | None = None, root: Path | None = None, ready_timeout_s: float = 600,
+    ) -> None:
         self.name = name
+        self.ready_timeout_s = ready_timeout_s
         self.model = model
         self.options = options or {}
         self.root = root or REPO / "bench" / "data"
@@ -154,7 +157,7 @@ class TabfillSystem(System):
              "workspaceFolders": [{"uri": self.root.as_uri(), "name": "data"}]},
         )
         self.client.notify("initialized", {})
-        deadline = time.monotonic() + 600
+        deadline = time.monotonic() + self.ready_timeout_s
         while time.monotonic() < deadline:
             self.status = await self.client.request("tabfill/status", None)
             if self.status["state"] in ("ready", "failed"):

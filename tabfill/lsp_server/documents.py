@@ -1,4 +1,5 @@
-"""Open documents, kept in sync from didOpen/didChange/didClose (incremental), each with its syntax tree.
+"""Open documents, kept in sync from didOpen/didChange/didClose (incremental), each with its syntax tree;
+the tree takes each edit as it comes and is re-parsed only when a request needs it.
 
 A request's cross-file lookup reads files and cuts whole documents into windows: `prepare` copies what it needs
 on the event loop (cheap), `lookup` does the work on another thread (one lookup at a time; the cross-file and
@@ -116,8 +117,8 @@ class DocumentStore:
                 document.set_text(change.text, version)
                 if tree is not None:
                     tree.invalidate()
-        if tree is not None:
-            tree.parse(document.text)
+        # NOTE: no parse here: the tree is parsed when a request needs it (`snapshot`), once for a whole burst
+        # of changes (tree-sitter takes every edit since the last parse in one incremental parse).
         return document
 
     def snapshot(self, uri: str) -> SyntaxSnapshot | None:
@@ -126,7 +127,7 @@ class DocumentStore:
         if document is None or tree is None or not tree.available:
             return None
         if tree.stale:
-            tree.parse(document.text)  # the last keystroke's parse was skipped: try again, bounded
+            tree.parse(document.text)  # edited since the last parse (or it was over budget): parse now, bounded
         return tree.snapshot(document.text)
 
     def request_context(

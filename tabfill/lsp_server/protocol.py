@@ -2,15 +2,20 @@
 
 pygls by itself logs a request whose params fail to structure (e.g. a negative `character`, which
 lsprotocol types as uinteger) and never answers it; an editor then waits forever. Here such a request
-gets a JSON-RPC InvalidParams error, and a body that is not JSON gets a ParseError with a null id.
+gets a JSON-RPC InvalidParams error, and a body that is not JSON gets a ParseError with a null id. A
+message that is JSON but not JSON-RPC (not an object, a wrong "jsonrpc", an id that is neither number nor
+string, a method that is not a string), and any request after `shutdown`, get an InvalidRequest error;
+pygls would drop them unanswered.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
-from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams, JsonRpcParseError
+from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams, JsonRpcInvalidRequest, JsonRpcParseError
 from pygls.protocol import LanguageServerProtocol
 
 log = logging.getLogger(__name__)
@@ -43,6 +48,9 @@ def position_problem(params: Any) -> str | None:
 
 
 class TabfillProtocol(LanguageServerProtocol):
+    # Sees each valid message (as plain JSON) before it is dispatched (the server notes completion requests).
+    before_dispatch: Callable[[dict[str, Any]], None] | None = None
+
     def structure_message(self, data: dict[str, Any]) -> Any:
         if "jsonrpc" in data and data.get("id") is not None and "method" in data:
             problem = position_problem(data.get("params"))
@@ -67,11 +75,60 @@ class TabfillProtocol(LanguageServerProtocol):
             return
         super().handle_message(message)
 
+    def receive(self, body: bytes) -> None:
+        """One message body as read from the transport: parse, check, structure and dispatch it; whatever it
+        holds, a request in it is answered."""
+        try:
+            data = json.loads(body)
+        except ValueError as exc:  # not JSON, or not UTF-8
+            log.warning("a message that is not JSON: %s", exc)
+            self.answer_parse_error(exc)
+            return
+        problem = request_problem(data)
+        if problem is not None:
+            msg_id = data.get("id") if isinstance(data, dict) else None
+            self.answer_invalid_request(msg_id if _valid_id(msg_id) else None, problem)
+            return
+        if data.get("jsonrpc") != "2.0" or not isinstance(data.get("method", ""), str):
+            log.warning("ignored a notification or response that is not JSON-RPC 2.0: %.200r", body)  # nothing to answer
+            return
+        if self._shutdown and "id" in data and data.get("method", "exit") != "exit":
+            self.answer_invalid_request(data["id"], f"the server is shutting down: {data['method']} refused")
+            return
+        if self.before_dispatch is not None:
+            self.before_dispatch(data)
+        message = self.structure_message(data)
+        self.handle_message(message)
+
+    def answer_invalid_request(self, msg_id: Any, problem: str) -> None:
+        log.warning("invalid request: %s", problem)
+        self._send_data({"jsonrpc": "2.0", "id": msg_id, "error": {"code": JsonRpcInvalidRequest.CODE, "message": problem}})
+
     def answer_parse_error(self, error: Exception) -> None:
         # JSON-RPC 2.0 answers a parse error with "id": null; pygls' serializer would drop a None id.
         self._send_data(
             {"jsonrpc": "2.0", "id": None, "error": {"code": JsonRpcParseError.CODE, "message": f"could not parse message: {error}"}}
         )
+
+
+def request_problem(data: Any) -> str | None:
+    """Why a parsed message is not a valid JSON-RPC request, when it looks like one (None: it is fine, or it
+    is a notification or a response)."""
+    if not isinstance(data, dict):
+        return f"a message must be a JSON object, got {type(data).__name__}"
+    if "method" not in data:
+        return None
+    if "id" in data and not _valid_id(data["id"]):
+        return f"a request id must be a number or a string, got {data['id']!r:.80}"
+    if "id" in data and data.get("jsonrpc") != "2.0":
+        return f"jsonrpc must be \"2.0\", got {data.get('jsonrpc')!r:.80}"
+    if "id" in data and not isinstance(data["method"], str):
+        return f"method must be a string, got {data['method']!r:.80}"
+    return None
+
+
+def _valid_id(value: Any) -> bool:
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
 
 
 def _short(error: BaseException) -> str:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import logging
 import os
+import sys
 import threading
 import time
 import uuid
@@ -14,7 +16,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from lsprotocol import types
-from pygls.exceptions import JsonRpcInvalidParams
+from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
+from pygls.io_ import StdoutWriter
 from pygls.lsp.server import LanguageServer
 
 from tabfill import __version__
@@ -28,6 +31,7 @@ from tabfill.lsp_server.documents import DocumentStore, Lookup
 from tabfill.lsp_server.positions import PositionEncoding, json_position, offset_at, position_at
 from tabfill.lsp_server.protocol import TabfillProtocol
 from tabfill.lsp_server.stats import StatsStore, accept_arguments, item_reference
+from tabfill.lsp_server.transport import FrameParser, read_frames
 from tabfill.syntax_cache.context import SyntaxContext
 from tabfill.syntax_cache.workspace import Snippet
 
@@ -46,6 +50,7 @@ STATS_FLUSH_DELAY_S = 2.0
 # runs longer than this (a handler's step included) as "Executing <...> took N seconds".
 DEBUG_LOOP_ENV = "TABFILL_DEBUG_LOOP"
 DEBUG_LOOP_SLOW_MS = 50.0
+COMPLETION_METHODS = (types.TEXT_DOCUMENT_INLINE_COMPLETION, types.TEXT_DOCUMENT_COMPLETION)
 
 
 class TabfillServer(LanguageServer):
@@ -67,6 +72,58 @@ class TabfillServer(LanguageServer):
         self._lookups = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tabfill-lookup")
         self._warm_ups: set[asyncio.Task[None]] = set()
         self.debug_loop = False  # DEBUG_LOOP_ENV: slow callbacks logged, and the CPU time of each lookup's parts
+        # The id of the newest completion request read for each open document (see `superseded`).
+        self.newest_request: dict[str, object] = {}
+        self.superseded_requests = 0
+        self.frames = FrameParser()
+        if isinstance(self.protocol, TabfillProtocol):
+            self.protocol.before_dispatch = self._note_request
+
+    # ------------------------------------------------------------------ transport
+    def start_io(self, stdin: Any = None, stdout: Any = None) -> None:
+        """Serve over stdio, reading with `transport.read_frames` (whole chunks, resync after bad frames)."""
+        self._stop_event = threading.Event()
+        self.protocol.set_writer(StdoutWriter(stdout or sys.stdout.buffer))
+        try:
+            asyncio.run(read_frames(stdin or sys.stdin.buffer, self.frames, self.receive))
+        except BrokenPipeError:
+            log.error("the connection to the client is lost: shutting down")
+        except (KeyboardInterrupt, SystemExit):
+            pass
+        finally:
+            self.shutdown()  # type: ignore[no-untyped-call]
+
+    def receive(self, body: bytes) -> None:
+        """One message body: check and dispatch it (`_note_request` sees it first)."""
+        assert isinstance(self.protocol, TabfillProtocol)
+        try:
+            self.protocol.receive(body)
+        except Exception as exc:  # whatever a message holds, the server reads on
+            log.exception("could not handle a message")
+            self.report_server_error(exc, JsonRpcException)
+
+    def _note_request(self, data: dict[str, Any]) -> None:
+        if data.get("method") not in COMPLETION_METHODS or "id" not in data:
+            return
+        document = data["params"].get("textDocument") if isinstance(data.get("params"), dict) else None
+        uri = document.get("uri") if isinstance(document, dict) else None
+        if isinstance(uri, str) and self.documents.get(uri) is not None:
+            self.newest_request[uri] = data["id"]
+
+    async def superseded(self, uri: str) -> bool:
+        """Whether a newer completion request for `uri` has been read since this one (the handler's request).
+        Yields to the event loop first so the input that is already there is read: in a burst, only the
+        newest request of each document goes on to its lookups and the model; the others are answered
+        empty at once. (Two yields: the first loop pass runs this task before the pipe's read callback.)"""
+        msg_id = self.protocol.msg_id
+        for _ in range(2):
+            await asyncio.sleep(0)
+        newest = self.newest_request.get(uri, msg_id)
+        if newest == msg_id:
+            return False
+        self.superseded_requests += 1
+        log.debug("request %s for %s superseded by %s", msg_id, uri, newest)
+        return True
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -255,9 +312,10 @@ class TabfillServer(LanguageServer):
             self.start_loading()
 
 
-def create_server(settings: Settings | None = None) -> TabfillServer:
-    """A server with every feature registered; `settings` are the CLI's, overlaid by the client's."""
-    server = TabfillServer(settings)
+def create_server(settings: Settings | None = None, service: CompletionService | None = None) -> TabfillServer:
+    """A server with every feature registered; `settings` are the CLI's, overlaid by the client's (`service`:
+    one made already, e.g. over a test's token source)."""
+    server = TabfillServer(settings, service)
 
     @server.feature(types.INITIALIZE)
     def initialize(ls: TabfillServer, params: types.InitializeParams) -> None:
@@ -289,6 +347,7 @@ def create_server(settings: Settings | None = None) -> TabfillServer:
     @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
     def did_close(ls: TabfillServer, params: types.DidCloseTextDocumentParams) -> None:
         ls.documents.close(params.text_document.uri)
+        ls.newest_request.pop(params.text_document.uri, None)
         ls.service.forget(params.text_document.uri)
         ls.pace.forget(params.text_document.uri)
 
@@ -303,6 +362,8 @@ def create_server(settings: Settings | None = None) -> TabfillServer:
     @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
     async def inline_completion(ls: TabfillServer, params: types.InlineCompletionParams) -> types.InlineCompletionList:
         uri = params.text_document.uri
+        if await ls.superseded(uri):  # NOTE: a burst's older requests cost no lookup and no model work
+            return types.InlineCompletionList(items=[])
         request = await ls.request_for(uri, params.position.line, params.position.character, str(ls.protocol.msg_id))
         started = time.perf_counter()
         completion = await ls.complete(request)
@@ -360,6 +421,8 @@ def create_server(settings: Settings | None = None) -> TabfillServer:
     @server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(trigger_characters=[".", "("]))
     async def completion(ls: TabfillServer, params: types.CompletionParams) -> types.CompletionList:
         uri = params.text_document.uri
+        if await ls.superseded(uri):
+            return types.CompletionList(is_incomplete=True, items=[])
         request = await ls.request_for(uri, params.position.line, params.position.character, str(ls.protocol.msg_id))
         result = await ls.complete(request)
         if not result.text:
@@ -388,6 +451,9 @@ def create_server(settings: Settings | None = None) -> TabfillServer:
             "lastContext": _describe_context(ls.service.last_context),
             "lastCrossFile": ls.service.last_cross_file,
             "engine": ls.service.describe_engine(),
+            "supersededRequests": ls.superseded_requests,
+            "malformedFrames": ls.frames.malformed,
+            **_describe_document(ls, _get(params, "textDocument")),
         }
 
     @server.feature(types.SHUTDOWN)
@@ -409,6 +475,20 @@ def _describe_info(info: EngineInfo | None, model: str) -> dict[str, Any]:
     described = {_camel(name): round(value, 1) if isinstance(value, float) else value for name, value in values.items()}
     described["model"] = described.pop("source") or model
     return described
+
+
+def _describe_document(ls: TabfillServer, identifier: Any) -> dict[str, Any]:
+    """With params {"textDocument": {"uri"}}: that document as the server has it (version, length, SHA-256 of
+    its UTF-8 text; null when it is not open), so a client can check its edits arrived as it made them."""
+    uri = identifier.get("uri") if isinstance(identifier, dict) else None
+    if not isinstance(uri, str):
+        return {}
+    document = ls.documents.get(uri)
+    if document is None:
+        return {"document": None}
+    text = document.text
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    return {"document": {"uri": uri, "version": document.version, "length": len(text), "sha256": digest}}
 
 
 def _camel(name: str) -> str:

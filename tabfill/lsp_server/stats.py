@@ -19,7 +19,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from typing import Any
 from cachetools import LRUCache
 
 from tabfill.syntax_cache.sizes import approx_bytes, keep
+from tabfill.completion.atomic import remove_stale_temporaries, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -174,9 +174,10 @@ class StatsStore:
             pending, self._pending = self._pending, _Pending()
         try:
             with _locked(self.path):
-                data = read_stats(self.path)
+                data = read_stats(self.path, set_aside=True)
                 merge(data, pending)
                 _write_atomic(self.path, data)
+                remove_stale_temporaries(self.path)  # left by a process killed in the middle of a flush
         except OSError as exc:
             log.warning("could not write stats to %s: %s", self.path, exc)
             with self._lock:  # keep them for the next flush
@@ -192,21 +193,23 @@ def empty_stats() -> dict[str, Any]:
     return {"version": FORMAT_VERSION, "languages": {}}
 
 
-def read_stats(path: Path) -> dict[str, Any]:
-    """The stored stats, or empty ones when the file is missing, too large or not ours."""
+def read_stats(path: Path, set_aside: bool = False) -> dict[str, Any]:
+    """The stored stats, or empty ones when the file is missing, too large or not ours. With `set_aside`
+    (a flush, under the lock), such a file is renamed to `<name>.corrupt` and this is said once: the next
+    write starts fresh and the old bytes are kept for whoever wants them."""
     try:
         if path.stat().st_size > MAX_FILE_BYTES:
-            log.warning("ignoring %s: larger than %d bytes", path, MAX_FILE_BYTES)
-            return empty_stats()
+            return _unusable(path, f"larger than {MAX_FILE_BYTES} bytes", set_aside)
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return empty_stats()
-    except (OSError, ValueError) as exc:
+    except ValueError as exc:  # not JSON, or not UTF-8: a torn or damaged file
+        return _unusable(path, f"not JSON ({exc})", set_aside)
+    except OSError as exc:
         log.warning("ignoring unreadable stats %s: %s", path, exc)
         return empty_stats()
     if not isinstance(data, dict) or data.get("version") != FORMAT_VERSION or not isinstance(data.get("languages"), dict):
-        log.warning("ignoring stats %s: unknown format", path)
-        return empty_stats()
+        return _unusable(path, "not in the stats format", set_aside)
     languages: dict[str, Any] = {}
     for language, entry in data["languages"].items():
         if not isinstance(entry, dict):
@@ -216,6 +219,20 @@ def read_stats(path: Path) -> dict[str, Any]:
         clean["latenciesMs"] = [float(x) for x in samples if _is_number(x)][-MAX_LATENCIES:] if isinstance(samples, list) else []
         languages[clean_language(language)] = clean
     return {"version": FORMAT_VERSION, "languages": languages}
+
+
+def _unusable(path: Path, why: str, set_aside: bool) -> dict[str, Any]:
+    if not set_aside:
+        log.warning("ignoring stats %s: %s", path, why)
+        return empty_stats()
+    kept = path.with_name(path.name + ".corrupt")
+    try:
+        os.replace(path, kept)
+    except OSError as exc:
+        log.warning("stats %s is unusable (%s) and could not be set aside: %s; starting fresh", path, why, exc)
+    else:
+        log.warning("stats %s was unusable (%s): kept as %s, starting fresh", path, why, kept.name)
+    return empty_stats()
 
 
 def merge(data: dict[str, Any], pending: _Pending) -> None:
@@ -326,17 +343,7 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def _write_atomic(path: Path, data: dict[str, Any]) -> None:
-    fd, temp_name = tempfile.mkstemp(prefix=".stats-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, separators=(",", ":"))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp_name)
-        raise
+    write_atomic(path, json.dumps(data, separators=(",", ":")).encode("utf-8"))
 
 
 def item_reference(item: Any) -> tuple[str, str] | None:

@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from tabfill.completion.models import ModelError, cache_root, default_model_dir, resolve_model
+from tests.unit.completion.test_model_files import write_safetensors
 
 
 def test_cache_root_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -47,8 +48,9 @@ def test_the_qwen_preset_is_known_by_name_and_says_how_to_pull_it(monkeypatch: p
     with pytest.raises(ModelError, match="tabfill model pull qwen2.5-coder-1.5b"):
         resolve_model("qwen2.5-coder-1.5b", allow_pull=False)
     (tmp_path / "models" / "qwen2.5-coder-1.5b").mkdir(parents=True)
-    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+    for name in ("config.json", "tokenizer.json"):
         (tmp_path / "models" / "qwen2.5-coder-1.5b" / name).write_text("{}")
+    write_safetensors(tmp_path / "models" / "qwen2.5-coder-1.5b" / "model.safetensors")
     assert resolve_model("Qwen2.5-Coder-1.5B", allow_pull=False) == str(tmp_path / "models" / "qwen2.5-coder-1.5b")
 
 

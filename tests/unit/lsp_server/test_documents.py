@@ -30,6 +30,8 @@ def open_doc(store: DocumentStore, text: str, language: str = "python", uri: str
 
 
 def assert_tree_matches(store: DocumentStore, language: str = "python") -> None:
+    """The tree a request gets (parsed on demand) is the tree of a fresh full parse of the text."""
+    assert store.snapshot(URI) is not None
     document, tree = store.get(URI), store.tree(URI)
     assert document is not None and tree is not None and tree.tree is not None and not tree.stale
     fresh = parse_text(language, document.text)
@@ -46,6 +48,25 @@ def test_several_changes_in_one_notification_one_incremental_parse() -> None:
     assert_tree_matches(store)
     tree = store.tree(URI)
     assert tree is not None and tree.full_parses == 1 and tree.incremental_parses == 1
+
+
+def test_a_burst_of_changes_is_parsed_once_when_a_request_needs_the_tree() -> None:
+    store = DocumentStore()
+    open_doc(store, "def f(x):\n    return x\n")
+    tree = store.tree(URI)
+    assert tree is not None and (tree.full_parses, tree.incremental_parses) == (1, 0)
+    text = "def f(x):\n    return x\n"
+    for version in range(2, 302):  # 300 keystrokes, typed at the end of the document
+        line, column = text.count("\n"), len(text) - text.rfind("\n") - 1
+        change(store, version, (line, column, line, column, "y" if version % 30 else "\n"))
+        text += "y" if version % 30 else "\n"
+    document = store.get(URI)
+    assert document is not None and document.text == text and document.version == 301
+    assert (tree.full_parses, tree.incremental_parses) == (1, 0) and tree.stale  # no parse per keystroke
+    store.request_context(URI)
+    store.request_context(URI)
+    assert (tree.full_parses, tree.incremental_parses) == (1, 1)  # one parse for the whole burst
+    assert_tree_matches(store)
 
 
 def test_a_range_past_the_end_is_clamped_logged_and_resynced(caplog: pytest.LogCaptureFixture) -> None:

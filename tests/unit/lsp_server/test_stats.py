@@ -88,6 +88,47 @@ def test_unreadable_or_foreign_files_start_again(tmp_path: Path) -> None:
     assert rust["requests"] == 0 and rust["shown"] == 0 and rust["latenciesMs"] == [1.0, 2.0]
 
 
+def test_a_torn_stats_file_is_set_aside_once_and_counting_starts_fresh(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "stats.json"
+    store = StatsStore(path)
+    store.record_request("python", 5.0, suggested=True)
+    store.flush()
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) // 2])  # what a write cut short without the rename would leave
+    for _ in range(3):
+        store.record_request("python", 7.0, suggested=False)
+        store.flush()
+    assert rows(path)["python"]["requests"] == 3  # fresh after the torn file, then every flush counted
+    assert (tmp_path / "stats.json.corrupt").read_bytes() == whole[: len(whole) // 2]
+    said = [record.getMessage() for record in caplog.records if "stats.json.corrupt" in record.getMessage()]
+    assert len(said) == 1 and "not JSON" in said[0]
+
+
+def test_a_flush_killed_before_its_rename_leaves_the_last_whole_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "stats.json"
+    store = StatsStore(path)
+    store.record_request("python", 5.0, suggested=True)
+    store.flush()
+    before = path.read_bytes()
+
+    def killed(*_args: object) -> None:
+        raise KeyboardInterrupt  # the process dies between writing the temporary file and renaming it
+
+    monkeypatch.setattr(os, "replace", killed)
+    store.record_request("python", 6.0, suggested=True)
+    with pytest.raises(KeyboardInterrupt):
+        store.flush()
+    monkeypatch.undo()
+    assert path.read_bytes() == before and rows(path)["python"]["requests"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stats.json", "stats.json.lock"]  # no temporary file left
+    killed_hard = tmp_path / ".stats.json.abc123.tmp"  # what a kill -9 between write and rename leaves
+    killed_hard.write_text('{"version": 1, "lang')
+    os.utime(killed_hard, (0, 0))
+    store.record_request("python", 7.0, suggested=True)
+    store.flush()  # the next flush removes the leftover
+    assert rows(path)["python"]["requests"] == 2 and not killed_hard.exists()
+
+
 def test_a_failed_write_keeps_the_counts_for_the_next_flush(tmp_path: Path) -> None:
     blocked = tmp_path / "file"
     blocked.write_text("", encoding="utf-8")
