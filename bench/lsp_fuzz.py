@@ -193,13 +193,15 @@ class Traffic:
                     start_position, end_position = end_position, start_position
                 change = {"range": {"start": start_position, "end": end_position}, "text": inserted}
                 changes.append(change)
-                self.replay.change(uri, [change])  # each change applies to the text the previous left
-                text = self.replay.texts.get(uri, text)
+                if _integer(version):  # each change applies to the text the previous left
+                    self.replay.change(uri, [change])
+                    text = self.replay.texts.get(uri, text)
             return [frame({"method": "textDocument/didChange", "params": {"textDocument": {"uri": uri, "version": version}, "contentChanges": changes}})]
         if kind == "full":
             _, index, version, text = item
             uri = self.uri(index)
-            self.replay.change(uri, [{"text": text}])
+            if _integer(version):
+                self.replay.change(uri, [{"text": text}])
             return [frame({"method": "textDocument/didChange", "params": {"textDocument": {"uri": uri, "version": version}, "contentChanges": [{"text": text}]}})]
         if kind == "close":
             uri = self.uri(item[1])
@@ -254,6 +256,11 @@ class Traffic:
             text = self.replay.texts.get(uri)
             out.append((self._id(), uri, "" if text is None else digest(text)))
         return out
+
+
+def _integer(value: int) -> bool:
+    """An LSP `integer` (32 bits): a didChange whose version is not one is invalid, and the server drops it."""
+    return -(2**31) <= value < 2**31
 
 
 def _position_between(text: str, offset: int) -> dict[str, int]:
