@@ -26,7 +26,7 @@ def pipe() -> Iterator[PipeServer]:
     server.close()
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(steps=sessions)
 def test_fuzzed_traffic_is_answered_and_documents_replay(pipe: PipeServer, steps: list[tuple[Any, ...]]) -> None:
     example = next(EXAMPLES)
