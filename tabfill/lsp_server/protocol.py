@@ -6,17 +6,25 @@ gets a JSON-RPC InvalidParams error, and a body that is not JSON gets a ParseErr
 message that is JSON but not JSON-RPC (not an object, a wrong "jsonrpc", an id that is neither number nor
 string, a method that is not a string), and any request after `shutdown`, get an InvalidRequest error;
 pygls would drop them unanswered.
+
+pygls also keeps its own copy of every open document (`workspace`), which tabfill never reads: that costs a
+rebuild of the whole text per didChange, and its position codec clamps a range end past the end of a line to
+the line's last character *in place*, so tabfill's handler saw another edit than the client sent (a fuzzed
+didChange deleting to "past the line end" left the last character). The text-document notifications here
+go straight to tabfill's handlers.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams, JsonRpcInvalidRequest, JsonRpcParseError
+from lsprotocol import types
 from pygls.protocol import LanguageServerProtocol
+from pygls.protocol.language_server import lsp_method
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +77,22 @@ class TabfillProtocol(LanguageServerProtocol):
         log.warning("%s", message)
         self._send_response(data["id"], error=JsonRpcInvalidParams(message).to_response_error())
         return ANSWERED
+
+    def _user_handler(self, method: str, params: Any) -> Iterator[tuple[Any, tuple[Any, ...], None]]:
+        if (handler := self.fm.features.get(method)) is not None:
+            yield handler, (params,), None
+
+    @lsp_method(types.TEXT_DOCUMENT_DID_OPEN)
+    def lsp_text_document__did_open(self, params: types.DidOpenTextDocumentParams) -> Iterator[tuple[Any, tuple[Any, ...], None]]:
+        yield from self._user_handler(types.TEXT_DOCUMENT_DID_OPEN, params)
+
+    @lsp_method(types.TEXT_DOCUMENT_DID_CHANGE)
+    def lsp_text_document__did_change(self, params: types.DidChangeTextDocumentParams) -> Iterator[tuple[Any, tuple[Any, ...], None]]:
+        yield from self._user_handler(types.TEXT_DOCUMENT_DID_CHANGE, params)
+
+    @lsp_method(types.TEXT_DOCUMENT_DID_CLOSE)
+    def lsp_text_document__did_close(self, params: types.DidCloseTextDocumentParams) -> Iterator[tuple[Any, tuple[Any, ...], None]]:
+        yield from self._user_handler(types.TEXT_DOCUMENT_DID_CLOSE, params)
 
     def handle_message(self, message: Any) -> None:
         if message is ANSWERED:

@@ -44,3 +44,16 @@ def test_fuzzed_traffic_is_answered_and_documents_replay(pipe: PipeServer, steps
     for check_id, uri, expected in checks:
         document = answers[check_id]["result"]["document"]
         assert (document or {}).get("sha256", "") == expected, uri
+
+
+def test_an_edit_ending_past_the_line_end_is_applied_as_sent(pipe: PipeServer) -> None:
+    """Found by the fuzz: pygls' own document copy clamped the range end (character 1000 on the line "a") to
+    the line's last character in place, before tabfill's handler saw it, so the "a" was never deleted."""
+    traffic = Traffic("file:///fuzz/past-line-end/doc", next_id=9_000_000_000)
+    steps = [("open", 1, "python", "a"), ("change", 1, 5, [(0.0, 0.0, "", "ok"), (0.5, 0.0, "", "past line end")])]
+    frames = [data for item in steps for data in traffic.frames(item)]
+    (check_id, uri, expected), = [check for check in traffic.checks() if "doc1" in check[1]]
+    pipe.send(*frames, frame({"id": check_id, "method": "tabfill/status", "params": {"textDocument": {"uri": uri}}}))
+    document = pipe.wait([check_id], timeout=60)[check_id]["result"]["document"]
+    assert document["length"] == 0
+    assert document["sha256"] == expected
