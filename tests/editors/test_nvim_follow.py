@@ -98,8 +98,9 @@ def test_keys_that_agree_keep_the_rest_at_once_and_still_ask(tmp_path: Path) -> 
             editor.type(TARGET[k - 1])
             assert ghost_text(editor) == TARGET[k:]  # at once: no round trip (the server takes 250 ms)
             time.sleep(0.08)
+        # still asked (after the adaptive debounce, which a loaded machine may stretch), then answered
+        editor.wait("a request for the typed keys", lambda: editor.info()["requests_sent"] > sent or None)
         editor.wait("the answers for where the cursor is", lambda: not editor.info()["pending"] or None)
-        assert editor.info()["requests_sent"] > sent  # still asked
         assert ghost_text(editor) == TARGET[6:]
         stats = server(editor, "fake/stats")
         assert stats["maxInFlight"] == 1 and stats["cancelled"] == 0, stats  # kept, never cancelled
