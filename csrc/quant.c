@@ -350,6 +350,17 @@ AVX2 static inline __m256i nibbles32(const uint8_t *qs) {
     return _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
 }
 
+/* Q6_K, half a super-block: 64 bytes of low nibbles and 32 of high bit pairs -> 4 x 32 unsigned values 0..63 */
+AVX2 static inline void q6k_unpack(const uint8_t *ql, const uint8_t *qh, __m256i q[4]) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m3 = _mm256_set1_epi8(0x30);
+    __m256i l0 = _mm256_loadu_si256((const __m256i *)ql), l1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
+    __m256i h = _mm256_loadu_si256((const __m256i *)qh);
+    q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(h, 4), m3));
+    q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(h, 2), m3));
+    q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(h, m3));
+    q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), _mm256_and_si256(_mm256_srli_epi16(h, 2), m3));
+}
+
 AVX2 static float row_dot_qact_avx2(int type, const uint8_t *src, qact a, int K) {
     __m256 acc = _mm256_setzero_ps();
     float offset = 0.0f;
@@ -391,19 +402,14 @@ AVX2 static float row_dot_qact_avx2(int type, const uint8_t *src, qact a, int K)
         break;
     }
     case T_Q6_K: {
-        const __m256i m4 = _mm256_set1_epi8(0x0F), m3 = _mm256_set1_epi8(0x30), off = _mm256_set1_epi8(32);
+        const __m256i off = _mm256_set1_epi8(32);
         for (int sb = 0; sb < K / 256; sb++, src += 210) {
             const uint8_t *ql = src, *qh = src + 128;
             const int8_t *sc = (const int8_t *)(src + 192);
             float d = h2f(src + 208);
             for (int n = 0; n < 2; n++, ql += 64, qh += 32, sc += 8) {
-                __m256i l0 = _mm256_loadu_si256((const __m256i *)ql), l1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
-                __m256i h = _mm256_loadu_si256((const __m256i *)qh);
                 __m256i q[4];
-                q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(h, 4), m3));
-                q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(h, 2), m3));
-                q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(h, m3));
-                q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), _mm256_and_si256(_mm256_srli_epi16(h, 2), m3));
+                q6k_unpack(ql, qh, q);
                 for (int i = 0; i < 4; i++, xq += 32) {
                     int b = 8 * sb + 4 * n + i;
                     __m256i lo, hi;
@@ -473,19 +479,14 @@ AVX2 static int dequant_row_avx2(int type, const uint8_t *src, int K, float *y) 
         return 1;
     }
     case T_Q6_K: {
-        const __m256i m4 = _mm256_set1_epi8(0x0F), m3 = _mm256_set1_epi8(0x30), off = _mm256_set1_epi8(32);
+        const __m256i off = _mm256_set1_epi8(32);
         for (int sb = 0; sb < K / 256; sb++, src += 210) {
             const uint8_t *ql = src, *qh = src + 128;
             const int8_t *sc = (const int8_t *)(src + 192);
             float d = h2f(src + 208);
             for (int n = 0; n < 2; n++, ql += 64, qh += 32, sc += 8) {
-                __m256i l0 = _mm256_loadu_si256((const __m256i *)ql), l1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
-                __m256i h = _mm256_loadu_si256((const __m256i *)qh);
                 __m256i q[4];
-                q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(h, 4), m3));
-                q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(h, 2), m3));
-                q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(h, m3));
-                q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), _mm256_and_si256(_mm256_srli_epi16(h, 2), m3));
+                q6k_unpack(ql, qh, q);
                 for (int i = 0; i < 4; i++, y += 32) {
                     __m256i v = _mm256_sub_epi8(q[i], off);
                     store16(_mm256_castsi256_si128(v), _mm256_set1_ps(d * sc[2 * i]), y);
