@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from bench.machine import memory_bandwidth_gbs
+from bench.machine import decode_floor_ms, memory_bandwidth_gbs
 from tabfill.kernels.gguf_decoder import GgufDecoder, decoder_from_gguf
 from tabfill.kernels.steps import decode_one_token, prefill, verify_draft
 
@@ -210,7 +210,7 @@ def measure(
     name = next(iter(first)).split(":")[0]
     results.update(first)
     results["tabfill_decode_ms"] = first[f"{name}: tabfill gguf decode ms/token"]
-    results["floor_ms"] = float(first[f"{name}: gguf weight MB/token"]) / bandwidth / 1e3
+    results["floor_ms"] = decode_floor_ms(int(float(first[f"{name}: gguf weight MB/token"]) * 1e6), bandwidth)
     for spec in extra:
         results.update(measure_model(spec, steps, context=context, threads=threads))
     return results

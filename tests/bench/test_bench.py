@@ -495,3 +495,14 @@ def test_greedy_identity_on_the_default_model() -> None:
     assert measured["cases"] == 6
     assert measured["identical"] + measured["ties"] == 6, [row for row in measured["rows"] if not row["identical"]]
     assert any(row["peer"].strip() for row in measured["rows"])  # real answers, not six empty lines
+
+
+def test_decode_floor_is_weight_megabytes_over_bandwidth(monkeypatch: pytest.MonkeyPatch) -> None:
+    """100 MB a token at 20 GB/s is 5 ms; the floor read 0.005 ms before (a unit slip: 137076× the floor)."""
+    from bench import decode_step
+
+    monkeypatch.setattr(decode_step, "measure_model", lambda *args, **kwargs: {
+        "m: tabfill gguf decode ms/token": 15.0, "m: gguf weight MB/token": 100.0})
+    results = decode_step.measure("m", 4, bandwidth_gbs=20.0)
+    assert results["floor_ms"] == pytest.approx(5.0)
+    assert results["tabfill_decode_ms"] == 15.0
