@@ -196,14 +196,82 @@ def _ms(*values: float | None) -> str:
     return " / ".join(_fmt(value, 1) for value in values)
 
 
-def markdown(results: dict[str, Any]) -> str:
+def markdown(results: dict[str, Any], companions: Path | None = None) -> str:
     """RESULTS.md: every section in SECTIONS order; a section is a function (results, summaries) -> lines,
-    empty when its part did not run."""
+    empty when its part did not run. ``companions``: the folder of the separate benchmarks' reports
+    (bench/), whose Reliability figures and provenance are added at the end."""
     summaries = [summarize(system) for system in results["systems"]]
     out: list[str] = []
     for section in SECTIONS:
+        if section is _footer_section and companions is not None:
+            out += reliability_section(companions) + companions_section(companions)
         out += section(results, summaries)
     return "\n".join(out)
+
+
+# The separate benchmarks: (report, its raw results, what it measures). Each runs on its own command.
+COMPANIONS = (
+    ("FOLLOW.md", "FOLLOW.json", "typing-follow in real Neovim and a plain LSP client (issue 16)"),
+    ("HUMANEVAL.md", "humaneval.json", "HumanEval infilling pass@1 over LSP (issue 12)"),
+    ("TEAM_RESULTS.md", "team-results.json", "N editors against one team engine vs N solo servers (issue 14)"),
+    ("serverfront.md", "serverfront.json", "tabfill in front of llama.cpp's server vs a naive client (issue 15)"),
+    ("DECODE_STEP.md", None, "the decode step against llama.cpp on the same GGUF (issue 18)"),
+    ("SOAK.md", "soak.json", "burst, soak and fuzz (issue 17)"),
+    ("RESTART.md", "restart.json", "kill -9 and restart in both clients (issue 17)"),
+)
+
+
+def _provenance(raw: dict[str, Any]) -> str:
+    """`command`, date, commit of a results file (older files may lack some; said so)."""
+    parts = [f"`{raw['command']}`" if raw.get("command") else "command not recorded"]
+    parts.append(str(raw.get("date") or "date not recorded"))
+    parts.append(f"commit `{raw['commit']}`" if raw.get("commit") else "commit not recorded")
+    return ", ".join(parts)
+
+
+def _raw(folder: Path, name: str | None) -> dict[str, Any] | None:
+    import json
+
+    path = folder / name if name else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        return None
+    return raw if isinstance(raw, dict) else None
+
+
+def companions_section(folder: Path) -> list[str]:
+    """Where the other benchmarks' figures are, and which run each comes from (a report of an older commit
+    than this run's is not a picture of this code: read its commit)."""
+    lines = ["", "## The separate benchmarks (their own commands; read each one's commit)", ""]
+    for report_name, raw_name, about in COMPANIONS:
+        if not (folder / report_name).is_file():
+            lines.append(f"- {about}: not run (no `{report_name}`)")
+            continue
+        raw = _raw(folder, raw_name)
+        if raw is not None and "command" not in raw and raw and all(isinstance(v, dict) for v in raw.values()):
+            runs = "; ".join(f"{key}: {_provenance(value)}" for key, value in raw.items())  # humaneval.json: a run per model/subset
+        else:
+            runs = _provenance(raw) if raw is not None else "provenance in the report"
+        lines.append(f"- {about}: [`{report_name}`]({report_name}) — {runs}")
+    return lines
+
+
+def reliability_section(folder: Path) -> list[str]:
+    """Issue 17's figures: SOAK.md (burst, soak, fuzz) and RESTART.md (crash and restart), as they stand,
+    their headings one level down."""
+    lines = ["", "## Reliability (issue 17: `python -m bench.soak`, `python -m bench.restart`)"]
+    for name in ("SOAK.md", "RESTART.md"):
+        path = folder / name
+        if not path.is_file():
+            lines += ["", f"{name}: not run."]
+            continue
+        lines.append("")
+        for line in path.read_text(encoding="utf-8").rstrip().splitlines():
+            lines.append("#" * 2 + line if line.startswith("#") else line)
+    return lines
 
 
 def _header_section(results: dict[str, Any], summaries: list[dict[str, Any]]) -> list[str]:
@@ -820,3 +888,23 @@ def plot(results: dict[str, Any], path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Render RESULTS.md (and latency.png) again from results.json and the separate benchmarks' reports,
+    without running anything: after `python -m bench.soak` or `bench.restart` has written its own."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m bench.report", description=main.__doc__)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent, help="the folder of results.json (default bench/)")
+    args = parser.parse_args(argv)
+    results = json.loads((args.out / "results.json").read_text(encoding="utf-8"))
+    plot(results, args.out / "latency.png")
+    (args.out / "RESULTS.md").write_text(markdown(results, args.out), encoding="utf-8")
+    print(args.out / "RESULTS.md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -141,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     text = report(results)
     args.out.write_text(text, encoding="utf-8")
+    args.out.with_name("restart.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     print(text)
     return 0
 

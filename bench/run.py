@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
     report.plot(results, args.out / "latency.png")
-    (args.out / "RESULTS.md").write_text(report.markdown(results))
+    (args.out / "RESULTS.md").write_text(report.markdown(results, args.out))
     log(f"done in {results['wall_s']} s: {args.out / 'RESULTS.md'}")
     return 0
 

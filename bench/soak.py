@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import json
 import random
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -28,7 +29,7 @@ from typing import Any
 
 from bench.lsp_client import LspClient, RpcError
 from bench.lsp_fuzz import Traffic, answered, digest, frame, position_of, sessions
-from bench.machine import process_usage
+from bench.machine import process_usage, provenance
 from bench.systems import TabfillSystem
 
 HERE = Path(__file__).parent
@@ -277,6 +278,9 @@ async def fuzz(system: TabfillSystem, examples: int, seed: int) -> tuple[dict[st
 # ---------------------------------------------------------------------------------------------- report
 def report(results: dict[str, Any]) -> str:
     lines = ["# Reliability: burst, soak, fuzz (`python -m bench.soak`)", "", f"Command: `{results['command']}`", ""]
+    if "date" in results:
+        lines[-1:-1] = [f"Date: {results['date']}; commit `{results['commit']}`; model `{results['model']}`; "
+                        f"machine {results['machine']['cpu']}, {results['machine']['cores']} cores"]
     if "burst" in results:
         b = results["burst"]
         lines += [
@@ -315,7 +319,7 @@ def report(results: dict[str, Any]) -> str:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    results: dict[str, Any] = {"command": "python -m bench.soak " + " ".join(sys.argv[1:]), "model": args.model}
+    results: dict[str, Any] = {**provenance(shlex.join(["python", "-m", "bench.soak", *getattr(args, "argv", [])])), "model": args.model}
     chosen = set(args.sections.split(","))
     system = await start(args.model)  # one server for the three parts (loading the model may take minutes)
     try:
@@ -345,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sections", default="burst,soak,fuzz")
     parser.add_argument("--out", type=Path, default=HERE / "SOAK.md")
     args = parser.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else argv
     results = asyncio.run(run(args))
     text = report(results)
     args.out.write_text(text)

@@ -506,3 +506,26 @@ def test_decode_floor_is_weight_megabytes_over_bandwidth(monkeypatch: pytest.Mon
     results = decode_step.measure("m", 4, bandwidth_gbs=20.0)
     assert results["floor_ms"] == pytest.approx(5.0)
     assert results["tabfill_decode_ms"] == 15.0
+
+
+def test_results_carry_reliability_and_the_separate_benchmarks(tmp_path: Path) -> None:
+    """Issue 17 asks for a Reliability section in RESULTS.md; the soak and restart figures lived only in
+    their own files, and nothing said which commit the separate reports came from."""
+    results = synthetic_results(None)
+    (tmp_path / "SOAK.md").write_text("# Reliability: burst, soak, fuzz\n\n## Burst\n\n| newest answer |\n|---|\n| 412.0 ms |\n")
+    (tmp_path / "FOLLOW.md").write_text("# Typing-follow\n")
+    (tmp_path / "FOLLOW.json").write_text(json.dumps({"command": "python -m bench.follow", "date": "2026-12-06 10:00 UTC", "commit": "f00"}))
+    (tmp_path / "HUMANEVAL.md").write_text("# HumanEval\n")
+    (tmp_path / "humaneval.json").write_text(json.dumps({"default/single-line": {"command": "python -m bench.humaneval", "commit": "b4r"}}))
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    assert report.main(["--out", str(tmp_path)]) == 0
+    markdown = (tmp_path / "RESULTS.md").read_text()
+    reliability = markdown.split("## Reliability", 1)[1]
+    assert "### Reliability: burst, soak, fuzz" in reliability and "### Burst" in reliability and "| 412.0 ms |" in reliability
+    assert "RESTART.md: not run." in reliability
+    assert "[`FOLLOW.md`](FOLLOW.md) — `python -m bench.follow`, 2026-12-06 10:00 UTC, commit `f00`" in markdown
+    assert "default/single-line: `python -m bench.humaneval`, date not recorded, commit `b4r`" in markdown
+    assert "(no `TEAM_RESULTS.md`)" in markdown
+    assert markdown.index("## Reliability") < markdown.index("Raw numbers")
+    assert (tmp_path / "latency.png").stat().st_size > 0
+    assert "## Reliability" not in report.markdown(results)
