@@ -28,3 +28,8 @@ class BatchEvent:
     finish: str | None  # None while running; else one of batching.FINISHES (or "superseded" from the scheduler)
     cached_tokens: int  # prompt tokens whose KV came from the prefix store
     prompt_tokens: int
+    unavailable: str = ""  # with finish "error": the engine's model server is unreachable, and why
+
+
+class BackendUnavailable(ValueError):
+    """A request refused because the engine's model server (a gateway's backend) is unreachable."""

@@ -21,6 +21,7 @@ import hmac
 import itertools
 import os
 import queue
+import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tabfill.completion import wire
 from tabfill.completion.engine_client import EngineClient, EngineUnavailable
 from tabfill.completion.tokenizer_file import FileTokenizer
 from tabfill.completion.fim import detect_template
@@ -72,6 +74,8 @@ class RemoteSource:
         self.info = EngineInfo(f"{welcome.model} @ {url}", "remote", "remote", load_ms, template.name if template else "prefix-only")
         self.last_done: dict[str, Any] = {}
         self.warms = 0
+        self.backend_down = ""  # why the engine's own model server is unreachable (a gateway), while it is
+        self._backend_lock = threading.Lock()
         self._document_secret = os.urandom(32)
 
     def document_key(self, document: str) -> str:
@@ -94,7 +98,7 @@ class RemoteSource:
             "kind": "team engine", "url": self.client.url, "connected": self.client.connected,
             "model": welcome.model if welcome else "", "tenant": welcome.tenant if welcome else "",
             "limits": dict(welcome.limits) if welcome else {}, "reconnects": self.client.reconnects,
-            "warms": self.warms,
+            "warms": self.warms, "backend_down": self.backend_down,
         }
 
     def status(self) -> dict[str, Any]:
@@ -162,10 +166,25 @@ class RemoteSource:
             stream.finish = _FINISHES.get(str(frame.get("finish")), "error")
             stream.done = frame
             self.last_done = frame
+            if stream.finish != "error":
+                self._backend("")
         elif kind == "error":
             stream.finish = "error"
             stream.done = frame
             self.last_done = frame
+            if frame.get("code") == wire.UNAVAILABLE:
+                self._backend(str(frame.get("message", "")) or "no reason given")
+
+    def _backend(self, why: str) -> None:
+        """The engine is up but its model server is not (or is back): said once per outage, like the engine's own."""
+        with self._backend_lock:
+            if bool(why) == bool(self.backend_down):
+                return
+            self.backend_down = why
+        notify = self.on_outage
+        if notify is not None:
+            notify(f"the team engine at {self.client.url} cannot reach its model server: {why}; completions are empty until it is back"
+                   if why else None)
 
     def warm(self, token_ids: list[int], cancel: CancelToken, *, document: str = "") -> int:
         """Ask the engine to prefill this prompt when it is idle (a warm frame; no answer). Returns 0: the

@@ -29,7 +29,8 @@ TOO_LARGE = "too_large"
 BAD_REQUEST = "bad_request"
 VERSION = "version"
 INTERNAL = "internal"
-ERROR_CODES = (UNAUTHORIZED, BUSY, TOO_LARGE, BAD_REQUEST, VERSION, INTERNAL)
+UNAVAILABLE = "unavailable"  # a request the engine cannot run: its model server is unreachable (a gateway)
+ERROR_CODES = (UNAUTHORIZED, BUSY, TOO_LARGE, BAD_REQUEST, VERSION, INTERNAL, UNAVAILABLE)
 
 # Optional frames this engine takes, listed in welcome.features (a front-end sends them only when listed).
 FEATURES = ("warm",)

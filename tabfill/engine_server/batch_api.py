@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from tabfill.completion.batch_types import BatchEvent, BatchRequest
+from tabfill.completion.batch_types import BackendUnavailable, BatchEvent, BatchRequest
 
-__all__ = ["BatchEvent", "BatchRequest"]
+__all__ = ["BackendUnavailable", "BatchEvent", "BatchRequest"]

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 
 from tabfill.completion import openai_wire
-from tabfill.completion.batch_types import BatchEvent, BatchRequest
+from tabfill.completion.batch_types import BackendUnavailable, BatchEvent, BatchRequest
 from tabfill.completion.openai_source import OpenAISource, open_openai_source
 from tabfill.completion.openai_stream import Stream
 from tabfill.completion.tokenizer_file import FileTokenizer
@@ -72,7 +72,7 @@ class OpenAIBackend:
     def add(self, request: BatchRequest) -> None:
         if self.source.health.in_backoff():
             outage = self.source.health.outage
-            raise ValueError(f"the server is unreachable ({outage.reason if outage else 'backing off'})")
+            raise BackendUnavailable(f"{self.source.base_url} is unreachable ({outage.reason if outage else 'backing off'})")
         background = request.priority - time.monotonic() > BACKGROUND_AFTER_S
         stream = self.source.start_stream(
             request.prompt, request.prompt.max_new_tokens, 1 if background else 0, salt=tenant_salt(request.salt), listener=self.wake,
@@ -103,15 +103,17 @@ class OpenAIBackend:
             delta, row.sent_text = settled[len(row.sent_text) :], settled
             if ended:
                 del self._rows[request_id]
-                events.append(self._event(row, delta, str(finish)))
+                outage = self.source.health.outage if finish == "error" else None
+                unavailable = f"{self.source.base_url} failed ({outage.reason})" if outage is not None else ""
+                events.append(self._event(row, delta, str(finish), unavailable))
             elif delta:
                 events.append(self._event(row, delta, None))
         return events
 
-    def _event(self, row: _Row, delta: str, finish: str | None) -> BatchEvent:
+    def _event(self, row: _Row, delta: str, finish: str | None, unavailable: str = "") -> BatchEvent:
         stream = row.stream
         ids = tuple(self.source.tokenizer.encode(delta)) if delta else ()  # NOTE: for drafts and counts only
-        return BatchEvent(row.request.id, ids, delta, finish, stream.cached_tokens, stream.prompt_tokens)
+        return BatchEvent(row.request.id, ids, delta, finish, stream.cached_tokens, stream.prompt_tokens, unavailable)
 
     def status(self) -> dict[str, object]:
         """The server's kind, extras, request and outage counts (any thread: the status frame)."""

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from tabfill.engine_server.batch_api import BatchEvent, BatchRequest
+from tabfill.engine_server.batch_api import BackendUnavailable, BatchEvent, BatchRequest
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +65,8 @@ class Job:
         return str(self.request.id)
 
 
-def final_event(job: Job, finish: str) -> BatchEvent:
-    return BatchEvent(job.id, (), "", finish, 0, len(job.request.prompt.token_ids))
+def final_event(job: Job, finish: str, unavailable: str = "") -> BatchEvent:
+    return BatchEvent(job.id, (), "", finish, 0, len(job.request.prompt.token_ids), unavailable)
 
 
 class Scheduler:
@@ -240,7 +240,7 @@ class Scheduler:
                         self.engine.add(job.request)
                     except ValueError as exc:
                         log.info("request %s refused by the engine: %s", job.id, exc)
-                        self._finish(job, "error")
+                        self._finish(job, "error", str(exc) if isinstance(exc, BackendUnavailable) else "")
                 if self.engine.idle:
                     self._fail_running("the engine went idle with requests running")
                     continue
@@ -273,12 +273,12 @@ class Scheduler:
             self.generated_tokens += len(event.token_ids)
             job.sink(job, event)
 
-    def _finish(self, job: Job, finish: str) -> None:
+    def _finish(self, job: Job, finish: str, unavailable: str = "") -> None:
         with self._cond:
             if not self._drop(job):
                 return
             self._to_cancel = [i for i in self._to_cancel if i != job.id]
-        job.sink(job, final_event(job, finish))
+        job.sink(job, final_event(job, finish, unavailable))
 
     def _fail_running(self, why: str) -> None:
         if why:

@@ -313,6 +313,9 @@ class _Connection:
             del self.jobs[client_id]
             assert self.tenant is not None
             self.server.release(self.tenant)
+        if event.unavailable:  # the model server behind this engine is down: the front-end tells its user once
+            self.send(wire.error_frame(wire.UNAVAILABLE, event.unavailable, client_id))
+            return
         now = time.perf_counter()
         started = job.admitted or now
         self.send({

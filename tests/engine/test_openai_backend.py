@@ -41,7 +41,7 @@ class Upstream:
             return [body for body in self.bodies if body.get("stream")]
 
 
-def serve_upstream(upstream: Upstream) -> ThreadingHTTPServer:
+def serve_upstream(upstream: Upstream, port: int = 0) -> ThreadingHTTPServer:
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(upstream.tokenizer_dir / "tokenizer.json"))
@@ -110,7 +110,7 @@ def serve_upstream(upstream: Upstream) -> ThreadingHTTPServer:
             self.wfile.write(b"data: " + json.dumps(payload).encode() + b"\n\n")
             self.wfile.flush()
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
@@ -201,7 +201,10 @@ def test_warm_sends_the_prompt_upstream_with_one_token_to_generate(gateway, tmp_
         alice.close()
 
 
-def test_an_unreachable_upstream_answers_error_at_once_and_the_gateway_serves_on(tmp_path: Path) -> None:
+def test_an_unreachable_upstream_answers_error_at_once_and_the_front_end_hears_of_it_once(tmp_path: Path) -> None:
+    """The gateway's model server down: every request ends at once, the front-end's user is told once (it
+    was told nothing: the engine itself was up), and once the server is back the next request is answered
+    and the outage is over."""
     build_tiny_tokenizer().save_pretrained(tmp_path / "tokenizer")
     tokens = make_tokens(tmp_path / "tokens", "alice")
     with socket.socket() as probe:  # a port nobody listens on
@@ -210,6 +213,9 @@ def test_an_unreachable_upstream_answers_error_at_once_and_the_gateway_serves_on
     engine = start_engine(tmp_path / "tokens", tmp_path / "engine.log", "--backend", f"openai+http://127.0.0.1:{port}/v1",
                           "--backend-model", str(tmp_path / "tokenizer"), timeout_s=60)
     alice = RemoteSource(engine.url, tokens["alice"], cache_dir=tmp_path)
+    told: list[str | None] = []
+    alice.on_outage = told.append
+    server = None
     try:
         ids = tuple(alice.tokenizer("x = ", add_special_tokens=False)["input_ids"])
         for _ in range(3):
@@ -217,6 +223,16 @@ def test_an_unreachable_upstream_answers_error_at_once_and_the_gateway_serves_on
             answer = alice.generate(Prompt(ids, 4, StopRule()), CancelToken(), Deadline.after_ms(5000))
             assert (answer.finish_reason, answer.text) == ("error", "") and time.monotonic() - started < 3
         assert alice.status()["backend"]["outage"]  # the gateway says why in its status
+        assert len(told) == 1 and told[0] is not None
+        assert "cannot reach its model server" in told[0] and f"127.0.0.1:{port}" in told[0]
+        assert alice.describe()["backend_down"]
+
+        server = serve_upstream(Upstream(tmp_path / "tokenizer"), port)
+        answered = lambda: alice.generate(Prompt(ids, 2, StopRule()), CancelToken(), Deadline.after_ms(5000)).text == "return"  # noqa: E731
+        assert wait_for(answered, timeout=40.0)  # the gateway's backoff ends, its next attempt gets through
+        assert told[1:] == [None] and not alice.describe()["backend_down"]
     finally:
         alice.close()
         engine.stop()
+        if server is not None:
+            server.shutdown()
