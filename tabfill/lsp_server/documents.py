@@ -1,9 +1,11 @@
 """Open documents, kept in sync from didOpen/didChange/didClose (incremental), each with its syntax tree;
-the tree takes each edit as it comes and is re-parsed only when a request needs it.
+the tree takes each edit as it comes and is parsed only when a request needs it.
 
-A request's cross-file lookup reads files and cuts whole documents into windows: `prepare` copies what it needs
-on the event loop (cheap), `lookup` does the work on another thread (one lookup at a time; the cross-file and
-similar-code caches belong to that thread, and closed documents reach them through a queue it drains)."""
+A request's syntax tree and cross-file lookup cost whole-document work (a first parse of a large file takes
+~100 ms; lookups read files and cut whole documents into windows): `prepare` copies what it needs on the
+event loop (cheap), `lookup` parses and looks up on another thread (one lookup at a time; the cross-file and
+similar-code caches belong to that thread, and closed documents reach them through a queue it drains).
+Edits that arrive while a parse runs are replayed onto its result, so typing never waits for a parse."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from tabfill.lsp_server.positions import PositionEncoding, range_to_offsets
 from tabfill.syntax_cache.crossfile import CrossFileIndex, RecentEdits
 from tabfill.syntax_cache.document import Document
 from tabfill.syntax_cache.similar_code import SimilarCode
-from tabfill.syntax_cache.tree import SyntaxSnapshot, SyntaxTree, apply_edit
+from tabfill.syntax_cache.tree import ParseJob, SyntaxSnapshot, SyntaxTree, apply_edit
 from tabfill.syntax_cache.workspace import Snippet, normalize_path, uri_to_path
 
 log = logging.getLogger(__name__)
@@ -33,8 +35,10 @@ class Lookup:
     offset: int | None  # the cursor; None: no similar-code lookup
     documents: dict[str, Document]  # the open documents; empty when cross-file context is off
     in_prompt: tuple[int, int]
-    snapshot: SyntaxSnapshot | None
+    snapshot: SyntaxSnapshot | None  # the tree already describes the text; else `parse` brings it there
     recent: tuple[Snippet, ...]  # recently edited regions of other documents (read on the loop: a few lines)
+    tree: SyntaxTree | None = None
+    parse: ParseJob | None = None  # run by `lookup`, off the event loop
 
 
 class DocumentStore:
@@ -89,7 +93,7 @@ class DocumentStore:
     def open(self, item: types.TextDocumentItem) -> Document:
         document = Document(item.uri, item.language_id, item.version, item.text)
         self._documents[item.uri] = document
-        self._trees[item.uri] = SyntaxTree(item.language_id, item.text)
+        self._trees[item.uri] = SyntaxTree(item.language_id, item.text, parse=False)  # NOTE: parsed by the first lookup
         return document
 
     def change(self, params: types.DidChangeTextDocumentParams, encoding: PositionEncoding) -> Document | None:
@@ -139,38 +143,45 @@ class DocumentStore:
         `in_prompt` says the prompt holds already), then recently edited regions of other documents.
         `prepare` and `lookup` in one call (the server runs them on two threads); () for a closed document."""
         prepared = self.prepare(uri, offset, cross_file, in_prompt)
-        return (None, ()) if prepared is None else (prepared.snapshot, self.lookup(prepared))
+        return (None, ()) if prepared is None else self.lookup(prepared)
 
     def prepare(self, uri: str, offset: int | None = None, cross_file: bool = True, in_prompt: tuple[int, int] = (0, 0)) -> Lookup | None:
-        """The event loop's part of `request_context`: the snapshot, the recent edits and copies of the open
-        documents (None when `uri` is not open)."""
+        """The event loop's part of `request_context`: the snapshot (or the parse that makes it), the recent
+        edits and copies of the open documents (None when `uri` is not open)."""
         document = self._documents.get(uri)
         if document is None:
             return None
-        snapshot = self.snapshot(uri)
+        tree = self._trees.get(uri)
+        snapshot = parse = None
+        if tree is not None and tree.available:
+            snapshot = tree.snapshot(document.text)
+            parse = tree.prepare_parse(document.text) if snapshot is None else None
         if not cross_file:
-            return Lookup(document.copy(), offset, {}, in_prompt, snapshot, ())
+            return Lookup(document.copy(), offset, {}, in_prompt, snapshot, (), tree, parse)
         documents = {other.uri: other.copy() for other in self._documents.values()}
         recent = tuple(self.recent_edits.regions(self._documents, uri, language_id=document.language_id))
-        return Lookup(documents[uri], offset, documents, in_prompt, snapshot, recent)
+        return Lookup(documents[uri], offset, documents, in_prompt, snapshot, recent, tree, parse)
 
-    def lookup(self, prepared: Lookup) -> tuple[Snippet, ...]:
-        """The cross-file snippets of a prepared request: file reads and whole-document work, for a thread of
-        its own (one lookup at a time)."""
+    def lookup(self, prepared: Lookup) -> tuple[SyntaxSnapshot | None, tuple[Snippet, ...]]:
+        """The syntax snapshot and cross-file snippets of a prepared request: the parse, file reads and
+        whole-document work, for a thread of its own (one lookup at a time)."""
+        snapshot = prepared.snapshot
+        if prepared.parse is not None and prepared.tree is not None:
+            snapshot = prepared.tree.run_parse(prepared.parse)
         while self._closed:
             closed = self._closed.popleft()
             self.cross_file.forget(closed)
             self.similar.forget(closed)
         if not prepared.documents:
-            return ()
+            return snapshot, ()
         document, snippets = prepared.document, []
         try:
-            snippets += self.cross_file.snippets(document.uri, prepared.snapshot, prepared.documents)
+            snippets += self.cross_file.snippets(document.uri, snapshot, prepared.documents)
             if prepared.offset is not None:
                 snippets += self.similar.snippets(document, prepared.offset, prepared.documents, prepared.in_prompt)
         except Exception as exc:  # cross-file context is optional: its failure never costs the completion
             log.warning("cross-file context for %s failed: %s: %s", document.uri, type(exc).__name__, exc)
-        return (*snippets, *prepared.recent)
+        return snapshot, (*snippets, *prepared.recent)
 
     def close(self, uri: str) -> bool:
         self._trees.pop(uri, None)

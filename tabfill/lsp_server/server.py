@@ -33,6 +33,7 @@ from tabfill.lsp_server.protocol import TabfillProtocol
 from tabfill.lsp_server.stats import StatsStore, accept_arguments, item_reference
 from tabfill.lsp_server.transport import FrameParser, read_frames
 from tabfill.syntax_cache.context import SyntaxContext
+from tabfill.syntax_cache.tree import SyntaxSnapshot
 from tabfill.syntax_cache.workspace import Snippet
 
 log = logging.getLogger(__name__)
@@ -189,11 +190,11 @@ class TabfillServer(LanguageServer):
         self._warm_ups.add(task)  # NOTE: the loop keeps only a weak reference to a task
         task.add_done_callback(self._warm_ups.discard)
 
-    def _lookup(self, prepared: Lookup) -> tuple[Snippet, ...]:
+    def _lookup(self, prepared: Lookup) -> tuple[SyntaxSnapshot | None, tuple[Snippet, ...]]:
         cpu = time.thread_time()
-        snippets = self.documents.lookup(prepared)
+        found = self.documents.lookup(prepared)
         self._log_cpu("lookup", prepared.document.uri, cpu)
-        return snippets
+        return found
 
     def _log_cpu(self, what: str, uri: str, since: float) -> None:
         """In debug-loop mode: what a part of a request cost in CPU time (not wall time: a loaded machine does
@@ -230,11 +231,11 @@ class TabfillServer(LanguageServer):
         if prepared is None:
             raise JsonRpcInvalidParams(f"document not open: {uri} (send textDocument/didOpen first)")
         self._log_cpu("prepare", uri, cpu)
-        cross_file = await asyncio.get_running_loop().run_in_executor(self._lookups, self._lookup, prepared)
+        syntax, cross_file = await asyncio.get_running_loop().run_in_executor(self._lookups, self._lookup, prepared)
         document = prepared.document  # NOTE: as it was when asked, whatever arrived while the lookup ran
         repo_name, repo_path = self.documents.place(uri)
         return CompletionRequest(
-            uri, document.language_id, document.version, document.text, offset, request_id, syntax=prepared.snapshot, cross_file=cross_file,
+            uri, document.language_id, document.version, document.text, offset, request_id, syntax=syntax, cross_file=cross_file,
             repo_name=repo_name, repo_path=repo_path, lookup_ms=(time.perf_counter() - started) * 1000, key_interval_ms=self.pace.interval_ms(uri),
         )
 

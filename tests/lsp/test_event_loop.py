@@ -64,3 +64,32 @@ async def test_lookups_in_a_large_workspace_and_document_keep_every_handler_step
     # and no step of a completion request's task (named by the server) held the loop over the threshold
     slow = [line for line in log.splitlines() if "Executing" in line and "took" in line]
     assert [line for line in slow if "tabfill-request" in line] == []
+
+
+async def test_a_large_document_is_parsed_off_the_event_loop(tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 1.2 MB Python file takes a tree-sitter full parse of ~100 ms or more: it ran on the event loop at
+    didOpen (and at the first request after a resync), stalling every message behind it. It now runs with the
+    lookup, and keystrokes typed meanwhile are replayed onto its tree."""
+    text = "".join(f"def handler_{n}(request, payload):\n    return route(request, payload, {n})\n\n" for n in range(16_000))
+    text += "def ledger_total(ledger_entries, ledger_account):\n    return sum("
+    assert 1_000_000 < len(text.encode()) < 2 * 1024 * 1024  # under the syntax tree's limit: it is parsed
+    uri, log_file = (tmp_path / "main.py").as_uri(), tmp_path / "server.log"
+    last_line = text.count("\n")
+    monkeypatch.setenv("TABFILL_DEBUG_LOOP", str(THRESHOLD_MS))
+    async with lsp_session(["--model", str(tiny_model), "--deadline-ms", "60000"], root_uri=tmp_path.as_uri(), log_file=log_file) as lsp:
+        open_document(lsp, uri, text)
+        column = len("    return sum(")
+        for version in range(2, 5):
+            change_document(lsp, uri, version, (last_line, column), (last_line, column), "e")
+            column += 1
+            await inline(lsp, uri, last_line, column)
+        await status(lsp)
+    log = log_file.read_text()
+    assert f"callbacks over {THRESHOLD_MS} ms are logged" in log
+    lookups = re.findall(r"lookup for \S+: ([0-9.]+) ms of CPU on (\S+)", log)
+    prepares = re.findall(r"prepare for \S+: ([0-9.]+) ms of CPU on (\S+)", log)
+    assert {thread for _, thread in lookups} == {"tabfill-lookup_0"} and {thread for _, thread in prepares} == {"MainThread"}
+    assert max(float(ms) for ms, _ in prepares) < 10
+    assert max(float(ms) for ms, _ in lookups) > 30  # the full parse (and the windows) happened there
+    slow = [line for line in log.splitlines() if "Executing" in line and "took" in line]
+    assert slow == []  # didOpen included: nothing held the loop over the threshold

@@ -228,3 +228,79 @@ def test_an_edit_against_a_text_the_tree_does_not_have_forces_a_full_parse(caplo
     assert tree.parse("c = 2\n") and tree.full_parses == 2
     fresh = parse_text("python", "c = 2\n")
     assert tree.tree is not None and fresh is not None and str(tree.tree.root_node) == str(fresh.root_node)
+
+
+def _same_as_fresh(tree: Node | None, language: str, text: str) -> bool:
+    fresh = parse_text(language, text)
+    return tree is not None and fresh is not None and _signature(tree) == _signature(fresh.root_node)
+
+
+@pytest.mark.parametrize("first_parse", [True, False], ids=["incremental", "full"])
+def test_edits_typed_while_a_parse_runs_are_replayed_onto_its_result(first_parse: bool) -> None:
+    """A parse prepared on the event loop runs on another thread; keystrokes do not wait for it. The parse
+    returns the tree of the text it was prepared for, and the live tree takes the edits typed meanwhile."""
+    text = "def f(x):\n    return x\n" * 50
+    tree = SyntaxTree("python", text, parse=first_parse)
+    if first_parse:
+        tree.edit(text, 0, 0, "# 😀\n")
+        text = "# 😀\n" + text
+    job = tree.prepare_parse(text)
+    assert job is not None and (job.old_tree is None) is (not first_parse)
+    asked = text
+    for offset, inserted in ((len(text), "y = 1\n"), (3, "漢"), (0, "class A:\n    pass\n")):
+        tree.edit(text, offset, offset, inserted)
+        text = text[:offset] + inserted + text[offset:]
+    snapshot = tree.run_parse(job)
+    assert snapshot is not None and snapshot.text == asked and _same_as_fresh(snapshot.root, "python", asked)
+    assert tree.stale and tree.snapshot(text) is None  # the live tree took the three edits: one more parse
+    incremental = tree.incremental_parses
+    assert tree.parse(text) and tree.incremental_parses == incremental + 1
+    assert tree.tree is not None and _same_as_fresh(tree.tree.root_node, "python", text)
+
+
+def test_a_parse_racing_with_typing_on_another_thread_ends_equal_to_a_fresh_parse() -> None:
+    import threading
+
+    text = "".join(f"def handler_{n}(request):\n    return route(request, {n})\n\n" for n in range(4000))
+    tree = SyntaxTree("python", text, parse=False, full_parse_budget_ms=60_000)
+    job = tree.prepare_parse(text)
+    assert job is not None
+    results: list[object] = []
+    worker = threading.Thread(target=lambda: results.append(tree.run_parse(job)))
+    worker.start()
+    for n in range(300):  # typed at the end while the full parse runs
+        tree.edit(text, len(text), len(text), "x" if n % 20 else "\n")
+        text += "x" if n % 20 else "\n"
+    worker.join()
+    assert results and results[0] is not None
+    assert tree.parse(text) and tree.tree is not None and _same_as_fresh(tree.tree.root_node, "python", text)
+
+
+def test_a_resync_while_a_parse_runs_drops_its_result() -> None:
+    text = "x = 1\n"
+    tree = SyntaxTree("python", text)
+    tree.edit(text, 0, 0, "y = 2\n")
+    text = "y = 2\n" + text
+    job = tree.prepare_parse(text)
+    assert job is not None
+    tree.invalidate()  # a full-text change arrived meanwhile
+    assert tree.run_parse(job) is None and tree.stale
+    full = tree.full_parses
+    assert tree.parse("z = 3\n") and tree.full_parses == full + 1
+
+
+def test_parses_prepared_and_never_run_are_bounded() -> None:
+    text = "a = 1\n"
+    tree = SyntaxTree("python", text)
+    jobs = []
+    for n in range(tree_module.MAX_PARSE_JOBS + 3):  # requests superseded before their lookup ran
+        tree.edit(text, 0, 0, "#")
+        text = "#" + text
+        jobs.append(tree.prepare_parse(text))
+    tree.edit(text, 0, 0, "#")
+    text = "#" + text
+    assert tree_module.MAX_PARSE_JOBS == 4 and all(job is not None for job in jobs)
+    # each job collects the edits typed after it, until four newer jobs push it out (then it collects no more)
+    assert [len(job.edits) for job in jobs if job is not None] == [4, 4, 4, 4, 3, 2, 1]
+    assert tree.run_parse(jobs[0]) is None  # (a dropped one's result is not installed)
+    assert tree.parse(text) and tree.tree is not None and _same_as_fresh(tree.tree.root_node, "python", text)
