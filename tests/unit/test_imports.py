@@ -57,3 +57,20 @@ def test_the_engine_in_front_of_an_openai_server_imports_neither_torch_nor_trans
     )
     output = run(code + HEAVY)
     assert output.startswith("[]\n"), output
+
+
+def test_every_command_sets_passive_openmp_before_torch_loads() -> None:
+    """torch's spinning OpenMP threads took the cores from the quantized kernels' pool between the two: small
+    forwards (deadline-cut prefill chunks, draft checks) ran 1.7-2.5x slower. libgomp reads the policy when it
+    loads, so it is set before a command imports torch; a value in the environment wins."""
+    code = (
+        "import os, sys\n"
+        "from tabfill import cli\n"
+        "cli.cmd_stats = lambda args: print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules) or 0\n"
+        "cli.main(['stats'])\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
+    for preset, expected in ((None, "PASSIVE False"), ("ACTIVE", "ACTIVE False")):
+        child = {**env, "PYTHONPATH": str(ROOT), **({"OMP_WAIT_POLICY": preset} if preset else {})}
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=child, timeout=120, check=True)
+        assert result.stdout.strip() == expected, result.stdout + result.stderr
