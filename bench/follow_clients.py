@@ -23,7 +23,7 @@ from bench.systems import TabfillSystem
 
 Observation = str  # the ghost text drawn at the cursor ("" when none)
 PLUGIN = Path(__file__).resolve().parents[1] / "editors" / "nvim"
-EXTENSIONS = {"python": "py", "javascript": "js"}
+EXTENSIONS = {"python": "py", "javascript": "js", "typescript": "ts", "go": "go", "rust": "rs"}  # every language of the cases
 READ_BEFORE_S = 0.012  # the ghost text is read this long before the next key
 INFO = "return require('tabfill').info()"
 
@@ -137,7 +137,7 @@ class NvimClient:
 
     def _open(self, case: TypingCase) -> None:
         self.count += 1
-        path = self.workdir / f"case{self.count}.{EXTENSIONS.get(case.language_id, 'txt')}"
+        path = self.workdir / f"case{self.count}.{EXTENSIONS[case.language_id]}"
         path.write_text(case.prefix + case.suffix, encoding="utf-8")
         self.nvim.command(f"edit {path}")
         self.nvim.command("setlocal noautoindent nosmartindent nocindent indentexpr= indentkeys= formatoptions= textwidth=0")
@@ -202,7 +202,7 @@ class PlainClient:
 
     async def _type_case(self, case: TypingCase, keys: list[tuple[float, str]], settle_s: float) -> tuple[list[Observation], list[dict[str, Any]]]:
         self.count += 1
-        uri = (self.workdir / f"plain{self.count}.{EXTENSIONS.get(case.language_id, 'txt')}").as_uri()
+        uri = (self.workdir / f"plain{self.count}.{EXTENSIONS[case.language_id]}").as_uri()
         text, offset = case.prefix + case.suffix, len(case.prefix)
         await self.system.open(uri, case.language_id, text)
         state: dict[str, Any] = {"ghost": "", "version": 0, "pending": None, "timer": None}

@@ -529,3 +529,12 @@ def test_results_carry_reliability_and_the_separate_benchmarks(tmp_path: Path) -
     assert markdown.index("## Reliability") < markdown.index("Raw numbers")
     assert (tmp_path / "latency.png").stat().st_size > 0
     assert "## Reliability" not in report.markdown(results)
+
+
+def test_the_follow_bench_names_every_case_language_so_the_editor_attaches() -> None:
+    """A Go case was written to case1.txt: Neovim gave it no filetype, the plugin never attached, and the
+    whole run failed after 10 minutes ("the server did not get ready")."""
+    from bench.follow_clients import EXTENSIONS
+
+    assert {case.language_id for case in typing_cases(12)} <= set(EXTENSIONS)
+    assert {EXTENSIONS[language] for language in ("go", "rust", "typescript")} == {"go", "rs", "ts"}
