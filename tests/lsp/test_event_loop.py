@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,6 +27,16 @@ def workspace(root: Path, folders: int = 60, files: int = 60) -> None:
             (directory / f"mod_{number}.py").write_text(body)
 
 
+async def type_after_sum(lsp: Any, uri: str, text: str, keys: int) -> None:
+    """Open `text` (its last line ends in "    return sum(") and type `keys` keys there, asking after each."""
+    open_document(lsp, uri, text)
+    last_line, column = text.count("\n"), len("    return sum(")
+    for version in range(2, 2 + keys):
+        change_document(lsp, uri, version, (last_line, column), (last_line, column), "e")
+        column += 1
+        await inline(lsp, uri, last_line, column)
+
+
 async def test_lookups_in_a_large_workspace_and_document_keep_every_handler_step_short(
     tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -38,16 +49,10 @@ async def test_lookups_in_a_large_workspace_and_document_keep_every_handler_step
     text += "\n" * 8 + "def ledger_total(ledger_entries, ledger_account):\n    return sum("
     assert len(text) > 2 * 1024 * 1024
     uri = (root / "pkg_7" / "main.py").as_uri()
-    last_line = text.count("\n")
     monkeypatch.setenv("TABFILL_DEBUG_LOOP", str(THRESHOLD_MS))
     args = ["--model", str(tiny_model), "--deadline-ms", "60000"]
     async with lsp_session(args, root_uri=root.as_uri(), log_file=log_file) as lsp:
-        open_document(lsp, uri, text)
-        column = len("    return sum(")
-        for version in range(2, 6):
-            change_document(lsp, uri, version, (last_line, column), (last_line, column), "e")
-            column += 1
-            await inline(lsp, uri, last_line, column)
+        await type_after_sum(lsp, uri, text, keys=4)
         header = field(await status(lsp), "lastCrossFile")
     # the lookup did its work: the workspace was listed and read (the sibling in the same folder was found)
     assert "pkg_7/mod_0.py" in header and "ledger_balance" in header
@@ -74,15 +79,9 @@ async def test_a_large_document_is_parsed_off_the_event_loop(tiny_model: Path, t
     text += "def ledger_total(ledger_entries, ledger_account):\n    return sum("
     assert 1_000_000 < len(text.encode()) < 2 * 1024 * 1024  # under the syntax tree's limit: it is parsed
     uri, log_file = (tmp_path / "main.py").as_uri(), tmp_path / "server.log"
-    last_line = text.count("\n")
     monkeypatch.setenv("TABFILL_DEBUG_LOOP", str(THRESHOLD_MS))
     async with lsp_session(["--model", str(tiny_model), "--deadline-ms", "60000"], root_uri=tmp_path.as_uri(), log_file=log_file) as lsp:
-        open_document(lsp, uri, text)
-        column = len("    return sum(")
-        for version in range(2, 5):
-            change_document(lsp, uri, version, (last_line, column), (last_line, column), "e")
-            column += 1
-            await inline(lsp, uri, last_line, column)
+        await type_after_sum(lsp, uri, text, keys=3)
         await status(lsp)
     log = log_file.read_text()
     assert f"callbacks over {THRESHOLD_MS} ms are logged" in log
