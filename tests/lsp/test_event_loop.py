@@ -91,4 +91,7 @@ async def test_a_large_document_is_parsed_off_the_event_loop(tiny_model: Path, t
     assert max(float(ms) for ms, _ in prepares) < 10
     assert max(float(ms) for ms, _ in lookups) > 30  # the full parse (and the windows) happened there
     slow = [line for line in log.splitlines() if "Executing" in line and "took" in line]
-    assert slow == []  # didOpen included: nothing held the loop over the threshold
+    # NOTE: the callback that reads the 1.2 MB didOpen frame (decoding it, building the Document's line index)
+    # may pass the threshold: ~55 ms here. With the parse in it (222 ms for this text here) it took ~280 ms.
+    assert [line for line in slow if "_read_ready" not in line] == []
+    assert all(float(took) < 0.15 for took in re.findall(r"_read_ready\(\)> took ([0-9.]+) seconds", "\n".join(slow)))
