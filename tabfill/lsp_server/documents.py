@@ -130,9 +130,11 @@ class DocumentStore:
         document, tree = self._documents.get(uri), self._trees.get(uri)
         if document is None or tree is None or not tree.available:
             return None
-        if tree.stale:
-            tree.parse(document.text)  # edited since the last parse (or it was over budget): parse now, bounded
-        return tree.snapshot(document.text)
+        snapshot = tree.snapshot(document.text)
+        if snapshot is None:  # edited since the last parse (or it was over budget): parse here and now, bounded
+            job = tree.prepare_parse(document.text)
+            snapshot = tree.run_parse(job) if job is not None else None
+        return snapshot
 
     def request_context(
         self, uri: str, offset: int | None = None, cross_file: bool = True, in_prompt: tuple[int, int] = (0, 0)

@@ -92,7 +92,6 @@ class ParseJob:
     source: bytes
     old_tree: Tree | None
     budget_ms: float
-    generation: int
     edits: list[_Edit]
 
 
@@ -126,8 +125,7 @@ class SyntaxTree:
         self._anchor_cp = 0
         self._anchor_byte = 0
         self._needs_full = True
-        self._generation = 0  # a resync or a disable since a job was prepared: its result is dropped
-        self._jobs: list[ParseJob] = []
+        self._jobs: list[ParseJob] = []  # prepared, not yet installed; a resync or a disable empties it
         self.disabled_reason = "" if self._language is not None else "no grammar"
         self.skipped_parses = 0
         self.full_parses = 0
@@ -211,7 +209,6 @@ class SyntaxTree:
 
     def _resync(self) -> None:
         self._needs_full, self._synced, self._parsed_text = True, False, None
-        self._generation += 1
         self._jobs.clear()
 
     def parse(self, text: str) -> bool:
@@ -241,7 +238,7 @@ class SyntaxTree:
                     return None
                 self._source, self._cp_len, self._anchor_cp, self._anchor_byte, self._synced = source, len(text), 0, 0, True
             budget_ms = self.parse_budget_ms if old_tree is not None else self.full_parse_budget_ms
-            job = ParseJob(text, self._source, None if old_tree is None else old_tree.copy(), budget_ms, self._generation, [])
+            job = ParseJob(text, self._source, None if old_tree is None else old_tree.copy(), budget_ms, [])
             self._jobs.append(job)
             del self._jobs[:-MAX_PARSE_JOBS]
             return job
@@ -269,7 +266,7 @@ class SyntaxTree:
                 self._parser.reset()
                 tree = None
         with self._lock:
-            current = job in self._jobs and job.generation == self._generation
+            current = job in self._jobs  # not dropped by a resync, a disable or the bound
             if current:
                 self._jobs.remove(job)
             if tree is None:
@@ -308,7 +305,6 @@ class SyntaxTree:
             log.warning("syntax tree for a %s document disabled: %s; using text rules", self.language_id, why)
         self.disabled_reason = why
         self._tree, self._parsed_text, self._source, self._synced = None, None, b"", False
-        self._generation += 1
         self._jobs.clear()
 
 
