@@ -327,22 +327,6 @@ static float row_dot_qact_generic(int type, const uint8_t *row, qact a, int K) {
     return sum;
 }
 
-/* 32 weight bytes (unsigned 0..63 when `is_signed` is 0, else signed) times 32 int16 activations -> 8 int32
- * sums: the two 16-element halves as two vectors (for Q6_K's scale per 16) */
-AVX2 static inline void dot32_halves(__m256i w, int is_signed, const int16_t *x, __m256i *lo, __m256i *hi) {
-    __m128i w0 = _mm256_castsi256_si128(w), w1 = _mm256_extracti128_si256(w, 1);
-    __m256i a = is_signed ? _mm256_cvtepi8_epi16(w0) : _mm256_cvtepu8_epi16(w0);
-    __m256i b = is_signed ? _mm256_cvtepi8_epi16(w1) : _mm256_cvtepu8_epi16(w1);
-    *lo = _mm256_madd_epi16(a, _mm256_loadu_si256((const __m256i *)x));
-    *hi = _mm256_madd_epi16(b, _mm256_loadu_si256((const __m256i *)(x + 16)));
-}
-
-AVX2 static inline __m256 dot32(__m256i w, int is_signed, const int16_t *x) {
-    __m256i lo, hi;
-    dot32_halves(w, is_signed, x, &lo, &hi);
-    return _mm256_cvtepi32_ps(_mm256_add_epi32(lo, hi));
-}
-
 /* 16 bytes of nibbles -> 32 bytes: low nibbles (elements 0..15), then high nibbles (16..31) */
 AVX2 static inline __m256i nibbles32(const uint8_t *qs) {
     __m128i raw = _mm_loadu_si128((const __m128i *)qs);
@@ -361,69 +345,141 @@ AVX2 static inline void q6k_unpack(const uint8_t *ql, const uint8_t *qh, __m256i
     q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), _mm256_and_si256(_mm256_srli_epi16(h, 2), m3));
 }
 
-AVX2 static float row_dot_qact_avx2(int type, const uint8_t *src, qact a, int K) {
-    __m256 acc = _mm256_setzero_ps();
-    float offset = 0.0f;
-    const int16_t *xq = a.q;
+/* One 32-element block b of a quantized weight row, unpacked for madd against the 16-bit activations:
+ * w0 / w1 = elements 0..15 / 16..31 as int16; the block's value is scale * w + offset (Q6_K: d * sc[half] * w,
+ * its two 16-element halves with sc0 / sc1). Inlined with a constant type, the switch folds away. */
+#define ALWAYS_INLINE __attribute__((always_inline)) inline
+AVX2 static ALWAYS_INLINE void unpack16(int type, const uint8_t *row, int b, __m256i *w0, __m256i *w1, float *scale, float *sc0, float *sc1, float *offset) {
+    __m256i q = _mm256_setzero_si256();
+    int is_signed = 0;
     switch (type) {
-    case T_Q4_0:
-        for (int b = 0; b < K / 32; b++, src += 18, xq += 32) {
-            float d = h2f(src);
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d[b]), dot32(nibbles32(src + 2), 0, xq), acc);
-            offset -= 8.0f * d * a.ds[b];
-        }
+    case T_Q4_0: {
+        const uint8_t *blk = row + (int64_t)b * 18;
+        float d = h2f(blk);
+        q = nibbles32(blk + 2);
+        *scale = d;
+        *offset = -(8.0f * d);
         break;
-    case T_Q4_1:
-        for (int b = 0; b < K / 32; b++, src += 20, xq += 32) {
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(src) * a.d[b]), dot32(nibbles32(src + 4), 0, xq), acc);
-            offset += h2f(src + 2) * a.ds[b];
-        }
+    }
+    case T_Q4_1: {
+        const uint8_t *blk = row + (int64_t)b * 20;
+        q = nibbles32(blk + 4);
+        *scale = h2f(blk);
+        *offset = h2f(blk + 2);
         break;
-    case T_Q8_0:
-        for (int b = 0; b < K / 32; b++, src += 34, xq += 32)
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(src) * a.d[b]), dot32(_mm256_loadu_si256((const __m256i *)(src + 2)), 1, xq), acc);
+    }
+    case T_Q8_0: {
+        const uint8_t *blk = row + (int64_t)b * 34;
+        q = _mm256_loadu_si256((const __m256i *)(blk + 2));
+        is_signed = 1;
+        *scale = h2f(blk);
+        *offset = 0.0f;
         break;
+    }
     case T_Q4_K: {
-        const __m256i m4 = _mm256_set1_epi8(0x0F);
-        for (int sb = 0; sb < K / 256; sb++, src += 144) {
-            float d = h2f(src), dmin = h2f(src + 2);
-            const uint8_t *q = src + 16;
-            for (int j = 0; j < 4; j++, q += 32, xq += 64) {
-                int b = 8 * sb + 2 * j;
-                uint8_t sc0, m0, sc1, m1;
-                scale_min_k4(2 * j, src + 4, &sc0, &m0);
-                scale_min_k4(2 * j + 1, src + 4, &sc1, &m1);
-                __m256i raw = _mm256_loadu_si256((const __m256i *)q);
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(d * sc0 * a.d[b]), dot32(_mm256_and_si256(raw, m4), 0, xq), acc);
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(d * sc1 * a.d[b + 1]), dot32(_mm256_and_si256(_mm256_srli_epi16(raw, 4), m4), 0, xq + 32), acc);
-                offset -= dmin * m0 * a.ds[b] + dmin * m1 * a.ds[b + 1];
-            }
-        }
+        const uint8_t *blk = row + (int64_t)(b / 8) * 144;
+        int j = b % 8;
+        uint8_t sc, m;
+        scale_min_k4(j, blk + 4, &sc, &m);
+        __m256i raw = _mm256_loadu_si256((const __m256i *)(blk + 16 + 32 * (j / 2)));
+        q = _mm256_and_si256(j % 2 ? _mm256_srli_epi16(raw, 4) : raw, _mm256_set1_epi8(0x0F));
+        *scale = h2f(blk) * sc;
+        *offset = -(h2f(blk + 2) * m);
         break;
     }
     case T_Q6_K: {
-        const __m256i off = _mm256_set1_epi8(32);
-        for (int sb = 0; sb < K / 256; sb++, src += 210) {
-            const uint8_t *ql = src, *qh = src + 128;
-            const int8_t *sc = (const int8_t *)(src + 192);
-            float d = h2f(src + 208);
-            for (int n = 0; n < 2; n++, ql += 64, qh += 32, sc += 8) {
-                __m256i q[4];
-                q6k_unpack(ql, qh, q);
-                for (int i = 0; i < 4; i++, xq += 32) {
-                    int b = 8 * sb + 4 * n + i;
-                    __m256i lo, hi;
-                    dot32_halves(_mm256_sub_epi8(q[i], off), 1, xq, &lo, &hi);
-                    __m256 dd = _mm256_set1_ps(d * a.d[b]);
-                    acc = _mm256_fmadd_ps(_mm256_mul_ps(dd, _mm256_set1_ps((float)sc[2 * i])), _mm256_cvtepi32_ps(lo), acc);
-                    acc = _mm256_fmadd_ps(_mm256_mul_ps(dd, _mm256_set1_ps((float)sc[2 * i + 1])), _mm256_cvtepi32_ps(hi), acc);
-                }
-            }
-        }
+        const uint8_t *blk = row + (int64_t)(b / 8) * 210;
+        int half = (b % 8) / 4, i = b % 4; /* 128-element half, group of 32 in it */
+        __m256i l = _mm256_loadu_si256((const __m256i *)(blk + 64 * half + 32 * (i % 2)));
+        __m256i h = _mm256_loadu_si256((const __m256i *)(blk + 128 + 32 * half));
+        l = _mm256_and_si256(i < 2 ? l : _mm256_srli_epi16(l, 4), _mm256_set1_epi8(0x0F));
+        h = _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(h, _mm_cvtsi32_si128(2 * i)), _mm256_set1_epi8(3)), 4);
+        q = _mm256_sub_epi8(_mm256_or_si256(l, h), _mm256_set1_epi8(32));
+        is_signed = 1;
+        const int8_t *sc = (const int8_t *)(blk + 192) + 8 * half;
+        *scale = h2f(blk + 208);
+        *sc0 = (float)sc[2 * i];
+        *sc1 = (float)sc[2 * i + 1];
+        *offset = 0.0f;
         break;
     }
     }
-    return hsum8(acc) + offset;
+    __m128i q0 = _mm256_castsi256_si128(q), q1 = _mm256_extracti128_si256(q, 1);
+    *w0 = is_signed ? _mm256_cvtepi8_epi16(q0) : _mm256_cvtepu8_epi16(q0);
+    *w1 = is_signed ? _mm256_cvtepi8_epi16(q1) : _mm256_cvtepu8_epi16(q1);
+}
+
+#define MAX_TILE 8 /* tokens per tile */
+
+/* y[t * ldy] = row . token t for T tokens: each block's weights are unpacked once for all T tokens (the
+ * batched decode rows of many editors, a draft verification, a small prefill chunk). Every (row, token) sum
+ * takes the same operations in the same order whatever T is, so a token's products do not depend on how
+ * many others share the call. */
+AVX2 static ALWAYS_INLINE void tile_dot(int type, int T, const uint8_t *row, const qact *act, int K, float *y, int64_t ldy) {
+    __m256 acc[MAX_TILE];
+    float off[MAX_TILE];
+#pragma GCC unroll 8
+    for (int t = 0; t < T; t++) {
+        acc[t] = _mm256_setzero_ps();
+        off[t] = 0.0f;
+    }
+    for (int b = 0; b < K / 32; b++) {
+        __m256i w0, w1;
+        float scale, sc0, sc1, offset;
+        unpack16(type, row, b, &w0, &w1, &scale, &sc0, &sc1, &offset);
+#pragma GCC unroll 8
+        for (int t = 0; t < T; t++) {
+            __m256i lo = _mm256_madd_epi16(w0, _mm256_loadu_si256((const __m256i *)(act[t].q + 32 * b)));
+            __m256i hi = _mm256_madd_epi16(w1, _mm256_loadu_si256((const __m256i *)(act[t].q + 32 * b + 16)));
+            float dx = act[t].d[b];
+            if (type == T_Q6_K) {
+                __m256 dd = _mm256_set1_ps(scale * dx);
+                acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dd, _mm256_set1_ps(sc0)), _mm256_cvtepi32_ps(lo), acc[t]);
+                acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dd, _mm256_set1_ps(sc1)), _mm256_cvtepi32_ps(hi), acc[t]);
+            } else {
+                acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(scale * dx), _mm256_cvtepi32_ps(_mm256_add_epi32(lo, hi)), acc[t]);
+            }
+            if (type == T_Q4_0 || type == T_Q4_1 || type == T_Q4_K) off[t] += offset * act[t].ds[b];
+        }
+    }
+#pragma GCC unroll 8
+    for (int t = 0; t < T; t++) y[t * ldy] = hsum8(acc[t]) + off[t];
+}
+
+typedef void (*tile_fn)(const uint8_t *row, const qact *act, int K, float *y, int64_t ldy);
+
+#define TILE(TYPE, T)                                                                                   \
+    AVX2 static void tile_##TYPE##_##T(const uint8_t *row, const qact *act, int K, float *y, int64_t ldy) { \
+        tile_dot(T_##TYPE, T, row, act, K, y, ldy);                                                     \
+    }
+#define TILES(TYPE) TILE(TYPE, 1) TILE(TYPE, 2) TILE(TYPE, 3) TILE(TYPE, 4) TILE(TYPE, 5) TILE(TYPE, 6) TILE(TYPE, 7) TILE(TYPE, 8)
+TILES(Q4_0) TILES(Q4_1) TILES(Q8_0) TILES(Q4_K) TILES(Q6_K)
+
+#define TILE_TABLE(TYPE) {tile_##TYPE##_1, tile_##TYPE##_2, tile_##TYPE##_3, tile_##TYPE##_4, tile_##TYPE##_5, tile_##TYPE##_6, tile_##TYPE##_7, tile_##TYPE##_8}
+static const tile_fn tile_table[5][MAX_TILE] = {TILE_TABLE(Q4_0), TILE_TABLE(Q4_1), TILE_TABLE(Q8_0), TILE_TABLE(Q4_K), TILE_TABLE(Q6_K)};
+
+static const tile_fn *tiles_for(int type) {
+    switch (type) {
+    case T_Q4_0: return tile_table[0];
+    case T_Q4_1: return tile_table[1];
+    case T_Q8_0: return tile_table[2];
+    case T_Q4_K: return tile_table[3];
+    case T_Q6_K: return tile_table[4];
+    }
+    return NULL;
+}
+
+/* Rows [lo, hi) of one quantized part times S tokens: row by row, the tokens up to MAX_TILE at a time.
+ * NOTE: tiles of several rows (2 x 2, 4 x 1) were measured too: no faster on the layers' matrices, and up
+ * to 1.6x slower on SmolLM2's Q8_0 head (python -m bench.decode_step; /work/runs/kb2.py). */
+AVX2 static void quant_rows_avx2(const tf_part *w, int lo, int hi, const qact *act, int S, int K, float *y, int64_t ldy) {
+    const tile_fn *tiles = tiles_for(w->type);
+    int64_t rb = w->row_bytes;
+    for (int r = lo; r < hi; r++)
+        for (int s = 0; s < S; s += MAX_TILE) {
+            int n = S - s < MAX_TILE ? S - s : MAX_TILE;
+            tiles[n - 1](w->data + r * rb, act + s, K, y + s * ldy + r, ldy);
+        }
 }
 
 /* ---- AVX2 dequantization (weight tiles of the prefill GEMM, embedding rows) --------------------------- */
@@ -617,13 +673,17 @@ static void matmul_rows(void *arg, int block) {
         int lo = begin > base ? begin - base : 0, hi = end - base < w->rows ? end - base : w->rows;
         int fp = is_float_type(w->type);
         if (fp && !avx2 && buf == NULL && lo < hi) buf = malloc((size_t)K * 4);
+        if (!fp && avx2 && lo < hi) {
+            quant_rows_avx2(w, lo, hi, job->act, S, K, job->y + base, job->ldy);
+            continue;
+        }
         for (int r = lo; r < hi; r++) {
             const uint8_t *row = w->data + (int64_t)r * w->row_bytes;
             float *out = job->y + base + r;
             if (fp && !avx2) dequant_row_generic(w->type, row, K, buf);
             for (int s = 0; s < S; s++) {
                 float v;
-                if (!fp) v = avx2 ? row_dot_qact_avx2(w->type, row, job->act[s], K) : row_dot_qact_generic(w->type, row, job->act[s], K);
+                if (!fp) v = row_dot_qact_generic(w->type, row, job->act[s], K);
                 else v = avx2 ? row_dot_float_avx2(w->type, row, job->x + (int64_t)s * K, K) : dot_generic(buf, job->x + (int64_t)s * K, K);
                 out[s * job->ldy] = v;
             }
@@ -737,13 +797,16 @@ typedef struct {
     tf_linear head;
     tf_part embed;
     const float *cos, *signed_sin; /* [T, Dh] */
-    float *k_cache, *v_cache;      /* [L, Hkv, cache_tokens, Dh] */
+    float *k_cache, *v_cache;      /* [L, slots, Hkv, cache_tokens, Dh] */
+    int slots;                     /* sequences the cache holds (1: a decoder's own; a batch's slot pool) */
 } tf_model;
 
-static int linear1(const tf_linear *l, int K, const float *x, float *y, int nthreads) {
-    int status = tf_matmul(l->parts, l->nparts, K, x, 1, y, l->rows, nthreads);
+/* y[S, rows] = x[S, K] @ W^T + bias */
+static int linear_rows(const tf_linear *l, int K, const float *x, int S, float *y, int nthreads) {
+    int status = tf_matmul(l->parts, l->nparts, K, x, S, y, l->rows, nthreads);
     if (status == 0 && l->bias)
-        for (int n = 0; n < l->rows; n++) y[n] += l->bias[n];
+        for (int s = 0; s < S; s++)
+            for (int n = 0; n < l->rows; n++) y[(int64_t)s * l->rows + n] += l->bias[n];
     return status;
 }
 
@@ -756,21 +819,94 @@ static void rms_norm(const float *x, const float *w, int D, float eps, float *y)
 
 typedef struct {
     const tf_model *m;
-    const float *q;       /* [Hq, Dh] */
-    const float *k, *v;   /* this layer's cache [Hkv, T, Dh] */
-    int len;              /* keys 0..len-1 */
-    float *scores;        /* [Hq, len] */
-    float *out;           /* [Hq, Dh] */
+    const float *q;       /* row r's query heads at q + r * q_stride: [Hq, Dh] */
+    int64_t q_stride;
+    const float *k, *v;   /* this layer's pool [slots, Hkv, T, Dh] */
+    const int *slot, *len; /* per row: its slot, its keys 0..len-1 */
+    int max_len;
+    float *scores;        /* [rows * Hq, max_len] */
+    float *out;           /* [rows, Hq, Dh] */
 } attend_job;
 
-__attribute__((target_clones("arch=haswell", "default")))
-static void attend_head(void *arg, int h) {
-    const attend_job *job = arg;
+/* e^x for 8 floats (x <= 0 here: scores minus their maximum): 2^n * p(r), r = x - n ln2 in [-ln2/2, ln2/2],
+ * p the degree-6 Taylor polynomial (relative error < 2e-7); below -87 the result is 0. */
+AVX2 static inline __m256 exp8(__m256 x) {
+    const __m256 lo = _mm256_set1_ps(-87.0f);
+    __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+    x = _mm256_max_ps(x, lo);
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145752f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.42860677e-6f), r);
+    __m256 p = _mm256_set1_ps(1.0f / 720);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_andnot_ps(under, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+}
+
+#define MAX_GROUP 16 /* query heads per kv head the AVX2 attention handles */
+
+/* The G query heads of one kv head of one row: each K and V row is read once for all of them. */
+AVX2 static void attend_group_avx2(const attend_job *job, int row, int g) {
     const tf_model *m = job->m;
-    int Dh = m->head_dim, len = job->len, g = h / (m->heads / m->kv_heads);
-    const float *q = job->q + (int64_t)h * Dh;
-    const float *k = job->k + (int64_t)g * m->cache_tokens * Dh, *v = job->v + (int64_t)g * m->cache_tokens * Dh;
-    float *s = job->scores + (int64_t)h * len, *o = job->out + (int64_t)h * Dh;
+    int Hq = m->heads, G = Hq / m->kv_heads, Dh = m->head_dim, len = job->len[row];
+    int64_t base = ((int64_t)job->slot[row] * m->kv_heads + g) * m->cache_tokens * Dh;
+    const float *k = job->k + base, *v = job->v + base;
+    const float *q = job->q + row * job->q_stride + (int64_t)g * G * Dh;
+    float *s = job->scores + ((int64_t)row * Hq + (int64_t)g * G) * job->max_len;
+    float *out = job->out + ((int64_t)row * Hq + (int64_t)g * G) * Dh;
+    float scale = 1.0f / sqrtf((float)Dh), top[MAX_GROUP], inv[MAX_GROUP];
+    for (int j = 0; j < G; j++) top[j] = -INFINITY;
+    for (int t = 0; t < len; t++) {
+        const float *kt = k + (int64_t)t * Dh;
+        for (int j = 0; j < G; j++) {
+            const float *qj = q + (int64_t)j * Dh;
+            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+            for (int i = 0; i < Dh; i += 16) {
+                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qj + i), _mm256_loadu_ps(kt + i), a0);
+                a1 = _mm256_fmadd_ps(_mm256_loadu_ps(qj + i + 8), _mm256_loadu_ps(kt + i + 8), a1);
+            }
+            float x = hsum8(_mm256_add_ps(a0, a1)) * scale;
+            s[(int64_t)j * job->max_len + t] = x;
+            top[j] = x > top[j] ? x : top[j];
+        }
+    }
+    for (int j = 0; j < G; j++) {
+        float *sj = s + (int64_t)j * job->max_len;
+        __m256 sum8 = _mm256_setzero_ps(), t8 = _mm256_set1_ps(top[j]);
+        int t = 0;
+        for (; t + 8 <= len; t += 8) {
+            __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(sj + t), t8));
+            _mm256_storeu_ps(sj + t, e);
+            sum8 = _mm256_add_ps(sum8, e);
+        }
+        float sum = hsum8(sum8);
+        for (; t < len; t++) sum += (sj[t] = expf(sj[t] - top[j]));
+        inv[j] = 1.0f / sum;
+        for (int i = 0; i < Dh; i++) out[(int64_t)j * Dh + i] = 0.0f;
+    }
+    for (int t = 0; t < len; t++) {
+        const float *vt = v + (int64_t)t * Dh;
+        for (int j = 0; j < G; j++) {
+            __m256 p = _mm256_set1_ps(s[(int64_t)j * job->max_len + t] * inv[j]);
+            float *oj = out + (int64_t)j * Dh;
+            for (int i = 0; i < Dh; i += 8) _mm256_storeu_ps(oj + i, _mm256_fmadd_ps(p, _mm256_loadu_ps(vt + i), _mm256_loadu_ps(oj + i)));
+        }
+    }
+}
+
+/* One (row, query head) pair: softmax(q . k / sqrt(Dh)) v over the row's own slot (the portable path). */
+static void attend_head_generic(const attend_job *job, int row, int h) {
+    const tf_model *m = job->m;
+    int Hq = m->heads, Dh = m->head_dim, len = job->len[row], g = h / (Hq / m->kv_heads), unit = row * Hq + h;
+    const float *q = job->q + row * job->q_stride + (int64_t)h * Dh;
+    int64_t base = ((int64_t)job->slot[row] * m->kv_heads + g) * m->cache_tokens * Dh;
+    const float *k = job->k + base, *v = job->v + base;
+    float *s = job->scores + (int64_t)unit * job->max_len, *o = job->out + (int64_t)unit * Dh;
     float scale = 1.0f / sqrtf((float)Dh), top = -INFINITY, sum = 0.0f;
     for (int t = 0; t < len; t++) {
         s[t] = dot_generic(q, k + (int64_t)t * Dh, Dh) * scale;
@@ -785,50 +921,96 @@ static void attend_head(void *arg, int h) {
     }
 }
 
+/* Unit u = (row, kv head): its G query heads. */
+static void attend_unit(void *arg, int unit) {
+    const attend_job *job = arg;
+    const tf_model *m = job->m;
+    int Hkv = m->kv_heads, G = m->heads / Hkv, row = unit / Hkv, g = unit % Hkv;
+    if (have_avx2() && m->head_dim % 16 == 0 && G <= MAX_GROUP) {
+        attend_group_avx2(job, row, g);
+        return;
+    }
+    for (int j = 0; j < G; j++) attend_head_generic(job, row, g * G + j);
+}
+
 static void rotate(float *v, const float *cos, const float *ssin, int Dh) {
     float tmp[512];
     memcpy(tmp, v, sizeof(float) * (size_t)Dh);
     for (int i = 0; i < Dh; i++) v[i] = tmp[i] * cos[i] + tmp[(i + Dh / 2) % Dh] * ssin[i];
 }
 
-/* Write `token` at `pos` and return the last position's logits [head.rows]. 0, or what tf_matmul returned,
- * or -3 for a position outside the cache / a head too wide, -2 when out of memory. */
-int tf_decode_step(const tf_model *m, int token, int pos, float *logits, int nthreads) {
-    int D = m->dim, Hq = m->heads, Hkv = m->kv_heads, Dh = m->head_dim, I = m->inter, T = m->cache_tokens;
-    if (pos < 0 || pos >= T || Dh > 512 || Dh % 2 || token < 0 || token >= m->embed.rows) return -3;
-    int qkv_rows = (Hq + 2 * Hkv) * Dh, len = pos + 1;
-    size_t floats = (size_t)D * 3 + (size_t)qkv_rows + (size_t)Hq * Dh + (size_t)2 * I + (size_t)Hq * len;
+/* n decode rows in one step: row r writes tokens[r] at pos[r] of slot slots[r] and gets its logits at
+ * logits + r * head.rows. Each product runs once for all rows (tf_matmul's tiles unpack a weight block once
+ * for them), attention per (row, head). A row's logits are bit for bit what it gets alone. Returns 0, what
+ * tf_matmul returned, -3 for a token, position or slot outside the model / cache, -2 when out of memory. */
+int tf_decode_rows(const tf_model *m, int n, const int *tokens, const int *pos, const int *slots, float *logits, int nthreads) {
+    int D = m->dim, Hq = m->heads, Hkv = m->kv_heads, Dh = m->head_dim, I = m->inter, T = m->cache_tokens, B = m->slots;
+    if (n < 1 || Dh > 512 || Dh % 2) return -3;
+    int max_len = 0, total_len = 0;
+    for (int r = 0; r < n; r++) {
+        if (pos[r] < 0 || pos[r] >= T || tokens[r] < 0 || tokens[r] >= m->embed.rows || slots[r] < 0 || slots[r] >= B) return -3;
+        for (int j = 0; j < r; j++)
+            if (slots[j] == slots[r]) return -3;
+        max_len = pos[r] + 1 > max_len ? pos[r] + 1 : max_len;
+        total_len += pos[r] + 1;
+    }
+    int qkv_rows = (Hq + 2 * Hkv) * Dh;
+    int *len = malloc(sizeof(int) * (size_t)n);
+    size_t floats = (size_t)n * ((size_t)D * 3 + (size_t)qkv_rows + (size_t)Hq * Dh + (size_t)3 * I + (size_t)Hq * max_len);
     float *x = malloc(sizeof(float) * floats);
-    if (x == NULL) return -2;
-    float *h = x + D, *tmp = h + D, *qkv = tmp + D, *att = qkv + qkv_rows, *up = att + Hq * Dh, *scores = up + 2 * I;
+    if (x == NULL || len == NULL) {
+        free(x);
+        free(len);
+        return -2;
+    }
+    float *h = x + (size_t)n * D, *tmp = h + (size_t)n * D, *qkv = tmp + (size_t)n * D, *att = qkv + (size_t)n * qkv_rows;
+    float *up = att + (size_t)n * Hq * Dh, *gated = up + (size_t)n * 2 * I, *scores = gated + (size_t)n * I;
     int status = 0;
-    const uint8_t *row = m->embed.data + (int64_t)token * m->embed.row_bytes;
-    if (!(have_avx2() && dequant_row_avx2(m->embed.type, row, D, x))) dequant_row_generic(m->embed.type, row, D, x);
-    const float *cos = m->cos + (int64_t)pos * Dh, *ssin = m->signed_sin + (int64_t)pos * Dh;
+    for (int r = 0; r < n; r++) {
+        len[r] = pos[r] + 1;
+        const uint8_t *row = m->embed.data + (int64_t)tokens[r] * m->embed.row_bytes;
+        if (!(have_avx2() && dequant_row_avx2(m->embed.type, row, D, x + (size_t)r * D))) dequant_row_generic(m->embed.type, row, D, x + (size_t)r * D);
+    }
     for (int l = 0; l < m->layers && status == 0; l++) {
         const tf_layer *layer = &m->layer[l];
-        float *kc = m->k_cache + (int64_t)l * Hkv * T * Dh, *vc = m->v_cache + (int64_t)l * Hkv * T * Dh;
-        rms_norm(x, layer->norm1, D, m->eps, h);
-        if ((status = linear1(&layer->qkv, D, h, qkv, nthreads))) break;
-        for (int i = 0; i < Hq + Hkv; i++) rotate(qkv + (int64_t)i * Dh, cos, ssin, Dh);
-        for (int g = 0; g < Hkv; g++) {
-            memcpy(kc + ((int64_t)g * T + pos) * Dh, qkv + (int64_t)(Hq + g) * Dh, sizeof(float) * (size_t)Dh);
-            memcpy(vc + ((int64_t)g * T + pos) * Dh, qkv + (int64_t)(Hq + Hkv + g) * Dh, sizeof(float) * (size_t)Dh);
+        float *kc = m->k_cache + (int64_t)l * B * Hkv * T * Dh, *vc = m->v_cache + (int64_t)l * B * Hkv * T * Dh;
+        for (int r = 0; r < n; r++) rms_norm(x + (size_t)r * D, layer->norm1, D, m->eps, h + (size_t)r * D);
+        if ((status = linear_rows(&layer->qkv, D, h, n, qkv, nthreads))) break;
+        for (int r = 0; r < n; r++) {
+            float *q = qkv + (size_t)r * qkv_rows;
+            const float *cos = m->cos + (int64_t)pos[r] * Dh, *ssin = m->signed_sin + (int64_t)pos[r] * Dh;
+            for (int i = 0; i < Hq + Hkv; i++) rotate(q + (int64_t)i * Dh, cos, ssin, Dh);
+            for (int g = 0; g < Hkv; g++) {
+                int64_t at = (((int64_t)slots[r] * Hkv + g) * T + pos[r]) * Dh;
+                memcpy(kc + at, q + (int64_t)(Hq + g) * Dh, sizeof(float) * (size_t)Dh);
+                memcpy(vc + at, q + (int64_t)(Hq + Hkv + g) * Dh, sizeof(float) * (size_t)Dh);
+            }
         }
-        attend_job job = {m, qkv, kc, vc, len, scores, att};
-        run_parallel(attend_head, &job, Hq, len < 256 ? 1 : nthreads);
-        if ((status = linear1(&layer->o, Hq * Dh, att, tmp, nthreads))) break;
-        for (int i = 0; i < D; i++) x[i] += tmp[i];
-        rms_norm(x, layer->norm2, D, m->eps, h);
-        if ((status = linear1(&layer->up, D, h, up, nthreads))) break;
-        for (int i = 0; i < I; i++) up[i] = up[i] / (1.0f + expf(-up[i])) * up[I + i];
-        if ((status = linear1(&layer->down, I, up, tmp, nthreads))) break;
-        for (int i = 0; i < D; i++) x[i] += tmp[i];
+        attend_job job = {m, qkv, qkv_rows, kc, vc, slots, len, max_len, scores, att};
+        run_parallel(attend_unit, &job, n * Hkv, total_len < 256 ? 1 : nthreads);
+        if ((status = linear_rows(&layer->o, Hq * Dh, att, n, tmp, nthreads))) break;
+        for (size_t i = 0; i < (size_t)n * D; i++) x[i] += tmp[i];
+        for (int r = 0; r < n; r++) rms_norm(x + (size_t)r * D, layer->norm2, D, m->eps, h + (size_t)r * D);
+        if ((status = linear_rows(&layer->up, D, h, n, up, nthreads))) break;
+        for (int r = 0; r < n; r++) {
+            const float *u = up + (size_t)r * 2 * I;
+            float *o = gated + (size_t)r * I;
+            for (int i = 0; i < I; i++) o[i] = u[i] / (1.0f + expf(-u[i])) * u[I + i];
+        }
+        if ((status = linear_rows(&layer->down, I, gated, n, tmp, nthreads))) break;
+        for (size_t i = 0; i < (size_t)n * D; i++) x[i] += tmp[i];
     }
     if (status == 0) {
-        rms_norm(x, m->final_norm, D, m->eps, h);
-        status = linear1(&m->head, D, h, logits, nthreads);
+        for (int r = 0; r < n; r++) rms_norm(x + (size_t)r * D, m->final_norm, D, m->eps, h + (size_t)r * D);
+        status = linear_rows(&m->head, D, h, n, logits, nthreads);
     }
     free(x);
+    free(len);
     return status;
+}
+
+/* One sequence's step: slot 0 of the model's cache. */
+int tf_decode_step(const tf_model *m, int token, int pos, float *logits, int nthreads) {
+    int slot = 0;
+    return tf_decode_rows(m, 1, &token, &pos, &slot, logits, nthreads);
 }

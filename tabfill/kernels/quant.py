@@ -3,11 +3,12 @@
 A `QuantTensor` is one GGUF matrix as its file stores it ([rows, row_bytes] uint8, usually a view of the
 memory-mapped file): nothing is dequantized at load. `QuantLinear` is a linear layer over one or more of them
 (q|k|v or gate|up fused by concatenating rows, even when the parts have different block types):
-- a few tokens (decode, draft verification): as llama.cpp does, each token's activations are quantized
-  once per call to integer blocks (per 32 values: d = max|x| / 32767, q = round(x / d), 16-bit where
-  llama.cpp uses 8: see csrc/quant.c), and the C kernels (csrc/quant.c) multiply them with the weight
-  blocks in integers (AVX2 madd), streaming the compact weights once per call: the product of the
-  dequantized matrix with the rounded activations q * d;
+- a few tokens (decode, draft verification, the decode rows of a batch, small prefill chunks): as llama.cpp
+  does, each token's activations are quantized once per call to integer blocks (per 32 values:
+  d = max|x| / 32767, q = round(x / d), 16-bit where llama.cpp uses 8: see csrc/quant.c), and the C kernels
+  (csrc/quant.c) multiply them with the weight blocks in integers (AVX2 madd), streaming the compact weights
+  once per call and unpacking each weight block once for up to 8 tokens: the product of the dequantized
+  matrix with the rounded activations q * d, the same for a token whatever else shares the call;
 - many tokens (prefill): rows are dequantized tile by tile into fp32 and multiplied with torch's GEMM
   (fp32 activations).
 F32/F16 matrices always take the fp32 activations.
@@ -26,6 +27,7 @@ import ctypes
 import importlib.machinery
 import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +43,9 @@ BLOCKS: dict[int, tuple[int, int]] = {
 }
 TYPE_NAMES = {F32: "F32", F16: "F16", Q4_0: "Q4_0", Q4_1: "Q4_1", Q8_0: "Q8_0", Q4_K: "Q4_K", Q6_K: "Q6_K"}
 # Up to this many tokens a product runs in the C kernels; beyond it, dequantized tiles and torch's GEMM.
-KERNEL_MAX_TOKENS = 16
+# NOTE: measured on SmolLM2's matrices, 2 threads: the kernels (8 tokens per tile) win up to ~32 tokens on the
+# layers' matrices (up 2.7 vs 4.0 ms at 32) and up to 64 on the Q8_0 head (/work/runs/kb3.py, 2026-12-06).
+KERNEL_MAX_TOKENS = 32
 TILE_BYTES = 8 << 20  # fp32 bytes of one dequantized weight tile in the GEMM path
 
 
@@ -188,6 +192,8 @@ def _lib() -> ctypes.CDLL:
                 lib.tf_quantize_act.argtypes = [c_ptr, c_int, c_int, c_ptr, c_ptr, c_ptr]
                 lib.tf_decode_step.argtypes = [c_ptr, c_int, c_int, c_ptr, c_int]
                 lib.tf_decode_step.restype = c_int
+                lib.tf_decode_rows.argtypes = [c_ptr, c_int, c_ptr, c_ptr, c_ptr, c_ptr, c_int]
+                lib.tf_decode_rows.restype = c_int
                 lib.tf_force_portable.argtypes = [c_int]
                 lib.tf_force_portable.restype = None
                 lib.tf_matmul.restype = lib.tf_dequant.restype = lib.tf_has_avx2.restype = lib.tf_quantize_act.restype = c_int
@@ -322,6 +328,7 @@ class _Model(ctypes.Structure):
         ("head_dim", ctypes.c_int), ("inter", ctypes.c_int), ("cache_tokens", ctypes.c_int), ("eps", ctypes.c_float),
         ("layer", ctypes.POINTER(_Layer)), ("final_norm", ctypes.c_void_p), ("head", _Linear), ("embed", _Part),
         ("cos", ctypes.c_void_p), ("signed_sin", ctypes.c_void_p), ("k_cache", ctypes.c_void_p), ("v_cache", ctypes.c_void_p),
+        ("slots", ctypes.c_int),
     ]
 
 
@@ -340,8 +347,9 @@ class StepLayer:
 class DecodeStep:
     """A whole one-token decode step of a Llama/Qwen2 decoder in one C call (csrc/quant.c, tf_decode_step):
     RMS norms, q|k|v, rotate-half rotary from the decoder's tables, grouped-query attention over its fp32 KV
-    cache [L, Hkv, T, Dh], SiLU-gated MLP, head. The products are QuantLinear's kernels; what the call saves
-    is a Python call per operation (~30 per layer). Holds references to every tensor it points at."""
+    cache [L, B, Hkv, T, Dh], SiLU-gated MLP, head. The products are QuantLinear's kernels; what the call saves
+    is a Python call per operation (~30 per layer). ``rows`` runs the decode rows of B sequences (a batch's
+    slot pool) in one call (tf_decode_rows). Holds references to every tensor it points at."""
 
     def __init__(
         self, *, layers: list[StepLayer], final_norm: Tensor, head: QuantLinear, embed: QuantTensor, heads: int,
@@ -365,10 +373,13 @@ class DecodeStep:
                    self._linear(layer.up), self._linear(layer.down))
             for layer in layers
         ])
+        if k_cache.shape != v_cache.shape or k_cache.dim() != 5 or tuple(k_cache.shape[2:3] + k_cache.shape[4:]) != (kv_heads, head_dim):
+            raise QuantError(f"the KV cache {tuple(k_cache.shape)} is not [L, B, {kv_heads}, T, {head_dim}]")
+        self.slots = k_cache.shape[1]
         self._model = _Model(
             len(layers), dim, heads, kv_heads, head_dim, inter, k_cache.shape[-2], eps, self._layers,
             final_norm.data_ptr(), self._linear(head), _Part(embed.type, embed.rows, embed.data.data_ptr(), embed.data.shape[1]),
-            cos.data_ptr(), signed_sin.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
+            cos.data_ptr(), signed_sin.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), self.slots,
         )
         self.vocab = head.out_features
         self.max_tokens = min(k_cache.shape[-2], cos.shape[0])
@@ -386,6 +397,22 @@ class DecodeStep:
         status = self._lib.tf_decode_step(ctypes.byref(self._model), token, pos, logits.data_ptr(), _threads())
         if status:
             raise QuantError(f"the C decode step failed ({status})")
+        return logits
+
+    def rows(self, tokens: Sequence[int], positions: Sequence[int], slots: Sequence[int]) -> Tensor:
+        """Logits [n, V]: row i writes ``tokens[i]`` at ``positions[i]`` of slot ``slots[i]`` (distinct slots)."""
+        n = len(tokens)
+        if not n or len(positions) != n or len(slots) != n:
+            raise ValueError("rows needs as many tokens, positions and slots, at least one")
+        if len(set(slots)) != n or not all(0 <= s < self.slots for s in slots) or not all(0 <= p < self.max_tokens for p in positions):
+            raise ValueError(f"slots {list(slots)} / positions {list(positions)} outside the cache ({self.slots} x {self.max_tokens}) or repeated")
+        ints = ctypes.c_int * n
+        logits = torch.empty(n, self.vocab)
+        status = self._lib.tf_decode_rows(
+            ctypes.byref(self._model), n, ints(*tokens), ints(*positions), ints(*slots), logits.data_ptr(), _threads()
+        )
+        if status:
+            raise QuantError(f"the C decode rows failed ({status})")
         return logits
 
 
