@@ -7,6 +7,11 @@ per token; K/V go into each row's slot; attention is per row over its own slot's
 
 The reference twin is ``LeanDecoder.forward`` run on each row alone (tests/unit/kernels/test_batch.py).
 
+A decoder over GGUF blocks on CPU (the team engine's default there) runs a step whose rows are all single
+decode tokens in one C call instead (``DecodeStep.rows``, csrc/quant.c tf_decode_rows): each weight block
+unpacked once for all rows, attention per (row, kv head), no torch operation per layer; a row's logits are
+bit for bit what it gets alone (tests/unit/kernels/test_gguf_step.py).
+
 Attention backends (``select_backend``): on CUDA with xformers, one ``memory_efficient_attention`` call with
 a ``BlockDiagonalCausalWithOffsetPaddedKeysMask`` over the rows' slots. Elsewhere (SDPA): the short rows
 (decode tokens and drafts) in one SDPA call over a view of their slot range with an explicit mask, and each
@@ -66,6 +71,10 @@ class BatchedDecoder:
             len(decoder.layers), decoder.num_kv_heads, max_tokens, decoder.head_dim,
             dtype=decoder.dtype, device=decoder.device, batch_size=slots,
         )
+        # a decoder over GGUF blocks on CPU: steps of decode rows only (the steady state of a busy engine) in
+        # one C call over the pool, without ~30 torch operations per layer (kernels/quant.py, DecodeStep.rows)
+        make_step = getattr(decoder, "decode_step", None)
+        self.c_rows = make_step(self.pool) if make_step is not None and self.device.type == "cpu" else None
 
     # ---- sizes --------------------------------------------------------------------------------------
 
@@ -122,6 +131,9 @@ class BatchedDecoder:
     def forward_rows(self, rows: Sequence[RowInput]) -> list[Tensor]:
         """One forward for all rows; per row fp32 logits [S, V] when ``all_logits``, else [V] for its last token."""
         self._check(rows)
+        if self.c_rows is not None and all(len(row.token_ids) == 1 for row in rows):
+            logits = self.c_rows.rows([row.token_ids[0] for row in rows], [row.start_pos for row in rows], [row.slot for row in rows])
+            return [logits[i : i + 1] if row.all_logits else logits[i] for i, row in enumerate(rows)]
         d = self.decoder
         hq, hkv, dh = d.num_heads, d.num_kv_heads, d.head_dim
         device = self.device

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from tabfill.kernels.config import arch_of, config_problem, rope_parameters, rope_tables
-from tabfill.kernels.decoder import LeanDecoder
+from tabfill.kernels.decoder import KVCache, LeanDecoder
 from tabfill.kernels.packing import Dense, Layer
 from tabfill.kernels.quant import (
     BLOCKS, DecodeStep, QuantError, QuantLinear, QuantTensor, StepLayer, dequantize, dequantize_rows,
@@ -38,14 +38,16 @@ class GgufDecoder(LeanDecoder):
     def __init__(self, *, token_embd: QuantTensor | None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.token_embd = token_embd
-        self.step = self._decode_step()
+        self.step = self.decode_step(self.cache) if self.cache.k.shape[3] else None
 
-    def _decode_step(self) -> DecodeStep | None:
+    def decode_step(self, cache: KVCache) -> DecodeStep | None:
+        """The whole-step C call over ``cache`` (this decoder's own, or a batch's slot pool), when the
+        decoder's shape allows it."""
         linears = [m for layer in self.layers for m in (layer.qkv, layer.o, layer.up, layer.down)] + [self.lm_head]
         arch = self.arch
         if self.token_embd is None or not all(isinstance(m, QuantLinear) for m in linears):
             return None
-        if (arch.norm, arch.gated_mlp, arch.activation) != ("rms", True, "silu") or self.cache.k.shape[1] != 1:
+        if (arch.norm, arch.gated_mlp, arch.activation) != ("rms", True, "silu"):
             return None
         layers = [
             StepLayer(layer.norm1_weight.float().contiguous(), layer.norm2_weight.float().contiguous(), layer.qkv, layer.o, layer.up, layer.down)  # type: ignore[arg-type]
@@ -54,8 +56,8 @@ class GgufDecoder(LeanDecoder):
         return DecodeStep(
             layers=layers, final_norm=self.final_norm_weight.float().contiguous(), head=self.lm_head,  # type: ignore[arg-type]
             embed=self.token_embd, heads=self.num_heads, kv_heads=self.num_kv_heads, head_dim=self.head_dim,
-            eps=arch.eps, cos=self.cos.contiguous(), signed_sin=self.signed_sin.contiguous(), k_cache=self.cache.k,
-            v_cache=self.cache.v,
+            eps=arch.eps, cos=self.cos.contiguous(), signed_sin=self.signed_sin.contiguous(), k_cache=cache.k,
+            v_cache=cache.v,
         )
 
     @torch.no_grad()
@@ -129,8 +131,11 @@ def _unpermute_rotary_rows(tensor: QuantTensor, heads: int) -> QuantTensor:
     return tensor.select_rows(index)
 
 
-def decoder_from_gguf(path: str | Path, config: Any, *, max_tokens: int = 2048, dequantized: bool = False) -> GgufDecoder:
+def decoder_from_gguf(
+    path: str | Path, config: Any, *, max_tokens: int = 2048, dequantized: bool = False, cache_tokens: int | None = None,
+) -> GgufDecoder:
     """A decoder for a Llama/Qwen2 GGUF with the transformers ``config`` (its shapes checked against the file).
+    ``cache_tokens``: as for LeanDecoder (0: the KV lives in a batched decoder's slot pool).
 
     Raises QuantError (a ValueError) for what it does not implement or a file that does not match.
     """
@@ -201,6 +206,7 @@ def decoder_from_gguf(path: str | Path, config: Any, *, max_tokens: int = 2048, 
         head_dim=head_dim,
         vocab_size=config.vocab_size,
         max_tokens=max_tokens,
+        cache_tokens=cache_tokens,
         quantization=f"gguf dequantized to fp32 ({kinds})" if dequantized else f"gguf blocks ({kinds})",
     )
 

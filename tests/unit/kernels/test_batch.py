@@ -94,6 +94,29 @@ def test_greedy_tokens_of_a_batch_equal_single_stream() -> None:
     assert ties <= 1
 
 
+def test_a_gguf_decoder_batches_like_each_row_alone() -> None:
+    """The team engine's CPU path: a decoder over GGUF blocks (Q4_1 here) in the slot pool. Decode rows of
+    several slots in one call get each token's products as alone (the kernels' tiles), prefill chunks of more
+    than KERNEL_MAX_TOKENS tokens take the dequantized GEMM (fp32 activations: the reference rounds them)."""
+    from tabfill.kernels import quant
+    from tests.unit.kernels.test_gguf_step import TOKENS, VOCAB, tiny_decoder
+
+    decoder = tiny_decoder(quant.Q4_1)
+    twin = Twin(decoder, BatchedDecoder(decoder, slots=3, max_tokens=TOKENS))
+    prompts = [torch.randint(0, VOCAB, (n,), generator=torch.Generator().manual_seed(n)).tolist() for n in (5, 9, 40)]
+
+    def check(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        # attention sums in another order move the activations a little, and with them their 16-bit rounding
+        for got, expected in pairs:
+            assert got.shape == expected.shape
+            torch.testing.assert_close(got, expected, atol=2e-3, rtol=2e-3)
+
+    check(twin.step([RowInput(0, prompts[0], 0), RowInput(1, prompts[1], 0)]))  # 14 tokens: the kernels
+    check(twin.step([RowInput(2, prompts[2], 0, all_logits=True)]))  # 40 tokens: dequantized tiles and GEMM
+    for step in range(3):  # three decode rows in one call, then two
+        check(twin.step([RowInput(i, [step + i], len(p) + step) for i, p in enumerate(prompts) if i < 3 - (step == 2)]))
+
+
 def test_bad_rows_raise_before_anything_is_written(twin: Twin) -> None:
     batch = twin.batch
     before = batch.pool.k.clone()

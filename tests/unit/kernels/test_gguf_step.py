@@ -3,6 +3,7 @@ against the torch forward of the same decoder over the same kernels, on tiny ran
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from tabfill.kernels import quant
@@ -92,4 +93,38 @@ def test_decoder_without_quantized_matrices_has_no_c_step() -> None:
     decoder = tiny_decoder(quant.F32)
     assert decoder.step is not None
     decoder.layers[0].o = lambda x: x  # type: ignore[assignment]
-    assert decoder._decode_step() is None
+    assert decoder.decode_step(decoder.cache) is None
+
+
+@needs_kernels
+def test_decode_rows_of_a_slot_pool_equal_each_row_alone_bit_for_bit() -> None:
+    """tf_decode_rows (the team engine's steady state: one decode token for each of several slots) gives a
+    row what it gets in a call of its own, and writes its K/V into its own slot only."""
+    from tabfill.kernels.batch import BatchedDecoder, RowInput
+
+    decoder = tiny_decoder(quant.Q8_0)
+    batch = BatchedDecoder(decoder, slots=4, max_tokens=TOKENS)
+    assert batch.c_rows is not None
+    prompts = {0: [3, 1, 4, 1, 5], 2: [9, 2, 6, 5, 3, 5, 8, 9, 7], 3: [2, 7]}
+    batch.forward_rows([RowInput(slot, ids, 0) for slot, ids in prompts.items()])  # prefill: the torch forward
+    tokens, positions, slots = [11, 12, 13], [len(p) for p in prompts.values()], list(prompts)
+    together = batch.c_rows.rows(tokens, positions, slots)
+    pool_after = batch.pool.k.clone()
+    alone = torch.stack([batch.c_rows.rows([t], [p], [s])[0] for t, p, s in zip(tokens, positions, slots)])
+    assert torch.equal(together, alone)
+    assert torch.equal(batch.pool.k, pool_after)  # the same keys written again
+    assert not batch.pool.k[:, 1].any()  # slot 1 was never used
+    # through forward_rows: decode-only steps take the C call
+    out = batch.forward_rows([RowInput(s, [t], p) for t, p, s in zip(tokens, positions, slots)])
+    assert all(torch.equal(o, a) for o, a in zip(out, alone))
+
+
+@needs_kernels
+def test_decode_rows_reject_repeated_slots_and_positions_outside() -> None:
+    from tabfill.kernels.batch import BatchedDecoder
+
+    batch = BatchedDecoder(tiny_decoder(quant.Q4_1), slots=2, max_tokens=TOKENS)
+    assert batch.c_rows is not None
+    for tokens, positions, slots in (([1, 2], [0, 0], [1, 1]), ([1], [TOKENS], [0]), ([1], [0], [2]), ([], [], [])):
+        with pytest.raises(ValueError):
+            batch.c_rows.rows(tokens, positions, slots)
