@@ -220,9 +220,10 @@ class TimedForward:
         return logits
 
     def calibrate(self, most: int, at: int) -> None:
-        """First estimates of the cost from forwards of 1 and `most` tokens at position `at` (each shape
-        once untimed first: its first forward pays for kernel initialisation)."""
-        for width in (1, most):
+        """First estimates of the cost from forwards of 1, MIN_CHUNK_TOKENS and `most` tokens at position
+        `at` (each width once untimed first: its first forward pays for kernel initialisation)."""
+        widths = sorted({1, min(MIN_CHUNK_TOKENS, most), most})
+        for width in widths:
             self.runner.forward([0] * width, at)
-        for width in (1, most, 1, most):
+        for width in widths + widths:
             self.forward([0] * width, at)

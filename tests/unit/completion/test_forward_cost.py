@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tabfill.completion.engine import Engine, EngineInfo
-from tabfill.completion.forward_cost import BACKGROUND_CHUNK_MS, MIN_CHUNK_TOKENS, PROBE_EVERY, PROBE_SHARE, WINDOW, ForwardCost
+from tabfill.completion.forward_cost import BACKGROUND_CHUNK_MS, MIN_CHUNK_TOKENS, PROBE_EVERY, PROBE_SHARE, WINDOW, ForwardCost, TimedForward
 from tabfill.completion.types import CancelToken, Deadline, Prompt, StopRule
 from tabfill.kernels.steps import PREFILL_CHUNK_TOKENS
 
@@ -77,6 +77,32 @@ def prefill(cost: ForwardCost, budget_ms: float, chunks: int, clock: Callable[[i
         cost.observe(width, clock(width))
         widths.append(width)
     return widths
+
+
+class CurveRunner:
+    def __init__(self, ms: Callable[[int], float], clock: FakeClock | None = None) -> None:
+        self.ms, self.clock, self.widths = ms, clock or FakeClock(), []
+
+    def forward(self, token_ids: Sequence[int], start_pos: int, *, all_logits: bool = False) -> torch.Tensor:
+        self.widths.append(len(token_ids))
+        self.clock.now += self.ms(len(token_ids)) / 1000
+        return torch.zeros(VOCAB)
+
+
+@pytest.mark.parametrize(("budget_ms", "narrowest"), [(30, MIN_CHUNK_TOKENS), (50, MIN_CHUNK_TOKENS), (100, 16), (200, 48)])
+def test_a_nonlinear_cost_gives_chunks_that_fit_the_deadline(monkeypatch: pytest.MonkeyPatch, budget_ms: float, narrowest: int) -> None:
+    runner = CurveRunner(measured_ms)
+    monkeypatch.setattr(time, "perf_counter", runner.clock)
+    timed = TimedForward(runner)
+    timed.calibrate(128, at=4)  # what warm_up does
+    for _ in range(10):  # decode steps and draft checks, as a request makes
+        timed.forward([0], 4)
+        timed.forward([0] * 4, 4)
+    widths = prefill(timed.cost, budget_ms, 12)
+    assert min(widths) >= narrowest, widths
+    for width in widths:
+        # the chunk fits, unless even the narrowest cannot (then the narrowest)
+        assert width == MIN_CHUNK_TOKENS or measured_ms(width) <= budget_ms, (width, measured_ms(width), widths)
 
 
 def test_one_stalled_forward_does_not_shrink_the_chunks() -> None:
