@@ -210,7 +210,10 @@ class PrefixCache:
             num_slots = self._max_bytes // (block_kv.numel() * block_kv.element_size())
             if num_slots == 0:
                 return None
-            self._pool = torch.empty((num_slots, *block_kv.shape), dtype=block_kv.dtype, device=block_kv.device)
+            # NOTE: a normal tensor even when the first commit runs under torch.inference_mode (the batched
+            # engine's step): an inference tensor could not be written by a later commit outside it (a cancel)
+            with torch.inference_mode(False):
+                self._pool = torch.empty((num_slots, *block_kv.shape), dtype=block_kv.dtype, device=block_kv.device)
             self._free_slots = list(range(num_slots - 1, -1, -1))
         return self._pool
 

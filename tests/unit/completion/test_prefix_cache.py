@@ -275,3 +275,16 @@ def test_a_match_under_one_salt_does_not_load_under_another(monkeypatch: pytest.
     assert cache.match(prompt, salt=b"b").num_cached_tokens == 0
     forged = prefix_cache.PrefixMatch(4, (42,), cache.match(prompt, salt=b"a").block_ids, b"b")
     assert cache.load(forged) is None
+
+
+def test_a_store_first_filled_under_inference_mode_takes_commits_outside_it() -> None:
+    """The batched engine commits from its step (under torch.inference_mode) and from a cancel (outside it):
+    the store's pool must accept both (it was an inference tensor, and a cancel's commit raised)."""
+    cache = PrefixCache(block_tokens=BT, max_bytes=2**20)
+    with torch.inference_mode():
+        commit(cache, doc(1, 2))
+    slot = commit(cache, doc(2, 2))  # outside: writes into the same pool
+    assert cached_tokens(cache, doc(1, 2)) == 8 and cached_tokens(cache, doc(2, 2)) == 8
+    hit = cache.match(doc(2, 2))
+    loaded = cache.load(hit)
+    assert loaded is not None and torch.equal(loaded, slot.kv_of(0, 8))
