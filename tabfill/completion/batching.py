@@ -17,6 +17,7 @@ from __future__ import annotations
 import heapq
 import logging
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,7 @@ import torch
 
 from tabfill.completion.batch_types import BatchEvent, BatchRequest
 from tabfill.completion.decoding import DRAFT_TOKENS, Decoding, Vocabulary, eos_ids
+from tabfill.completion.forward_cost import ForwardCost
 from tabfill.completion.models import LoadedModel
 from tabfill.completion.prefix_cache import PrefixCache
 from tabfill.kernels import steps
@@ -33,10 +35,13 @@ from tabfill.kernels.decoder import LeanDecoder
 
 log = logging.getLogger(__name__)
 
-# NOTE: a step that carries a prefill chunk costs about one chunk's forward more than a decode step;
-# 128 tokens keeps that to ~2-3 decode steps of SmolLM2 on 2 cores (the bound on how long one cold prompt
-# delays everyone's next token), while smaller chunks make the prefill itself slower (64: ~20 % here).
+# NOTE: a step that carries a prefill chunk costs about one chunk's forward more than a decode step: the
+# bound on how long one cold prompt delays everyone's next token. A fixed width cannot hold that bound for
+# every model and machine (128 tokens: ~30 ms of fp32 SmolLM2 on a GPU-less laptop of 8 cores, ~420 ms on
+# this 2-core box over the GGUF's blocks), so with `prefill_budget_ms` the chunk is the widest whose step is
+# expected to fit the budget (ForwardCost, measured on the engine's own steps), at most PREFILL_CHUNK_TOKENS.
 PREFILL_CHUNK_TOKENS = 128
+PREFILL_BUDGET_MS = 60.0  # the engine's default: a cold prompt delays the others' next token ~this much
 
 FINISHES = ("stop", "length", "eos", "cancelled", "error")
 
@@ -72,14 +77,16 @@ class BatchedEngine:
         prefix_cache: PrefixCache | None,
         decoder: LeanDecoder | None = None,
         prefill_chunk: int = PREFILL_CHUNK_TOKENS,
+        prefill_budget_ms: float | None = None,
     ) -> None:
         """`loaded_model`: a transformers causal LM (or a `LoadedModel`); the lean decoder is built from it
-        unless `decoder` (already built from that model) is given. `max_tokens`: positions per slot."""
+        unless `decoder` (already built from that model) is given. `max_tokens`: positions per slot.
+        `prefill_budget_ms`: size prefill chunks to steps of about this long (None: always `prefill_chunk`)."""
         model = loaded_model.model if isinstance(loaded_model, LoadedModel) else loaded_model
         if decoder is None:
             # NOTE: no single-sequence cache next to the slot pool (SmolLM2: 45 KB a token, ~90 MB at 2048
             # tokens): the RSS is the weights plus the pool.
-            decoder = LeanDecoder.from_hf(model, max_tokens=max_tokens, cache_tokens=0)
+            decoder = _decoder(model, max_tokens)
         if prefill_chunk < 1:
             raise ValueError(f"prefill_chunk must be >= 1, got {prefill_chunk}")
         self.batch = BatchedDecoder(decoder, slots=slots, max_tokens=max_tokens)
@@ -90,6 +97,8 @@ class BatchedEngine:
         self.vocabulary = Vocabulary(tokenizer, decoder.vocab_size)
         self.draft_tokens = DRAFT_TOKENS
         self.prefill_chunk = prefill_chunk
+        self.prefill_budget_ms = prefill_budget_ms
+        self.cost = ForwardCost()  # what a step of n tokens takes here (observed every step)
         self.max_tokens = max_tokens
         self._rows: dict[str, _Row] = {}
         self._free: list[int] = list(range(slots))  # a heap: the lowest free slot first
@@ -148,6 +157,8 @@ class BatchedEngine:
     def describe(self) -> dict[str, object]:
         described: dict[str, object] = dict(self.batch.describe())
         described["prefill_chunk_tokens"] = self.prefill_chunk
+        described["prefill_budget_ms"] = self.prefill_budget_ms
+        described["step_cost"] = self.cost.describe()
         described["drafts"] = f"prompt lookup, up to {self.draft_tokens} tokens per row per step"
         store = self.prefix_cache
         described["prefix_cache"] = (
@@ -167,12 +178,15 @@ class BatchedEngine:
         prefill = self._next_prefill()
         chunk: list[int] = []
         if prefill is not None:
-            chunk = list(prefill.state.prompt.token_ids[prefill.written : prefill.written + self.prefill_chunk])
+            width = self._chunk_width(sum(len(row.token_ids) for row in inputs))
+            chunk = list(prefill.state.prompt.token_ids[prefill.written : prefill.written + width])
             inputs.append(RowInput(prefill.slot, chunk, prefill.written))
         if not inputs:
             return events
         try:
+            started = time.perf_counter()
             outputs = self.batch.forward_rows(inputs)
+            self.cost.observe(sum(len(row.token_ids) for row in inputs), (time.perf_counter() - started) * 1000.0)
         except Exception:  # a kernel failure ends this step's rows, never the engine
             log.exception("batched forward failed; ending the %d rows of this step", len(inputs))
             rows = decoding + ([prefill] if prefill is not None else [])
@@ -184,6 +198,13 @@ class BatchedEngine:
             if prefill.written == len(prefill.state.prompt.token_ids):
                 events.extend(self._next_token(prefill, outputs[-1]))
         return events
+
+    def _chunk_width(self, decode_tokens: int) -> int:
+        """The prefill chunk of a step that also carries `decode_tokens` decode/draft tokens."""
+        if self.prefill_budget_ms is None or not self.cost.measured:
+            return self.prefill_chunk
+        whole = self.cost.chunk_tokens(self.prefill_budget_ms, self.prefill_chunk + decode_tokens)
+        return max(1, min(self.prefill_chunk, whole - decode_tokens))
 
     def _after_decode(self, row: _Row, logits: torch.Tensor) -> list[BatchEvent]:
         state = row.state
@@ -264,6 +285,18 @@ class BatchedEngine:
         row.sent_tokens, row.sent_text = len(state.generated), text
         prompt_tokens = len(state.prompt.token_ids)
         return BatchEvent(row.request.id, new_tokens, delta, finish, state.cached_tokens, prompt_tokens)
+
+
+def _decoder(model: Any, max_tokens: int) -> LeanDecoder:
+    """The lean decoder of a transformers model, or of a GGUF's own blocks (`GgufWeights`: the quantized CPU
+    path, whose kernels unpack each weight block once for all the batch's decode rows)."""
+    from tabfill.completion.gguf_models import GgufWeights
+
+    if isinstance(model, GgufWeights):
+        from tabfill.kernels.gguf_decoder import decoder_from_gguf
+
+        return decoder_from_gguf(model.path, model.config, max_tokens=max_tokens, cache_tokens=0)
+    return LeanDecoder.from_hf(model, max_tokens=max_tokens, cache_tokens=0)
 
 
 def _settled_text(state: Decoding, finished: bool) -> str:

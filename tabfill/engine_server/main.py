@@ -30,11 +30,17 @@ def add_arguments(engine: argparse.ArgumentParser) -> None:
     engine.add_argument("--tokens", type=Path, help="the token file (`tabfill engine token add` writes it)")
     engine.add_argument("--model", default="default", help="'default', a Hugging Face directory or a .gguf file")
     engine.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    engine.add_argument("--quantize", default="auto", choices=("auto", "gguf", "none"),
+                        help="on CPU, compute from a GGUF model's own quantized blocks (auto: when the model has a GGUF; "
+                        "none: fp32 weights)")
     engine.add_argument("--tls-cert", type=Path, help="PEM certificate: serve TLS (front-ends use tcps://)")
     engine.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
     engine.add_argument("--max-frame-bytes", type=int, default=wire.DEFAULT_MAX_FRAME_BYTES, help="largest frame accepted (default 1 MiB)")
     engine.add_argument("--slots", type=int, default=8, help="generations decoded together (KV slots)")
     engine.add_argument("--kv-tokens", type=int, default=1024, help="positions per KV slot (prompt + answer)")
+    engine.add_argument("--prefill-step-ms", type=float, default=60.0,
+                        help="size prefill chunks so a step takes about this long (how long a cold prompt delays the others' next "
+                        "token; 0: fixed chunks of 128 tokens)")
     engine.add_argument("--max-queue", type=int, default=64, help="waiting requests before answering busy")
     engine.add_argument("--prefix-cache-mb", type=int, default=128, help="prefix KV store (per tenant with the serial backend)")
     engine.add_argument("--backend", default="auto", type=_backend,
@@ -150,7 +156,7 @@ def open_backend(args: argparse.Namespace) -> tuple[ModelCard, StepEngine, int]:
     def progress(stage: str, fraction: float | None) -> None:
         print(f"tabfill engine: {stage}", file=sys.stderr, flush=True)
 
-    loaded = load_model(args.model, args.device, progress)
+    loaded = load_model(args.model, args.device, progress, quantize=args.quantize)
     tokenizer = loaded.tokenizer
     special: dict[str, Any] = {}
     for name in ("bos", "eos", "unk", "pad"):
@@ -172,13 +178,16 @@ def open_backend(args: argparse.Namespace) -> tuple[ModelCard, StepEngine, int]:
             from tabfill.completion.types import Prompt, StopRule
 
             store = PrefixCache(PREFIX_BLOCK_TOKENS, store_bytes) if store_bytes else None
-            batched = BatchedEngine(loaded, tokenizer, loaded.device, slots=args.slots, max_tokens=args.kv_tokens, prefix_cache=store)
+            batched = BatchedEngine(
+                loaded, tokenizer, loaded.device, slots=args.slots, max_tokens=args.kv_tokens, prefix_cache=store,
+                prefill_budget_ms=args.prefill_step_ms or None,
+            )
             # NOTE: one tiny generation first, so the first editor does not pay for kernel initialisation
             generate_all(batched, [BatchRequest("warm-up", Prompt((0, 0, 0, 0), 2, StopRule()), b"warm-up", 0.0)])
             return card, batched, args.slots
     from tabfill.engine_server.serial import SerialEngine
 
-    runner = make_runner(loaded.model, torch.device(loaded.device), max_tokens=args.kv_tokens, quantize=None, lean=True)
+    runner = make_runner(loaded.model, torch.device(loaded.device), max_tokens=args.kv_tokens, quantize=args.quantize, lean=True)
     info = EngineInfo(loaded.source, loaded.device, loaded.dtype, loaded.load_ms, "engine", loaded.import_ms)
     engine = Engine(loaded.model, tokenizer, loaded.device, info, runner=runner)
     engine.warm_up()

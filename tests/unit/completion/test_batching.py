@@ -263,3 +263,27 @@ def test_an_engine_built_from_the_model_holds_weights_and_the_pool_only(twins: T
     first = request(twins, TEXTS[0], 8, rid="own")
     results = generate_all(own, [first])
     assert assert_same_as_reference(twins, [first], results) == 0
+
+
+def test_prefill_chunks_shrink_to_the_step_budget(twins: Twins) -> None:
+    """With a step budget the chunk is what fits beside the step's decode tokens, by the measured cost of
+    a step of n tokens; without one it is the fixed width."""
+    from tabfill.completion.forward_cost import ForwardCost
+
+    engine = twins.batched
+    saved = engine.cost, engine.prefill_budget_ms
+    try:
+        engine.cost = ForwardCost()
+        for _ in range(3):  # ~5 ms a token
+            for tokens, ms in ((1, 10.0), (4, 25.0), (8, 45.0), (16, 85.0)):
+                engine.cost.observe(tokens, ms)
+        engine.prefill_budget_ms = None
+        assert engine._chunk_width(3) == engine.prefill_chunk == 16
+        engine.prefill_budget_ms = 60.0
+        # 11 tokens fit 60 ms (10 + 5 a further token); 12 would take 65
+        assert engine._chunk_width(0) == 11
+        assert engine._chunk_width(3) == 8
+        engine.prefill_budget_ms = 1000.0
+        assert engine._chunk_width(3) == 16  # never wider than prefill_chunk
+    finally:
+        engine.cost, engine.prefill_budget_ms = saved
