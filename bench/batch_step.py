@@ -1,10 +1,12 @@
 """Batched decode step micro-benchmark: ms per ``forward_rows`` step for 1, 2, 4, 8, 16 decode rows vs the
 single-row step of the lean decoder (``steps.decode_one_token``), every row at a context of ~400 tokens.
 
-    python -m bench.batch_step [--model DIR] [--steps N] [--rounds N] [--rows 1,2,4,8,16] [--context N]
-                               [--threads N] [--attention]
+    python -m bench.batch_step [--model DIR] [--weights gguf,fp32] [--steps N] [--rounds N]
+                               [--rows 1,2,4,8,16] [--context N] [--threads N] [--attention]
 
-Paired: each round times the single-row step and then every batch size, and each figure is the median
+Weights: `gguf`, the decoder over the default model's GGUF blocks (what `tabfill engine` computes with on
+CPU: `--quantize auto`), its single-row step being the whole-step C call; `fp32`, the lean decoder over the
+transformers model (`--quantize none`, and the GPU path's shape). Paired: each round times the single-row step and then every batch size, and each figure is the median
 over the rounds, so a noisy neighbour slows both sides of a ratio alike. ``--attention`` also times
 attention alone for 8 rows: one SDPA call per row on a view of its slot, one masked call over the rows'
 gathered slots (a copy), and one masked call over a view of their slot range (what kernels/batch.py does).
@@ -14,6 +16,7 @@ Target (issue 14): 8 rows <= 2x the single-row step.
 from __future__ import annotations
 
 import statistics
+from typing import Any
 from pathlib import Path
 
 import torch
@@ -27,16 +30,27 @@ from tabfill.kernels.steps import decode_one_token, prefill
 ROWS = (1, 2, 4, 8, 16)
 
 
-def measure(
-    model_dir: str | Path = DEFAULT_MODEL_DIR, rows: tuple[int, ...] = ROWS, steps: int = 8, *,
-    rounds: int = 3, context: int = 400, attention: bool = False,
-) -> dict[str, float]:
-    """ms per step of each batch size and the single-row step; ratios to the single-row step."""
+def _decoder(model_dir: str | Path, weights: str, max_tokens: int) -> tuple[LeanDecoder, Any]:
+    """(decoder, tokenizer): over the GGUF's blocks (`gguf`) or the fp32 transformers model (`fp32`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if weights == "gguf":
+        from bench.decode_step import _model
+        from tabfill.kernels.gguf_decoder import decoder_from_gguf
+
+        path, config, tokenizer = _model("default" if str(model_dir) == str(DEFAULT_MODEL_DIR) else str(model_dir))
+        return decoder_from_gguf(path, config, max_tokens=max_tokens), tokenizer
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
-    prompt = _code_prompt(AutoTokenizer.from_pretrained(str(model_dir)), context + max(rows))
-    decoder = LeanDecoder.from_hf(model, max_tokens=context + 8)
+    return LeanDecoder.from_hf(model, max_tokens=max_tokens), AutoTokenizer.from_pretrained(str(model_dir))
+
+
+def measure(
+    model_dir: str | Path = DEFAULT_MODEL_DIR, rows: tuple[int, ...] = ROWS, steps: int = 8, *,
+    rounds: int = 3, context: int = 400, attention: bool = False, weights: str = "fp32",
+) -> dict[str, float]:
+    """ms per step of each batch size and the single-row step; ratios to the single-row step."""
+    decoder, tokenizer = _decoder(model_dir, weights, context + 8)
+    prompt = _code_prompt(tokenizer, context + max(rows))
     batch = BatchedDecoder(decoder, slots=max(rows), max_tokens=context + 8)
     prefill(decoder, prompt[:context])
     for slot in range(max(rows)):  # each row its own ~400 tokens of code (shifted windows)
@@ -107,13 +121,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rows", default=",".join(map(str, ROWS)), help="batch sizes, comma-separated")
     parser.add_argument("--attention", action="store_true", help="also time per-row vs masked attention")
+    parser.add_argument("--weights", default="gguf,fp32", help="gguf (the engine's CPU default), fp32, or both, comma-separated")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = tuple(int(n) for n in args.rows.split(","))
-    results = measure(args.model, rows, args.steps, rounds=args.rounds, context=args.context, attention=args.attention)
+    results: dict[str, float] = {}
+    for weights in args.weights.split(","):
+        measured = measure(args.model, rows, args.steps, rounds=args.rounds, context=args.context, attention=args.attention, weights=weights)
+        results.update({f"{weights}: {name}": value for name, value in measured.items()})
     print_results(results)
-    ratio = results.get("batch 8 / single-row step", float("nan"))
-    print(f"target: batch 8 <= 2x the single-row step: {'met' if ratio <= 2 else 'missed'} ({ratio:.2f}x)")
+    for weights in args.weights.split(","):
+        ratio = results.get(f"{weights}: batch 8 / single-row step", float("nan"))
+        print(f"target ({weights}): batch 8 <= 2x the single-row step: {'met' if ratio <= 2 else 'missed'} ({ratio:.2f}x)")
 
 
 if __name__ == "__main__":

@@ -166,14 +166,16 @@ def throughput(engine: EngineProcess, token: str, streams: int, seconds: float) 
 
 
 def batch_step_table() -> Any:
-    try:
-        from bench import batch_step  # type: ignore[attr-defined]  # team-batch's
-    except ImportError:
-        return "bench/batch_step.py is not in this build (the batched engine is not merged)"
-    try:
-        return batch_step.measure()
-    except Exception as exc:  # report, do not lose the rest of the run
-        return f"batch_step.measure() failed: {type(exc).__name__}: {exc}"
+    """The batched step alone, over the GGUF's blocks (the engine's CPU default) and over fp32 weights."""
+    from bench import batch_step
+
+    table: dict[str, Any] = {}
+    for weights in ("gguf", "fp32"):
+        try:
+            table.update({f"{weights}: {name}": value for name, value in batch_step.measure(weights=weights).items()})
+        except Exception as exc:  # report, do not lose the rest of the run
+            table[weights] = f"batch_step.measure() failed: {type(exc).__name__}: {exc}"
+    return table
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -257,6 +259,13 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         rows.append((f"engine RSS at 8 editors <= 1.5 GB + KV slots ({limit} MB)", f"{rss} MB", judged(rss <= limit)))
     else:
         rows.append(("8-editor targets", "run with --editors including 1 and 8", "not measured"))
+    step = results.get("batch_step") or {}
+    for weights in ("gguf", "fp32"):
+        ratio = step.get(f"{weights}: batch 8 / single-row step")
+        if isinstance(ratio, float):
+            rows.append((f"batched decode of 8 rows <= 2x the 1-row step ({weights} weights)", f"{ratio:.2f}x "
+                         f"({step[f'{weights}: batch 8 step ms']:.1f} vs {step[f'{weights}: single-row step ms (steps.decode_one_token)']:.1f} ms)",
+                         judged(ratio <= 2)))
     return rows
 
 
