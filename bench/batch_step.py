@@ -15,8 +15,12 @@ Target (issue 14): 8 rows <= 2x the single-row step.
 
 from __future__ import annotations
 
+import os
 import statistics
 from typing import Any
+
+if __name__ == "__main__":  # before torch loads libgomp: as every `tabfill` command runs (tabfill/cli.py)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from pathlib import Path
 
 import torch

@@ -23,12 +23,16 @@ import argparse
 import gc
 import inspect
 import json
+import os
 import statistics
 import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+if __name__ == "__main__":  # before torch loads libgomp: as every `tabfill` command runs (tabfill/cli.py)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 
@@ -95,9 +99,11 @@ def llama_cpp_numbers(gguf: Path, prompt: list[int], threads: int, steps: int) -
     if not python.exists():
         return f"llama-cpp-python is not installed in {python.parent.parent} (python -m bench builds it)"
     script = Path(__file__).with_name("llama_step.py")
+    # NOTE: llama.cpp with its own OpenMP default (spinning): PASSIVE slowed its decode ~3x here
+    env = {name: value for name, value in os.environ.items() if name != "OMP_WAIT_POLICY"}
     result = subprocess.run(
         [str(python), str(script), str(gguf), str(threads), str(steps), "3"],
-        input=json.dumps({"prompt": prompt, "prefill": PREFILL_TOKENS}), capture_output=True, text=True, timeout=1800,
+        input=json.dumps({"prompt": prompt, "prefill": PREFILL_TOKENS}), capture_output=True, text=True, timeout=1800, env=env,
     )
     if result.returncode != 0:
         return f"llama_step failed: {result.stderr.strip()[-300:]}"

@@ -14,12 +14,16 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import os
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+if __name__ == "__main__":  # the in-process batch_step table: torch as every `tabfill` command runs it
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from bench.cases import Keystroke, TypingCase, typing_cases
 from bench.engine_process import EngineProcess, make_tokens, start_engine
