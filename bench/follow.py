@@ -6,8 +6,9 @@ The bench's typing cases (bench/cases.py) are typed key by key into
   cancelled, an answer shown only where it was asked; no keep, no tabfill/completionReady): the floor,
 at 4, 7 and 10 keys/s (±20 % jitter) and in bursts (8 keys at 15 keys/s, then 0.7 s to think). Just before each
 next key the ghost text on screen is read: *visible* (something is drawn at the cursor), *right* (its first
-line is a prefix of what is still to be typed), *Tab saves* (characters Tab would insert that the user was
-about to type, when the whole ghost text is such a prefix). Requests: every one the client sent; a request
+line is a prefix of what is still to be typed), *typed ahead* (typed characters that were on screen, correct,
+before they were typed: the whole ghost text or its first line being such a prefix; each character once).
+Requests: every one the client sent; a request
 cancelled or never answered counts as a miss in the latency percentiles; *model* answers are all but those
 answered by type-through or the result cache (empty answers carry no source: counted as model).
 It reports; it asserts nothing. Timings on a shared 2-core machine are noisy.
@@ -67,8 +68,9 @@ class PaceResult:
 
 def judge(case: TypingCase, keys: list[tuple[float, str]], seen: list[Observation]) -> tuple[int, int, int, int]:
     """(visible, right, Tab-saved chars, typed chars) over the keys of one case."""
-    visible = right = saved = typed_chars = 0
+    visible = right = typed_chars = 0
     typed = ""
+    ahead: set[int] = set()  # offsets into the body drawn, correctly, before they were typed
     for (_, text), ghost in zip(keys, seen):
         typed += text
         typed_chars += len(text)
@@ -79,9 +81,11 @@ def judge(case: TypingCase, keys: list[tuple[float, str]], seen: list[Observatio
         first = ghost.split("\n", 1)[0]
         if first and rest.startswith(first):
             right += 1
-        if rest.startswith(ghost):
-            saved += len(ghost)
-    return visible, right, saved, typed_chars
+        shown = len(ghost) if rest.startswith(ghost) else len(first) if first and rest.startswith(first) else 0
+        ahead.update(range(len(typed), len(typed) + shown))
+    # NOTE: each typed character counts once, however many keys showed it (the old "Tab saves" summed the
+    # ghost's length at every key, so one right suggestion followed for 20 keys counted ~20 times)
+    return visible, right, sum(1 for offset in ahead if offset < len(typed)), typed_chars
 
 
 def percentile(values: list[float], fraction: float) -> float | None:
@@ -149,13 +153,14 @@ def follow_section(results: dict[str, Any]) -> str:
         f" at most {results['max_keys']} keys each",
         f"- Machine load (1-minute load average, {os.cpu_count()} cores): {results.get('load', '–')}", "",
         "Read just before each next key: *visible* = ghost text drawn at the cursor, *right* = its first line is a"
-        " prefix of what is still to be typed, *Tab saves* = characters a Tab would have inserted that were then typed."
+        " prefix of what is still to be typed, *typed ahead* = typed characters that were on screen, correct, before"
+        " they were typed (each counted once: what Tab could have saved at best)."
         " Latency over every request the client sent (cancelled or unanswered = miss); *model* = not answered by"
         " type-through or the result cache. Shared 2-core machine: single numbers are noisy.", "",
     ]
     for client in results["clients"]:
         lines += [f"## {client['name']}", "", client["about"], "",
-                  "| pace | keys | visible | right | Tab saves / typed | requests | unanswered | p50 ms | p90 ms | model p50 ms | sources |",
+                  "| pace | keys | visible | right | typed ahead / typed | requests | unanswered | p50 ms | p90 ms | model p50 ms | sources |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for row in client["rows"]:
             sources = ", ".join(f"{k} {v}" for k, v in row["by_source"].items())

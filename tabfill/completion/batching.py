@@ -26,7 +26,7 @@ import torch
 
 from tabfill.completion.batch_types import BatchEvent, BatchRequest
 from tabfill.completion.decoding import DRAFT_TOKENS, Decoding, Vocabulary, eos_ids
-from tabfill.completion.forward_cost import ForwardCost
+from tabfill.completion.forward_cost import MIN_CHUNK_TOKENS, ForwardCost
 from tabfill.completion.models import LoadedModel
 from tabfill.completion.prefix_cache import PrefixCache
 from tabfill.kernels import steps
@@ -174,6 +174,12 @@ class BatchedEngine:
         Returns the events of this step (and of cancellations since the last one)."""
         events, self._events = self._events, []
         decoding = [row for row in self._rows.values() if not row.prefilling]
+        if len(decoding) > 1 and self.batch.c_rows is not None:
+            # NOTE: on the quantized CPU path a token costs about the same compute in a draft as in a decode
+            # row (the kernels are compute-bound), and a draft row leaves the C rows call for the torch
+            # forward: with several rows decoding, drafts cost more than the steps they save
+            for row in decoding:
+                row.draft = []
         inputs = [RowInput(row.slot, [row.pending, *row.draft], row.written, bool(row.draft)) for row in decoding]  # type: ignore[list-item]
         prefill = self._next_prefill()
         chunk: list[int] = []
@@ -203,8 +209,11 @@ class BatchedEngine:
         """The prefill chunk of a step that also carries `decode_tokens` decode/draft tokens."""
         if self.prefill_budget_ms is None or not self.cost.measured:
             return self.prefill_chunk
-        whole = self.cost.chunk_tokens(self.prefill_budget_ms, self.prefill_chunk + decode_tokens)
-        return max(1, min(self.prefill_chunk, whole - decode_tokens))
+        # the prefill gets at least as long as the decode rows take (else a busy engine prefills a few tokens
+        # a step and new prompts wait for hundreds of steps)
+        budget = max(self.prefill_budget_ms, 2 * self.cost.estimate_ms(decode_tokens))
+        whole = self.cost.chunk_tokens(budget, self.prefill_chunk + decode_tokens)
+        return max(MIN_CHUNK_TOKENS, min(self.prefill_chunk, whole - decode_tokens))
 
     def _after_decode(self, row: _Row, logits: torch.Tensor) -> list[BatchEvent]:
         state = row.state

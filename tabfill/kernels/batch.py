@@ -7,8 +7,8 @@ per token; K/V go into each row's slot; attention is per row over its own slot's
 
 The reference twin is ``LeanDecoder.forward`` run on each row alone (tests/unit/kernels/test_batch.py).
 
-A decoder over GGUF blocks on CPU (the team engine's default there) runs a step whose rows are all single
-decode tokens in one C call instead (``DecodeStep.rows``, csrc/quant.c tf_decode_rows): each weight block
+A decoder over GGUF blocks on CPU (the team engine's default there) runs a step's single-token rows (decode
+rows) in one C call instead, the others (a prefill chunk, draft rows) through the torch forward (``DecodeStep.rows``, csrc/quant.c tf_decode_rows): each weight block
 unpacked once for all rows, attention per (row, kv head), no torch operation per layer; a row's logits are
 bit for bit what it gets alone (tests/unit/kernels/test_gguf_step.py).
 
@@ -131,9 +131,21 @@ class BatchedDecoder:
     def forward_rows(self, rows: Sequence[RowInput]) -> list[Tensor]:
         """One forward for all rows; per row fp32 logits [S, V] when ``all_logits``, else [V] for its last token."""
         self._check(rows)
-        if self.c_rows is not None and all(len(row.token_ids) == 1 for row in rows):
-            logits = self.c_rows.rows([row.token_ids[0] for row in rows], [row.start_pos for row in rows], [row.slot for row in rows])
-            return [logits[i : i + 1] if row.all_logits else logits[i] for i, row in enumerate(rows)]
+        single = [i for i, row in enumerate(rows) if len(row.token_ids) == 1] if self.c_rows is not None else []
+        if not single:
+            return self._forward_torch(rows)
+        # the decode rows in one C call, the others (a prefill chunk, draft rows) through the torch forward
+        out: list[Tensor | None] = [None] * len(rows)
+        logits = self.c_rows.rows([rows[i].token_ids[0] for i in single], [rows[i].start_pos for i in single], [rows[i].slot for i in single])  # type: ignore[union-attr]
+        for j, i in enumerate(single):
+            out[i] = logits[j : j + 1] if rows[i].all_logits else logits[j]
+        rest = [i for i in range(len(rows)) if len(rows[i].token_ids) != 1]
+        if rest:
+            for i, logits_i in zip(rest, self._forward_torch([rows[i] for i in rest])):
+                out[i] = logits_i
+        return out  # type: ignore[return-value]
+
+    def _forward_torch(self, rows: Sequence[RowInput]) -> list[Tensor]:
         d = self.decoder
         hq, hkv, dh = d.num_heads, d.num_kv_heads, d.head_dim
         device = self.device

@@ -283,6 +283,9 @@ def test_prefill_chunks_shrink_to_the_step_budget(twins: Twins) -> None:
         # 11 tokens fit 60 ms (10 + 5 a further token); 12 would take 65
         assert engine._chunk_width(0) == 11
         assert engine._chunk_width(3) == 8
+        # many decode tokens (20: ~106 ms): the prefill still gets as long as they take, here the whole
+        # prefill_chunk (by the 60 ms budget alone it would get MIN_CHUNK_TOKENS, 8)
+        assert engine._chunk_width(20) == 16
         engine.prefill_budget_ms = 1000.0
         assert engine._chunk_width(3) == 16  # never wider than prefill_chunk
     finally:

@@ -115,6 +115,9 @@ def test_a_gguf_decoder_batches_like_each_row_alone() -> None:
     check(twin.step([RowInput(2, prompts[2], 0, all_logits=True)]))  # 40 tokens: dequantized tiles and GEMM
     for step in range(3):  # three decode rows in one call, then two
         check(twin.step([RowInput(i, [step + i], len(p) + step) for i, p in enumerate(prompts) if i < 3 - (step == 2)]))
+    # decode rows (the C call) beside a draft row (the torch forward) in one step: split, then merged in order
+    check(twin.step([RowInput(0, [4, 5, 6], len(prompts[0]) + 3, all_logits=True), RowInput(1, [7], len(prompts[1]) + 3),
+                     RowInput(2, [8], len(prompts[2]) + 2, all_logits=True)]))
 
 
 def test_bad_rows_raise_before_anything_is_written(twin: Twin) -> None:
