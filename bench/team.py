@@ -148,21 +148,28 @@ def throughput(engine: EngineProcess, token: str, streams: int, seconds: float) 
     sources = [RemoteSource(engine.url, token) for _ in range(streams)]
     texts = [case.prefix[-1500:] for case in typing_cases(streams, seed=3)]
     counts = [0] * streams
+    prompts = [Prompt(tuple(source.tokenizer(text, add_special_tokens=False)["input_ids"][-400:]), 48, StopRule(single_line=False, max_lines=1000))
+               for source, text in zip(sources, texts)]
+    # NOTE: one generation per stream before the clock starts, so each prompt is in the prefix store: the
+    # figure is the steady state of streams that keep asking (an editor's next request shares its prefix),
+    # not N cold 400-token prefills against one (measured at 46131ac: cold prefill took most of 8 streams' time)
+
+    def run_all(target: Any) -> None:
+        threads = [threading.Thread(target=target, args=(i,)) for i in range(streams)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    run_all(lambda index: sources[index].generate(prompts[index], CancelToken(), Deadline(), document=f"t{index}"))
     stop_at = time.monotonic() + seconds
 
     def loop(index: int) -> None:
-        source = sources[index]
-        ids = tuple(source.tokenizer(texts[index], add_special_tokens=False)["input_ids"][-400:])
         while time.monotonic() < stop_at:
-            prompt = Prompt(ids, 48, StopRule(single_line=False, max_lines=1000))
-            counts[index] += len(source.generate(prompt, CancelToken(), Deadline(), document=f"t{index}").token_ids)
+            counts[index] += len(sources[index].generate(prompts[index], CancelToken(), Deadline(), document=f"t{index}").token_ids)
 
     started = time.perf_counter()
-    threads = [threading.Thread(target=loop, args=(i,)) for i in range(streams)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_all(loop)
     wall = time.perf_counter() - started
     for source in sources:
         source.close()
