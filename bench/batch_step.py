@@ -6,10 +6,11 @@ single-row step of the lean decoder (``steps.decode_one_token``), every row at a
 
 Weights: `gguf`, the decoder over the default model's GGUF blocks (what `tabfill engine` computes with on
 CPU: `--quantize auto`), its single-row step being the whole-step C call; `fp32`, the lean decoder over the
-transformers model (`--quantize none`, and the GPU path's shape). Paired: each round times the single-row step and then every batch size, and each figure is the median
-over the rounds, so a noisy neighbour slows both sides of a ratio alike. ``--attention`` also times
-attention alone for 8 rows: one SDPA call per row on a view of its slot, one masked call over the rows'
-gathered slots (a copy), and one masked call over a view of their slot range (what kernels/batch.py does).
+transformers model (`--quantize none`, and the GPU path's shape). Paired: each round times the single-row
+step and then every batch size, and each figure is the median over the rounds, so a noisy neighbour slows
+both sides of a ratio alike. ``--attention`` also times attention alone for 8 rows: one SDPA call per row on
+a view of its slot, one masked call over the rows' gathered slots (a copy), and one masked call over a view
+of their slot range (what kernels/batch.py does).
 Target (issue 14): 8 rows <= 2x the single-row step.
 """
 
@@ -17,11 +18,11 @@ from __future__ import annotations
 
 import os
 import statistics
+from pathlib import Path
 from typing import Any
 
 if __name__ == "__main__":  # before torch loads libgomp: as every `tabfill` command runs (tabfill/cli.py)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -36,14 +37,14 @@ ROWS = (1, 2, 4, 8, 16)
 
 def _decoder(model_dir: str | Path, weights: str, max_tokens: int) -> tuple[LeanDecoder, Any]:
     """(decoder, tokenizer): over the GGUF's blocks (`gguf`) or the fp32 transformers model (`fp32`)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     if weights == "gguf":
         from bench.decode_step import _model
         from tabfill.kernels.gguf_decoder import decoder_from_gguf
 
         path, config, tokenizer = _model("default" if str(model_dir) == str(DEFAULT_MODEL_DIR) else str(model_dir))
         return decoder_from_gguf(path, config, max_tokens=max_tokens), tokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
     return LeanDecoder.from_hf(model, max_tokens=max_tokens), AutoTokenizer.from_pretrained(str(model_dir))
 

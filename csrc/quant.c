@@ -379,10 +379,6 @@ AVX2 static ALWAYS_INLINE void unpack32(int type, const uint8_t *row, int b, __m
 
 #define MAX_TILE 8 /* tokens per tile */
 
-/* y[t * ldy] = row . token t for T tokens: each block's weights are unpacked once for all T tokens (the
- * batched decode rows of many editors, a draft verification, a small prefill chunk). Every (row, token) sum
- * takes the same operations in the same order whatever T is, so a token's products do not depend on how
- * many others share the call. */
 /* One 32-value block b of the row (q: its weights as bytes, signed or not) times T tokens, into acc/off. */
 AVX2 static ALWAYS_INLINE void tile_block(int type, int T, __m256i q, int is_signed, float scale, float sc0, float sc1, float offset,
                                           const qact *act, int b, __m256 *acc, float *off) {
@@ -405,6 +401,10 @@ AVX2 static ALWAYS_INLINE void tile_block(int type, int T, __m256i q, int is_sig
     }
 }
 
+/* y[t * ldy] = row . token t for T tokens: each block's weights are unpacked once for all T tokens (the
+ * batched decode rows of many editors, a draft verification, a small prefill chunk). Every (row, token) sum
+ * takes the same operations in the same order whatever T is, so a token's products do not depend on how
+ * many others share the call. */
 AVX2 static ALWAYS_INLINE void tile_dot(int type, int T, const uint8_t *row, const qact *act, int K, float *y, int64_t ldy) {
     __m256 acc[MAX_TILE];
     float off[MAX_TILE];
@@ -833,7 +833,7 @@ typedef struct {
     const float *q;       /* row r's query heads at q + r * q_stride: [Hq, Dh] */
     int64_t q_stride;
     const float *k, *v;   /* this layer's pool [slots, Hkv, T, Dh] */
-    const int *slot, *len; /* per row: its slot, its keys 0..len-1 */
+    const int *slot, *pos; /* per row: its slot, its position (keys 0..pos) */
     int max_len;
     float *scores;        /* [rows * Hq, max_len] */
     float *out;           /* [rows, Hq, Dh] */
@@ -864,7 +864,7 @@ AVX2 static inline __m256 exp8(__m256 x) {
 /* The G query heads of one kv head of one row: each K and V row is read once for all of them. */
 AVX2 static void attend_group_avx2(const attend_job *job, int row, int g) {
     const tf_model *m = job->m;
-    int Hq = m->heads, G = Hq / m->kv_heads, Dh = m->head_dim, len = job->len[row];
+    int Hq = m->heads, G = Hq / m->kv_heads, Dh = m->head_dim, len = job->pos[row] + 1;
     int64_t base = ((int64_t)job->slot[row] * m->kv_heads + g) * m->cache_tokens * Dh;
     const float *k = job->k + base, *v = job->v + base;
     const float *q = job->q + row * job->q_stride + (int64_t)g * G * Dh;
@@ -913,7 +913,7 @@ AVX2 static void attend_group_avx2(const attend_job *job, int row, int g) {
 /* One (row, query head) pair: softmax(q . k / sqrt(Dh)) v over the row's own slot (the portable path). */
 static void attend_head_generic(const attend_job *job, int row, int h) {
     const tf_model *m = job->m;
-    int Hq = m->heads, Dh = m->head_dim, len = job->len[row], g = h / (Hq / m->kv_heads), unit = row * Hq + h;
+    int Hq = m->heads, Dh = m->head_dim, len = job->pos[row] + 1, g = h / (Hq / m->kv_heads), unit = row * Hq + h;
     const float *q = job->q + row * job->q_stride + (int64_t)h * Dh;
     int64_t base = ((int64_t)job->slot[row] * m->kv_heads + g) * m->cache_tokens * Dh;
     const float *k = job->k + base, *v = job->v + base;
@@ -952,7 +952,7 @@ static void rotate(float *v, const float *cos, const float *ssin, int Dh) {
 
 /* n decode rows in one step: row r writes tokens[r] at pos[r] of slot slots[r] and gets its logits at
  * logits + r * head.rows. Each product runs once for all rows (tf_matmul's tiles unpack a weight block once
- * for them), attention per (row, head). A row's logits are bit for bit what it gets alone. Returns 0, what
+ * for them), attention per (row, kv head). A row's logits are bit for bit what it gets alone. Returns 0, what
  * tf_matmul returned, -3 for a token, position or slot outside the model / cache, -2 when out of memory. */
 int tf_decode_rows(const tf_model *m, int n, const int *tokens, const int *pos, const int *slots, float *logits, int nthreads) {
     int D = m->dim, Hq = m->heads, Hkv = m->kv_heads, Dh = m->head_dim, I = m->inter, T = m->cache_tokens, B = m->slots;
@@ -966,19 +966,13 @@ int tf_decode_rows(const tf_model *m, int n, const int *tokens, const int *pos, 
         total_len += pos[r] + 1;
     }
     int qkv_rows = (Hq + 2 * Hkv) * Dh;
-    int *len = malloc(sizeof(int) * (size_t)n);
     size_t floats = (size_t)n * ((size_t)D * 3 + (size_t)qkv_rows + (size_t)Hq * Dh + (size_t)3 * I + (size_t)Hq * max_len);
     float *x = malloc(sizeof(float) * floats);
-    if (x == NULL || len == NULL) {
-        free(x);
-        free(len);
-        return -2;
-    }
+    if (x == NULL) return -2;
     float *h = x + (size_t)n * D, *tmp = h + (size_t)n * D, *qkv = tmp + (size_t)n * D, *att = qkv + (size_t)n * qkv_rows;
     float *up = att + (size_t)n * Hq * Dh, *gated = up + (size_t)n * 2 * I, *scores = gated + (size_t)n * I;
     int status = 0;
     for (int r = 0; r < n; r++) {
-        len[r] = pos[r] + 1;
         const uint8_t *row = m->embed.data + (int64_t)tokens[r] * m->embed.row_bytes;
         if (!(have_avx2() && dequant_row_avx2(m->embed.type, row, D, x + (size_t)r * D))) dequant_row_generic(m->embed.type, row, D, x + (size_t)r * D);
     }
@@ -997,7 +991,7 @@ int tf_decode_rows(const tf_model *m, int n, const int *tokens, const int *pos, 
                 memcpy(vc + at, q + (int64_t)(Hq + Hkv + g) * Dh, sizeof(float) * (size_t)Dh);
             }
         }
-        attend_job job = {m, qkv, qkv_rows, kc, vc, slots, len, max_len, scores, att};
+        attend_job job = {m, qkv, qkv_rows, kc, vc, slots, pos, max_len, scores, att};
         run_parallel(attend_unit, &job, n * Hkv, total_len < 256 ? 1 : nthreads);
         if ((status = linear_rows(&layer->o, Hq * Dh, att, n, tmp, nthreads))) break;
         for (size_t i = 0; i < (size_t)n * D; i++) x[i] += tmp[i];
@@ -1016,12 +1010,5 @@ int tf_decode_rows(const tf_model *m, int n, const int *tokens, const int *pos, 
         status = linear_rows(&m->head, D, h, n, logits, nthreads);
     }
     free(x);
-    free(len);
     return status;
-}
-
-/* One sequence's step: slot 0 of the model's cache. */
-int tf_decode_step(const tf_model *m, int token, int pos, float *logits, int nthreads) {
-    int slot = 0;
-    return tf_decode_rows(m, 1, &token, &pos, &slot, logits, nthreads);
 }

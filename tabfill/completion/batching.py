@@ -41,7 +41,6 @@ log = logging.getLogger(__name__)
 # this 2-core box over the GGUF's blocks), so with `prefill_budget_ms` the chunk is the widest whose step is
 # expected to fit the budget (ForwardCost, measured on the engine's own steps), at most PREFILL_CHUNK_TOKENS.
 PREFILL_CHUNK_TOKENS = 128
-PREFILL_BUDGET_MS = 60.0  # the engine's default: a cold prompt delays the others' next token ~this much
 
 FINISHES = ("stop", "length", "eos", "cancelled", "error")
 

@@ -8,8 +8,8 @@ per token; K/V go into each row's slot; attention is per row over its own slot's
 The reference twin is ``LeanDecoder.forward`` run on each row alone (tests/unit/kernels/test_batch.py).
 
 A decoder over GGUF blocks on CPU (the team engine's default there) runs a step's single-token rows (decode
-rows) in one C call instead, the others (a prefill chunk, draft rows) through the torch forward (``DecodeStep.rows``, csrc/quant.c tf_decode_rows): each weight block
-unpacked once for all rows, attention per (row, kv head), no torch operation per layer; a row's logits are
+rows) in one C call instead (``DecodeStep.rows``, csrc/quant.c tf_decode_rows), the others (a prefill chunk,
+draft rows) through the torch forward: each weight block unpacked once for all rows, attention per (row, kv head), no torch operation per layer; a row's logits are
 bit for bit what it gets alone (tests/unit/kernels/test_gguf_step.py).
 
 Attention backends (``select_backend``): on CUDA with xformers, one ``memory_efficient_attention`` call with
@@ -131,15 +131,16 @@ class BatchedDecoder:
     def forward_rows(self, rows: Sequence[RowInput]) -> list[Tensor]:
         """One forward for all rows; per row fp32 logits [S, V] when ``all_logits``, else [V] for its last token."""
         self._check(rows)
-        single = [i for i, row in enumerate(rows) if len(row.token_ids) == 1] if self.c_rows is not None else []
-        if not single:
+        c_rows = self.c_rows
+        single = [i for i, row in enumerate(rows) if len(row.token_ids) == 1] if c_rows is not None else []
+        if c_rows is None or not single:
             return self._forward_torch(rows)
         # the decode rows in one C call, the others (a prefill chunk, draft rows) through the torch forward
         out: list[Tensor | None] = [None] * len(rows)
-        logits = self.c_rows.rows([rows[i].token_ids[0] for i in single], [rows[i].start_pos for i in single], [rows[i].slot for i in single])  # type: ignore[union-attr]
+        logits = c_rows.rows([rows[i].token_ids[0] for i in single], [rows[i].start_pos for i in single], [rows[i].slot for i in single])
         for j, i in enumerate(single):
             out[i] = logits[j : j + 1] if rows[i].all_logits else logits[j]
-        rest = [i for i in range(len(rows)) if len(rows[i].token_ids) != 1]
+        rest = [i for i, logits_i in enumerate(out) if logits_i is None]
         if rest:
             for i, logits_i in zip(rest, self._forward_torch([rows[i] for i in rest])):
                 out[i] = logits_i

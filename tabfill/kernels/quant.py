@@ -190,8 +190,6 @@ def _lib() -> ctypes.CDLL:
                 lib.tf_matmul.argtypes = [ctypes.POINTER(_Part), c_int, c_int, c_ptr, c_int, c_ptr, c_i64, c_int]
                 lib.tf_dequant.argtypes = [c_int, c_ptr, c_i64, c_int, c_ptr, c_int, c_ptr, c_int]
                 lib.tf_quantize_act.argtypes = [c_ptr, c_int, c_int, c_ptr, c_ptr, c_ptr]
-                lib.tf_decode_step.argtypes = [c_ptr, c_int, c_int, c_ptr, c_int]
-                lib.tf_decode_step.restype = c_int
                 lib.tf_decode_rows.argtypes = [c_ptr, c_int, c_ptr, c_ptr, c_ptr, c_ptr, c_int]
                 lib.tf_decode_rows.restype = c_int
                 lib.tf_force_portable.argtypes = [c_int]
@@ -345,7 +343,7 @@ class StepLayer:
 
 
 class DecodeStep:
-    """A whole one-token decode step of a Llama/Qwen2 decoder in one C call (csrc/quant.c, tf_decode_step):
+    """A whole one-token decode step of a Llama/Qwen2 decoder in one C call (csrc/quant.c, tf_decode_rows):
     RMS norms, q|k|v, rotate-half rotary from the decoder's tables, grouped-query attention over its fp32 KV
     cache [L, B, Hkv, T, Dh], SiLU-gated MLP, head. The products are QuantLinear's kernels; what the call saves
     is a Python call per operation (~30 per layer). ``rows`` runs the decode rows of B sequences (a batch's
@@ -390,14 +388,8 @@ class DecodeStep:
         return _Linear(linear._parts, len(linear.parts), linear.out_features, None if bias is None else bias.data_ptr())
 
     def __call__(self, token: int, pos: int) -> Tensor:
-        """Logits [V] after writing ``token`` at ``pos``."""
-        if not 0 <= pos < self.max_tokens:
-            raise ValueError(f"position {pos} outside the cache (max_tokens {self.max_tokens})")
-        logits = torch.empty(self.vocab)
-        status = self._lib.tf_decode_step(ctypes.byref(self._model), token, pos, logits.data_ptr(), _threads())
-        if status:
-            raise QuantError(f"the C decode step failed ({status})")
-        return logits
+        """Logits [V] after writing ``token`` at ``pos`` (slot 0: the decoder's own cache)."""
+        return self.rows([token], [pos], [0])[0]
 
     def rows(self, tokens: Sequence[int], positions: Sequence[int], slots: Sequence[int]) -> Tensor:
         """Logits [n, V]: row i writes ``tokens[i]`` at ``positions[i]`` of slot ``slots[i]`` (distinct slots)."""
