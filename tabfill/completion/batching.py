@@ -222,8 +222,8 @@ class BatchedEngine:
             accepted = steps.accepted_run(draft, logits)
             state.count_draft(len(draft), accepted, self.draft_tokens)
             row.written += accepted
+            finish = state.append_all(draft[:accepted], self.tokenizer, logits)
             logits = logits[accepted]
-            finish = state.append_all(draft[:accepted], self.tokenizer)
             if finish:
                 return [self._finish(row, finish)]
         return self._next_token(row, logits)

@@ -46,6 +46,10 @@ class Decoding:
     cached_tokens: int = 0
     draft_tokens: int = 0
     accepted_draft_tokens: int = 0
+    # Each generated token's probability when it was chosen (softmax of its logits), and where its text
+    # starts in `text`: the confidence of each piece of the answer (see `confidence`).
+    probabilities: list[float] = field(default_factory=list)
+    starts: list[int] = field(default_factory=list)
 
     # NOTE: a rejected draft costs a wider forward (here 8 tokens ≈ 2 single-token steps), so the draft
     # length follows its success: doubled when all is accepted, halved when not, and after a draft that
@@ -79,10 +83,19 @@ class Decoding:
             if accepted == 0:
                 self.draft_pause = DRAFT_PAUSE_STEPS
 
-    def append(self, token_id: int, tokenizer: Any) -> FinishReason | None:
+    @property
+    def confidence(self) -> tuple[tuple[int, float], ...]:
+        """(offset in `continuation` where a generated token's text starts, its probability) per token; a
+        token that completes the healing text starts at 0."""
+        healed = len(self.prompt.healing_text)
+        return tuple((max(0, start - healed), p) for start, p in zip(self.starts, self.probabilities))
+
+    def append(self, token_id: int, tokenizer: Any, probability: float = 1.0) -> FinishReason | None:
         """Add a chosen token; "eos" for a stop id (not added), "stop" when the stop rule cuts the text."""
         if token_id in self.stop_ids:
             return "eos"
+        self.starts.append(len(self.text))
+        self.probabilities.append(probability)
         self.generated.append(token_id)
         self.drafter.extend((token_id,))
         self.text = tokenizer.decode(self.generated, skip_special_tokens=False)
@@ -109,7 +122,7 @@ class Decoding:
             remaining = healing[len(self.text) :]
             logits = logits.masked_fill(~vocabulary.healing_mask(remaining, logits.shape[-1], logits.device), float("-inf"))
         token_id = int(torch.argmax(logits).item())
-        return token_id, self.append(token_id, tokenizer)
+        return token_id, self.append(token_id, tokenizer, top_probability(logits))
 
     def next_draft(self) -> list[int]:
         """Draft tokens to verify after the chosen token (empty: a plain one-token step)."""
@@ -125,13 +138,27 @@ class Decoding:
         self.accepted_draft_tokens += accepted
         self.adapt_drafts(proposed, accepted, most)
 
-    def append_all(self, token_ids: list[int], tokenizer: Any) -> FinishReason | None:
-        """`append` each of `token_ids` (accepted draft tokens) until one finishes the generation."""
-        for token_id in token_ids:
-            finish = self.append(token_id, tokenizer)
+    def append_all(self, token_ids: list[int], tokenizer: Any, logits: torch.Tensor) -> FinishReason | None:
+        """`append` each of `token_ids` (accepted draft tokens, greedy choices from the rows of `logits`
+        [>= len(token_ids), V]) until one finishes the generation."""
+        probabilities = top_probabilities(logits[: len(token_ids)]) if token_ids else []
+        for token_id, probability in zip(token_ids, probabilities):
+            finish = self.append(token_id, tokenizer, probability)
             if finish:
                 return finish
         return None
+
+
+def top_probability(logits: torch.Tensor) -> float:
+    """Probability of the greedy choice under softmax(`logits` [V])."""
+    logits = logits.float()
+    return float(torch.exp(logits.max() - torch.logsumexp(logits, dim=-1)))
+
+
+def top_probabilities(logits: torch.Tensor) -> list[float]:
+    """`top_probability` of each row of `logits` [K, V]."""
+    logits = logits.float()
+    return torch.exp(logits.max(dim=-1).values - torch.logsumexp(logits, dim=-1)).tolist()
 
 
 class Vocabulary:

@@ -157,10 +157,11 @@ class Engine:
 
     def verify_draft(self, token_id: int, draft: list[int]) -> tuple[list[int], torch.Tensor]:
         """Forward `token_id` and the draft after it in one pass (steps.verify_draft). Returns (accepted
-        draft tokens, next-token logits [V]); only verified tokens join the live slot."""
+        draft tokens, logits [len(accepted) + 1, V]: the rows that chose them, then the next token's); only
+        verified tokens join the live slot."""
         accepted, logits = steps.verify_draft(self.timed, token_id, draft, len(self._live))
         self._live.extend([token_id, *accepted])
-        return accepted, logits[len(accepted)]
+        return accepted, logits[: len(accepted) + 1]
 
     # ----------------------------------------------------------------- the loop
     def start(self, prompt: Prompt, corpus: Sequence[int] = ()) -> Decoding:
@@ -207,11 +208,12 @@ class Engine:
                 return "cancelled" if cancel.cancelled else "deadline"
             draft = state.next_draft()
             if draft:
-                accepted, logits = self.verify_draft(token_id, draft)
+                accepted, rows = self.verify_draft(token_id, draft)
                 state.count_draft(len(draft), len(accepted), self.draft_tokens)
-                finish = state.append_all(accepted, self.tokenizer)
+                finish = state.append_all(accepted, self.tokenizer, rows)
                 if finish:
                     return finish
+                logits = rows[-1]
             else:
                 logits = self.decode_one_token(token_id)
             state.logits = logits
@@ -228,5 +230,6 @@ class Engine:
             cached_tokens=state.cached_tokens,
             draft_tokens=state.draft_tokens,
             accepted_draft_tokens=state.accepted_draft_tokens,
+            confidence=state.confidence,
             continuation=state if finish == "deadline" else None,
         )

@@ -71,7 +71,8 @@ class Shown:
             return None
         # a continuation's text keeps its origin: that is where it came from, the typing only reveals it
         source: Source = "continuation" if shown.source == "continuation" else "type-through"
-        return Completion(remainder, request.offset, shown.replace_chars, request.request_id, source, shown.finish_reason)
+        cuts = tuple(cut - typed_chars for cut in shown.cuts if cut > typed_chars)
+        return Completion(remainder, request.offset, shown.replace_chars, request.request_id, source, shown.finish_reason, cuts=cuts)
 
 
 @dataclass(eq=False)

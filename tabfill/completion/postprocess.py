@@ -8,6 +8,9 @@ cursor line, so the result never duplicates them. Without it: the plain newline/
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
+
 from tabfill.completion.types import StopRule
 from tabfill.syntax_cache.context import Mode, SyntaxContext, indent_width, is_word
 from tabfill.syntax_cache.probe import block_end, ends_incomplete
@@ -230,3 +233,14 @@ def _cut_partial_word(text: str) -> str:
     if end == 0:
         return text  # the whole thing is one word: keep it rather than nothing
     return text[:end].rstrip(" \t")
+
+
+def uncertain_cuts(generated: str, confidence: Sequence[tuple[int, float]], text: str, below: float) -> tuple[int, ...]:
+    """Where the model was unsure in `text`, the post-processed `generated`: the start offsets of tokens
+    chosen with probability < `below` (`confidence`: (offset in `generated`, probability) per token), inside
+    the part `text` shares with `generated` (what post-processing changed has no token to judge) and after its
+    first character (something is always shown)."""
+    if below <= 0 or not text:
+        return ()
+    common = len(os.path.commonprefix([generated, text]))
+    return tuple(sorted({start for start, probability in confidence if probability < below and 0 < start < min(common, len(text))}))

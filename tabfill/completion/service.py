@@ -22,7 +22,7 @@ from cachetools import TTLCache
 from tabfill.completion.fim import TEMPLATES, FimTemplate
 from tabfill.completion.flights import Continuation, Flights, Key, StopReason
 from tabfill.completion.models import ModelError, ProgressFn
-from tabfill.completion.postprocess import postprocess
+from tabfill.completion.postprocess import postprocess, uncertain_cuts
 from tabfill.completion.prompt import WINDOW_CHARS_PER_TOKEN, cross_file_header, cursor_context, make_prompt, prompt_window, window_chars
 from tabfill.completion.repo_context import repo_for
 from tabfill.completion.settings import deadline_ms, kv_slot_tokens, language_enabled
@@ -59,6 +59,7 @@ class _Result:
     finish_reason: str
     source: Source
     prompt: Key  # its key, kept so that the entry's size counts the prompt text (the key's bulk)
+    cuts: tuple[int, ...] = ()
 
 
 def _result_bytes(result: _Result) -> int:
@@ -207,7 +208,9 @@ class CompletionService:
             with self._lock:
                 cached = self._results.get(key)
         if cached is not None:
-            completion = Completion(cached.text, request.offset, cached.replace_chars, request.request_id, cached.source, cached.finish_reason, timings)
+            completion = Completion(
+                cached.text, request.offset, cached.replace_chars, request.request_id, cached.source, cached.finish_reason, timings, cached.cuts
+            )
             self.flights.remember(request, completion)
             return self._at_once(request, completion)
         if source is None:
@@ -262,15 +265,15 @@ class CompletionService:
         if generation.finish_reason == "cancelled":
             raise Cancelled(cancel.reason or "cancelled")
         with timings.measure("postprocess"):
-            text, replace_chars = self._postprocess(request, planned.context, planned.suffix, generation)
-        completion = Completion(text, request.offset, replace_chars, request.request_id, "model", generation.finish_reason, timings)
+            text, replace_chars, cuts = self._postprocess(request, planned.context, planned.suffix, generation)
+        completion = Completion(text, request.offset, replace_chars, request.request_id, "model", generation.finish_reason, timings, cuts)
         log.debug(
             "completion %s: %d prompt tokens (%d cached), drafts %d/%d, %s", request.request_id, generation.prompt_tokens,
             generation.cached_tokens, generation.accepted_draft_tokens, generation.draft_tokens, timings.describe(),
         )
         with self._lock:
             if generation.finish_reason not in ("deadline", "error"):  # NOTE: a failed engine's empty answer is not kept
-                keep(self._results, planned.key, _Result(text, replace_chars, generation.finish_reason, "cache", planned.key))
+                keep(self._results, planned.key, _Result(text, replace_chars, generation.finish_reason, "cache", planned.key, cuts))
             self.last_timings, self.last_generation = timings, generation
         self.flights.answered(request, completion, generation)
         if generation.continuation is not None:
@@ -278,25 +281,30 @@ class CompletionService:
             self.flights.keep_going(continuation, source, self._publish, self._stopped)
         return completion
 
-    def _postprocess(self, request: CompletionRequest, context: SyntaxContext, suffix: str, generation: Generation) -> tuple[str, int]:
-        multi = context.mode is Mode.MULTI and self.settings.multi_line
+    def _postprocess(
+        self, request: CompletionRequest, context: SyntaxContext, suffix: str, generation: Generation
+    ) -> tuple[str, int, tuple[int, ...]]:
+        """(text to insert, code points it replaces after the cursor, where the model was unsure in it)."""
+        settings = self.settings
+        multi = context.mode is Mode.MULTI and settings.multi_line
         effective = context if multi or context.mode is not Mode.MULTI else dataclasses.replace(context, mode=Mode.SINGLE)
         probe_prefix = request.text[max(0, request.offset - context.probe_chars) : request.offset]
-        return postprocess(
-            generation.text, effective, suffix, generation.finish_reason, prefix=probe_prefix, syntax=self.settings.syntax_postprocess
+        text, replace_chars = postprocess(
+            generation.text, effective, suffix, generation.finish_reason, prefix=probe_prefix, syntax=settings.syntax_postprocess
         )
+        return text, replace_chars, uncertain_cuts(generation.text, generation.confidence, text, settings.confidence_percent / 100)
 
     def _publish(self, continuation: Continuation, generation: Generation) -> bool:
         """Show what a continuation has so far; at its end keep it in the result cache and tell the editor."""
         request = continuation.request
-        text, replace_chars = self._postprocess(request, continuation.context, continuation.suffix, generation)
-        completion = Completion(text, request.offset, replace_chars, request.request_id, "continuation", generation.finish_reason)
+        text, replace_chars, cuts = self._postprocess(request, continuation.context, continuation.suffix, generation)
+        completion = Completion(text, request.offset, replace_chars, request.request_id, "continuation", generation.finish_reason, cuts=cuts)
         if not self.flights.publish(continuation, completion, generation):
             return False
         if generation.finish_reason in ("deadline", "error"):
             return True
         with self._lock:
-            keep(self._results, continuation.key, _Result(text, replace_chars, generation.finish_reason, "continuation", continuation.key))
+            keep(self._results, continuation.key, _Result(text, replace_chars, generation.finish_reason, "continuation", continuation.key, cuts))
             notify = self.on_ready
         if notify is not None:
             try:

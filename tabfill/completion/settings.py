@@ -23,6 +23,7 @@ _INT_LIMITS = {
     "max_suffix_tokens": (0, 32_768),
     "cross_file_tokens": (0, 8_192),
     "prefix_cache_mb": (0, 65_536),
+    "confidence_percent": (0, 100),
 }
 
 

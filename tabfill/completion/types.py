@@ -138,6 +138,9 @@ class Generation:
     cached_tokens: int = 0  # prompt tokens whose KV was reused (live slot or prefix store), not prefilled
     draft_tokens: int = 0  # speculative tokens proposed, and how many of them the model agreed with
     accepted_draft_tokens: int = 0
+    # (offset in `text` where a generated token starts, the probability it was chosen with), per token;
+    # empty when the source does not say (remote engines)
+    confidence: tuple[tuple[int, float], ...] = ()
     # A generation stopped by its deadline: the source's handle to resume it (engine thread only).
     continuation: Resumable | None = field(default=None, compare=False, repr=False)
 
@@ -164,6 +167,15 @@ class Completion:
     source: Source = "model"
     finish_reason: str = ""  # the Generation's, or why there is no text ("language disabled", ...)
     timings: Timings = field(default_factory=Timings)
+    # Offsets in `text` (code points, ascending, inside it) where the model was unsure: a token chosen with
+    # less than Settings.confidence_percent probability starts there. Editors show the text up to the first
+    # one and reveal the next piece as the user types into it or accepts (postprocess.uncertain_cuts).
+    cuts: tuple[int, ...] = ()
+
+    def pieces(self) -> list[str]:
+        """`text` split at `cuts`."""
+        bounds = [0, *self.cuts, len(self.text)]
+        return [self.text[start:end] for start, end in zip(bounds, bounds[1:])]
 
 
 class CancelToken:
@@ -249,6 +261,9 @@ class Settings:
     lean_forward: bool = True
     quantize: str = "auto"
     prefix_cache_mb: int = 128
+    # Suggestions are split before each token the model chose with less than this probability (percent);
+    # the editors show the first piece and the next as the user types into it or accepts. 0: show it whole.
+    confidence_percent: int = 50
     # Where tokens come from (completion.sources): "" or "local" = this process.
     engine: str = ""
     # The team engine's token (tcp:// and tcps://; else $TABFILL_ENGINE_TOKEN). Never logged nor shown.

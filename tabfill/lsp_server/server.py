@@ -380,7 +380,8 @@ def create_server(settings: Settings | None = None, service: CompletionService |
         accept = types.Command(
             title="Accept tabfill suggestion",
             command=ACCEPT_COMMAND,
-            arguments=[{"id": item_id, "language": request.language_id, "latencyMs": round(latency_ms, 1), "source": completion.source, "partial": completion.finish_reason == "deadline"}],
+            arguments=[{"id": item_id, "language": request.language_id, "latencyMs": round(latency_ms, 1), "source": completion.source,
+                        "partial": completion.finish_reason == "deadline", **({"pieces": completion.pieces()} if completion.cuts else {})}],
         )
         item = types.InlineCompletionItem(insert_text=completion.text, range=ls.lsp_range(uri, completion), command=accept)
         return types.InlineCompletionList(items=[item])

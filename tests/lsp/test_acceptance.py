@@ -165,3 +165,18 @@ async def test_a_deadline_cut_answer_is_announced_when_whole_and_then_served_fro
         if first.items:  # what was shown first is the start of the whole answer
             assert isinstance(first.items[0].insert_text, str) and isinstance(whole.insert_text, str)
             assert whole.insert_text.startswith(first.items[0].insert_text)
+
+
+async def test_an_item_carries_its_pieces_where_the_model_was_unsure(tiny_model: Path, tmp_path: Path) -> None:
+    """`pieces` in the accept argument: the insert text split where the model was unsure (with the bar at
+    100 % a random model is unsure of every token after the first); none at 0 %."""
+    async with lsp_session(server_args(tiny_model), init_options={"confidencePercent": 100}, cache_dir=tmp_path) as lsp:
+        uri = "file:///tmp/pieces.py"
+        open_document(lsp, uri, SOURCE)
+        item = await suggestion(lsp, uri)
+        pieces = as_json(lsp, item)["command"]["arguments"][0]["pieces"]
+        assert len(pieces) >= 2 and all(pieces) and "".join(pieces) == item.insert_text
+    async with lsp_session(server_args(tiny_model), init_options={"confidencePercent": 0}, cache_dir=tmp_path) as lsp:
+        open_document(lsp, uri, SOURCE)
+        item = await suggestion(lsp, uri)
+        assert "pieces" not in as_json(lsp, item)["command"]["arguments"][0]

@@ -249,3 +249,27 @@ def test_the_result_cache_is_bounded_by_the_bytes_of_answers_and_prompts(service
     assert len(kept) * len(prompt) > RESULTS_CACHE_BYTES * 0.9  # the bound is used, not a small entry count
     assert service._results.get((service.settings, 1999, 0, "", prompt + "1999", "")) == kept[-1]  # the newest hits
     assert service._results.get((service.settings, 0, 0, "", prompt + "0", "")) is None
+
+
+def test_pieces_start_where_the_model_was_unsure_and_follow_type_through_and_the_cache(model_dir: Path) -> None:
+    """With the bar at 100 % every token after the first starts a piece (a random model is sure of nothing);
+    type-through and the result cache keep the cuts; at 0 % the answer is one piece."""
+    svc = CompletionService(Settings(model=str(model_dir), deadline_ms=60_000, confidence_percent=100))
+    try:
+        svc.load().result()
+        first = svc.complete(request())
+        generation = svc.last_generation
+        assert generation is not None and first.source == "model" and len(first.text) >= 3
+        starts = {offset for offset, probability in generation.confidence if probability < 1}
+        assert first.cuts and set(first.cuts) <= starts and all(0 < cut < len(first.text) for cut in first.cuts)
+        assert list(first.cuts) == sorted(first.cuts) and "".join(first.pieces()) == first.text
+        through = svc.complete(request(TEXT + first.text[:2]))
+        assert through.source == "type-through"
+        assert through.cuts == tuple(cut - 2 for cut in first.cuts if cut > 2)
+        cached = svc.complete(request(uri="file:///other.py"))
+        assert (cached.source, cached.cuts) == ("cache", first.cuts)
+        svc.update_settings(dataclasses.replace(svc.settings, confidence_percent=0))
+        whole = svc.complete(request(uri="file:///third.py"))  # other settings: not the cached answer
+        assert (whole.source, whole.text, whole.cuts) == ("model", first.text, ())
+    finally:
+        svc.close()
