@@ -120,7 +120,8 @@ def server_settings() -> dict[str, Any]:
 @pytest.fixture
 def editor(tmp_path: Path, tiny_model: Path, server_settings: dict[str, Any]) -> Iterator[Editor]:
     server = [sys.executable, "-m", "tabfill.cli", "serve", "--model", str(tiny_model), "--deadline-ms", "60000"]
-    with launch(tmp_path, server, "debounce_ms = 20", server_settings) as editor:
+    # NOTE: the tiny random model is unsure of every token: whole suggestions here (pieces have their own test)
+    with launch(tmp_path, server, "debounce_ms = 20", {"confidencePercent": 0, **server_settings}) as editor:
         yield editor
 
 
@@ -338,6 +339,34 @@ def test_multi_line_suggestions_and_edits_that_start_before_the_cursor(editor: E
     bad = {"insertText": "import", "range": {"start": {"line": LAST_ROW + 1, "character": 0}, "end": {"line": LAST_ROW + 1, "character": 4}}}
     assert not editor.lua("return require('tabfill')._show(...)", bad)
     assert editor.ghost() is None
+
+
+def test_pieces_show_what_the_model_was_sure_of_and_reveal_the_next_as_typed_or_accepted(editor: Editor, reference_text: str) -> None:
+    """An item split into pieces (the model was unsure where each later piece starts): the first piece is
+    drawn; typing into the next piece reveals it up to the piece after; Tab accepts exactly what is drawn."""
+    editor.lua("require('tabfill').config.auto_trigger = false")
+    editor.suggest_at_end()
+    pieces = ["total = compute", "_total(items", ", tax)"]
+    item = {"insertText": "".join(pieces), "command": {"title": "accept", "command": "tabfill.accept", "arguments": [{"id": "x", "pieces": pieces}]}}
+    assert editor.lua("return require('tabfill')._show(...)", item)
+    row, col = LAST_ROW, len(LAST_LINE)
+    assert editor.ghost() == (row, col, "total = compute")
+
+    editor.type("total = compute_")  # through the first piece and into the second: its rest is shown
+    assert editor.ghost() == (row, col + 16, "total(items")
+    editor.type("<Tab>")  # accepts what is drawn, then the last piece is drawn
+    assert editor.buffer_text() == SOURCE + "total = compute_total(items"
+    assert editor.ghost() == (row, col + 27, ", tax)")
+    editor.type("<Tab>")
+    assert editor.buffer_text() == SOURCE + "".join(pieces)
+    assert editor.ghost() is None or editor.answered_here()
+
+    # pieces that do not add up to the insert text are ignored: the whole text is drawn
+    editor.reset()
+    editor.suggest_at_end()
+    bad = {"insertText": "abc def", "command": {"title": "accept", "command": "tabfill.accept", "arguments": [{"pieces": ["abc", " de"]}]}}
+    assert editor.lua("return require('tabfill')._show(...)", bad)
+    assert editor.ghost() == (row, col, "abc def")
 
 
 def test_a_newer_request_cancels_the_older_one_with_cancel_request(editor: Editor, reference_text: str, tmp_path: Path) -> None:

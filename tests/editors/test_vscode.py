@@ -108,6 +108,16 @@ def test_the_extension_drives_the_real_server(installed: None, tiny_model: Path,
     assert python["acceptedChars"] == len(reference_text)
 
 
+def test_the_provider_shows_the_first_piece_of_a_split_answer(installed: None, tiny_model: Path, reference_text: str, tmp_path: Path) -> None:
+    """At the default confidencePercent the tiny random model is unsure of every token after the first: the
+    provider offers the first piece only, with no range to replace and no accept command (that belongs to
+    the whole suggestion)."""
+    seen, _ = drive_real_server(tiny_model, tmp_path, "pieces")
+    first = seen["items"][0]
+    assert 0 < len(first["insertText"]) < len(reference_text) and reference_text.startswith(first["insertText"])
+    assert first.get("command") is None
+
+
 def test_a_deadline_cut_answer_triggers_the_inline_suggestion_again(installed: None, tiny_model: Path, reference_text: str, tmp_path: Path) -> None:
     """With tabfill.deadlineMs = 1 the first answer is cut; on tabfill/completionReady the extension runs
     editor.action.inlineSuggest.trigger (the cursor has not moved), and asking again gets the whole answer."""

@@ -2,7 +2,7 @@
 // inline completion provider, and tabfill/warm where the cursor rests.
 import * as vscode from "vscode";
 import { InlineCompletionRequest, type LanguageClient } from "vscode-languageclient/node";
-import { Follower, WARM_NOTIFICATION, WarmGate, type Cursor, type Suggestion } from "./follow";
+import { Follower, WARM_NOTIFICATION, WarmGate, cutsOf, shownPart, type Cursor, type Suggestion } from "./follow";
 import type { ExtensionSettings } from "./settings";
 
 const TRIGGER_INLINE_SUGGEST = "editor.action.inlineSuggest.trigger";
@@ -29,6 +29,7 @@ export function suggestionOf(item: LspItem, at: Cursor): Suggestion<Carried> | u
   }
   let text = insert;
   let replaceAfter = 0;
+  let skip = 0;
   if (item.range) {
     const { start, end } = item.range;
     if (start.line !== at.line || end.line !== at.line || start.character > at.character || end.character < at.character) {
@@ -40,8 +41,12 @@ export function suggestionOf(item: LspItem, at: Cursor): Suggestion<Carried> | u
     }
     text = insert.slice(typed.length);
     replaceAfter = end.character - at.character;
+    skip = typed.length;
   }
-  return text ? { line: at.line, character: at.character, text, item: { command: item.command, replaceAfter } } : undefined;
+  const argument: unknown = item.command?.arguments?.[0];
+  const pieces = typeof argument === "object" && argument !== null ? (argument as { pieces?: unknown }).pieces : undefined;
+  const cuts = cutsOf(pieces, insert, skip);
+  return text ? { line: at.line, character: at.character, text, item: { command: item.command, replaceAfter }, cuts } : undefined;
 }
 
 export class FollowClient implements vscode.Disposable {
@@ -110,6 +115,12 @@ export class FollowClient implements vscode.Disposable {
     const suggestion = await this.follower(document).provide(cursor, () => token.isCancellationRequested, explicit);
     if (!suggestion || token.isCancellationRequested) {
       return null;
+    }
+    // NOTE: only what the model was sure of is shown (the first piece); accepting it or typing on shows the
+    // next. The item's range end and accept command belong to the whole suggestion, so to its last piece.
+    const shown = shownPart(suggestion.text, suggestion.cuts);
+    if (shown !== suggestion.text) {
+      return [new vscode.InlineCompletionItem(shown, new vscode.Range(position, position))];
     }
     const end = new vscode.Position(position.line, position.character + suggestion.item.replaceAfter);
     return [new vscode.InlineCompletionItem(suggestion.text, new vscode.Range(position, end), suggestion.item.command)];

@@ -22,12 +22,43 @@ export interface Cursor {
   before: string;
 }
 
-/** A suggestion anchored at a cursor: `text` is what inserting there adds; `item` is the client's item. */
+/** A suggestion anchored at a cursor: `text` is what inserting there adds; `item` is the client's item;
+ * `cuts`: where its later pieces start (UTF-16 offsets into `text`, ascending; see `shownPart`). */
 export interface Suggestion<T = unknown> {
   line: number;
   character: number;
   text: string;
   item: T;
+  cuts?: number[];
+}
+
+/** Where the pieces of a suggestion start in its text: the server splits an answer where the model was
+ * unsure (`pieces` in the accept command's argument, their concatenation the insert text); `skip` code
+ * units of the insert text were already typed. undefined for an item without valid pieces. */
+export function cutsOf(pieces: unknown, insert: string, skip: number): number[] | undefined {
+  if (!Array.isArray(pieces) || pieces.length < 2 || !pieces.every((piece) => typeof piece === "string")) {
+    return undefined;
+  }
+  const cuts: number[] = [];
+  let at = 0;
+  pieces.forEach((piece: string, index) => {
+    at += piece.length;
+    if (index < pieces.length - 1 && at > skip) {
+      cuts.push(at - skip);
+    }
+  });
+  return at === insert.length ? cuts : undefined;
+}
+
+/** `cuts` after `n` more code units of the text were typed or accepted. */
+export function shiftCuts(cuts: number[] | undefined, n: number): number[] | undefined {
+  return cuts?.filter((cut) => cut > n).map((cut) => cut - n);
+}
+
+/** What of `text` is shown: up to its first cut (what the model was sure of), never nothing. */
+export function shownPart(text: string, cuts: number[] | undefined): string {
+  const first = cuts?.[0];
+  return first !== undefined && first > 0 && first < text.length ? text.slice(0, first) : text;
 }
 
 function average(previous: number | undefined, value: number): number {
@@ -212,8 +243,11 @@ export class Follower<T> {
   }
 
   private fits(suggestion: Suggestion<T>, cursor: Cursor): Suggestion<T> | undefined {
-    const rest = restAfter(suggestion.text, typedSince(suggestion, cursor));
-    return rest === undefined ? undefined : { line: cursor.line, character: cursor.character, text: rest, item: suggestion.item };
+    const typed = typedSince(suggestion, cursor);
+    const rest = restAfter(suggestion.text, typed);
+    return rest === undefined
+      ? undefined
+      : { line: cursor.line, character: cursor.character, text: rest, item: suggestion.item, cuts: shiftCuts(suggestion.cuts, typed.length) };
   }
 
   /** Send a request (the only one in flight: a caller waits for the last to land first). `unheard`: when it

@@ -19,6 +19,7 @@ export const SERVER_KEYS = [
   "syntaxPostprocess",
   "crossFileContext",
   "crossFileTokens",
+  "confidencePercent",
   "leanForward",
   "quantize",
   "prefixCacheMb",

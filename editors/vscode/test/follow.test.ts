@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { DEFAULT_FOLLOW, Follower, Pace, WarmGate, debounceMs, keepInFlight, restAfter, type Cursor, type FollowDeps, type Suggestion } from "../src/follow";
+import { DEFAULT_FOLLOW, Follower, Pace, WarmGate, cutsOf, debounceMs, keepInFlight, restAfter, shiftCuts, shownPart, type Cursor, type FollowDeps, type Suggestion } from "../src/follow";
 
 test("the debounce: 0 while answers beat the keys, the lag when the server is slower, within bounds, or fixed", () => {
   const pace = new Pace();
@@ -23,6 +23,38 @@ test("what is left of a suggestion after typing into it", () => {
   assert.equal(restAfter("ab", "ab"), undefined);
   assert.equal(restAfter("a\nb", "a\n"), undefined);
   assert.equal(restAfter("ab", ""), "ab");
+});
+
+test("pieces: the first is shown, typing or accepting moves on to the next, bad pieces are ignored", () => {
+  const pieces = ["total = compute", "_total(items", ", tax)"];
+  const insert = pieces.join("");
+  assert.deepEqual(cutsOf(pieces, insert, 0), [15, 27]);
+  assert.deepEqual(cutsOf(pieces, insert, 3), [12, 24]); // 3 units of the insert text were typed already
+  assert.equal(shownPart(insert, cutsOf(pieces, insert, 0)), "total = compute");
+  const typedInto = shiftCuts([15, 27], 16); // through the first piece and into the second
+  assert.deepEqual(typedInto, [11]);
+  assert.equal(shownPart(insert.slice(16), typedInto), "total(items");
+  assert.equal(shownPart(", tax)", shiftCuts([15, 27], 27)), ", tax)");
+  assert.equal(cutsOf(["abc", " de"], "abc def", 0), undefined); // not the insert text
+  assert.equal(cutsOf(["abc", 1], "abc1", 0), undefined);
+  assert.equal(cutsOf(undefined, "abc", 0), undefined);
+  assert.equal(shownPart("abc", undefined), "abc");
+  assert.equal(shownPart("😀x", cutsOf(["😀", "x"], "😀x", 0)), "😀"); // UTF-16 units, like the editor's
+});
+
+test("a kept suggestion keeps its pieces as the keys agree", async () => {
+  const server = new Server();
+  const follower = new Follower(server.deps, () => DEFAULT_FOLLOW);
+  const first = follower.provide(cursorAfter(""), () => false);
+  await tick();
+  const entry = server.pending.shift();
+  assert.ok(entry);
+  entry.resolve({ line: 0, character: 0, text: "total = compute_total(items", item: "x", cuts: [15] });
+  assert.equal(shownPart((await first)!.text, (await first)!.cuts), "total = compute");
+  server.now = 100;
+  const kept = await follower.provide(cursorAfter("total = compute_"), () => false);
+  assert.deepEqual(kept?.cuts, []);
+  assert.equal(kept && shownPart(kept.text, kept.cuts), "total(items");
 });
 
 test("a request in flight is kept when the key agrees or it is about done", () => {

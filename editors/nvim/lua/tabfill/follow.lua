@@ -72,6 +72,49 @@ function M.rest_after(text, typed)
   return text:sub(#typed + 1)
 end
 
+--- Where the pieces of a suggestion start (byte offsets into its text, ascending): the server splits an
+--- answer where the model was unsure (`pieces` in the item's command argument, their concatenation the
+--- insert text); `skip` bytes of the insert text were already typed. nil for an item without valid pieces.
+function M.cuts_of(pieces, insert, skip)
+  if type(pieces) ~= "table" or #pieces < 2 then
+    return nil
+  end
+  local cuts, at = {}, 0
+  for i, piece in ipairs(pieces) do
+    if type(piece) ~= "string" then
+      return nil
+    end
+    at = at + #piece
+    if i < #pieces and at > skip then
+      cuts[#cuts + 1] = at - skip
+    end
+  end
+  return at == #insert and cuts or nil
+end
+
+--- `cuts` after `n` more bytes of the text were typed or accepted.
+function M.shift_cuts(cuts, n)
+  if not cuts then
+    return nil
+  end
+  local out = {}
+  for _, cut in ipairs(cuts) do
+    if cut > n then
+      out[#out + 1] = cut - n
+    end
+  end
+  return out
+end
+
+--- What of `text` is shown: up to its first cut (the model was sure of it), never nothing.
+function M.shown_part(text, cuts)
+  local first = cuts and cuts[1]
+  if first and first > 0 and first < #text then
+    return text:sub(1, first)
+  end
+  return text
+end
+
 --- Whether an automatic request in flight is worth its answer after the cursor moved to (row, col):
 --- the cursor moved forward on the request's line by typing (`typed`: the text between the request's
 --- column and the cursor), the request is not stale, and either the key agreed with the suggestion shown

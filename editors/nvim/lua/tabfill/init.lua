@@ -247,13 +247,18 @@ local function clear()
   current = nil
 end
 
+--- `n` bytes of suggestion `s` were typed or accepted: it now starts at column `col`.
+local function advance(s, n, col)
+  s.text, s.col, s.cuts = s.text:sub(n + 1), col, follow.shift_cuts(s.cuts, n)
+end
+
 local function render()
   if not current then
     return
   end
   local s = current
   vim.api.nvim_buf_clear_namespace(s.bufnr, ns, 0, -1)
-  local lines = vim.split(s.text, "\n", { plain = true })
+  local lines = vim.split(follow.shown_part(s.text, s.cuts), "\n", { plain = true })
   local opts = { hl_mode = "combine", priority = 200, right_gravity = true }
   if lines[1] ~= "" then
     opts.virt_text = { { lines[1], M.config.hl_group } }
@@ -323,7 +328,9 @@ local function suggestion_from(item, bufnr, row, col, encoding, client_id)
   if text == "" then
     return nil
   end
+  local argument = item.command and type(item.command.arguments) == "table" and item.command.arguments[1]
   return {
+    cuts = follow.cuts_of(type(argument) == "table" and argument.pieces, insert, #typed),
     bufnr = bufnr,
     row = row,
     col = col,
@@ -423,9 +430,8 @@ request = function(trigger_kind)
         break
       end
     end
-    local rest = suggestion and follow.rest_after(suggestion.text, typed)
-    if suggestion and rest then
-      suggestion.text, suggestion.col = rest, now_col
+    if suggestion and follow.rest_after(suggestion.text, typed) then
+      advance(suggestion, #typed, now_col)
     else
       suggestion = nil
     end
@@ -547,9 +553,9 @@ local function on_change(args)
       if col == s.col then
         keep, agreed = true, true -- e.g. this key's other event, or our own insertion, moved the anchor
       else
-        local rest = follow.rest_after(s.text, typed)
-        if rest then
-          s.text, s.col, keep, agreed = rest, col, true, true
+        if follow.rest_after(s.text, typed) then
+          advance(s, #typed, col)
+          keep, agreed = true, true
         end
       end
     end
@@ -652,37 +658,41 @@ local function next_line(text)
   return text:sub(1, first_line_end - 1)
 end
 
---- Accept the whole suggestion; returns false when none is shown.
-function M.accept()
-  local s = current
-  if not s or s.bufnr ~= vim.api.nvim_get_current_buf() then
-    return false
-  end
+local function accept_whole(s)
   clear()
   insert(s, s.text, true)
   send_accept(s)
   return true
 end
 
+--- Accept `pick(shown text)` of the suggestion on screen (all of it: the whole suggestion); false when none.
 local function accept_part(pick)
   local s = current
   if not s or s.bufnr ~= vim.api.nvim_get_current_buf() then
     return false
   end
-  local chunk = pick(s.text)
+  local chunk = pick(follow.shown_part(s.text, s.cuts))
   if chunk == nil or chunk == "" or chunk == s.text then
-    return M.accept()
+    return accept_whole(s)
   end
-  local rest = s.text:sub(#chunk + 1)
   local row, col = insert(s, chunk, false)
   s.accepted = s.accepted + vim.fn.strchars(chunk)
-  s.text, s.row, s.col = rest, row, col
+  s.row = row
+  advance(s, #chunk, col)
   render()
   local client = util.get_client_by_id(s.client_id)
   if client then
     util.notify(client, "textDocument/didPartiallyAcceptCompletion", { item = s.item, acceptedLength = s.accepted })
   end
   return true
+end
+
+--- Accept what is shown: the whole suggestion, or the piece of it the model was sure of (the next piece is
+--- shown then); returns false when nothing is shown.
+function M.accept()
+  return accept_part(function(shown)
+    return shown
+  end)
 end
 
 function M.accept_word()

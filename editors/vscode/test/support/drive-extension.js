@@ -6,6 +6,7 @@
 // With `restart [N]`: after the first answer, N times (default 2): kill -9 the server while a request is in
 // flight and wait until a suggestion is on screen again without a keystroke (the extension restarts the
 // server and runs the inline-suggest trigger once the model is loaded); prints each recovery's time.
+// With `pieces`: tabfill.confidencePercent left at its default (else 0), so the provider shows the first piece.
 "use strict";
 const Module = require("module");
 const path = require("path");
@@ -23,6 +24,8 @@ const { record, configuration, openEmitter, textDocument } = fake._test;
 configuration["tabfill.server.path"] = server[0];
 configuration["tabfill.server.args"] = server.slice(1);
 configuration["tabfill.deadlineMs"] = mode === "ready" ? 1 : 60000;
+// the tiny random model is unsure of every token: whole suggestions, except in mode `pieces` (the default bar)
+if (mode !== "pieces") configuration["tabfill.confidencePercent"] = 0;
 // a workspace's settings (a cloned repository's .vscode/settings.json): ignored for the server command and model
 configuration["workspace:tabfill.server.path"] = "/nonexistent/evil-tabfill";
 configuration["workspace:tabfill.model"] = "/nonexistent/evil-model";
@@ -86,6 +89,13 @@ async function until(what, probe, timeoutMs = 600000) { // an upper bound for sl
   const items = (result && (result.items || result)) || [];
   const item = items[0];
   const afterText = status.text;
+
+  if (mode === "pieces") {
+    clearInterval(timer);
+    await extension.deactivate();
+    console.log(JSON.stringify({ items: describe(items) }));
+    process.exit(0);
+  }
 
   if (mode === "restart") {
     const recoveries = [];
