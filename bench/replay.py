@@ -132,6 +132,8 @@ async def run_typing_case(system: System, case: TypingCase) -> list[dict[str, An
         next_key = case.body[chars:chars_after_next_key] if chars_after_next_key is not None else ""
         served = handle.text is not None and handle.received_s is not None and handle.received_s <= next_key_s
         shown = handle.text if served and handle.text else ""
+        if shown and "pieces" in handle.extra:  # NOTE: drawn as the editor plugins draw it: the first piece
+            shown = handle.extra["pieces"][0]
         first_line = shown.split("\n", 1)[0]
         rows.append({
             "case": case.name,

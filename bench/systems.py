@@ -228,6 +228,9 @@ class TabfillSystem(System):
             return ""
         handle.source = answer_source(items[0])
         handle.extra["partial"] = answer_argument(items[0]).get("partial") is True
+        pieces = answer_argument(items[0]).get("pieces")
+        if isinstance(pieces, list) and pieces and all(isinstance(piece, str) for piece in pieces):
+            handle.extra["pieces"] = pieces  # where the model was unsure: the plugins draw the first piece
         insert = items[0]["insertText"]
         return insert if isinstance(insert, str) else insert["value"]
 

@@ -437,6 +437,39 @@ def test_accepted_chars_count_each_typed_character_once() -> None:
     assert sum(row["accepted_chars"] for row in rows) == len(body) - len("r")
 
 
+def test_an_answer_in_pieces_is_judged_as_the_plugins_draw_it() -> None:
+    """tabfill's item splits its answer where the model was unsure; the plugins draw the first piece, so the
+    replay judges that: right here, where the whole text (a wrong tail) would not be."""
+    import asyncio
+
+    from bench.cases import Keystroke, TypingCase
+    from bench.replay import run_typing_case
+    from bench.systems import Pending, System
+
+    body = "return a + b"
+    keys = (Keystroke(0.0, "r"), Keystroke(0.01, "et"))
+    case = TypingCase("fake.py:1", "python", "def f(a, b):\n    ", "\n", body, keys)
+
+    class Unsure(System):
+        name = "unsure"
+
+        async def start(self) -> None:
+            return None
+
+        async def stop(self) -> None:
+            return None
+
+        async def _complete(self, uri: str, language_id: str, text: str, offset: int, handle: Pending) -> str:
+            rest = body[offset - len(case.prefix) :]
+            handle.extra["pieces"] = [rest[:3], " WRONG"]
+            return rest[:3] + " WRONG"
+
+    rows = asyncio.run(run_typing_case(Unsure(), case))
+    assert [row["shown"] for row in rows] == ["etu", "urn"]
+    assert [row["agreed"] for row in rows] == [True, True]
+    assert [row["accepted_chars"] for row in rows] == [2, 0]
+
+
 def test_a_request_cancelled_before_it_was_sent_is_dropped_locally() -> None:
     """On a loaded machine the next key can come before the request task ran: cancelling it must not
     reach for an id it never got (the smoke run died on a KeyError)."""
