@@ -29,6 +29,8 @@ class BatchEvent:
     cached_tokens: int  # prompt tokens whose KV came from the prefix store
     prompt_tokens: int
     unavailable: str = ""  # with finish "error": the engine's model server is unreachable, and why
+    # (offset in the whole continuation where a token of `token_ids` starts, its probability), per token
+    confidence: tuple[tuple[int, float], ...] = ()
 
 
 class BackendUnavailable(ValueError):

@@ -289,10 +289,11 @@ class BatchedEngine:
             log.warning("request %s: decoded text changed before what was already sent", row.request.id)
             text = row.sent_text
         new_tokens = tuple(state.generated[row.sent_tokens :])
+        confidence = state.confidence[row.sent_tokens :]
         delta = text[len(row.sent_text) :]
         row.sent_tokens, row.sent_text = len(state.generated), text
         prompt_tokens = len(state.prompt.token_ids)
-        return BatchEvent(row.request.id, new_tokens, delta, finish, state.cached_tokens, prompt_tokens)
+        return BatchEvent(row.request.id, new_tokens, delta, finish, state.cached_tokens, prompt_tokens, confidence=confidence)
 
 
 def _decoder(model: Any, max_tokens: int) -> LeanDecoder:

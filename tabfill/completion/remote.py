@@ -51,6 +51,7 @@ class RemoteStream:
     started: float = field(default_factory=time.perf_counter)
     token_ids: list[int] = field(default_factory=list)
     text: str = ""
+    confidence: list[tuple[int, float]] = field(default_factory=list)  # as Generation.confidence
     finish: FinishReason | None = None
     done: dict[str, Any] = field(default_factory=dict)
     handed_off: bool = False  # returned as a continuation: the generate call's cancel token no longer owns it
@@ -153,7 +154,7 @@ class RemoteSource:
         done = stream.done
         return Generation(
             tuple(stream.token_ids), stream.text, stream.finish or finish or "deadline", len(stream.prompt.token_ids), timings,
-            cached_tokens=int(done.get("cached_tokens", 0)),
+            cached_tokens=int(done.get("cached_tokens", 0)), confidence=tuple(stream.confidence),
             continuation=None if stream.finish or finish else stream,
         )
 
@@ -162,6 +163,7 @@ class RemoteSource:
         if kind == "delta":
             stream.token_ids.extend(int(i) for i in frame.get("token_ids", ()))
             stream.text += str(frame.get("text", ""))
+            stream.confidence.extend(_confidence(frame.get("confidence")))
         elif kind == "done":
             stream.finish = _FINISHES.get(str(frame.get("finish")), "error")
             stream.done = frame
@@ -218,3 +220,15 @@ def open_team(settings: Settings, progress: Callable[[str, float | None], None])
 
 
 __all__ = ["EngineUnavailable", "RemoteSource", "RemoteStream", "open_team"]
+
+
+def _confidence(value: Any) -> list[tuple[int, float]]:
+    """A delta's `confidence` ([[offset, probability], ...]); anything malformed counts as not said."""
+    if not isinstance(value, list):
+        return []
+    pairs = []
+    for pair in value:
+        if not (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], int) and isinstance(pair[1], (int, float))):
+            return []
+        pairs.append((pair[0], float(pair[1])))
+    return pairs

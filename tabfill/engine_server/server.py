@@ -306,7 +306,10 @@ class _Connection:
     def _deliver(self, job: Job, event: BatchEvent) -> None:
         client_id = job.id.split("/", 1)[1]
         if event.token_ids or event.text:
-            self.send({"type": "delta", "id": client_id, "text": event.text, "token_ids": list(event.token_ids)})
+            delta: dict[str, Any] = {"type": "delta", "id": client_id, "text": event.text, "token_ids": list(event.token_ids)}
+            if event.confidence:
+                delta["confidence"] = [[offset, round(probability, 4)] for offset, probability in event.confidence]
+            self.send(delta)
         if event.finish is None:
             return
         if self.jobs.get(client_id) is job:

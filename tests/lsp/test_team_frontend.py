@@ -33,6 +33,10 @@ async def test_a_front_end_configured_for_a_team_engine_completes_without_torch(
                 "textDocument": {"uri": uri}, "position": {"line": 0, "character": 8}, "context": {"triggerKind": 2}})
             items = result["items"] if isinstance(result, dict) else result
             assert items and items[0]["insertText"], result  # the fake model's "8,9,..." came back through the engine
+            # the engine's per-token confidence came along: the answer is split where the fake was unsure
+            pieces = items[0]["command"]["arguments"][0]["pieces"]
+            assert len(pieces) >= 2 and "".join(pieces) == items[0]["insertText"]
+            assert all(piece.endswith(",") for piece in pieces[:-1]), pieces  # cut at token starts
             assert running.engine.started  # and the engine generated it
             maps = Path(f"/proc/{client.process.pid}/maps").read_text()
             assert "libtorch" not in maps and "transformers" not in maps

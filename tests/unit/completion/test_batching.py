@@ -88,6 +88,10 @@ def assert_same_as_reference(twins: Twins, requests: list[BatchRequest], results
             continue
         assert (text, finish) == (expected.text, expected.finish_reason), request.id
         assert results[request.id][-1].prompt_tokens == len(request.prompt.token_ids)
+        # how sure the model was of each token travels with the events, as the single stream has it
+        confidence = [pair for event in results[request.id] for pair in event.confidence]
+        assert [offset for offset, _ in confidence] == [offset for offset, _ in expected.confidence], request.id
+        assert [p for _, p in confidence] == pytest.approx([p for _, p in expected.confidence], abs=1e-3), request.id
     return ties
 
 

@@ -33,6 +33,7 @@ class FakeEngine:
         self.max_rows = 0
         self.fail_next = False
         self.log: list[tuple[str, str]] = []  # ("add" | "cancel", id) in call order
+        self.sent_chars: dict[str, int] = {}
 
     @property
     def idle(self) -> bool:
@@ -74,7 +75,10 @@ class FakeEngine:
             done += 1
             finish = "length" if done >= prompt.max_new_tokens else None
             cached = self._cached(request)  # NOTE: every event says it, as the batched engine's do
-            events.append(BatchEvent(request_id, (token,), f"{token},", finish, cached, len(prompt.token_ids)))
+            sent = self.sent_chars.get(request_id, 0)  # each token's text starts there; the fake is unsure of every other
+            self.sent_chars[request_id] = sent + len(f"{token},")
+            confidence = ((sent, 0.25 if done % 2 == 0 else 0.9),)
+            events.append(BatchEvent(request_id, (token,), f"{token},", finish, cached, len(prompt.token_ids), confidence=confidence))
             if finish:
                 del self.rows[request_id]
                 self.seen.setdefault(request.salt, []).append(prompt.token_ids)
