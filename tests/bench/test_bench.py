@@ -6,7 +6,9 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -406,21 +408,18 @@ def test_smoke_run_of_the_whole_benchmark(tmp_path: Path) -> None:
     assert (tmp_path / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_accepted_chars_count_each_typed_character_once() -> None:
-    """A system whose ghost text is always the exact rest of the function: every key after the first was on
-    screen when typed; summing each answer's agreeing prefix instead counted the body once per keystroke."""
+def replay_scripted(body: str, keys: tuple[Any, ...], answer: Callable[[str, Any], str]) -> list[dict[str, Any]]:
+    """Type `body` with `keys` into a system whose answer to the text typed so far is `answer(typed, handle)`."""
     import asyncio
 
-    from bench.cases import Keystroke, TypingCase
+    from bench.cases import TypingCase
     from bench.replay import run_typing_case
     from bench.systems import Pending, System
 
-    body = "return a +\n    b"
-    keys = (Keystroke(0.0, "r"), Keystroke(0.01, "et"), Keystroke(0.02, "urn a +"), Keystroke(0.03, "\n    "), Keystroke(0.04, "b"))
     case = TypingCase("fake.py:1", "python", "def f(a, b):\n    ", "\n", body, keys)
 
-    class Oracle(System):
-        name = "oracle"
+    class Scripted(System):
+        name = "scripted"
 
         async def start(self) -> None:
             return None
@@ -429,10 +428,19 @@ def test_accepted_chars_count_each_typed_character_once() -> None:
             return None
 
         async def _complete(self, uri: str, language_id: str, text: str, offset: int, handle: Pending) -> str:
-            typed = text[len(case.prefix) : offset]
-            return body[len(typed) :]
+            return answer(text[len(case.prefix) : offset], handle)
 
-    rows = asyncio.run(run_typing_case(Oracle(), case))
+    return asyncio.run(run_typing_case(Scripted(), case))
+
+
+def test_accepted_chars_count_each_typed_character_once() -> None:
+    """A system whose ghost text is always the exact rest of the function: every key after the first was on
+    screen when typed; summing each answer's agreeing prefix instead counted the body once per keystroke."""
+    from bench.cases import Keystroke
+
+    body = "return a +\n    b"
+    keys = (Keystroke(0.0, "r"), Keystroke(0.01, "et"), Keystroke(0.02, "urn a +"), Keystroke(0.03, "\n    "), Keystroke(0.04, "b"))
+    rows = replay_scripted(body, keys, lambda typed, handle: body[len(typed) :])
     assert [row["accepted_chars"] for row in rows] == [2, 7, 5, 1, 0]
     assert sum(row["accepted_chars"] for row in rows) == len(body) - len("r")
 
@@ -440,31 +448,16 @@ def test_accepted_chars_count_each_typed_character_once() -> None:
 def test_an_answer_in_pieces_is_judged_as_the_plugins_draw_it() -> None:
     """tabfill's item splits its answer where the model was unsure; the plugins draw the first piece, so the
     replay judges that: right here, where the whole text (a wrong tail) would not be."""
-    import asyncio
-
-    from bench.cases import Keystroke, TypingCase
-    from bench.replay import run_typing_case
-    from bench.systems import Pending, System
+    from bench.cases import Keystroke
 
     body = "return a + b"
-    keys = (Keystroke(0.0, "r"), Keystroke(0.01, "et"))
-    case = TypingCase("fake.py:1", "python", "def f(a, b):\n    ", "\n", body, keys)
 
-    class Unsure(System):
-        name = "unsure"
+    def unsure(typed: str, handle: Any) -> str:
+        rest = body[len(typed) :]
+        handle.extra["pieces"] = [rest[:3], " WRONG"]
+        return rest[:3] + " WRONG"
 
-        async def start(self) -> None:
-            return None
-
-        async def stop(self) -> None:
-            return None
-
-        async def _complete(self, uri: str, language_id: str, text: str, offset: int, handle: Pending) -> str:
-            rest = body[offset - len(case.prefix) :]
-            handle.extra["pieces"] = [rest[:3], " WRONG"]
-            return rest[:3] + " WRONG"
-
-    rows = asyncio.run(run_typing_case(Unsure(), case))
+    rows = replay_scripted(body, (Keystroke(0.0, "r"), Keystroke(0.01, "et")), unsure)
     assert [row["shown"] for row in rows] == ["etu", "urn"]
     assert [row["agreed"] for row in rows] == [True, True]
     assert [row["accepted_chars"] for row in rows] == [2, 0]
