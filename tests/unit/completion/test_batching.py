@@ -294,3 +294,24 @@ def test_prefill_chunks_shrink_to_the_step_budget(twins: Twins) -> None:
         assert engine._chunk_width(3) == 16  # never wider than prefill_chunk
     finally:
         engine.cost, engine.prefill_budget_ms = saved
+
+
+def test_the_next_keystroke_takes_its_document_s_slot_and_reuses_it_to_the_token(twins: Twins) -> None:
+    """A request that extends the last one of its tenant starts from the slot that one left, to the token
+    (the prefix store alone reuses whole blocks: 8 tokens here, 32 in the engine); same tokens as the single
+    stream; another tenant's request never gets that slot's tokens."""
+    engine = twins.batched
+    text = "\n".join(f"typed_{i} = compute({i}, limit)" for i in range(5))
+    ids = twins.ids(text)
+    n = len(ids) if len(ids) % 8 else len(ids) - 1
+    ids = ids[:n]
+    assert n % 8, "the reuse must not be a whole number of store blocks"
+    first = generate_all(engine, [BatchRequest("k1", Prompt(ids, 3, NO_STOP), b"typist", 0.0)])
+    generated = joined(first["k1"])[0]
+    other = next(t for t in (11, 12, 13) if t != generated[0])
+    keystroke = BatchRequest("k2", Prompt(ids + (other, 7), 5, NO_STOP), b"typist", 0.0)
+    results = generate_all(engine, [keystroke])
+    assert results["k2"][-1].cached_tokens == n  # the whole old prompt; from the store alone: n // 8 * 8
+    assert assert_same_as_reference(twins, [keystroke], results) == 0
+    stranger = BatchRequest("x1", Prompt(ids + (other, 7), 5, NO_STOP), b"someone-else", 0.0)
+    assert generate_all(engine, [stranger])["x1"][-1].cached_tokens == 0
