@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -174,7 +174,8 @@ class BatchedEngine:
     # ------------------------------------------------------------------ the step
     @torch.inference_mode()
     def step(self) -> list[BatchEvent]:
-        """One batched forward: every decoding row's token (+ draft) and at most one prefill chunk.
+        """One batched forward: every decoding row's token (+ draft) and one prefill chunk's width of prompt
+        tokens (the most urgent prompt's, the next one's with what is left of the width, ...).
         Returns the events of this step (and of cancellations since the last one)."""
         events, self._events = self._events, []
         decoding = [row for row in self._rows.values() if not row.prefilling]
@@ -185,12 +186,16 @@ class BatchedEngine:
             for row in decoding:
                 row.draft = []
         inputs = [RowInput(row.slot, [row.pending, *row.draft], row.written, bool(row.draft)) for row in decoding]  # type: ignore[list-item]
-        prefill = self._next_prefill()
-        chunk: list[int] = []
-        if prefill is not None:
-            width = self._chunk_width(sum(len(row.token_ids) for row in inputs))
+        # NOTE: the prefill tokens of a step are one chunk's width, shared by the most urgent prompts in turn:
+        # a keystroke's prompt differs from its document's last one by a few tokens (its slot holds the rest),
+        # so several editors' keystrokes are prefilled in one step instead of one a step behind each other
+        prefills: list[tuple[_Row, list[int]]] = []
+        width = self._chunk_width(sum(len(row.token_ids) for row in inputs)) if any(r.prefilling for r in self._rows.values()) else 0
+        while width > 0 and (prefill := self._next_prefill({id(row) for row, _ in prefills})) is not None:
             chunk = list(prefill.state.prompt.token_ids[prefill.written : prefill.written + width])
+            prefills.append((prefill, chunk))
             inputs.append(RowInput(prefill.slot, chunk, prefill.written))
+            width -= len(chunk)
         if not inputs:
             return events
         try:
@@ -199,14 +204,13 @@ class BatchedEngine:
             self.cost.observe(sum(len(row.token_ids) for row in inputs), (time.perf_counter() - started) * 1000.0)
         except Exception:  # a kernel failure ends this step's rows, never the engine
             log.exception("batched forward failed; ending the %d rows of this step", len(inputs))
-            rows = decoding + ([prefill] if prefill is not None else [])
-            return events + [self._finish(row, "error") for row in rows]
+            return events + [self._finish(row, "error") for row in decoding + [row for row, _ in prefills]]
         for row, logits in zip(decoding, outputs):
             events.extend(self._after_decode(row, logits))
-        if prefill is not None:
+        for (prefill, chunk), logits in zip(prefills, outputs[len(decoding) :]):
             prefill.written += len(chunk)
             if prefill.written == len(prefill.state.prompt.token_ids):
-                events.extend(self._next_token(prefill, outputs[-1]))
+                events.extend(self._next_token(prefill, logits))
         return events
 
     def _chunk_width(self, decode_tokens: int) -> int:
@@ -248,9 +252,10 @@ class BatchedEngine:
         return [self._event(row, None)]
 
     # ------------------------------------------------------------------ slots and the prefix store
-    def _next_prefill(self) -> _Row | None:
-        """The most urgent row still prefilling; a waiting one gets a slot (and its cached prefix) first."""
-        candidates = [row for row in self._rows.values() if row.prefilling and (row.slot >= 0 or self._free)]
+    def _next_prefill(self, taken: Collection[int] = ()) -> _Row | None:
+        """The most urgent row still prefilling (not in `taken`: ids of rows this step already carries); a
+        waiting one gets a slot (and its cached prefix) first."""
+        candidates = [row for row in self._rows.values() if row.prefilling and id(row) not in taken and (row.slot >= 0 or self._free)]
         if not candidates:
             return None
         row = min(candidates, key=lambda r: (r.request.priority, r.order))

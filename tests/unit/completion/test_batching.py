@@ -153,8 +153,7 @@ def test_one_prefill_chunk_per_step_and_decoding_rows_never_wait(twins: Twins) -
         finally:
             del engine.batch.forward_rows
         steps += 1
-        assert len(prefill_rows) <= 1
-        assert all(len(r.token_ids) <= engine.prefill_chunk for r in prefill_rows)
+        assert sum(len(r.token_ids) for r in prefill_rows) <= engine.prefill_chunk  # one chunk's width a step
         ids = {e.id for e in step_events}
         if any(not e.finish for e in events["short"][-1:]) and steps < 6:
             assert "short" in ids, "a decoding row waited for another row's prefill"
@@ -315,3 +314,34 @@ def test_the_next_keystroke_takes_its_document_s_slot_and_reuses_it_to_the_token
     assert assert_same_as_reference(twins, [keystroke], results) == 0
     stranger = BatchRequest("x1", Prompt(ids + (other, 7), 5, NO_STOP), b"someone-else", 0.0)
     assert generate_all(engine, [stranger])["x1"][-1].cached_tokens == 0
+
+
+def test_several_keystrokes_are_prefilled_in_one_step(twins: Twins) -> None:
+    """Three documents' next keystrokes (each a few tokens past what its slot holds) share one step's prefill
+    width instead of waiting one step each; their answers are the single stream's."""
+    engine = twins.batched
+    first = [BatchRequest(f"doc{i}", Prompt(twins.ids(text), 2, NO_STOP), b"t", 0.0) for i, text in enumerate(TEXTS[1:4])]
+    generate_all(engine, first)
+    keystrokes = [BatchRequest(f"key{i}", Prompt(request.prompt.token_ids + (5, 6), 4, NO_STOP), b"t", 0.0) for i, request in enumerate(first)]
+    for keystroke in keystrokes:
+        engine.add(keystroke)
+    seen: list[list[int]] = []
+    real = engine.batch.forward_rows
+
+    def spy(rows: list[RowInput]) -> list[torch.Tensor]:
+        seen.append([len(r.token_ids) for r in rows])
+        return real(rows)
+
+    engine.batch.forward_rows = spy  # type: ignore[method-assign]
+    try:
+        events: dict[str, list[BatchEvent]] = {k.id: list(e) for k, e in zip(keystrokes, [[]] * 3)}
+        for event in engine.step():
+            events[event.id].append(event)
+    finally:
+        del engine.batch.forward_rows
+    assert seen == [[2, 2, 2]]  # all three prompts' new tokens in the first step
+    assert all(events[k.id] for k in keystrokes)  # and each has its first token
+    while not engine.idle:
+        for event in engine.step():
+            events[event.id].append(event)
+    assert assert_same_as_reference(twins, keystrokes, events) == 0
