@@ -51,7 +51,7 @@ class GgufTensor:
 
 class _Cursor:
     def __init__(self, buffer: np.ndarray) -> None:
-        self.buffer = buffer
+        self.buffer: memoryview = buffer.data  # what struct reads from (the mapped bytes, no copy)
         self.offset = 0
 
     def take(self, size: int) -> int:
