@@ -50,6 +50,9 @@ def open_local(settings: Settings, progress: ProgressFn) -> TokenSource:
     store = PrefixCache(PREFIX_BLOCK_TOKENS, settings.prefix_cache_mb * 2**20) if settings.prefix_cache_mb else None
     engine = Engine(loaded.model, loaded.tokenizer, loaded.device, info, runner=runner, prefix_cache=store)
     engine.info = dataclasses.replace(info, warmup_ms=engine.warm_up())
+    from tabfill.completion.heap import trim
+
+    trim()  # what loading freed (tens of MB of temporaries) goes back to the system
     return engine
 
 

@@ -8,6 +8,11 @@ foreground job is queued. Submitting a foreground job drops every queued backgro
 running one's token with reason "preempted"; a background job's fn checks its token between steps (prefill
 chunks) and returns or raises early. Background jobs with the same key replace each other, a running one
 included (its token is cancelled with reason "superseded"), since no caller holds their tokens.
+
+When it has been idle IDLE_TRIM_S after some work, the worker gives the heap memory that the work freed back
+to the system (heap.trim): its prefill tiles and activations come from a malloc arena of its own, which glibc
+shrinks only from the top, so freed pages below live blocks stayed resident and the arena's footprint crept
+up (+17 MB over 2,000 requests of bench.soak). It happens between jobs only, never while one runs.
 """
 
 from __future__ import annotations
@@ -20,11 +25,14 @@ from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from tabfill.completion import heap
 from tabfill.completion.types import CancelToken
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+IDLE_TRIM_S = 2.0  # idle this long after some work: return freed heap memory to the system
 
 
 class Cancelled(Exception):
@@ -119,16 +127,24 @@ class EngineWorker:
         self._thread.join(timeout)
 
     def _run(self) -> None:
+        worked = False  # a job ran since the last trim
         while True:
             with self._cond:
                 self._running = None
-                while not self._queue and not self._background and not self._closed:
-                    self._cond.wait()
+                idle = False
+                while not self._queue and not self._background and not self._closed and not idle:
+                    idle = not self._cond.wait(IDLE_TRIM_S if worked else None) and worked
                 if self._closed:
                     return
-                # NOTE: set under the lock that `submit` holds, so a foreground submit either sees this
-                # background job running (and cancels its token) or still queued (and drops it).
-                job = self._running = self._queue.popleft() if self._queue else self._background.popleft()
+                if not idle:
+                    # NOTE: set under the lock that `submit` holds, so a foreground submit either sees this
+                    # background job running (and cancels its token) or still queued (and drops it).
+                    job = self._running = self._queue.popleft() if self._queue else self._background.popleft()
+            if idle:  # outside the lock: a job submitted meanwhile queues at once and runs right after
+                heap.trim()
+                worked = False
+                continue
+            worked = True
             if job.cancel.cancelled:
                 _fail(job.future, Cancelled(job.cancel.reason or "cancelled"))
                 continue

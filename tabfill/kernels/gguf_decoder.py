@@ -73,19 +73,19 @@ class GgufDecoder(LeanDecoder):
 
 
 class GgufFile:
-    """The tensors of a GGUF file by name, as `QuantTensor` views of the memory-mapped file."""
+    """The tensors of a GGUF file by name, as `QuantTensor` views of the memory-mapped file (gguf_index: the
+    header only, no metadata values made into objects)."""
 
     def __init__(self, path: str | Path) -> None:
-        from gguf import GGUFReader
+        from tabfill.kernels.gguf_index import read_index
 
         try:
-            self.reader = GGUFReader(str(path), "r")
+            values, self.tensors = read_index(path)
         except (OSError, ValueError) as exc:
             raise QuantError(f"cannot read GGUF {path}: {exc}") from exc
         self.path = Path(path)
-        self.tensors = {t.name: t for t in self.reader.tensors}
-        field = self.reader.fields.get("general.architecture")
-        self.architecture = bytes(field.parts[field.data[0]]).decode() if field else "?"
+        architecture = values.get("general.architecture")
+        self.architecture = architecture if isinstance(architecture, str) else "?"
 
     def _array(self, name: str) -> np.ndarray:
         if name not in self.tensors:

@@ -182,3 +182,23 @@ def test_close_cancels_queued_and_running_background_jobs() -> None:
         queued.result(1)
     with pytest.raises(Cancelled, match="shutdown"):
         running.result(5)
+
+
+def test_an_idle_worker_gives_freed_memory_back_once_after_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tabfill.completion import heap, worker as worker_module
+
+    trims: list[float] = []
+    monkeypatch.setattr(worker_module, "IDLE_TRIM_S", 0.05)
+    monkeypatch.setattr(heap, "trim", lambda: trims.append(time.monotonic()) or True)
+    engine = EngineWorker()
+    try:
+        time.sleep(0.2)
+        assert trims == []  # no work yet: nothing to give back
+        assert engine.submit(lambda _token: 7).result(timeout=5) == 7
+        time.sleep(0.3)
+        assert len(trims) == 1  # once after the work, not again while idle
+        assert engine.submit(lambda _token: 8).result(timeout=5) == 8  # and the worker still takes jobs
+        time.sleep(0.3)
+        assert len(trims) == 2
+    finally:
+        engine.close()
