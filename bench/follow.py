@@ -208,7 +208,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         wanted = set(args.clients.split(","))
         if "nvim" in wanted:
             log("Neovim plugin")
-            with NvimClient.start(Path(workdir) / "nvim", server) as nvim:
+            with NvimClient.start(Path(workdir) / "nvim", server, json.loads(args.settings)) as nvim:
                 clients.append({"name": "Neovim plugin", "about": NvimClient.ABOUT, "rows": run_client(nvim, "nvim", cases, args.max_keys)})
         if "plain" in wanted:
             log("plain LSP client")
@@ -230,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-keys", type=int, default=60, help="keys typed per case (default 60)")
     parser.add_argument("--clients", default="nvim,plain", help="comma-separated: nvim, plain")
     parser.add_argument("--model", default="default", help="the server's model (default: the default model)")
+    parser.add_argument("--settings", default="{}", help='the Neovim plugin\'s server settings as JSON, e.g. \'{"confidencePercent": 0}\'')
     parser.add_argument("--out", type=Path, default=HERE / "FOLLOW.md")
     args = parser.parse_args(argv)
     results = run(args)

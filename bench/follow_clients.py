@@ -102,7 +102,7 @@ class NvimClient:
 
     @classmethod
     @contextlib.contextmanager
-    def start(cls, workdir: Path, server: list[str]) -> Iterator[NvimClient]:
+    def start(cls, workdir: Path, server: list[str], settings: dict[str, Any] | None = None) -> Iterator[NvimClient]:
         import pynvim
 
         workdir.mkdir(parents=True)
@@ -110,7 +110,8 @@ class NvimClient:
         init = workdir / "init.lua"
         init.write_text(
             f"vim.opt.runtimepath:prepend({json.dumps(str(PLUGIN))})\n"
-            f"require('tabfill').setup({{ cmd = vim.json.decode({json.dumps(json.dumps(server))}) }})\n",
+            f"require('tabfill').setup({{ cmd = vim.json.decode({json.dumps(json.dumps(server))}),"
+            f" settings = vim.json.decode({json.dumps(json.dumps(settings or {}))}) }})\n",
             encoding="utf-8",
         )
         env = {**os.environ, "XDG_STATE_HOME": str(workdir / "state"), "NVIM_LOG_FILE": str(workdir / "nvim.log")}
