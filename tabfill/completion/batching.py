@@ -301,13 +301,17 @@ class BatchedEngine:
         """End a row: keep its verified KV in the prefix store (its salt), free its slot, report the rest."""
         self._rows.pop(row.request.id, None)
         if row.slot >= 0:
+            # NOTE: a draft token after a stop (an EOS, or the text the stop rule cut) was forwarded but never
+            # joined the generation: only the positions of tokens the generation holds count as verified
+            tokens = row.state.tokens
+            written = min(row.written, len(tokens))
             store = self.prefix_cache
-            if store is not None and finish != "error" and row.written >= store.block_tokens:
+            if store is not None and finish != "error" and written >= store.block_tokens:
                 slot = row.slot
-                store.commit(row.state.tokens, row.written, lambda s, e: self.batch.read_kv(slot, s, e), row.request.salt)
+                store.commit(tokens, written, lambda s, e: self.batch.read_kv(slot, s, e), row.request.salt)
             if finish != "error":  # NOTE: a failed forward may have left anything in the slot
                 self._left += 1
-                self._held[row.slot] = (row.request.salt, tuple(row.state.tokens[: row.written]), self._left)
+                self._held[row.slot] = (row.request.salt, tuple(tokens[:written]), self._left)
             self._free.append(row.slot)
             row.slot = -1
         return self._event(row, finish)

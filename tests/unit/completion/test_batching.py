@@ -16,6 +16,7 @@ from tabfill.completion.engine import Engine, EngineInfo
 from tabfill.completion.prefix_cache import PrefixCache
 from tabfill.completion.runners import LeanRunner, make_runner
 from tabfill.completion.types import CancelToken, Deadline, Generation, Prompt, StopRule
+from tabfill.kernels import steps
 from tabfill.kernels.batch import RowInput
 from tests.support import make_tiny_model_dir
 
@@ -345,3 +346,35 @@ def test_several_keystrokes_are_prefilled_in_one_step(twins: Twins) -> None:
         for event in engine.step():
             events[event.id].append(event)
     assert assert_same_as_reference(twins, keystrokes, events) == 0
+
+
+def test_a_row_stopped_inside_its_accepted_draft_ends_alone(twins: Twins, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The model accepts a whole draft whose first token is EOS: the row ends "eos" with the draft's other
+    tokens forwarded but not in the generation. Its end must keep only verified tokens (committing the
+    forwarded count failed the step, and with it every running request of the engine)."""
+    engine = twins.batched
+    eos = 3
+    engine.eos_ids = frozenset({eos})
+    try:
+        stopping = request(twins, TEXTS[5], 20, rid="stopping")
+        other = request(twins, TEXTS[6], 12, rid="other")
+        engine.add(stopping)
+        engine.add(other)
+        events: dict[str, list[BatchEvent]] = {"stopping": [], "other": []}
+        while not any(row.pending is not None for row in engine._rows.values() if row.request.id == "stopping"):
+            for event in engine.step():
+                events[event.id].append(event)
+        row = engine._rows["stopping"]
+        row.draft = [eos, 5, 6, 7]
+        monkeypatch.setattr(engine.batch, "c_rows", None)  # keep the draft (the C path drops drafts of busy steps)
+        monkeypatch.setattr(steps, "accepted_run", lambda draft, logits: len(draft))
+        for event in engine.step():
+            events[event.id].append(event)
+        assert events["stopping"][-1].finish == "eos"
+        monkeypatch.undo()
+        while not engine.idle:
+            for event in engine.step():
+                events[event.id].append(event)
+        assert events["other"][-1].finish in ("length", "stop")  # not "error": it was not failed with it
+    finally:
+        engine.eos_ids = frozenset()
