@@ -212,6 +212,7 @@ def markdown(results: dict[str, Any], companions: Path | None = None) -> str:
 # The separate benchmarks: (report, its raw results, what it measures). Each runs on its own command.
 COMPANIONS = (
     ("FOLLOW.md", "FOLLOW.json", "typing-follow in real Neovim and a plain LSP client (issue 16)"),
+    ("CONFIDENCE.md", "CONFIDENCE.json", "where a suggestion is split (confidencePercent) on the line cases (issue 16)"),
     ("HUMANEVAL.md", "humaneval.json", "HumanEval infilling pass@1 over LSP (issue 12)"),
     ("TEAM_RESULTS.md", "team-results.json", "N editors against one team engine vs N solo servers (issue 14)"),
     ("serverfront.md", "serverfront.json", "tabfill in front of llama.cpp's server vs a naive client (issue 15)"),

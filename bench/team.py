@@ -194,7 +194,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     cases = typing_cases(max(editor_counts) * args.cases, pace=args.pace)
     workdir = Path(tempfile.mkdtemp(prefix="tabfill-team-"))
     tokens = make_tokens(workdir / "tokens", "bench", *(f"editor{i}" for i in range(max(editor_counts))))
-    results: dict[str, Any] = {"machine": describe(), "commit": git_commit(), "args": vars(args), "team": [], "baseline": []}
+    results: dict[str, Any] = {"machine": describe(), "commit": git_commit(), "args": vars(args), "team": [], "baseline": [],
+                               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     log(f"starting the engine (--slots {args.slots})")
     engine = start_engine(workdir / "tokens", workdir / "engine.log", "--slots", str(args.slots), "--max-queue", "256")
     try:
