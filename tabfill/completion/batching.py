@@ -27,7 +27,7 @@ from tabfill.completion.batch_types import BatchEvent, BatchRequest
 from tabfill.completion.decoding import DRAFT_TOKENS, Decoding, Vocabulary, eos_ids
 from tabfill.completion.forward_cost import MIN_CHUNK_TOKENS, ForwardCost
 from tabfill.completion.models import LoadedModel
-from tabfill.completion.prefix_cache import PrefixCache
+from tabfill.completion.prefix_cache import PrefixCache, common_prefix
 from tabfill.kernels import steps
 from tabfill.kernels.batch import BatchedDecoder, RowInput
 from tabfill.kernels.decoder import LeanDecoder
@@ -272,11 +272,11 @@ class BatchedEngine:
         for slot in self._free:
             held = self._held.get(slot)
             if held is not None and held[0] == salt:
-                common = _common_prefix(held[1], tuple(ids))
+                common = common_prefix(held[1], ids)
                 if common > kept:
                     best, kept = slot, common
         if best is None:
-            best = min(self._free, key=lambda slot: (slot in self._held, self._held.get(slot, (b"", (), -1))[2], slot))
+            best = min(self._free, key=lambda slot: (self._held[slot][2] if slot in self._held else 0, slot))  # stamps start at 1
         self._free.remove(best)
         self._held.pop(best, None)
         return best, min(kept, len(ids) - 1)  # at least the last prompt token runs, for its logits
@@ -340,18 +340,6 @@ def _decoder(model: Any, max_tokens: int) -> LeanDecoder:
 
         return decoder_from_gguf(model.path, model.config, max_tokens=max_tokens, cache_tokens=0)
     return LeanDecoder.from_hf(model, max_tokens=max_tokens, cache_tokens=0)
-
-
-def _common_prefix(one: tuple[int, ...], other: tuple[int, ...]) -> int:
-    """Length of the common prefix (slices compared in C: a binary search, not a Python loop per token)."""
-    low, high = 0, min(len(one), len(other))
-    while low < high:
-        middle = (low + high + 1) // 2
-        if one[:middle] == other[:middle]:
-            low = middle
-        else:
-            high = middle - 1
-    return low
 
 
 def _settled_text(state: Decoding, finished: bool) -> str:

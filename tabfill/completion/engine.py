@@ -19,7 +19,7 @@ import torch
 from tabfill.completion.decoding import DRAFT_TOKENS, Decoding, Vocabulary, eos_ids
 from tabfill.completion.forward_cost import MIN_CHUNK_TOKENS, TimedForward
 from tabfill.completion.postprocess import stop_index
-from tabfill.completion.prefix_cache import PrefixCache
+from tabfill.completion.prefix_cache import PrefixCache, common_prefix
 from tabfill.completion.runners import Runner, TransformersRunner
 from tabfill.completion.types import CancelToken, Deadline, EngineInfo, FinishReason, Generation, Prompt, Resumable, Timings
 from tabfill.kernels import steps
@@ -129,10 +129,7 @@ class Engine:
         """How many leading tokens of `token_ids` already have KV in the live slot (after loading what the
         prefix store has, when that is more). At least the last token is always left to run."""
         live = self._live
-        limit = min(len(live), len(token_ids) - 1)
-        common = 0
-        while common < limit and live[common] == token_ids[common]:
-            common += 1
+        common = max(0, min(common_prefix(live, token_ids), len(token_ids) - 1))
         store = self.prefix_cache
         if store is not None:
             if common < len(live) - store.block_tokens:

@@ -288,3 +288,13 @@ def test_a_store_first_filled_under_inference_mode_takes_commits_outside_it() ->
     hit = cache.match(doc(2, 2))
     loaded = cache.load(hit)
     assert loaded is not None and torch.equal(loaded, slot.kv_of(0, 8))
+
+
+def test_common_prefix_of_token_sequences() -> None:
+    from tabfill.completion.prefix_cache import common_prefix
+
+    assert common_prefix([1, 2, 3, 4], (1, 2, 9)) == 2  # a list against a tuple compares by value
+    assert common_prefix([1, 2, 3], [1, 2, 3, 4]) == 3
+    assert common_prefix([], [1]) == common_prefix([5], [1]) == 0
+    long = list(range(1000))
+    assert common_prefix(long, long[:777] + [-1]) == 777
