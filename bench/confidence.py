@@ -26,16 +26,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lsprotocol import types
-
-from bench.cases import DATA, line_cases
-from bench.line_eval import WHOLE_ANSWER_MS
+from bench.cases import line_cases
+from bench.line_eval import WHOLE_ANSWER_MS, complete_case, workspace_store
 from bench.machine import provenance
-from bench.replay import case_uri
 from tabfill.completion.postprocess import uncertain_cuts
 from tabfill.completion.service import CompletionService
-from tabfill.completion.types import CompletionRequest, Settings
-from tabfill.lsp_server.documents import DocumentStore
+from tabfill.completion.types import Settings
 
 HERE = Path(__file__).parent
 THRESHOLDS = (0, 10, 20, 30, 40, 50, 60, 70, 80)
@@ -44,25 +40,19 @@ THRESHOLDS = (0, 10, 20, 30, 40, 50, 60, 70, 80)
 def generate(model: str, count: int) -> list[dict[str, Any]]:
     """Each case's whole answer, the generated text behind it and its per-token confidence."""
     service = CompletionService(dataclasses.replace(Settings(), model=model, deadline_ms=WHOLE_ANSWER_MS))
-    store = DocumentStore()
-    store.set_workspace([types.WorkspaceFolder(DATA.resolve().as_uri(), "data")], None, None)
+    store = workspace_store()
     rows = []
     try:
         service.load().result()
         for case in line_cases(count):
-            uri, text = case_uri(case.name), case.prefix + case.suffix
-            store.open(types.TextDocumentItem(uri, case.language_id, 1, text))
-            syntax, cross_file = store.request_context(uri, len(case.prefix), True, service.prompt_chars)
             service.last_generation = None
-            completion = service.complete(CompletionRequest(uri, case.language_id, 1, text, len(case.prefix), case.name, syntax=syntax, cross_file=cross_file))
+            completion, _ = complete_case(service, store, case)
             generation = service.last_generation if completion.source == "model" else None
             rows.append({
                 "case": case.name, "language": case.language_id, "verbatim": case.verbatim, "expected": case.expected,
                 "text": completion.text, "generated": generation.text if generation else "",
                 "confidence": [list(pair) for pair in generation.confidence] if generation else [],
             })
-            store.close(uri)
-            service.forget(uri)
     finally:
         service.close()
     return rows

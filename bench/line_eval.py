@@ -32,7 +32,7 @@ from bench.cases import DATA, LineCase, line_cases
 from bench.replay import case_uri, score_line
 from tabfill.completion.service import CompletionService
 from tabfill.completion.settings import parse_settings
-from tabfill.completion.types import CompletionRequest, Settings
+from tabfill.completion.types import Completion, CompletionRequest, Settings
 from tabfill.lsp_server.documents import DocumentStore
 
 WHOLE_ANSWER_MS = 600_000  # no deadline: the whole answer is scored
@@ -75,10 +75,7 @@ def evaluate(service: CompletionService, cases: list[LineCase], variants: tuple[
     its KV in the engine's live slot), each variant with its own `DocumentStore` over the workspace."""
     base = service.settings
     out: dict[str, list[dict[str, Any]]] = {variant.name: [] for variant in variants}
-    stores = {}
-    for variant in variants:
-        store = stores[variant.name] = DocumentStore()
-        store.set_workspace([types.WorkspaceFolder(DATA.resolve().as_uri(), "data")], None, None)
+    stores = {variant.name: workspace_store() for variant in variants}
     try:
         for case in cases:
             for variant in variants:
@@ -93,20 +90,36 @@ def evaluate(service: CompletionService, cases: list[LineCase], variants: tuple[
     return out
 
 
-def _complete_case(service: CompletionService, store: DocumentStore, case: LineCase, variant: Variant) -> dict[str, Any]:
+def workspace_store() -> DocumentStore:
+    """A DocumentStore over bench/data as the workspace folder (what cross-file context may read)."""
+    store = DocumentStore()
+    store.set_workspace([types.WorkspaceFolder(DATA.resolve().as_uri(), "data")], None, None)
+    return store
+
+
+def complete_case(service: CompletionService, store: DocumentStore, case: LineCase, cross_file_context: bool = True) -> tuple[Completion, float]:
+    """The case's document opened in `store`, the service's answer at its cursor and the ms `complete` took
+    (the context lookup before it not counted), the document closed again."""
     uri = case_uri(case.name)
     text = case.prefix + case.suffix
     store.open(types.TextDocumentItem(uri, case.language_id, 1, text))
     offset = len(case.prefix)
-    syntax, cross_file = store.request_context(uri, offset, variant.cross_file_context, service.prompt_chars)
-    request = CompletionRequest(uri, case.language_id, 1, text, offset, case.name, syntax=syntax, cross_file=cross_file)
-    started = time.perf_counter()
-    completion = service.complete(request)
+    try:
+        syntax, cross_file = store.request_context(uri, offset, cross_file_context, service.prompt_chars)
+        request = CompletionRequest(uri, case.language_id, 1, text, offset, case.name, syntax=syntax, cross_file=cross_file)
+        started = time.perf_counter()
+        completion = service.complete(request)
+        return completion, (time.perf_counter() - started) * 1000
+    finally:
+        store.close(uri)
+        service.forget(uri)
+
+
+def _complete_case(service: CompletionService, store: DocumentStore, case: LineCase, variant: Variant) -> dict[str, Any]:
+    completion, ms = complete_case(service, store, case, variant.cross_file_context)
     row = {"case": case.name, "language": case.language_id, "verbatim": case.verbatim, **score_line(completion.text, case.expected)}
-    row["ms"] = round((time.perf_counter() - started) * 1000, 1)
+    row["ms"] = round(ms, 1)
     row["header_chars"] = len(service.last_cross_file)
-    store.close(uri)
-    service.forget(uri)
     return row
 
 
