@@ -27,7 +27,7 @@ if __name__ == "__main__":  # the in-process batch_step table: torch as every `t
 
 from bench.cases import Keystroke, TypingCase, typing_cases
 from bench.engine_process import EngineProcess, make_tokens, start_engine
-from bench.machine import describe, git_commit, process_usage
+from bench.machine import process_usage, provenance
 from bench.replay import run_typing_case
 from bench.report import percentile
 from bench.systems import EMPTY, TabfillSystem
@@ -189,13 +189,12 @@ def batch_step_table() -> Any:
     return table
 
 
-async def run(args: argparse.Namespace) -> dict[str, Any]:
+async def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     editor_counts = [int(n) for n in args.editors.split(",")]
     cases = typing_cases(max(editor_counts) * args.cases, pace=args.pace)
     workdir = Path(tempfile.mkdtemp(prefix="tabfill-team-"))
     tokens = make_tokens(workdir / "tokens", "bench", *(f"editor{i}" for i in range(max(editor_counts))))
-    results: dict[str, Any] = {"machine": describe(), "commit": git_commit(), "args": vars(args), "team": [], "baseline": [],
-                               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    results: dict[str, Any] = {**provenance(command), "args": vars(args), "team": [], "baseline": []}
     log(f"starting the engine (--slots {args.slots})")
     engine = start_engine(workdir / "tokens", workdir / "engine.log", "--slots", str(args.slots), "--max-queue", "256")
     try:
@@ -293,8 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=HERE / "TEAM_RESULTS.md")
     args = parser.parse_args(argv)
     command = "python -m bench.team " + " ".join(argv if argv is not None else sys.argv[1:])
-    results = asyncio.run(run(args))
-    results["command"] = command
+    results = asyncio.run(run(args, command))
     (args.out.parent / "team-results.json").write_text(json.dumps(results, indent=1, default=str))
     args.out.write_text(markdown(results, command))
     print(markdown(results, command))
