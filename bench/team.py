@@ -106,7 +106,7 @@ def engine_status(engine: EngineProcess, token: str) -> dict[str, Any]:
 async def team_phase(engine: EngineProcess, tokens: dict[str, str], editors: int, cases: list[TypingCase], per_editor: int) -> dict[str, Any]:
     systems = [TabfillSystem(f"team-{i}", "default", {"engine": engine.url, "engineToken": tokens[f"editor{i}"]}) for i in range(editors)]
     startup_s = await start_all(systems)
-    front_usage = [process_usage(system.pid) for system in systems]
+    front_before = [process_usage(system.pid) for system in systems]
     before, usage_before = engine_status(engine, tokens["bench"]), process_usage(engine.process.pid)
     started = time.perf_counter()
     rows = await type_all(systems, cases, per_editor)
@@ -116,12 +116,23 @@ async def team_phase(engine: EngineProcess, tokens: dict[str, str], editors: int
     await stop_all(systems)
     generated = after["scheduler"]["generatedTokens"] - before["scheduler"]["generatedTokens"]
     return {
+        "engine_work": engine_work(before["scheduler"], after["scheduler"]),
         "editors": editors, "wall_s": round(wall_s, 1), "frontend_startup_s": round(startup_s, 2),
-        "frontend_peak_rss_mb": max(u.peak_rss_mb for u in front_usage), **summarize_rows(rows),
+        "frontend_peak_rss_mb": max(u.peak_rss_mb for u in front_usage),
+        "frontend_cpu_share": round(sum(a.cpu_s - b.cpu_s for a, b in zip(front_usage, front_before)) / wall_s, 2), **summarize_rows(rows),
         "generated_tokens": generated, "tokens_per_s": round(generated / wall_s, 1),
         "engine_cpu_s": round(usage_after.cpu_s - usage_before.cpu_s, 1), "engine_cpu_share": round((usage_after.cpu_s - usage_before.cpu_s) / wall_s, 2),
         "engine_rss_mb": usage_after.rss_mb, "engine_peak_rss_mb": usage_after.peak_rss_mb, "rows": rows,
     }
+
+
+def engine_work(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """What the engine did in a phase: its step counters, how requests ended and waited (status deltas)."""
+    work: dict[str, Any] = {}
+    for part in ("engine", "outcomes", "waits"):
+        old, new = before.get(part, {}), after.get(part, {})
+        work[part] = {key: new[key] - old.get(key, 0) for key in new if new[key] != old.get(key, 0)}
+    return work
 
 
 async def baseline_phase(editors: int, cases: list[TypingCase], per_editor: int) -> dict[str, Any]:

@@ -40,8 +40,13 @@ log = logging.getLogger(__name__)
 # this 2-core box over the GGUF's blocks), so with `prefill_budget_ms` the chunk is the widest whose step is
 # expected to fit the budget (ForwardCost, measured on the engine's own steps), at most PREFILL_CHUNK_TOKENS.
 PREFILL_CHUNK_TOKENS = 128
+PREFILL_TOKEN_MS_GUESS = 4.0  # a prompt token's share of a 16-token chunk before the engine measured one (SmolLM2, 2 cores)
 
 FINISHES = ("stop", "length", "eos", "cancelled", "error")
+COUNTERS = (
+    "steps", "step_ms", "decode_rows", "draft_tokens", "prefill_tokens", "prefill_rows",
+    "prompts", "prompt_tokens", "slot_kept_tokens", "store_tokens", "cancelled_prefilling",
+)
 
 
 @dataclass(eq=False)
@@ -55,6 +60,7 @@ class _Row:
     draft: list[int] = field(default_factory=list)
     sent_tokens: int = 0
     sent_text: str = ""
+    kept_hint: int = 0  # prompt tokens a free slot held when the row arrived (what it will not prefill)
 
     @property
     def prefilling(self) -> bool:
@@ -108,6 +114,8 @@ class BatchedEngine:
         self._left = 0
         self._arrivals = 0
         self._events: list[BatchEvent] = []  # produced between steps (cancellations), returned by the next step
+        # What the steps did (read by the engine's status from another thread: fixed keys, int values)
+        self.counters = dict.fromkeys(COUNTERS, 0)
 
     # ------------------------------------------------------------------ requests in and out
     def add(self, request: BatchRequest) -> None:
@@ -135,7 +143,9 @@ class BatchedEngine:
         if not math.isfinite(request.priority):
             raise ValueError(f"priority must be a finite number, got {request.priority!r}")
         state = Decoding.begin(prompt, self.eos_ids, request.corpus, self.draft_tokens)
-        self._rows[request.id] = _Row(request, state, self._arrivals)
+        row = _Row(request, state, self._arrivals)
+        row.kept_hint = max((common_prefix(held, ids) for salt, held, _ in self._held.values() if salt == request.salt), default=0)
+        self._rows[request.id] = row
         self._arrivals += 1
 
     def cancel(self, request_id: str) -> None:
@@ -201,10 +211,18 @@ class BatchedEngine:
         try:
             started = time.perf_counter()
             outputs = self.batch.forward_rows(inputs)
-            self.cost.observe(sum(len(row.token_ids) for row in inputs), (time.perf_counter() - started) * 1000.0)
+            elapsed_ms = (time.perf_counter() - started) * 1000.0
+            self.cost.observe(sum(len(row.token_ids) for row in inputs), elapsed_ms)
         except Exception:  # a kernel failure ends this step's rows, never the engine
             log.exception("batched forward failed; ending the %d rows of this step", len(inputs))
             return events + [self._finish(row, "error") for row in decoding + [row for row, _ in prefills]]
+        counters = self.counters
+        counters["steps"] += 1
+        counters["step_ms"] += round(elapsed_ms)
+        counters["decode_rows"] += len(decoding)
+        counters["draft_tokens"] += sum(len(row.draft) for row in decoding)
+        counters["prefill_rows"] += len(prefills)
+        counters["prefill_tokens"] += sum(len(chunk) for _, chunk in prefills)
         for row, logits in zip(decoding, outputs):
             events.extend(self._after_decode(row, logits))
         for (prefill, chunk), logits in zip(prefills, outputs[len(decoding) :]):
@@ -258,11 +276,34 @@ class BatchedEngine:
         candidates = [row for row in self._rows.values() if row.prefilling and id(row) not in taken and (row.slot >= 0 or self._free)]
         if not candidates:
             return None
-        row = min(candidates, key=lambda r: (r.request.priority, r.order))
+        # NOTE: the most urgent is the one whose prefill would end first if started when its priority says
+        # (its deadline): priority + its remaining prompt tokens' time. By the deadline alone, a busy engine
+        # (8 editors typing on 2 cores) gave each step's chunk to whichever document's user paused longest,
+        # moved on at the next keystroke, and ended 8 of 940 prefills in 30 s; counting the work left, the
+        # documents whose slot already holds their prompt answer first, and a cold one ages into its turn
+        # (the scheduler keeps an unanswered document's earliest priority across its keystrokes)
+        per_token_s = self._prefill_token_ms() / 1000.0
+        row = min(candidates, key=lambda r: (r.request.priority + per_token_s * self._remaining(r), r.order))
         if row.slot < 0:
             row.slot, kept = self._take_slot(row)
             row.written = row.state.cached_tokens = self._load_prefix(row, kept)
+            counters = self.counters
+            counters["prompts"] += 1
+            counters["prompt_tokens"] += len(row.state.prompt.token_ids)
+            counters["slot_kept_tokens"] += kept
+            counters["store_tokens"] += row.written - kept
+            log.debug("request %s: slot %d, prompt %d tokens, %d kept in the slot, %d from the store (priority %.3f)",
+                      row.request.id, row.slot, len(row.state.prompt.token_ids), kept, row.written - kept, row.request.priority)
         return row
+
+    def _remaining(self, row: _Row) -> int:
+        """Prompt tokens `row` has still to prefill (expected: from the slot it would take, when waiting)."""
+        return len(row.state.prompt.token_ids) - (row.written if row.slot >= 0 else row.kept_hint)
+
+    def _prefill_token_ms(self) -> float:
+        """What a prompt token costs in a prefill chunk of MIN_CHUNK_TOKENS * 2 here (a guess before measured)."""
+        width = 2 * MIN_CHUNK_TOKENS
+        return self.cost.estimate_ms(width) / width if self.cost.measured else PREFILL_TOKEN_MS_GUESS
 
     def _take_slot(self, row: _Row) -> tuple[int, int]:
         """A free slot for `row`, and how many leading tokens of its prompt that slot already holds: the one
@@ -300,6 +341,10 @@ class BatchedEngine:
     def _finish(self, row: _Row, finish: str) -> BatchEvent:
         """End a row: keep its verified KV in the prefix store (its salt), free its slot, report the rest."""
         self._rows.pop(row.request.id, None)
+        if finish == "cancelled" and row.prefilling:
+            self.counters["cancelled_prefilling"] += 1
+        log.debug("request %s: %s in slot %d, %d of %d prompt tokens written, %d generated",
+                  row.request.id, finish, row.slot, row.written, len(row.state.prompt.token_ids), len(row.state.generated))
         if row.slot >= 0:
             # NOTE: a draft token after a stop (an EOS, or the text the stop rule cut) was forwarded but never
             # joined the generation: only the positions of tokens the generation holds count as verified

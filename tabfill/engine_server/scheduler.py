@@ -13,6 +13,7 @@ replaced by a newer warm-up of their document and dropped by any request of it; 
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 import logging
@@ -87,6 +88,11 @@ class Scheduler:
         self.generated_tokens = 0
         self.step_seconds = 0.0
         self.warm_counts = {"started": 0, "done": 0, "dropped": 0}
+        # How keystroke requests ended (finish -> count; "...WithoutTokens": ended before their first token)
+        # and how long they waited for a slot and for their first event (ms, summed): where an engine that
+        # cannot keep up loses its answers.
+        self.outcomes: dict[str, int] = {}
+        self.waits = {"admitted": 0, "admitWaitMs": 0, "firstEvents": 0, "firstEventMs": 0}
         self._thread = threading.Thread(target=self._run, name="tabfill-scheduler", daemon=True)
 
     # ------------------------------------------------------------------ network side (any thread)
@@ -117,6 +123,10 @@ class Scheduler:
                 if previous is not None and self._drop(previous):
                     superseded = previous
                     self.warm_counts["dropped"] += previous.warm
+                    if not previous.warm and not previous.generated and previous.request.priority < job.request.priority:
+                        # NOTE: the document is still waiting for an answer: it keeps its place (an editor typing
+                        # faster than the engine answers would else go to the back at every keystroke)
+                        job.request = dataclasses.replace(job.request, priority=previous.request.priority)
             full = len(self._queued) >= self.max_queue
             if not full:
                 self._queued[job.id] = job
@@ -126,6 +136,7 @@ class Scheduler:
             self._cond.notify_all()
         self._wake_engine()
         if superseded is not None:
+            self._ended(superseded, "superseded")
             superseded.sink(superseded, final_event(superseded, "superseded"))
         if full:
             raise Busy(f"{self.max_queue} requests are waiting (the limit)")
@@ -165,6 +176,7 @@ class Scheduler:
                 return False
             self._cond.notify_all()
         self._wake_engine()
+        self._ended(job, finish)
         job.sink(job, final_event(job, finish))
         return True
 
@@ -181,12 +193,23 @@ class Scheduler:
             del self._documents[job.document]
         return True
 
+    def _ended(self, job: Job, finish: str) -> None:
+        """Count how a keystroke request ended (warm-ups are counted apart)."""
+        if job.warm:
+            return
+        key = finish if job.generated else f"{finish}WithoutTokens"
+        with self._cond:
+            self.outcomes[key] = self.outcomes.get(key, 0) + 1
+
     def describe(self) -> dict[str, Any]:
+        counters = getattr(self.engine, "counters", None)
         with self._cond:
             return {
                 "slots": self.slots, "running": len(self._running), "queued": len(self._queued), "maxQueue": self.max_queue,
                 "steps": self.steps, "generatedTokens": self.generated_tokens, "stepSeconds": round(self.step_seconds, 3),
                 "warms": {"waiting": len(self._warms), **self.warm_counts},
+                "outcomes": dict(self.outcomes), "waits": dict(self.waits),
+                **({"engine": dict(counters)} if isinstance(counters, dict) else {}),
             }
 
     # ------------------------------------------------------------------ the scheduler thread
@@ -223,6 +246,9 @@ class Scheduler:
         self._running[job.id] = job
         job.admitted = time.perf_counter()
         admitted.append(job)
+        if not job.warm:
+            self.waits["admitted"] += 1
+            self.waits["admitWaitMs"] += round((job.admitted - job.submitted) * 1000)
 
     def _run(self) -> None:
         while True:
@@ -268,8 +294,13 @@ class Scheduler:
                         del self._documents[job.document]
                     if job.warm:
                         self.warm_counts["done"] += 1
-            job.first_event = job.first_event or now
+            if not job.first_event and event.token_ids and not job.warm:
+                job.first_event = now
+                self.waits["firstEvents"] += 1
+                self.waits["firstEventMs"] += round((now - job.submitted) * 1000)
             job.generated += len(event.token_ids)
+            if event.finish is not None:
+                self._ended(job, event.finish)
             self.generated_tokens += len(event.token_ids)
             job.sink(job, event)
 
@@ -278,6 +309,7 @@ class Scheduler:
             if not self._drop(job):
                 return
             self._to_cancel = [i for i in self._to_cancel if i != job.id]
+        self._ended(job, finish)
         job.sink(job, final_event(job, finish, unavailable))
 
     def _fail_running(self, why: str) -> None:

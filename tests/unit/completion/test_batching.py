@@ -378,3 +378,40 @@ def test_a_row_stopped_inside_its_accepted_draft_ends_alone(twins: Twins, monkey
         assert events["other"][-1].finish in ("length", "stop")  # not "error": it was not failed with it
     finally:
         engine.eos_ids = frozenset()
+
+
+def test_prefill_order_counts_the_work_left_and_a_cold_prompt_ages_into_its_turn(twins: Twins) -> None:
+    """The next keystroke of a document whose slot holds its prompt is prefilled before a cold prompt due a
+    little sooner (its answer is a step away, the cold one's many); a cold prompt due sooner by more than its
+    own prefill takes goes first. The counters say what the steps did."""
+    from tabfill.completion.forward_cost import ForwardCost
+
+    engine = twins.batched
+    saved = engine.cost
+    try:
+        engine.cost = ForwardCost()  # unmeasured: PREFILL_TOKEN_MS_GUESS a token
+        first = BatchRequest("doc", Prompt(twins.ids(TEXTS[1]), 2, NO_STOP), b"t", 0.0)
+        generate_all(engine, [first])
+
+        counters = dict(engine.counters)
+        cold_a = twins.ids("\n".join(f"z{i} = {i} - {i}" for i in range(30)))  # in no slot nor store
+        assert len(cold_a) > 3 * engine.prefill_chunk
+        engine.add(BatchRequest("cold-a", Prompt(cold_a, 2, NO_STOP), b"t", 100.0))
+        engine.add(BatchRequest("key-a", Prompt(first.prompt.token_ids + (5, 6), 2, NO_STOP), b"t", 100.05))
+        order = _first_token_order(engine)
+        assert order == ["key-a", "cold-a"]
+        assert engine.counters["prompts"] - counters["prompts"] == 2
+        assert engine.counters["slot_kept_tokens"] - counters["slot_kept_tokens"] >= len(first.prompt.token_ids)
+        cold_b = "\n".join(f"y{i} = {i} + {i}" for i in range(30))
+        engine.add(BatchRequest("cold-b", Prompt(twins.ids(cold_b), 2, NO_STOP), b"t", 99.0))
+        engine.add(BatchRequest("key-b", Prompt(first.prompt.token_ids + (5, 6, 7), 2, NO_STOP), b"t", 100.05))
+        assert _first_token_order(engine) == ["cold-b", "key-b"]
+    finally:
+        engine.cost = saved
+
+
+def _first_token_order(engine: BatchedEngine) -> list[str]:
+    order: list[str] = []
+    while not engine.idle:
+        order += [e.id for e in engine.step() if e.token_ids and e.id not in order]
+    return order

@@ -174,3 +174,27 @@ def wait_until(predicate, timeout: float = 5.0) -> bool:
     while not predicate() and time.monotonic() < deadline:
         time.sleep(0.005)
     return bool(predicate())
+
+
+def test_a_keystroke_superseding_an_unanswered_one_keeps_its_document_s_place() -> None:
+    """An editor typing faster than the engine answers keeps the place of its first unanswered keystroke (it
+    would else go to the back of the queue at every key); once answered, a new keystroke queues anew. How
+    the requests ended is counted."""
+    engine, recorder = FakeEngine(), Recorder()
+    scheduler = Scheduler(engine, slots=1)  # not started: everything waits
+    scheduler.submit(job("a1", recorder, document="a", priority=10.0))
+    scheduler.submit(job("b1", recorder, document="b", priority=20.0))
+    scheduler.submit(job("a2", recorder, document="a", priority=30.0))  # a1 unanswered: a2 keeps 10.0
+    assert recorder.finish("a1") == "superseded"
+    scheduler.start()
+    try:
+        assert recorder.finish("a2") == "length" and recorder.finish("b1") == "length"
+        assert engine.started == ["a2", "b1"]
+        answered = job("a3", recorder, document="a", priority=40.0)
+        scheduler.submit(answered)
+        assert recorder.finish("a3") == "length"
+        assert answered.request.priority == 40.0  # a2 was answered: nothing to inherit
+        outcomes = scheduler.describe()["outcomes"]
+        assert outcomes == {"supersededWithoutTokens": 1, "length": 3}
+    finally:
+        scheduler.close()
