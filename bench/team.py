@@ -248,7 +248,25 @@ def markdown(results: dict[str, Any], command: str) -> str:
               common + "| tokens/s | engine CPU s (cores) | engine RSS MB (peak) | front-end start s / peak RSS MB |", "|---" * 11 + "|"]
     lines += [cells(row) + f"| {row['tokens_per_s']} | {row['engine_cpu_s']} ({row['engine_cpu_share']}) | {row['engine_rss_mb']} "
               f"({row['engine_peak_rss_mb']}) | {row['frontend_startup_s']} / {row['frontend_peak_rss_mb']} |" for row in results["team"]]
-    lines += ["", "## Baseline: N solo `tabfill serve` with their own models", "", common + "| CPU s (cores) | RSS MB total |", "|---" * 9 + "|"]
+    lines += ["", "## What the engine did (its status counters over each phase)", "",
+              "| editors | steps | ms per step | prefill tokens | decode rows | prompts given a slot | prompt tokens already in the slot "
+              "| requests superseded before a token | first token after (mean ms) | front-ends' CPU (cores) |", "|---" * 10 + "|"]
+    for row in results["team"]:
+        work = row.get("engine_work") or {}
+        engine, outcomes, waits = work.get("engine", {}), work.get("outcomes", {}), work.get("waits", {})
+        steps, prompt_tokens = engine.get("steps", 0), engine.get("prompt_tokens", 0)
+        ended = sum(outcomes.values())
+        lines.append(
+            f"| {row['editors']} | {steps} | {fmt(engine.get('step_ms', 0) / steps if steps else None, 1)} | {engine.get('prefill_tokens', 0)} "
+            f"| {engine.get('decode_rows', 0)} | {engine.get('prompts', 0)} "
+            f"| {fmt(100 * engine.get('slot_kept_tokens', 0) / prompt_tokens if prompt_tokens else None)} % "
+            f"| {outcomes.get('supersededWithoutTokens', 0)} of {ended} "
+            f"| {fmt(waits['firstEventMs'] / waits['firstEvents'] if waits.get('firstEvents') else None)} | {row.get('frontend_cpu_share', '–')} |"
+        )
+    lines += ["", "Prompt tokens already in the slot: of the prompts that got a slot, the share their slot held from the "
+              "document's previous request (the rest is prefilled). A request superseded before a token was answered "
+              "by the front-end from type-through, its cache or not at all.", ""]
+    lines += ["## Baseline: N solo `tabfill serve` with their own models", "", common + "| CPU s (cores) | RSS MB total |", "|---" * 9 + "|"]
     lines += [cells(row) + f"| {row['cpu_s']} ({row['cpu_share']}) | {row['rss_mb_total']} |" for row in results["baseline"]]
     lines += ["", "## Targets (issue 14)", "", "| target | measured | status |", "|---|---|---|"]
     lines += [f"| {name} | {measured} | {status} |" for name, measured, status in targets(results)]
@@ -274,8 +292,10 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     if 1 in team and 8 in team:
         one, eight = team[1]["model_p95_ms"], team[8]["model_p95_ms"]
         ratio = eight / one if one and one != float("inf") else None
+        # NOTE: a p95 that is a miss (more than 5 % unanswered) at 8 editors misses the target whatever 1 editor did
+        met = False if eight is None or eight == float("inf") else (None if ratio is None else ratio <= 3)
         rows.append(("model-answer p95 at 8 editors <= 3x at 1", f"{eight} / {one} ms" + ("" if ratio is None else f" = {ratio:.2f}x"),
-                     judged(None if ratio is None else ratio <= 3)))
+                     judged(met)))
         limit = 1536 + KV_BYTES_PER_SLOT_MB * results["args"]["slots"]
         rss = team[8]["engine_peak_rss_mb"]
         rows.append((f"engine RSS at 8 editors <= 1.5 GB + KV slots ({limit} MB)", f"{rss} MB", judged(rss <= limit)))
