@@ -208,7 +208,9 @@ class OpenAISource:
             stop += tuple(t for t in texts if isinstance(t, str) and t)
             if profile.kind == wire.OPENAI:
                 stop = stop[:4]  # the OpenAI API takes at most 4
-        return wire.RequestPlan(body, max_tokens, stop, stop_ids, request_id, priority)
+        # NOTE: each token's probability lets the service draw the answer up to where the model was unsure, as
+        # with the in-process and team engines; a warm-up (one token, never shown) does not ask for it
+        return wire.RequestPlan(body, max_tokens, stop, stop_ids, request_id, priority, logprobs=max_tokens > 1)
 
     def start_stream(self, prompt: Prompt, max_tokens: int, priority: int, *, salt: str | None = None,
                      listener: Callable[[], None] | None = None) -> Stream:
@@ -333,6 +335,7 @@ class OpenAISource:
         finish = stream.wait(cancel, deadline)
         with stream.cond:
             text, cached, prompt_tokens = stream.text, stream.cached_tokens, stream.prompt_tokens
+            confidence = tuple(stream.confidence)
         continuation: Handle | None = None
         if finish == "deadline":
             continuation = handle
@@ -341,7 +344,7 @@ class OpenAISource:
                 weakref.finalize(handle, self._abort, stream)
         token_ids = tuple(self.tokenizer.encode(text)) if text else ()
         timings = Timings().add("remote", (time.perf_counter() - started) * 1000)
-        return Generation(token_ids, text, finish, prompt_tokens, timings, cached_tokens=cached, continuation=continuation)
+        return Generation(token_ids, text, finish, prompt_tokens, timings, cached_tokens=cached, continuation=continuation, confidence=confidence)
 
 
 def open_openai_source(settings: Any, progress: Any = None) -> OpenAISource:

@@ -34,6 +34,7 @@ class Stream:
     task: Any = None  # the concurrent.futures.Future of its coroutine on the event loop
     cond: threading.Condition = field(default_factory=threading.Condition)
     listener: Callable[[], None] | None = None  # called (event-loop thread, no lock held) after each event and at the end
+    confidence: list[tuple[int, float]] = field(default_factory=list)  # as Generation.confidence: (offset in text, probability)
 
     def add(self, chunk: Chunk) -> bool:
         """Take one event; True when reading must stop (the stop rule cut the text, or [DONE]). After the
@@ -54,10 +55,18 @@ class Stream:
             if self.finish is not None:
                 return chunk.done or not self.server_finished
             if chunk.text:
+                if chunk.tokens and "".join(token for token, _ in chunk.tokens) == chunk.text:
+                    # NOTE: only when the tokens spell the chunk's text (a token that ends inside a character,
+                    # or a server that trims a stop string, would misplace every offset after it)
+                    start = len(self.text)
+                    for token, probability in chunk.tokens:
+                        self.confidence.append((start, probability))
+                        start += len(token)
                 self.text += chunk.text
                 cut = stop_index(self.text, self.stop)
                 if cut is not None:
                     self.text = self.text[:cut]
+                    self.confidence = [entry for entry in self.confidence if entry[0] < cut]
                     self._end("stop")
                     return True
             if chunk.done:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,6 +59,8 @@ class Chunk:
     prompt_tokens: int | None = None
     cached_tokens: int | None = None
     done: bool = False  # the `[DONE]` sentinel
+    # (token text, probability) of each token in `text`, in order, when the server sent their logprobs
+    tokens: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass
@@ -122,11 +125,29 @@ def parse_event(data: str) -> Chunk:
             if not isinstance(choice, dict) or not isinstance(choice.get("text", ""), str):
                 raise StreamError(f"malformed event (choice without text): {data[:80]!r}")
             chunk.text += choice.get("text") or ""
+            chunk.tokens += _token_probabilities(choice.get("logprobs"))
             chunk.finish_reason = choice.get("finish_reason") or chunk.finish_reason
     elif "usage" not in payload:
         raise StreamError(f"malformed event (no choices): {data[:80]!r}")
     _read_usage(payload, chunk)
     return chunk
+
+
+def _token_probabilities(logprobs: Any) -> tuple[tuple[str, float], ...]:
+    """A completion choice's `logprobs` ({"tokens": [...], "token_logprobs": [...], ...}, the legacy completions
+    shape vLLM, SGLang, llama-cpp-python and OpenAI stream) as (token text, probability) pairs; () when absent or
+    malformed (then nothing is judged unsure)."""
+    if not isinstance(logprobs, dict):
+        return ()
+    tokens, values = logprobs.get("tokens"), logprobs.get("token_logprobs")
+    if not isinstance(tokens, list) or not isinstance(values, list) or len(tokens) != len(values):
+        return ()
+    pairs = []
+    for token, value in zip(tokens, values):
+        if not isinstance(token, str) or isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return ()
+        pairs.append((token, math.exp(min(0.0, value))))
+    return tuple(pairs)
 
 
 def _read_usage(payload: Mapping[str, Any], chunk: Chunk) -> None:
@@ -188,6 +209,7 @@ class RequestPlan:
     stop_token_ids: tuple[int, ...] = ()
     request_id: str = ""
     priority: int = 0  # 0 typing; 1 warm-up (later, where the server schedules by priority)
+    logprobs: bool = False  # ask for each token's logprob (where the server streams them: LOGPROB_KINDS)
 
 
 @dataclass(frozen=True)
@@ -203,6 +225,12 @@ class ServerProfile:
     usage: bool = True  # ask for usage in the stream (stream_options.include_usage)
 
 
+# Kinds whose /v1/completions streams the legacy `logprobs` object per chunk ({"tokens", "token_logprobs", ...}).
+# NOTE: llama.cpp's own server streams another shape (`completion_probabilities`, or chat-style content lists
+# in newer builds) and its /infill takes `n_probs`: not asked, so its answers are drawn whole.
+LOGPROB_KINDS = frozenset({VLLM, SGLANG, LLAMA_CPP_PYTHON, OPENAI})
+
+
 def completion_body(plan: RequestPlan, profile: ServerProfile) -> dict[str, Any]:
     """The JSON body of `POST /v1/completions` for this server kind."""
     body: dict[str, Any] = {
@@ -215,6 +243,8 @@ def completion_body(plan: RequestPlan, profile: ServerProfile) -> dict[str, Any]
     if profile.model is not None:
         body["model"] = profile.model
     kind = profile.kind
+    if plan.logprobs and kind in LOGPROB_KINDS:
+        body["logprobs"] = 1  # the chosen token's logprob (and its top-1 alternative, which is itself when greedy)
     if kind in (VLLM, SGLANG, OPENAI) and profile.usage:
         body["stream_options"] = {"include_usage": True}
     if kind in (VLLM, SGLANG):

@@ -20,6 +20,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -48,6 +49,7 @@ class _Row:
     request: BatchRequest
     stream: Stream
     sent_text: str = ""
+    sent_confidence: int = 0  # entries of stream.confidence already sent
 
 
 class OpenAIBackend:
@@ -94,26 +96,31 @@ class OpenAIBackend:
         for request_id, row in list(self._rows.items()):
             stream = row.stream
             with stream.cond:
-                text, finish = stream.text, stream.finish
+                text, finish, confidence = stream.text, stream.finish, stream.confidence[row.sent_confidence :]
             ended = finish is not None and (stream.task is None or stream.task.done())
             settled = text if ended else _settled(text, row.request.prompt.stop.single_line)
             if not settled.startswith(row.sent_text):  # NOTE: the stop rule cut behind what was sent
                 log.warning("request %s: the text changed before what was already sent", request_id)
                 settled = row.sent_text
             delta, row.sent_text = settled[len(row.sent_text) :], settled
+            # NOTE: the probabilities of the tokens that start inside what is sent, so a front-end draws the
+            # answer up to where the model was unsure (as from the batched engine's deltas)
+            sure = [entry for entry in confidence if entry[0] < len(settled)]
+            row.sent_confidence += len(sure)
             if ended:
                 del self._rows[request_id]
                 outage = self.source.health.outage if finish == "error" else None
                 unavailable = f"{self.source.base_url} failed ({outage.reason})" if outage is not None else ""
-                events.append(self._event(row, delta, str(finish), unavailable))
+                events.append(self._event(row, delta, str(finish), unavailable, sure))
             elif delta:
-                events.append(self._event(row, delta, None))
+                events.append(self._event(row, delta, None, confidence=sure))
         return events
 
-    def _event(self, row: _Row, delta: str, finish: str | None, unavailable: str = "") -> BatchEvent:
+    def _event(self, row: _Row, delta: str, finish: str | None, unavailable: str = "",
+               confidence: Sequence[tuple[int, float]] = ()) -> BatchEvent:
         stream = row.stream
         ids = tuple(self.source.tokenizer.encode(delta)) if delta else ()  # NOTE: for drafts and counts only
-        return BatchEvent(row.request.id, ids, delta, finish, stream.cached_tokens, stream.prompt_tokens, unavailable)
+        return BatchEvent(row.request.id, ids, delta, finish, stream.cached_tokens, stream.prompt_tokens, unavailable, tuple(confidence))
 
     def status(self) -> dict[str, object]:
         """The server's kind, extras, request and outage counts (any thread: the status frame)."""

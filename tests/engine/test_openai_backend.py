@@ -6,6 +6,7 @@ with the fast tests."""
 from __future__ import annotations
 
 import json
+import math
 import socket
 import threading
 import time
@@ -24,6 +25,7 @@ from tests.support import build_tiny_tokenizer
 
 API_KEY = "sk-upstream-secret"
 PIECES = ["ret", "urn", " x", " +", " 1"]
+PROBABILITIES = [0.9, 0.99, 0.8, 0.4, 0.95]  # streamed as each piece's logprob when a request asks
 
 
 @dataclass
@@ -95,7 +97,11 @@ def serve_upstream(upstream: Upstream, port: int = 0) -> ThreadingHTTPServer:
                 for index in range(wanted):
                     piece = PIECES[index] if index < len(PIECES) else " +1"
                     finish = "length" if index == wanted - 1 else None
-                    self.event({"choices": [{"index": 0, "text": piece, "finish_reason": finish}]})
+                    choice: dict[str, Any] = {"index": 0, "text": piece, "finish_reason": finish}
+                    if body.get("logprobs"):
+                        logprob = math.log(PROBABILITIES[index]) if index < len(PIECES) else 0.0
+                        choice["logprobs"] = {"tokens": [piece], "token_logprobs": [logprob], "text_offset": [0], "top_logprobs": None}
+                    self.event({"choices": [choice]})
                     time.sleep(0.02)
                 self.event({"choices": [], "usage": {"prompt_tokens": len(body["prompt"]), "completion_tokens": wanted,
                                                      "prompt_tokens_details": {"cached_tokens": 3}}})
@@ -151,9 +157,12 @@ def test_tenants_complete_through_the_gateway_each_with_its_own_cache_salt(gatew
         before = len(upstream.completions())
         answers = [remote.generate(Prompt(ids, 5, StopRule()), CancelToken(), Deadline.after_ms(20_000)) for remote in (alice, bob)]
         assert [(a.text, a.finish_reason, a.cached_tokens) for a in answers] == [("return x + 1", "length", 3)] * 2
+        # each token's probability comes through the gateway's deltas, at its offset in the answer
+        assert [offset for offset, _ in answers[0].confidence] == [0, 3, 6, 8, 10]
+        assert [p for _, p in answers[0].confidence] == pytest.approx(PROBABILITIES, abs=1e-6)
         sent = upstream.completions()[before:]
         assert [body["prompt"] for body in sent] == [list(ids)] * 2  # token ids: the server tokenizes as we do
-        assert all(body["max_tokens"] == 5 and body["temperature"] == 0 for body in sent)
+        assert all(body["max_tokens"] == 5 and body["temperature"] == 0 and body["logprobs"] == 1 for body in sent)
         salts = [body["cache_salt"] for body in sent]
         assert salts[0] != salts[1] and all(len(salt) >= 43 for salt in salts)  # no cross-tenant prefix reuse
         assert set(upstream.headers) == {f"Bearer {API_KEY}"}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +56,7 @@ class FakeServer:
     fail: Callable[[httpx.Request], httpx.Response | None] | None = None  # a failure to answer instead, or None
     requests: list[tuple[str, str, Any]] = field(default_factory=list)  # (method, path, JSON body)
     closed_early: list[str] = field(default_factory=list)
+    probabilities: tuple[float, ...] = ()  # per piece, streamed as its logprob when a request asks (`logprobs`)
 
     def bodies(self, path: str) -> list[dict[str, Any]]:
         return [body for _, p, body in self.requests if p == path]
@@ -108,7 +110,8 @@ class FakeServer:
             return httpx.Response(200, json={"id": "cmpl-1", "object": "text_completion", "choices": [{"index": 0, "text": "x", "finish_reason": "length"}]})
         request_id = str(body.get("rid") or body.get("request_id") or "")
         pieces, finish = self.until_stop(body.get("stop") or [])
-        events = [self.chunk(piece, None) for piece in pieces]
+        asked = body.get("logprobs") is not None and self.kind != "llama.cpp"
+        events = [self.chunk(piece, None, self._logprob(i) if asked else None) for i, piece in enumerate(pieces)]
         events.append(self.chunk("", finish))
         prompt_tokens = len(body["prompt"]) if isinstance(body["prompt"], list) else len(body["prompt"]) // 3
         if self.kind == "llama.cpp":
@@ -143,8 +146,13 @@ class FakeServer:
         stream = SseBody(self, "infill", events, self.delay_s, self.first_delay_s)
         return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=stream)
 
-    def chunk(self, text: str, finish: str | None) -> bytes:
-        choice: dict[str, Any] = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+    def _logprob(self, index: int) -> float:
+        return math.log(self.probabilities[index]) if index < len(self.probabilities) else 0.0
+
+    def chunk(self, text: str, finish: str | None, logprob: float | None = None) -> bytes:
+        """A completion chunk; with `logprob`, its one token's logprobs as vLLM streams them (CompletionLogProbs)."""
+        logprobs = None if logprob is None else {"text_offset": [0], "token_logprobs": [logprob], "tokens": [text], "top_logprobs": [{text: logprob}]}
+        choice: dict[str, Any] = {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}
         if self.kind == "vllm":
             choice["stop_reason"] = None
         return _sse({"id": "cmpl-1", "object": "text_completion", "created": 1730000000, "model": "Qwen/Qwen2.5-Coder-1.5B", "choices": [choice]})

@@ -67,6 +67,26 @@ def test_vllm_request_carries_documented_fields_and_token_ids(sources: list[Open
     assert "cache_salt (per API key)" in described["extras"] and "priority" not in described["extras"]
 
 
+def test_each_token_s_probability_reaches_the_generation(sources: list[OpenAISource], tokenizer: FileTokenizer) -> None:
+    """The server's logprobs become the generation's confidence, at each token's offset in its text, so the
+    service draws the answer up to where the model was unsure (as with the in-process engine); a warm-up
+    does not ask for them."""
+    server = FakeServer("vllm", tokenize=tokenizer.encode, probabilities=(0.95, 0.9, 0.3, 0.8))
+    source = _source(sources, server, tokenizer)
+    assert source.detect()
+    generation = source.generate(_prompt(tokenizer), CancelToken(), Deadline.after_ms(5000))
+    assert generation.text == "return x + 1"
+    assert [offset for offset, _ in generation.confidence] == [0, 6, 8, 10]  # "return", " x", " +", " 1"
+    assert [p for _, p in generation.confidence] == pytest.approx([0.95, 0.9, 0.3, 0.8])
+    assert server.streamed()[-1]["logprobs"] == 1
+    source.warm(list(_prompt(tokenizer).token_ids), CancelToken())
+    waited = time.monotonic() + 5
+    while len(server.streamed()) < 2 and time.monotonic() < waited:  # the warm-up is sent from the source's loop
+        time.sleep(0.01)
+    warm = server.streamed()[1]
+    assert warm["max_tokens"] == 1 and "logprobs" not in warm
+
+
 def test_vllm_with_priority_scheduling_gets_priorities(sources: list[OpenAISource], tokenizer: FileTokenizer) -> None:
     server = FakeServer("vllm", tokenize=tokenizer.encode, priority_scheduling=True)
     source = _source(sources, server, tokenizer, api_key=KEY)

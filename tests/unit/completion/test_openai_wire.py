@@ -98,3 +98,35 @@ def test_parse_engine_url() -> None:
     for bad in ("http://gpu:8000/v1", "openai+ftp://x", "openai+http://"):
         with pytest.raises(ValueError):
             wire.parse_engine_url(bad)
+
+
+def test_parse_event_reads_each_token_s_probability() -> None:
+    chunk = wire.parse_event('{"choices": [{"text": " x +", "logprobs": {"tokens": [" x", " +"], "token_logprobs": [-0.1, -2.0], '
+                             '"text_offset": [9, 11], "top_logprobs": null}, "finish_reason": null}]}')
+    assert [token for token, _ in chunk.tokens] == [" x", " +"]
+    assert [p for _, p in chunk.tokens] == pytest.approx([0.904837, 0.135335], abs=1e-6)
+    for malformed in ('{"tokens": [" x"], "token_logprobs": []}', '{"tokens": [" x"], "token_logprobs": ["a"]}',
+                      '{"tokens": [1], "token_logprobs": [-0.1]}', '"yes"', 'null', '{"tokens": [" x"], "token_logprobs": [NaN]}'):
+        assert wire.parse_event(f'{{"choices": [{{"text": " x", "logprobs": {malformed}}}]}}').tokens == ()
+
+
+def test_logprobs_are_asked_only_where_the_stream_carries_them() -> None:
+    plan = wire.RequestPlan([1, 2], 24, ("\n",), logprobs=True)
+    for kind, fields in ((wire.VLLM, VLLM_FIELDS), (wire.SGLANG, SGLANG_FIELDS), (wire.LLAMA_CPP_PYTHON, LLAMA_CPP_PYTHON_FIELDS)):
+        body = wire.completion_body(plan, wire.ServerProfile(kind=kind))
+        assert body["logprobs"] == 1 and set(body) <= fields
+    assert "logprobs" not in wire.completion_body(plan, wire.ServerProfile(kind=wire.LLAMA_CPP))  # another shape
+    assert "logprobs" not in wire.completion_body(PLAN, wire.ServerProfile(kind=wire.VLLM))  # not asked
+
+
+def test_a_stream_places_each_token_at_its_offset_and_skips_tokens_that_do_not_spell_the_text() -> None:
+    from tabfill.completion.openai_stream import Stream
+    from tabfill.completion.types import StopRule
+
+    stream = Stream("r", StopRule(single_line=True), 5)
+    stream.add(wire.Chunk(text="ret", tokens=(("ret", 0.9),)))
+    stream.add(wire.Chunk(text="urn x", tokens=(("urn", 0.99), (" x", 0.3))))
+    stream.add(wire.Chunk(text=" +", tokens=(("\ufffd", 0.2),)))  # e.g. a token ending inside a character: not placed
+    stream.add(wire.Chunk(text=" 1\nnext", tokens=((" 1", 0.8), ("\n", 0.9), ("next", 0.1))))
+    assert stream.text == "return x + 1"  # cut at the newline by the stop rule
+    assert stream.confidence == [(0, 0.9), (3, 0.99), (6, 0.3), (10, 0.8)]  # none past the cut
