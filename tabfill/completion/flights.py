@@ -33,6 +33,12 @@ log = logging.getLogger(__name__)
 # publishing the text so far for type-through, for at most CONTINUE_MAX_MS.
 CONTINUE_SLICE_MS = 40
 CONTINUE_MAX_MS = 5_000
+# A continuation cut before its first token (its prompt still prefilling) has nothing to publish: its slices
+# are this long, so its prefill runs in wide chunks. NOTE: a chunk cannot be cut, so a request arriving
+# meanwhile waits up to this long (its answer would have been empty: the prompt was not there yet); chunks
+# sized to 40 ms ran ~10 tokens each at ~4 ms a token on this CPU, a 128-token chunk 2.2 ms a token, and a
+# 350-token cold prompt kept a typist at 10 keys/s without a suggestion for 17 keys (1.7 s).
+PREFILL_SLICE_MS = 300
 # Continuations kept per document (the oldest goes first): typing a character and deleting it comes back
 # to a place whose continuation was superseded meanwhile, and resumes it.
 CONTINUATIONS_KEPT = 4
@@ -283,10 +289,13 @@ class Flights:
             self._state(request.uri).previous_tokens = generation.token_ids
         self.remember(request, completion)
 
-    def keep_going(self, continuation: Continuation, source: TokenSource, publish: Publish, stopped: Stopped) -> None:
+    def keep_going(
+        self, continuation: Continuation, source: TokenSource, publish: Publish, stopped: Stopped, *, prefilling: bool = False,
+    ) -> None:
         """Generate the rest of a deadline-cut answer in the background, in slices, publishing each. Any real
         request preempts it; one with the same prompt resumes it. Unless its document was closed, it ends
-        with a whole answer published or with `stopped(continuation, why)`, even when its job never ran."""
+        with a whole answer published or with `stopped(continuation, why)`, even when its job never ran.
+        `prefilling`: it was cut before its first token; its slices are PREFILL_SLICE_MS until one yields."""
         uri = continuation.request.uri
         with self._lock:
             kept = self._state(uri).continuations
@@ -297,10 +306,12 @@ class Flights:
 
         def run(token: CancelToken) -> str:
             until = Deadline.after_ms(CONTINUE_MAX_MS)
+            slice_ms = PREFILL_SLICE_MS if prefilling else CONTINUE_SLICE_MS
             while not token.cancelled:
                 if until.expired:
                     return "timeLimit"
-                generation = source.resume(continuation.state, token, Deadline.after_ms(CONTINUE_SLICE_MS))
+                generation = source.resume(continuation.state, token, Deadline.after_ms(slice_ms))
+                slice_ms = CONTINUE_SLICE_MS if generation.token_ids else slice_ms
                 if generation.finish_reason == "cancelled":
                     break
                 if not publish(continuation, generation):

@@ -278,7 +278,7 @@ class CompletionService:
         self.flights.answered(request, completion, generation)
         if generation.continuation is not None:
             continuation = Continuation(planned.key, sequence, request, planned.context, planned.suffix, generation.continuation)
-            self.flights.keep_going(continuation, source, self._publish, self._stopped)
+            self.flights.keep_going(continuation, source, self._publish, self._stopped, prefilling=not generation.token_ids)
         return completion
 
     def _postprocess(

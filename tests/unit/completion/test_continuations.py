@@ -236,3 +236,53 @@ def test_a_continuation_the_source_dropped_is_started_over_not_answered_empty() 
         assert source.generates == 2 and source.documents == ["file:///a.py"] * 2
     finally:
         service.close()
+
+
+@dataclass(eq=False)
+class _Prefilling(_Decoding):
+    prefilled: int = 0  # prefill steps done (no token comes before PREFILL_STEPS of them)
+
+
+PREFILL_STEPS = 10
+
+
+@dataclass
+class PrefillingSource(SlowSource):
+    """SlowSource whose prompt takes PREFILL_STEPS steps before the first token; records each resume's slice."""
+
+    slices_ms: list[tuple[int, float]] = field(default_factory=list)  # (tokens so far, the slice's deadline in ms)
+
+    def generate(self, prompt: Prompt, cancel: CancelToken, deadline: Deadline, corpus: Sequence[int] = (), *, document: str = "") -> Generation:
+        self.generates += 1
+        return self._run(_Prefilling(prompt), cancel, deadline)
+
+    def resume(self, state: Resumable, cancel: CancelToken, deadline: Deadline) -> Generation:
+        assert isinstance(state, _Prefilling)
+        self.slices_ms.append((state.generated, float(deadline.remaining_ms or 0.0)))
+        return self._run(state, cancel, deadline)
+
+    def _run(self, state: _Decoding, cancel: CancelToken, deadline: Deadline) -> Generation:
+        assert isinstance(state, _Prefilling)
+        while state.prefilled < PREFILL_STEPS:
+            if cancel.cancelled or deadline.expired:
+                return self._result(state, "cancelled" if cancel.cancelled else "deadline")
+            time.sleep(STEP_S)
+            state.prefilled += 1
+        return super()._run(state, cancel, deadline)
+
+
+def test_a_continuation_cut_before_its_first_token_prefills_in_long_slices() -> None:
+    """Nothing to publish while the prompt is prefilling: the background slices are PREFILL_SLICE_MS (a
+    prefill chunk as wide as that allows), and 40 ms again once tokens come (type-through gets them)."""
+    source = PrefillingSource()
+    service = serve(source)
+    heard = Heard(service)
+    try:
+        first = service.complete(ask(service, "1"))
+        assert (first.text, first.finish_reason) == ("", "deadline")  # cut while prefilling (60 ms of 200)
+        assert heard.wait(1)[-1][1] in ("ready", "timeLimit")
+        assert source.slices_ms[0][0] == 0 and source.slices_ms[0][1] > flights.PREFILL_SLICE_MS - 50
+        later = [ms for tokens, ms in source.slices_ms[1:] if tokens > 0]
+        assert later and all(ms <= flights.CONTINUE_SLICE_MS + 1 for ms in later)
+    finally:
+        service.close()
