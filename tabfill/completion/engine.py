@@ -40,6 +40,10 @@ class Engine:
     accepted draft tokens). A new prompt reuses its longest common prefix with the live slot (or with the
     prefix store, for another document) and prefills only the rest."""
 
+    # A cut prompt advances only while `resume` runs (no server prefills it meanwhile): flights gives such a
+    # continuation long slices until its first token (flights.PREFILL_SLICE_MS)
+    prefills_while_resumed = True
+
     def __init__(
         self,
         model: Any,

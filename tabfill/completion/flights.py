@@ -33,8 +33,8 @@ log = logging.getLogger(__name__)
 # publishing the text so far for type-through, for at most CONTINUE_MAX_MS.
 CONTINUE_SLICE_MS = 40
 CONTINUE_MAX_MS = 5_000
-# A continuation cut before its first token (its prompt still prefilling) has nothing to publish: its slices
-# are this long, so its prefill runs in wide chunks. NOTE: a chunk cannot be cut, so a request arriving
+# A continuation cut before its first token (its prompt still prefilling) has nothing to publish: with an
+# in-process engine its slices are this long, so its prefill runs in wide chunks. NOTE: a chunk cannot be cut, so a request arriving
 # meanwhile waits up to this long (its answer would have been empty: the prompt was not there yet); chunks
 # sized to 40 ms ran ~10 tokens each at ~4 ms a token on this CPU, a 128-token chunk 2.2 ms a token, and a
 # 350-token cold prompt kept a typist at 10 keys/s without a suggestion for 17 keys (1.7 s).
@@ -295,7 +295,8 @@ class Flights:
         """Generate the rest of a deadline-cut answer in the background, in slices, publishing each. Any real
         request preempts it; one with the same prompt resumes it. Unless its document was closed, it ends
         with a whole answer published or with `stopped(continuation, why)`, even when its job never ran.
-        `prefilling`: it was cut before its first token; its slices are PREFILL_SLICE_MS until one yields."""
+        `prefilling`: it was cut before its first token; with a source that prefills only while resumed, its
+        slices are PREFILL_SLICE_MS until one yields a token."""
         uri = continuation.request.uri
         with self._lock:
             kept = self._state(uri).continuations
@@ -306,7 +307,10 @@ class Flights:
 
         def run(token: CancelToken) -> str:
             until = Deadline.after_ms(CONTINUE_MAX_MS)
-            slice_ms = PREFILL_SLICE_MS if prefilling else CONTINUE_SLICE_MS
+            # NOTE: only for a source that prefills while resumed (in process): a remote engine or server prefills
+            # on its own, and a longer slice would only hold back the first tokens from type-through
+            slow_start = prefilling and getattr(source, "prefills_while_resumed", False)
+            slice_ms = PREFILL_SLICE_MS if slow_start else CONTINUE_SLICE_MS
             while not token.cancelled:
                 if until.expired:
                     return "timeLimit"

@@ -251,6 +251,7 @@ class PrefillingSource(SlowSource):
     """SlowSource whose prompt takes PREFILL_STEPS steps before the first token; records each resume's slice."""
 
     slices_ms: list[tuple[int, float]] = field(default_factory=list)  # (tokens so far, the slice's deadline in ms)
+    prefills_while_resumed: bool = True  # as the in-process engine
 
     def generate(self, prompt: Prompt, cancel: CancelToken, deadline: Deadline, corpus: Sequence[int] = (), *, document: str = "") -> Generation:
         self.generates += 1
@@ -271,17 +272,22 @@ class PrefillingSource(SlowSource):
         return super()._run(state, cancel, deadline)
 
 
-def test_a_continuation_cut_before_its_first_token_prefills_in_long_slices() -> None:
-    """Nothing to publish while the prompt is prefilling: the background slices are PREFILL_SLICE_MS (a
-    prefill chunk as wide as that allows), and 40 ms again once tokens come (type-through gets them)."""
-    source = PrefillingSource()
+@pytest.mark.parametrize("in_process", [True, False])
+def test_a_continuation_cut_before_its_first_token_prefills_in_long_slices(in_process: bool) -> None:
+    """Nothing to publish while the prompt is prefilling: with a source that prefills only while resumed the
+    background slices are PREFILL_SLICE_MS (a prefill chunk as wide as that allows), and 40 ms again once
+    tokens come (type-through gets them); a remote source prefills on its own and keeps 40 ms slices."""
+    source = PrefillingSource(prefills_while_resumed=in_process)
     service = serve(source)
     heard = Heard(service)
     try:
         first = service.complete(ask(service, "1"))
         assert (first.text, first.finish_reason) == ("", "deadline")  # cut while prefilling (60 ms of 200)
         assert heard.wait(1)[-1][1] in ("ready", "timeLimit")
-        assert source.slices_ms[0][0] == 0 and source.slices_ms[0][1] > flights.PREFILL_SLICE_MS - 50
+        first_slice = source.slices_ms[0]
+        assert first_slice[0] == 0
+        expected_ms = flights.PREFILL_SLICE_MS if in_process else flights.CONTINUE_SLICE_MS
+        assert expected_ms - 50 < first_slice[1] <= expected_ms + 1
         later = [ms for tokens, ms in source.slices_ms[1:] if tokens > 0]
         assert later and all(ms <= flights.CONTINUE_SLICE_MS + 1 for ms in later)
     finally:
