@@ -103,8 +103,13 @@ def engine_status(engine: EngineProcess, token: str) -> dict[str, Any]:
         client.close()
 
 
+def team_frontend(name: str, engine: EngineProcess, token: str) -> TabfillSystem:
+    """A `tabfill serve` of one team member: the default model's front-end over `engine` with `token`."""
+    return TabfillSystem(name, "default", {"engine": engine.url, "engineToken": token})
+
+
 async def team_phase(engine: EngineProcess, tokens: dict[str, str], editors: int, cases: list[TypingCase], per_editor: int) -> dict[str, Any]:
-    systems = [TabfillSystem(f"team-{i}", "default", {"engine": engine.url, "engineToken": tokens[f"editor{i}"]}) for i in range(editors)]
+    systems = [team_frontend(f"team-{i}", engine, tokens[f"editor{i}"]) for i in range(editors)]
     startup_s = await start_all(systems)
     front_before = [process_usage(system.pid) for system in systems]
     before, usage_before = engine_status(engine, tokens["bench"]), process_usage(engine.process.pid)
@@ -131,13 +136,13 @@ async def frontend_alone(engine: EngineProcess, token: str, runs: int = 3) -> di
     the median start-up (spawn to ready: engine connected, tokenizer fetched) and the largest RSS."""
     starts, rss = [], []
     for index in range(runs):
-        system = TabfillSystem(f"alone-{index}", "default", {"engine": engine.url, "engineToken": token})
+        system = team_frontend(f"alone-{index}", engine, token)
         started = time.perf_counter()
         await system.start()
         starts.append(time.perf_counter() - started)
         rss.append(process_usage(system.pid).peak_rss_mb)
         await system.stop()
-    return {"start_s": round(sorted(starts)[len(starts) // 2], 3), "starts_s": [round(s, 3) for s in starts], "peak_rss_mb": max(rss)}
+    return {"start_s": round(percentile(starts, 0.5) or 0.0, 3), "starts_s": [round(s, 3) for s in starts], "peak_rss_mb": max(rss)}
 
 
 def engine_work(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:

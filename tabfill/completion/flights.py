@@ -34,10 +34,11 @@ log = logging.getLogger(__name__)
 CONTINUE_SLICE_MS = 40
 CONTINUE_MAX_MS = 5_000
 # A continuation cut before its first token (its prompt still prefilling) has nothing to publish: with an
-# in-process engine its slices are this long, so its prefill runs in wide chunks. NOTE: a chunk cannot be cut, so a request arriving
-# meanwhile waits up to this long (its answer would have been empty: the prompt was not there yet); chunks
-# sized to 40 ms ran ~10 tokens each at ~4 ms a token on this CPU, a 128-token chunk 2.2 ms a token, and a
-# 350-token cold prompt kept a typist at 10 keys/s without a suggestion for 17 keys (1.7 s).
+# in-process engine its slices are this long, so its prefill runs in wide chunks. NOTE: a chunk cannot be
+# cut, so a request arriving meanwhile waits up to this long (its answer would have been empty: the prompt
+# was not there yet); chunks sized to 40 ms ran ~10 tokens each at ~4 ms a token on this CPU, a 128-token
+# chunk 2.2 ms a token, and a 350-token cold prompt kept a typist at 10 keys/s without a suggestion for 17
+# keys (1.7 s).
 PREFILL_SLICE_MS = 300
 # Continuations kept per document (the oldest goes first): typing a character and deleting it comes back
 # to a place whose continuation was superseded meanwhile, and resumes it.

@@ -202,10 +202,7 @@ def test_shortest_deadline_is_prefilled_first(twins: Twins) -> None:
     soon = request(twins, TEXTS[2], 3, rid="soon", priority=100.0)
     engine.add(late)
     engine.add(soon)
-    order = []
-    while not engine.idle:
-        order += [e.id for e in engine.step() if e.token_ids and e.id not in order]
-    assert order == ["soon", "late"]
+    assert _first_token_order(engine) == ["soon", "late"]
 
 
 def test_tenants_never_share_a_prefix_cache_hit(twins: Twins) -> None:
