@@ -4,6 +4,9 @@
 - coalescing: the model job in flight; an identical request joins it, and it stops when every waiter left;
 - newest wins: any other request for the document cancels that job and takes a new sequence number; the
   superseded request is answered from the newest one's answer when the user only typed in between;
+- due at the deadline: a request whose job has not started by its deadline (the worker is finishing another
+  job's prefill chunk) is answered then with no text; the job still runs when the worker gets to it, goes on
+  as a continuation, and says when its answer is whole (the `late` callback, then `on_ready`);
 - continuation: a generation cut by its deadline goes on in background slices, publishing its text for
   type-through, while it still belongs to the document's newest request. It always ends by saying so: whole
   (the service's `on_ready`) or stopped (`Stopped`: time cap, preempted, superseded, error); a stopped one
@@ -17,13 +20,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from typing import Literal
 
+from tabfill.completion.alarms import Alarms
 from tabfill.completion.source import TokenSource
-from tabfill.completion.types import CancelToken, Completion, CompletionRequest, Deadline, Generation, Resumable, Source
+from tabfill.completion.types import CancelToken, Completion, CompletionRequest, Deadline, Generation, Resumable, Source, Timings
 from tabfill.completion.worker import Cancelled, EngineWorker
 from tabfill.syntax_cache.context import SyntaxContext
 
@@ -93,6 +98,22 @@ class Flight:
     answer: Future[Completion] = dataclasses.field(default_factory=Future)  # what waiters get (see _answer)
     waiters: int = 1
     successor: tuple[CompletionRequest, Future[Completion]] | None = None  # the newer request that superseded it
+    queued_at: float = dataclasses.field(default_factory=time.monotonic)
+    early: bool = False  # answered with no text at its deadline, before its job started
+
+
+def _settle(future: Future[Completion], result: Completion | None = None, error: BaseException | None = None) -> bool:
+    """Give `future` its result or error unless it has one already (an answer given at the deadline). False
+    when it had one."""
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            assert result is not None
+            future.set_result(result)
+    except InvalidStateError:
+        return False
+    return True
 
 
 def carried_back(older: CompletionRequest, newer: CompletionRequest, completion: Completion) -> Completion | None:
@@ -137,11 +158,18 @@ class DocumentState:
 Publish = Callable[[Continuation, Generation], bool]
 # Says that a continuation stopped before its answer was whole, and why (any thread; must not block).
 Stopped = Callable[[Continuation, StopReason], None]
+# Gives the answer of a request that was answered with no text at its deadline, when its job ended after it.
+Late = Callable[[CompletionRequest, Completion], None]
+
+# The answer of a request whose job had not started by its deadline.
+BUSY = "deadline: the engine was busy"
 
 
 class Flights:
-    def __init__(self, worker: EngineWorker) -> None:
+    def __init__(self, worker: EngineWorker, late: Late | None = None) -> None:
         self._worker = worker
+        self._late = late
+        self._alarms = Alarms()
         self._lock = threading.Lock()
         self._documents: dict[str, DocumentState] = {}
 
@@ -160,6 +188,7 @@ class Flights:
             flights = [state.flight for state in self._documents.values() if state.flight is not None]
         for flight in flights:
             flight.token.cancel("shutdown")
+        self._alarms.close()
 
     def forget_shown(self) -> None:
         """A new model: no suggestion of the old one is typed through, and none of its generations resumed."""
@@ -195,9 +224,11 @@ class Flights:
 
     # ------------------------------------------------------------------ coalescing and newest wins
     def start(
-        self, request: CompletionRequest, key: Key, cancel: CancelToken, run: Callable[[int, CancelToken], Completion]
+        self, request: CompletionRequest, key: Key, cancel: CancelToken, run: Callable[[int, CancelToken], Completion],
+        deadline: Deadline = Deadline(),
     ) -> Future[Completion]:
-        """Join the document's job for the same prompt, or cancel its job and queue `run(sequence, token)`."""
+        """Join the document's job for the same prompt, or cancel its job and queue `run(sequence, token)`;
+        answered with no text at `deadline` if the job has not started by then."""
         with self._lock:
             state = self._state(request.uri)
             previous = state.flight
@@ -221,7 +252,23 @@ class Flights:
         future.add_done_callback(lambda _: self._land(request.uri, flight))
         future.add_done_callback(lambda _: self._answer(flight))
         cancel.on_cancel(lambda reason: self._leave(flight, reason))
+        if deadline.at is not None:
+            self._alarms.at(deadline.at, lambda: self._due(flight))
         return flight.answer
+
+    def _due(self, flight: Flight) -> None:
+        """The request's deadline: if its job has not started (the worker is busy finishing something else),
+        answer now with no text. The job stays queued; it runs when the worker gets to it (its deadline then
+        past: it goes on as a continuation, publishing for type-through) and `_answer` hands its result to
+        `late`."""
+        future = flight.future
+        with self._lock:
+            if future.running() or future.done() or flight.answer.done():
+                return
+            flight.early = True
+        waited = (time.monotonic() - flight.queued_at) * 1000
+        request = flight.request
+        _settle(flight.answer, Completion("", request.offset, 0, request.request_id, "none", BUSY, Timings().add("queued", waited)))
 
     def _answer(self, flight: Flight) -> None:
         """The job ended: its result, or (superseded) the newer request's answer carried back when it fits."""
@@ -229,21 +276,21 @@ class Flights:
         error = Cancelled("cancelled") if done.cancelled() else done.exception()
         successor = flight.successor
         if error is None:
-            flight.answer.set_result(done.result())
+            with self._lock:
+                early = flight.early
+            if not _settle(flight.answer, done.result()) and early and self._late is not None:
+                self._late(flight.request, done.result())
         elif isinstance(error, Cancelled) and successor is not None:
 
             newer_request, newer_answer = successor
 
             def carry(newer: Future[Completion]) -> None:
                 answer = None if newer.cancelled() or newer.exception() else carried_back(flight.request, newer_request, newer.result())
-                if answer is None:
-                    flight.answer.set_exception(error)
-                else:
-                    flight.answer.set_result(answer)
+                _settle(flight.answer, answer, None if answer is not None else error)
 
             newer_answer.add_done_callback(carry)
         else:
-            flight.answer.set_exception(error)
+            _settle(flight.answer, error=error)
 
     def _join(self, flight: Flight, request: CompletionRequest, cancel: CancelToken) -> Future[Completion]:
         joined: Future[Completion] = Future()

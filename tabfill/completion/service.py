@@ -94,7 +94,7 @@ class CompletionService:
         self._template: FimTemplate | None = None
         self.state: State = "idle"
         self.error = ""
-        self.flights = Flights(self._worker)
+        self.flights = Flights(self._worker, late=self._late)
         self._results: TTLCache[Key, _Result] = TTLCache(maxsize=RESULTS_CACHE_BYTES, ttl=RESULTS_TTL_S, getsizeof=_result_bytes)
         self.last_timings = Timings()
         self.last_generation: Generation | None = None
@@ -219,7 +219,8 @@ class CompletionService:
             return _done(_empty(request, "code after the cursor and the model has no FIM", timings))
         planned = _Planned(request, context, header, prefix, suffix, key, deadline, timings)
         return self.flights.start(
-            request, key, cancel or CancelToken(), lambda sequence, token: self._model_stages(source, template, planned, sequence, token)
+            request, key, cancel or CancelToken(), lambda sequence, token: self._model_stages(source, template, planned, sequence, token),
+            deadline,
         )
 
     def _at_once(self, request: CompletionRequest, completion: Completion) -> Future[Completion]:
@@ -294,6 +295,21 @@ class CompletionService:
         )
         return text, replace_chars, uncertain_cuts(generation.text, generation.confidence, text, settings.confidence_percent / 100)
 
+    def _late(self, request: CompletionRequest, completion: Completion) -> None:
+        """The answer of a request that was answered with no text at its deadline (its job had not started):
+        when whole, the result cache has it, so the editor may ask there again. A cut one goes on as a
+        continuation, which says so at its end."""
+        if completion.text and completion.finish_reason not in ("deadline", "error"):
+            self._ready(request, completion)
+
+    def _ready(self, request: CompletionRequest, completion: Completion) -> None:
+        notify = self.on_ready
+        if notify is not None:
+            try:
+                notify(request, completion)
+            except Exception:  # the editor hint is optional; the generation's result is already kept
+                log.exception("on_ready callback failed")
+
     def _publish(self, continuation: Continuation, generation: Generation) -> bool:
         """Show what a continuation has so far; at its end keep it in the result cache and tell the editor."""
         request = continuation.request
@@ -305,12 +321,7 @@ class CompletionService:
             return True
         with self._lock:
             keep(self._results, continuation.key, _Result(text, replace_chars, generation.finish_reason, "continuation", continuation.key, cuts))
-            notify = self.on_ready
-        if notify is not None:
-            try:
-                notify(request, completion)
-            except Exception:  # the editor hint is optional; the generation's result is already kept
-                log.exception("on_ready callback failed")
+        self._ready(request, completion)
         return True
 
     def _stopped(self, continuation: Continuation, reason: StopReason) -> None:

@@ -100,6 +100,10 @@ class Heard:
             assert self._changed.wait_for(lambda: len(self.events) >= count, timeout), self.events
             return list(self.events)
 
+    def wait_for(self, event: tuple[str, str, str], timeout: float = 20.0) -> None:
+        with self._changed:
+            assert self._changed.wait_for(lambda: event in self.events, timeout), self.events
+
 
 def serve(source: SlowSource) -> CompletionService:
     def opener(chosen: Settings, progress: ProgressFn) -> TokenSource:
@@ -290,5 +294,62 @@ def test_a_continuation_cut_before_its_first_token_prefills_in_long_slices(in_pr
         assert expected_ms - 50 < first_slice[1] <= expected_ms + 1
         later = [ms for tokens, ms in source.slices_ms[1:] if tokens > 0]
         assert later and all(ms <= flights.CONTINUE_SLICE_MS + 1 for ms in later)
+    finally:
+        service.close()
+
+
+BUSY_URI = "file:///busy.py"
+
+
+@dataclass
+class BlockingSource(SlowSource):
+    """SlowSource whose generation for BUSY_URI first waits for `gate` (a prefill chunk that cannot be cut);
+    `whole_at_once`: any other generation is whole in its first step, whatever its deadline."""
+
+    gate: threading.Event = field(default_factory=threading.Event)
+    whole_at_once: bool = False
+
+    def generate(self, prompt: Prompt, cancel: CancelToken, deadline: Deadline, corpus: Sequence[int] = (), *, document: str = "") -> Generation:
+        if document == BUSY_URI:
+            assert self.gate.wait(10)
+        elif self.whole_at_once:
+            self.generates += 1
+            return self._result(_Decoding(prompt, generated=len(WORDS)), "eos")
+        return super().generate(prompt, cancel, deadline, corpus, document=document)
+
+
+@pytest.mark.parametrize("whole_at_once", [False, True])
+def test_a_request_waiting_behind_a_busy_worker_is_answered_at_its_deadline(whole_at_once: bool) -> None:
+    """The worker is stuck in another document's chunk: the request is answered at its deadline with no text
+    (not after the chunk, when the user has typed on); its job runs afterwards and the editor hears when the
+    answer is whole, and finds it there."""
+    source = BlockingSource(whole_at_once=whole_at_once)
+    service = serve(source)
+    heard = Heard(service)
+    try:
+        busy = service.submit(ask(service, "a", BUSY_URI))
+        waiting = service.submit(ask(service, "b"))
+        answer = waiting.result(timeout=5)
+        assert not source.gate.is_set()  # answered while the worker was still busy
+        assert (answer.text, answer.source, answer.finish_reason, answer.request_id) == ("", "none", flights.BUSY, "b")
+        assert answer.timings.get("queued") > 0
+        source.gate.set()
+        assert busy.result(timeout=5).finish_reason != flights.BUSY  # its job had started: it answers itself
+        heard.wait_for(("file:///a.py", "ready", "b"))
+        again = service.complete(ask(service, "c"))
+        assert (again.text, again.source) == (WHOLE, "cache" if whole_at_once else "continuation")
+    finally:
+        service.close()
+
+
+def test_a_request_whose_job_runs_by_its_deadline_is_not_answered_early() -> None:
+    """The alarm answers only jobs that have not started: a running one answers itself at its deadline."""
+    source = SlowSource()
+    service = serve(source)
+    heard = Heard(service)
+    try:
+        answer = service.complete(ask(service, "1"))
+        assert answer.source == "model" and answer.finish_reason == "deadline" and answer.text.startswith("r")
+        heard.wait(1)
     finally:
         service.close()
