@@ -19,12 +19,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+if __name__ == "__main__":  # the in-process model: torch as every `tabfill` command runs it
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from lsprotocol import types
 
