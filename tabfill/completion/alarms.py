@@ -37,11 +37,6 @@ class Alarms:
                 self._thread.start()
             self._cond.notify()
 
-    @property
-    def pending(self) -> int:
-        with self._cond:
-            return len(self._heap)
-
     def close(self, timeout: float = 1.0) -> None:
         """Drop the alarms not yet due and stop the thread."""
         with self._cond:

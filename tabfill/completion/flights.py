@@ -224,8 +224,7 @@ class Flights:
 
     # ------------------------------------------------------------------ coalescing and newest wins
     def start(
-        self, request: CompletionRequest, key: Key, cancel: CancelToken, run: Callable[[int, CancelToken], Completion],
-        deadline: Deadline = Deadline(),
+        self, request: CompletionRequest, key: Key, cancel: CancelToken, run: Callable[[int, CancelToken], Completion], deadline: Deadline
     ) -> Future[Completion]:
         """Join the document's job for the same prompt, or cancel its job and queue `run(sequence, token)`;
         answered with no text at `deadline` if the job has not started by then."""
@@ -267,8 +266,7 @@ class Flights:
                 return
             flight.early = True
         waited = (time.monotonic() - flight.queued_at) * 1000
-        request = flight.request
-        _settle(flight.answer, Completion("", request.offset, 0, request.request_id, "none", BUSY, Timings().add("queued", waited)))
+        _settle(flight.answer, Completion.empty(flight.request, BUSY, Timings().add("queued", waited)))
 
     def _answer(self, flight: Flight) -> None:
         """The job ended: its result, or (superseded) the newer request's answer carried back when it fits."""

@@ -46,10 +46,6 @@ def _done(value: Completion) -> Future[Completion]:
     return future
 
 
-def _empty(request: CompletionRequest, reason: str, timings: Timings) -> Completion:
-    return Completion("", request.offset, 0, request.request_id, "none", reason, timings)
-
-
 @dataclass(frozen=True)
 class _Result:
     """A whole answer in the result cache. `source`: "cache", or "continuation" when a continuation made it."""
@@ -190,7 +186,7 @@ class CompletionService:
         timings = Timings().add("lookup", request.lookup_ms) if request.lookup_ms else Timings()
         deadline = Deadline.after_ms(deadline_ms(settings, source.info.device if source else "cpu", request.key_interval_ms))
         if not language_enabled(settings, request.language_id):
-            return _done(_empty(request, "language disabled", timings))
+            return _done(Completion.empty(request, "language disabled", timings))
         with timings.measure("type_through"):
             hit = self.flights.type_through(request)
         if hit is not None:
@@ -201,7 +197,7 @@ class CompletionService:
         with self._lock:
             self.last_context, self.last_cross_file = context, header
         if context.mode is Mode.NONE:
-            return self._at_once(request, _empty(request, f"no completion here: {context.reason}", timings))
+            return self._at_once(request, Completion.empty(request, f"no completion here: {context.reason}", timings))
         with timings.measure("cache"):
             prefix, suffix = prompt_window(request, settings, header)
             key = (settings, context.mode, context.block_indent, header, prefix, suffix)
@@ -214,9 +210,9 @@ class CompletionService:
             self.flights.remember(request, completion)
             return self._at_once(request, completion)
         if source is None:
-            return _done(_empty(request, f"model {self.state}" + (f": {self.error}" if self.error else ""), timings))
+            return _done(Completion.empty(request, f"model {self.state}" + (f": {self.error}" if self.error else ""), timings))
         if template is None and context.suffix_has_code:
-            return _done(_empty(request, "code after the cursor and the model has no FIM", timings))
+            return _done(Completion.empty(request, "code after the cursor and the model has no FIM", timings))
         planned = _Planned(request, context, header, prefix, suffix, key, deadline, timings)
         return self.flights.start(
             request, key, cancel or CancelToken(), lambda sequence, token: self._model_stages(source, template, planned, sequence, token),
@@ -233,7 +229,7 @@ class CompletionService:
         try:
             return self.submit(request, cancel).result()
         except Cancelled as exc:
-            return _empty(request, f"cancelled: {exc}", Timings())
+            return Completion.empty(request, f"cancelled: {exc}")
 
     @property
     def window_chars(self) -> int:

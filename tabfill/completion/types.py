@@ -172,6 +172,11 @@ class Completion:
     # one and reveal the next piece as the user types into it or accepts (postprocess.uncertain_cuts).
     cuts: tuple[int, ...] = ()
 
+    @staticmethod
+    def empty(request: CompletionRequest, reason: str, timings: Timings | None = None) -> Completion:
+        """No suggestion for `request`, and why (`finish_reason`)."""
+        return Completion("", request.offset, 0, request.request_id, "none", reason, timings or Timings())
+
     def pieces(self) -> list[str]:
         """`text` split at `cuts`."""
         bounds = [0, *self.cuts, len(self.text)]

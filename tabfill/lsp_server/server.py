@@ -249,7 +249,7 @@ class TabfillServer(LanguageServer):
             cancel.cancel("$/cancelRequest")
             raise
         except Cancelled as exc:
-            return Completion("", request.offset, 0, request.request_id, "none", f"cancelled: {exc}")
+            return Completion.empty(request, f"cancelled: {exc}")
 
     def lsp_range(self, uri: str, completion: Completion) -> types.Range:
         document = self.documents.get(uri)
