@@ -232,7 +232,7 @@ static void quantize_act_generic(const float *x, int K, qact a) {
     }
 }
 
-AVX2 static void quantize_act_avx2(const float *x, int K, qact a) {
+AVX2 static void quantize_act_avx2(const float *x, int K, qact a, int split) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
     for (int b = 0; b < K / 32; b++) {
         const float *xb = x + 32 * b;
@@ -256,6 +256,13 @@ AVX2 static void quantize_act_avx2(const float *x, int K, qact a) {
         /* 32 int32 -> 32 int16 in order (packs work within 128-bit lanes: permute the quadwords back) */
         __m256i p0 = _mm256_permute4x64_epi64(_mm256_packs_epi32(i0, i1), 0xD8);
         __m256i p1 = _mm256_permute4x64_epi64(_mm256_packs_epi32(i2, i3), 0xD8);
+        if (split) { /* values 0, 2, .., 30 then 1, 3, .., 31: each lane's even words, then its odd ones */
+            const __m256i order = _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15,
+                                                   0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15);
+            __m256i a = _mm256_shuffle_epi8(p0, order), c = _mm256_shuffle_epi8(p1, order);
+            p0 = _mm256_permute4x64_epi64(_mm256_unpacklo_epi64(a, c), 0xD8);
+            p1 = _mm256_permute4x64_epi64(_mm256_unpackhi_epi64(a, c), 0xD8);
+        }
         _mm256_storeu_si256((__m256i *)(a.q + 32 * b), p0);
         _mm256_storeu_si256((__m256i *)(a.q + 32 * b + 16), p1);
         a.d[b] = d;
@@ -345,123 +352,142 @@ AVX2 static inline void q6k_unpack(const uint8_t *ql, const uint8_t *qh, __m256i
     q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), _mm256_and_si256(_mm256_srli_epi16(h, 2), m3));
 }
 
-/* One 32-value block b of a Q4_0 / Q4_1 / Q8_0 row: its weights as 32 bytes (signed for Q8_0), the block's
- * value being scale * q + offset. Inlined with a constant type, the switch folds away. */
-#define ALWAYS_INLINE __attribute__((always_inline)) inline
-AVX2 static ALWAYS_INLINE void unpack32(int type, const uint8_t *row, int b, __m256i *q, int *is_signed, float *scale, float *offset) {
-    *is_signed = 0;
-    *offset = 0.0f;
-    switch (type) {
-    case T_Q4_0: {
-        const uint8_t *blk = row + (int64_t)b * 18;
-        float d = h2f(blk);
-        *q = nibbles32(blk + 2);
-        *scale = d;
-        *offset = -(8.0f * d);
-        break;
-    }
-    case T_Q4_1: {
-        const uint8_t *blk = row + (int64_t)b * 20;
-        *q = nibbles32(blk + 4);
-        *scale = h2f(blk);
-        *offset = h2f(blk + 2);
-        break;
-    }
-    default: { /* T_Q8_0 */
-        const uint8_t *blk = row + (int64_t)b * 34;
-        *q = _mm256_loadu_si256((const __m256i *)(blk + 2));
-        *is_signed = 1;
-        *scale = h2f(blk);
-        break;
-    }
-    }
-}
+/* ---- tiles: rows times up to 8 tokens of split 16-bit activations -------------------------------- */
+
+/* The AVX2 kernels take each token's activation block of 32 values split (quantize_act_avx2): its 16
+ * even-indexed values, then its 16 odd-indexed ones. A weight block then widens to two 16 x int16 vectors
+ * E (even values) and O (odd values) with 16-bit shifts and masks over its bytes, no shuffles, and
+ * madd(E, a_even) + madd(O, a_odd) is its integer dot product: 8 int32 partial sums, lanes 0..3 from values
+ * 0..15, lanes 4..7 from values 16..31 (which Q6_K's two scales per block need).
+ * NOTE: widening the bytes with vpmovzxbw + vextracti128 (natural order) bounded the Q4_K tile at one token
+ * to ~4 cycles per block of 32 on this Zen 3; without shuffles, 2.9 (/work/runs/kbq.py, 2026-12-07). */
 
 #define MAX_TILE 8 /* tokens per tile */
+#define ALWAYS_INLINE __attribute__((always_inline)) inline
 
-/* One 32-value block b of the row (q: its weights as bytes, signed or not) times T tokens, into acc/off. */
-AVX2 static ALWAYS_INLINE void tile_block(int type, int T, __m256i q, int is_signed, float scale, float sc0, float sc1, float offset,
-                                          const qact *act, int b, __m256 *acc, float *off) {
-    __m128i q0 = _mm256_castsi256_si128(q), q1 = _mm256_extracti128_si256(q, 1);
-    __m256i w0 = is_signed ? _mm256_cvtepi8_epi16(q0) : _mm256_cvtepu8_epi16(q0);
-    __m256i w1 = is_signed ? _mm256_cvtepi8_epi16(q1) : _mm256_cvtepu8_epi16(q1);
-#pragma GCC unroll 8
-    for (int t = 0; t < T; t++) {
-        __m256i lo = _mm256_madd_epi16(w0, _mm256_loadu_si256((const __m256i *)(act[t].q + 32 * b)));
-        __m256i hi = _mm256_madd_epi16(w1, _mm256_loadu_si256((const __m256i *)(act[t].q + 32 * b + 16)));
-        float dx = act[t].d[b];
-        if (type == T_Q6_K) {
-            __m256 dd = _mm256_set1_ps(scale * dx);
-            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dd, _mm256_set1_ps(sc0)), _mm256_cvtepi32_ps(lo), acc[t]);
-            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dd, _mm256_set1_ps(sc1)), _mm256_cvtepi32_ps(hi), acc[t]);
-        } else {
-            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(scale * dx), _mm256_cvtepi32_ps(_mm256_add_epi32(lo, hi)), acc[t]);
-        }
-        if (type == T_Q4_0 || type == T_Q4_1 || type == T_Q4_K) off[t] += offset * act[t].ds[b];
-    }
+/* A Q4_K super-block's 8 scales and 8 mins (6 bits each, packed in 12 bytes at blk + 4: scale_min_k4) as
+ * floats times d and dmin. As 32-bit words u0 u1 u2 of the 12 bytes: scales 0..3 = u0 & 0x3f.., scales 4..7
+ * = (u2 & 0x0f..) | (u0 >> 6 & 3..) << 4, mins 0..3 = u1 & 0x3f.., mins 4..7 = (u2 >> 4 & 0x0f..) | (u1 >> 6
+ * & 3..) << 4: computed in one vector (16 bytes loaded: the block is 144 bytes, the 4 after are its own). */
+AVX2 static inline void k4_scales(const uint8_t *blk, __m256 *sc, __m256 *mn) {
+    __m128i u = _mm_loadu_si128((const __m128i *)(blk + 4));
+    __m128i p = _mm_shuffle_epi32(u, _MM_SHUFFLE(2, 1, 2, 0)); /* u0 u2 u1 u2 */
+    __m128i q = _mm_shuffle_epi32(u, _MM_SHUFFLE(1, 1, 0, 0)); /* u0 u0 u1 u1 */
+    __m128i low = _mm_and_si128(p, _mm_set1_epi8(0x3f));
+    __m128i high = _mm_or_si128(_mm_and_si128(_mm_srlv_epi32(p, _mm_setr_epi32(0, 0, 0, 4)), _mm_set1_epi8(0x0f)),
+                                _mm_slli_epi32(_mm_and_si128(_mm_srli_epi32(q, 6), _mm_set1_epi8(0x03)), 4));
+    __m128i bytes = _mm_blend_epi32(low, high, 0xA); /* scales 0..7, mins 0..7 */
+    __m128 dm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)(rd16(blk) | (uint32_t)rd16(blk + 2) << 16)));
+    *sc = _mm256_mul_ps(_mm256_broadcastss_ps(dm), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes)));
+    *mn = _mm256_mul_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dm)), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(bytes, 8))));
+}
+
+/* Token t's integer dot product of block b with the weights' even and odd values. */
+AVX2 static ALWAYS_INLINE __m256i block_dot(__m256i even, __m256i odd, const qact *act, int t, int b) {
+    const __m256i *a = (const __m256i *)(act[t].q + 32 * b);
+    return _mm256_add_epi32(_mm256_madd_epi16(even, _mm256_loadu_si256(a)), _mm256_madd_epi16(odd, _mm256_loadu_si256(a + 1)));
 }
 
 /* y[t * ldy] = row . token t for T tokens: each block's weights are unpacked once for all T tokens (the
- * batched decode rows of many editors, a draft verification, a small prefill chunk). Every (row, token) sum
- * takes the same operations in the same order whatever T is, so a token's products do not depend on how
- * many others share the call. */
+ * batched decode rows of many editors, a draft verification, a small prefill chunk). Per block and token:
+ * two madds, one conversion and one FMA with the block's scale times the token's (for the K-quants a
+ * broadcast from memory: per super-block its 8 blocks' scales times the token's in one vector). Offsets
+ * (Q4_0's -8, Q4_1's and Q4_K's mins) times the activation blocks' sums are summed apart. Every (row, token) sum takes the same
+ * operations in the same order whatever T is, so a token's products do not depend on how many others share
+ * the call. */
 AVX2 static ALWAYS_INLINE void tile_dot(int type, int T, const uint8_t *row, const qact *act, int K, float *y, int64_t ldy) {
-    __m256 acc[MAX_TILE];
-    float off[MAX_TILE];
+    __m256 acc[MAX_TILE], offacc[MAX_TILE];
+    float scl[MAX_TILE][8] __attribute__((aligned(32))), off[MAX_TILE];
+    const __m256i low4 = _mm256_set1_epi16(0x000F), low8 = _mm256_set1_epi16(0x00FF);
 #pragma GCC unroll 8
     for (int t = 0; t < T; t++) {
-        acc[t] = _mm256_setzero_ps();
+        acc[t] = offacc[t] = _mm256_setzero_ps();
         off[t] = 0.0f;
     }
+    /* the 8 blocks from block b8 on: scales (times each token's) into scl, Q4_K's mins subtracted in offacc */
+#define TILE_SCALES(scales, offsets, b8)                                                                          \
+    do {                                                                                                       \
+        _Pragma("GCC unroll 8") for (int t = 0; t < T; t++) {                                                 \
+            _mm256_store_ps(scl[t], _mm256_mul_ps((scales), _mm256_loadu_ps(act[t].d + (b8))));                 \
+            if (type == T_Q4_K) offacc[t] = _mm256_fnmadd_ps((offsets), _mm256_loadu_ps(act[t].ds + (b8)), offacc[t]); \
+        }                                                                                                      \
+    } while (0)
+#define TILE_BLOCK(even, odd, j, b)                                                                               \
+    do {                                                                                                       \
+        _Pragma("GCC unroll 8") for (int t = 0; t < T; t++)                                                   \
+            acc[t] = _mm256_fmadd_ps(_mm256_broadcast_ss(&scl[t][j]), _mm256_cvtepi32_ps(block_dot(even, odd, act, t, b)), acc[t]); \
+    } while (0)
     if (type == T_Q4_K) {
-        /* NOTE: per super-block, its scales decoded once and each 32 bytes of nibbles loaded once for two
-         * blocks: per 32-value block this was 1.1-1.5x slower at one token (Qwen2.5-Coder's matrices) */
-        const __m256i m4 = _mm256_set1_epi8(0x0F);
         for (int sb = 0; sb < K / 256; sb++) {
             const uint8_t *blk = row + (int64_t)sb * 144;
-            float d = h2f(blk), dmin = h2f(blk + 2);
+            __m256 sc, mn;
+            k4_scales(blk, &sc, &mn);
+            TILE_SCALES(sc, mn, 8 * sb); /* value = d * sc * q - dmin * m */
+            /* 32 bytes: block 2p in the low nibbles, 2p + 1 in the high ones */
             for (int p = 0; p < 4; p++) {
                 __m256i raw = _mm256_loadu_si256((const __m256i *)(blk + 16 + 32 * p));
-                for (int half = 0; half < 2; half++) {
-                    uint8_t sc, m;
-                    scale_min_k4(2 * p + half, blk + 4, &sc, &m);
-                    __m256i q = _mm256_and_si256(half ? _mm256_srli_epi16(raw, 4) : raw, m4);
-                    tile_block(type, T, q, 0, d * sc, 0.0f, 0.0f, -(dmin * m), act, 8 * sb + 2 * p + half, acc, off);
-                }
+                TILE_BLOCK(_mm256_and_si256(raw, low4), _mm256_and_si256(_mm256_srli_epi16(raw, 8), low4), 2 * p, 8 * sb + 2 * p);
+                TILE_BLOCK(_mm256_and_si256(_mm256_srli_epi16(raw, 4), low4), _mm256_srli_epi16(raw, 12), 2 * p + 1, 8 * sb + 2 * p + 1);
             }
         }
     } else if (type == T_Q6_K) {
-        const __m256i off32 = _mm256_set1_epi8(32);
+        /* each 16 values times their 8-bit scale in 16 bits (|(q - 32) * scale| <= 4096): lanes 0..7 of E and O
+         * hold values 0..15 of the block, lanes 8..15 values 16..31 */
+        const __m256i off32 = _mm256_set1_epi16(32);
         for (int sb = 0; sb < K / 256; sb++) {
             const uint8_t *blk = row + (int64_t)sb * 210;
-            const int8_t *sc = (const int8_t *)(blk + 192);
-            float d = h2f(blk + 208);
+            TILE_SCALES(_mm256_set1_ps(h2f(blk + 208)), _mm256_setzero_ps(), 8 * sb);
             for (int half = 0; half < 2; half++) {
+                __m128i sc8 = _mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *)(blk + 192 + 8 * half)));
+                /* dword k: scale k twice */
+                __m256i pairs = _mm256_set_m128i(_mm_unpackhi_epi16(sc8, sc8), _mm_unpacklo_epi16(sc8, sc8));
                 __m256i q[4];
                 q6k_unpack(blk + 64 * half, blk + 128 + 32 * half, q);
-                for (int i = 0; i < 4; i++)
-                    tile_block(type, T, _mm256_sub_epi8(q[i], off32), 1, d, (float)sc[8 * half + 2 * i], (float)sc[8 * half + 2 * i + 1], 0.0f,
-                               act, 8 * sb + 4 * half + i, acc, off);
+                for (int i = 0; i < 4; i++) {
+                    __m256i scale = _mm256_permutevar8x32_epi32(pairs, _mm256_setr_epi32(2 * i, 2 * i, 2 * i, 2 * i, 2 * i + 1, 2 * i + 1, 2 * i + 1, 2 * i + 1));
+                    __m256i even = _mm256_mullo_epi16(_mm256_sub_epi16(_mm256_and_si256(q[i], low8), off32), scale);
+                    __m256i odd = _mm256_mullo_epi16(_mm256_sub_epi16(_mm256_srli_epi16(q[i], 8), off32), scale);
+                    TILE_BLOCK(even, odd, 4 * half + i, 8 * sb + 4 * half + i);
+                }
             }
         }
     } else {
+        /* 32-value blocks: per block a scalar scale (gathering 8 blocks' scales in a vector, as for the
+         * K-quants, was 1.1-1.3x slower on SmolLM2's rows of 18 blocks) */
+        const int bytes = type == T_Q4_0 ? 18 : type == T_Q4_1 ? 20 : 34;
         for (int b = 0; b < K / 32; b++) {
-            __m256i q;
-            int is_signed;
-            float scale, offset;
-            unpack32(type, row, b, &q, &is_signed, &scale, &offset);
-            tile_block(type, T, q, is_signed, scale, 0.0f, 0.0f, offset, act, b, acc, off);
+            const uint8_t *blk = row + (int64_t)b * bytes;
+            __m256i even, odd;
+            if (type == T_Q8_0) {
+                __m256i raw = _mm256_loadu_si256((const __m256i *)(blk + 2));
+                even = _mm256_srai_epi16(_mm256_slli_epi16(raw, 8), 8);
+                odd = _mm256_srai_epi16(raw, 8);
+            } else {
+                __m128i raw = _mm_loadu_si128((const __m128i *)(blk + (type == T_Q4_1 ? 4 : 2)));
+                __m256i both = _mm256_set_m128i(_mm_srli_epi16(raw, 4), raw);
+                even = _mm256_and_si256(both, low4);
+                odd = _mm256_and_si256(_mm256_srli_epi16(both, 8), low4);
+            }
+            float d = h2f(blk), m = type == T_Q4_1 ? h2f(blk + 2) : -8.0f * d;
+#pragma GCC unroll 8
+            for (int t = 0; t < T; t++) {
+                acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * act[t].d[b]), _mm256_cvtepi32_ps(block_dot(even, odd, act, t, b)), acc[t]);
+                if (type != T_Q8_0) off[t] += m * act[t].ds[b];
+            }
         }
     }
+#undef TILE_SCALES
+#undef TILE_BLOCK
 #pragma GCC unroll 8
-    for (int t = 0; t < T; t++) y[t * ldy] = hsum8(acc[t]) + off[t];
+    for (int t = 0; t < T; t++) y[t * ldy] = hsum8(_mm256_add_ps(acc[t], offacc[t])) + off[t];
 }
 
-typedef void (*tile_fn)(const uint8_t *row, const qact *act, int K, float *y, int64_t ldy);
+typedef void (*tile_fn)(const uint8_t *rows, int64_t row_bytes, int n, const qact *act, int K, float *y, int64_t ldy);
 
-#define TILE(TYPE, T)                                                                                   \
-    AVX2 static void tile_##TYPE##_##T(const uint8_t *row, const qact *act, int K, float *y, int64_t ldy) { \
-        tile_dot(T_##TYPE, T, row, act, K, y, ldy);                                                     \
+/* n rows in one call: SmolLM2's rows are 18 blocks, and a call per row cost ~10 cycles per block */
+#define TILE(TYPE, T)                                                                                                  \
+    AVX2 static void tile_##TYPE##_##T(const uint8_t *rows, int64_t row_bytes, int n, const qact *act, int K, float *y, int64_t ldy) { \
+        for (int r = 0; r < n; r++) tile_dot(T_##TYPE, T, rows + r * row_bytes, act, K, y + r, ldy);                    \
     }
 #define TILES(TYPE) TILE(TYPE, 1) TILE(TYPE, 2) TILE(TYPE, 3) TILE(TYPE, 4) TILE(TYPE, 5) TILE(TYPE, 6) TILE(TYPE, 7) TILE(TYPE, 8)
 TILES(Q4_0) TILES(Q4_1) TILES(Q8_0) TILES(Q4_K) TILES(Q6_K)
@@ -486,11 +512,10 @@ static const tile_fn *tiles_for(int type) {
 AVX2 static void quant_rows_avx2(const tf_part *w, int lo, int hi, const qact *act, int S, int K, float *y, int64_t ldy) {
     const tile_fn *tiles = tiles_for(w->type);
     int64_t rb = w->row_bytes;
-    for (int r = lo; r < hi; r++)
-        for (int s = 0; s < S; s += MAX_TILE) {
-            int n = S - s < MAX_TILE ? S - s : MAX_TILE;
-            tiles[n - 1](w->data + r * rb, act + s, K, y + s * ldy + r, ldy);
-        }
+    for (int s = 0; s < S; s += MAX_TILE) {
+        int n = S - s < MAX_TILE ? S - s : MAX_TILE;
+        tiles[n - 1](w->data + lo * rb, rb, hi - lo, act + s, K, y + s * ldy + lo, ldy);
+    }
 }
 
 /* ---- AVX2 dequantization (weight tiles of the prefill GEMM, embedding rows) --------------------------- */
@@ -712,7 +737,7 @@ static qact *quantize_rows(const float *x, int S, int K) {
     int16_t *q = (int16_t *)(ds + (size_t)S * nb);
     for (int s = 0; s < S; s++) {
         act[s] = (qact){q + (size_t)s * K, d + (size_t)s * nb, ds + (size_t)s * nb};
-        if (have_avx2()) quantize_act_avx2(x + (int64_t)s * K, K, act[s]);
+        if (have_avx2()) quantize_act_avx2(x + (int64_t)s * K, K, act[s], 1);
         else quantize_act_generic(x + (int64_t)s * K, K, act[s]);
     }
     return act;
@@ -743,7 +768,7 @@ int tf_quantize_act(const float *x, int S, int K, int16_t *q, float *d, float *d
     if (K % 32) return -1;
     for (int s = 0; s < S; s++) {
         qact a = {q + (int64_t)s * K, d + (int64_t)s * (K / 32), ds + (int64_t)s * (K / 32)};
-        if (have_avx2()) quantize_act_avx2(x + (int64_t)s * K, K, a);
+        if (have_avx2()) quantize_act_avx2(x + (int64_t)s * K, K, a, 0);
         else quantize_act_generic(x + (int64_t)s * K, K, a);
     }
     return 0;
