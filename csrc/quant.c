@@ -935,6 +935,30 @@ AVX2 static void attend_group_avx2(const attend_job *job, int row, int g) {
     }
 }
 
+/* o[i] = silu(u[i]) * u[I + i]: u[0..I) the gate rows' outputs, u[I..2I) the up rows'. In AVX2 with exp8 of
+ * -|u| (no overflow): sigmoid(u) = 1 / (1 + e) for u >= 0, e / (1 + e) below. NOTE: expf one value at a time
+ * took 8 us per SmolLM2 layer (1536 values; 0.25 ms of a ~10 ms step), on one thread while the other waited. */
+AVX2 static void silu_gate_avx2(const float *u, int I, float *o) {
+    const __m256 sign = _mm256_set1_ps(-0.0f), one = _mm256_set1_ps(1.0f);
+    int i = 0;
+    for (; i + 8 <= I; i += 8) {
+        __m256 x = _mm256_loadu_ps(u + i);
+        __m256 e = exp8(_mm256_or_ps(x, sign)); /* e^-|x| */
+        __m256 num = _mm256_blendv_ps(one, e, x); /* x < 0 (sign bit set): e */
+        __m256 sig = _mm256_div_ps(num, _mm256_add_ps(one, e));
+        _mm256_storeu_ps(o + i, _mm256_mul_ps(_mm256_mul_ps(x, sig), _mm256_loadu_ps(u + I + i)));
+    }
+    for (; i < I; i++) o[i] = u[i] / (1.0f + expf(-u[i])) * u[I + i];
+}
+
+static void silu_gate(const float *u, int I, float *o) {
+    if (have_avx2()) {
+        silu_gate_avx2(u, I, o);
+        return;
+    }
+    for (int i = 0; i < I; i++) o[i] = u[i] / (1.0f + expf(-u[i])) * u[I + i];
+}
+
 /* One (row, query head) pair: softmax(q . k / sqrt(Dh)) v over the row's own slot (the portable path). */
 static void attend_head_generic(const attend_job *job, int row, int h) {
     const tf_model *m = job->m;
@@ -1022,11 +1046,7 @@ int tf_decode_rows(const tf_model *m, int n, const int *tokens, const int *pos, 
         for (size_t i = 0; i < (size_t)n * D; i++) x[i] += tmp[i];
         for (int r = 0; r < n; r++) rms_norm(x + (size_t)r * D, layer->norm2, D, m->eps, h + (size_t)r * D);
         if ((status = linear_rows(&layer->up, D, h, n, up, nthreads))) break;
-        for (int r = 0; r < n; r++) {
-            const float *u = up + (size_t)r * 2 * I;
-            float *o = gated + (size_t)r * I;
-            for (int i = 0; i < I; i++) o[i] = u[i] / (1.0f + expf(-u[i])) * u[I + i];
-        }
+        for (int r = 0; r < n; r++) silu_gate(up + (size_t)r * 2 * I, I, gated + (size_t)r * I);
         if ((status = linear_rows(&layer->down, I, gated, n, tmp, nthreads))) break;
         for (size_t i = 0; i < (size_t)n * D; i++) x[i] += tmp[i];
     }
