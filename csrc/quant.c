@@ -214,6 +214,9 @@ typedef struct {
     int16_t *q;  /* [K] */
     float *d;    /* [K / 32] */
     float *ds;   /* [K / 32] */
+    /* d and ds of this token's group of 8 (tokens 8g..8g+7 of a product), block-major: [K / 32][8] (what
+     * a tile over them loads as one vector per block); NULL for a product of one token */
+    float *group_d, *group_ds;
 } qact;
 
 static void quantize_act_generic(const float *x, int K, qact a) {
@@ -397,7 +400,7 @@ AVX2 static ALWAYS_INLINE __m256i block_dot(__m256i even, __m256i odd, const qac
  * the call. */
 AVX2 static ALWAYS_INLINE void tile_dot(int type, int T, const uint8_t *row, const qact *act, int K, float *y, int64_t ldy) {
     __m256 acc[MAX_TILE], offacc[MAX_TILE];
-    float scl[MAX_TILE][8] __attribute__((aligned(32))), off[MAX_TILE];
+    float scl[MAX_TILE][8] __attribute__((aligned(32))), off[MAX_TILE] __attribute__((aligned(32)));
     const __m256i low4 = _mm256_set1_epi16(0x000F), low8 = _mm256_set1_epi16(0x00FF);
 #pragma GCC unroll 8
     for (int t = 0; t < T; t++) {
@@ -455,6 +458,7 @@ AVX2 static ALWAYS_INLINE void tile_dot(int type, int T, const uint8_t *row, con
         /* 32-value blocks: per block a scalar scale (gathering 8 blocks' scales in a vector, as for the
          * K-quants, was 1.1-1.3x slower on SmolLM2's rows of 18 blocks) */
         const int bytes = type == T_Q4_0 ? 18 : type == T_Q4_1 ? 20 : 34;
+        __m256 offsets = _mm256_setzero_ps();
         for (int b = 0; b < K / 32; b++) {
             const uint8_t *blk = row + (int64_t)b * bytes;
             __m256i even, odd;
@@ -469,12 +473,25 @@ AVX2 static ALWAYS_INLINE void tile_dot(int type, int T, const uint8_t *row, con
                 odd = _mm256_and_si256(_mm256_srli_epi16(both, 8), low4);
             }
             float d = h2f(blk), m = type == T_Q4_1 ? h2f(blk + 2) : -8.0f * d;
+            if (T == 1 || type == T_Q8_0) {
 #pragma GCC unroll 8
-            for (int t = 0; t < T; t++) {
-                acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * act[t].d[b]), _mm256_cvtepi32_ps(block_dot(even, odd, act, t, b)), acc[t]);
-                if (type != T_Q8_0) off[t] += m * act[t].ds[b];
+                for (int t = 0; t < T; t++) {
+                    acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * act[t].d[b]), _mm256_cvtepi32_ps(block_dot(even, odd, act, t, b)), acc[t]);
+                    if (type != T_Q8_0) off[t] = fmaf(m, act[t].ds[b], off[t]);
+                }
+            } else {
+                /* Q4_0/Q4_1 tiles of several tokens: their scales in one vector product (lane t: d * token t's
+                 * scale, the same product as above), broadcast from memory, and their offsets summed in the
+                 * lanes of one vector: 1.25x faster at 8 tokens on SmolLM2's rows (Q8_0, with no offsets,
+                 * gained nothing) */
+                _mm256_store_ps(scl[0], _mm256_mul_ps(_mm256_set1_ps(d), _mm256_loadu_ps(act[0].group_d + 8 * b)));
+                if (type != T_Q8_0) offsets = _mm256_fmadd_ps(_mm256_set1_ps(m), _mm256_loadu_ps(act[0].group_ds + 8 * b), offsets);
+#pragma GCC unroll 8
+                for (int t = 0; t < T; t++)
+                    acc[t] = _mm256_fmadd_ps(_mm256_broadcast_ss(&scl[0][t]), _mm256_cvtepi32_ps(block_dot(even, odd, act, t, b)), acc[t]);
             }
         }
+        if (T > 1 && type != T_Q8_0) _mm256_store_ps(off, offsets);
     }
 #undef TILE_SCALES
 #undef TILE_BLOCK
@@ -729,16 +746,28 @@ static void matmul_rows(void *arg, int block) {
 }
 
 static qact *quantize_rows(const float *x, int S, int K) {
-    /* one allocation: S headers, then q [S K], d [S K/32], ds [S K/32] */
-    size_t nb = (size_t)K / 32;
-    qact *act = malloc(sizeof(qact) * (size_t)S + 2 * (size_t)S * K + 2 * sizeof(float) * (size_t)S * nb + 64);
+    /* one allocation: S headers, then q [S K], d [S K/32], ds [S K/32], and with more than one token
+     * group_d and group_ds [groups K/32 8] */
+    size_t nb = (size_t)K / 32, groups = S > 1 ? ((size_t)S + 7) / 8 : 0;
+    qact *act = malloc(sizeof(qact) * (size_t)S + 2 * (size_t)S * K + 2 * sizeof(float) * ((size_t)S + 8 * groups) * nb + 64);
     if (act == NULL) return NULL;
     float *d = (float *)(((uintptr_t)(act + S) + 63) & ~(uintptr_t)63), *ds = d + (size_t)S * nb;
-    int16_t *q = (int16_t *)(ds + (size_t)S * nb);
+    float *group_d = ds + (size_t)S * nb, *group_ds = group_d + 8 * groups * nb;
+    int16_t *q = (int16_t *)(group_ds + 8 * groups * nb);
+    if (groups) memset(group_d, 0, 2 * sizeof(float) * 8 * groups * nb);
     for (int s = 0; s < S; s++) {
-        act[s] = (qact){q + (size_t)s * K, d + (size_t)s * nb, ds + (size_t)s * nb};
+        act[s] = (qact){q + (size_t)s * K, d + (size_t)s * nb, ds + (size_t)s * nb, NULL, NULL};
         if (have_avx2()) quantize_act_avx2(x + (int64_t)s * K, K, act[s], 1);
         else quantize_act_generic(x + (int64_t)s * K, K, act[s]);
+        if (groups) {
+            size_t g = (size_t)s / 8;
+            act[s].group_d = group_d + 8 * g * nb;
+            act[s].group_ds = group_ds + 8 * g * nb;
+            for (size_t b = 0; b < nb; b++) {
+                act[s].group_d[8 * b + s % 8] = act[s].d[b];
+                act[s].group_ds[8 * b + s % 8] = act[s].ds[b];
+            }
+        }
     }
     return act;
 }
@@ -767,7 +796,7 @@ int tf_matmul(const tf_part *parts, int nparts, int K, const float *x, int S, fl
 int tf_quantize_act(const float *x, int S, int K, int16_t *q, float *d, float *ds) {
     if (K % 32) return -1;
     for (int s = 0; s < S; s++) {
-        qact a = {q + (int64_t)s * K, d + (int64_t)s * (K / 32), ds + (int64_t)s * (K / 32)};
+        qact a = {q + (int64_t)s * K, d + (int64_t)s * (K / 32), ds + (int64_t)s * (K / 32), NULL, NULL};
         if (have_avx2()) quantize_act_avx2(x + (int64_t)s * K, K, a, 0);
         else quantize_act_generic(x + (int64_t)s * K, K, a);
     }

@@ -142,12 +142,13 @@ def test_fused_parts_of_mixed_types_with_bias(kernel_path: object, tokens: int, 
 @pytest.mark.parametrize("kind", [k for k in TYPES if k not in (quant.F32, quant.F16)], ids=lambda k: quant.TYPE_NAMES[k])
 def test_a_tokens_product_does_not_depend_on_the_others_in_the_call(kernel_path: object, kind: int) -> None:
     """A row of a batch (decode rows of many editors) gets bit for bit what it gets alone, whatever tile
-    shape the kernels take for 1, 2, 3, 4 or 7 tokens."""
+    shape the kernels take for 1, 2, 3, 4, 7 or 8 tokens, and in the later tiles of 9 and 17 (a second group
+    of 8, a tile of one)."""
     weight = random_tensor(kind, 67, 512, seed=kind)
     layer = QuantLinear([weight])
-    x = _activations(7, 512, seed=kind)
-    alone = torch.cat([layer(x[i : i + 1]) for i in range(7)])
-    for tokens in (2, 3, 4, 7):
+    x = _activations(17, 512, seed=kind)
+    alone = torch.cat([layer(x[i : i + 1]) for i in range(17)])
+    for tokens in (2, 3, 4, 7, 8, 9, 17):
         assert torch.equal(layer(x[:tokens]), alone[:tokens]), tokens
 
 
