@@ -395,9 +395,9 @@ AVX2 static ALWAYS_INLINE __m256i block_dot(__m256i even, __m256i odd, const qac
  * batched decode rows of many editors, a draft verification, a small prefill chunk). Per block and token:
  * two madds, one conversion and one FMA with the block's scale times the token's (for the K-quants a
  * broadcast from memory: per super-block its 8 blocks' scales times the token's in one vector). Offsets
- * (Q4_0's -8, Q4_1's and Q4_K's mins) times the activation blocks' sums are summed apart. Every (row, token) sum takes the same
- * operations in the same order whatever T is, so a token's products do not depend on how many others share
- * the call. */
+ * (Q4_0's -8, Q4_1's and Q4_K's mins) times the activation blocks' sums are summed apart. Every (row, token)
+ * sum takes the same operations in the same order whatever T is, so a token's products do not depend on how
+ * many others share the call. */
 AVX2 static ALWAYS_INLINE void tile_dot(int type, int T, const uint8_t *row, const qact *act, int K, float *y, int64_t ldy) {
     __m256 acc[MAX_TILE], offacc[MAX_TILE];
     float scl[MAX_TILE][8] __attribute__((aligned(32))), off[MAX_TILE] __attribute__((aligned(32)));
