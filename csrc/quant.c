@@ -485,7 +485,7 @@ AVX2 static ALWAYS_INLINE void tile_dot(int type, int T, const uint8_t *row, con
                  * lanes of one vector: 1.25x faster at 8 tokens on SmolLM2's rows (Q8_0, with no offsets,
                  * gained nothing) */
                 _mm256_store_ps(scl[0], _mm256_mul_ps(_mm256_set1_ps(d), _mm256_loadu_ps(act[0].group_d + 8 * b)));
-                if (type != T_Q8_0) offsets = _mm256_fmadd_ps(_mm256_set1_ps(m), _mm256_loadu_ps(act[0].group_ds + 8 * b), offsets);
+                offsets = _mm256_fmadd_ps(_mm256_set1_ps(m), _mm256_loadu_ps(act[0].group_ds + 8 * b), offsets);
 #pragma GCC unroll 8
                 for (int t = 0; t < T; t++)
                     acc[t] = _mm256_fmadd_ps(_mm256_broadcast_ss(&scl[0][t]), _mm256_cvtepi32_ps(block_dot(even, odd, act, t, b)), acc[t]);
@@ -745,10 +745,11 @@ static void matmul_rows(void *arg, int block) {
     free(buf);
 }
 
-static qact *quantize_rows(const float *x, int S, int K) {
-    /* one allocation: S headers, then q [S K], d [S K/32], ds [S K/32], and with more than one token
+/* `grouped`: also group_d and group_ds (what the AVX2 Q4_0/Q4_1 tiles of several tokens read) */
+static qact *quantize_rows(const float *x, int S, int K, int grouped) {
+    /* one allocation: S headers, then q [S K], d [S K/32], ds [S K/32], and when grouped
      * group_d and group_ds [groups K/32 8] */
-    size_t nb = (size_t)K / 32, groups = S > 1 ? ((size_t)S + 7) / 8 : 0;
+    size_t nb = (size_t)K / 32, groups = grouped ? ((size_t)S + 7) / 8 : 0;
     qact *act = malloc(sizeof(qact) * (size_t)S + 2 * (size_t)S * K + 2 * sizeof(float) * ((size_t)S + 8 * groups) * nb + 64);
     if (act == NULL) return NULL;
     float *d = (float *)(((uintptr_t)(act + S) + 63) & ~(uintptr_t)63), *ds = d + (size_t)S * nb;
@@ -776,15 +777,16 @@ static qact *quantize_rows(const float *x, int S, int K) {
  * activations (quantize_q8) in integers; F32/F16 parts the fp32 activations. Returns 0, or -1 for an
  * unknown type or a K the type's blocks do not divide, -2 when out of memory. */
 int tf_matmul(const tf_part *parts, int nparts, int K, const float *x, int S, float *y, int64_t ldy, int nthreads) {
-    int total = 0, quantized = 0;
+    int total = 0, quantized = 0, grouped = 0;
     for (int p = 0; p < nparts; p++) {
         int elems = block_elems(parts[p].type);
         if (elems == 0 || K % elems != 0 || K % 32 != 0) return -1;
         total += parts[p].rows;
         quantized |= !is_float_type(parts[p].type);
+        grouped |= parts[p].type == T_Q4_0 || parts[p].type == T_Q4_1;
     }
     qact *act = NULL;
-    if (quantized && (act = quantize_rows(x, S, K)) == NULL) return -2;
+    if (quantized && (act = quantize_rows(x, S, K, grouped && S > 1 && have_avx2())) == NULL) return -2;
     matmul_job job = {parts, nparts, K, S, total, x, act, y, ldy};
     run_parallel(matmul_rows, &job, (total + BLOCK_ROWS - 1) / BLOCK_ROWS, total < 64 ? 1 : nthreads);
     free(act);
@@ -967,7 +969,7 @@ AVX2 static void attend_group_avx2(const attend_job *job, int row, int g) {
 /* o[i] = silu(u[i]) * u[I + i]: u[0..I) the gate rows' outputs, u[I..2I) the up rows'. In AVX2 with exp8 of
  * -|u| (no overflow): sigmoid(u) = 1 / (1 + e) for u >= 0, e / (1 + e) below. NOTE: expf one value at a time
  * took 8 us per SmolLM2 layer (1536 values; 0.25 ms of a ~10 ms step), on one thread while the other waited. */
-AVX2 static void silu_gate_avx2(const float *u, int I, float *o) {
+AVX2 static int silu_gate_avx2(const float *u, int I, float *o) { /* the first I - I % 8; returns how many */
     const __m256 sign = _mm256_set1_ps(-0.0f), one = _mm256_set1_ps(1.0f);
     int i = 0;
     for (; i + 8 <= I; i += 8) {
@@ -977,15 +979,11 @@ AVX2 static void silu_gate_avx2(const float *u, int I, float *o) {
         __m256 sig = _mm256_div_ps(num, _mm256_add_ps(one, e));
         _mm256_storeu_ps(o + i, _mm256_mul_ps(_mm256_mul_ps(x, sig), _mm256_loadu_ps(u + I + i)));
     }
-    for (; i < I; i++) o[i] = u[i] / (1.0f + expf(-u[i])) * u[I + i];
+    return i;
 }
 
 static void silu_gate(const float *u, int I, float *o) {
-    if (have_avx2()) {
-        silu_gate_avx2(u, I, o);
-        return;
-    }
-    for (int i = 0; i < I; i++) o[i] = u[i] / (1.0f + expf(-u[i])) * u[I + i];
+    for (int i = have_avx2() ? silu_gate_avx2(u, I, o) : 0; i < I; i++) o[i] = u[i] / (1.0f + expf(-u[i])) * u[I + i];
 }
 
 /* One (row, query head) pair: softmax(q . k / sqrt(Dh)) v over the row's own slot (the portable path). */
