@@ -60,25 +60,64 @@ def edit_sequences(draw: st.DrawFn) -> tuple[str, str, list[tuple[float, float, 
     return language, text, edits
 
 
+def _assert_matches_fresh_parse(language: str, text: str, tree: SyntaxTree) -> None:
+    live, fresh = tree.tree, parse_text(language, text)
+    assert live is not None and fresh is not None
+    if fresh.root_node.has_error:
+        # Tree-sitter's error recovery depends on the edit history (it reuses subtrees by parse
+        # state): on about 1 edit in 30,000 here an erroneous text recovers into another shape
+        # incrementally than from scratch (tree-sitter's own fuzzer compares trees only for valid
+        # text). Both must still see an error, over the same bytes.
+        assert live.root_node.has_error
+        assert (live.root_node.start_byte, live.root_node.end_byte) == (fresh.root_node.start_byte, fresh.root_node.end_byte)
+    else:
+        assert str(live.root_node) == str(fresh.root_node)
+        assert _signature(live.root_node) == _signature(fresh.root_node)
+    assert 0 <= live.root_node.start_byte <= live.root_node.end_byte <= len(encode(text))
+
+
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(edit_sequences())
 def test_incremental_tree_equals_a_fresh_parse(case: tuple[str, str, list[tuple[float, float, str]]]) -> None:
-    """100 examples x 10 edits = 1,000 edits, each checked against a fresh parse."""
+    """100 examples x 10 edits and their 10 undos = 2,000 edits, each checked against a fresh parse."""
     language, text, edits = case
     tree = SyntaxTree(language, text, parse_budget_ms=60_000, full_parse_budget_ms=60_000)
     document = Document("file:///t", language, 0, text)
+    undo: list[tuple[int, int, str]] = []
     for a, b, inserted in edits:
         start, end = sorted((int(a * len(document.text)), int(b * len(document.text))))
+        undo.append((start, start + len(inserted), document.text[start:end]))
         tree.edit(document.text, start, end, inserted)
         document.replace(start, end, inserted)
         assert tree.parse(document.text)
-        live, fresh = tree.tree, parse_text(language, document.text)
-        assert live is not None and fresh is not None
-        assert str(live.root_node) == str(fresh.root_node)
-        assert _signature(live.root_node) == _signature(fresh.root_node)
-        size = len(encode(document.text))
-        assert 0 <= live.root_node.start_byte <= live.root_node.end_byte <= size
-    assert tree.full_parses == 1 and tree.incremental_parses == len(edits)  # never a full parse per keystroke
+        _assert_matches_fresh_parse(language, document.text, tree)
+    for start, end, removed in reversed(undo):
+        tree.edit(document.text, start, end, removed)
+        document.replace(start, end, removed)
+        assert tree.parse(document.text)
+        _assert_matches_fresh_parse(language, document.text, tree)
+    assert document.text == text
+    # never a full parse per keystroke
+    assert tree.full_parses == 1 and tree.incremental_parses == 2 * len(edits)
+
+
+def test_error_recovery_may_depend_on_the_edit_history() -> None:
+    """The case hypothesis found: the same erroneous TypeScript recovers as a function declaration
+    incrementally and as a function expression from scratch; both keep the missing brace. If a
+    tree-sitter upgrade makes them equal, the special case in _assert_matches_fresh_parse can go."""
+    tree = SyntaxTree("typescript", "", parse_budget_ms=60_000, full_parse_budget_ms=60_000)
+    document = Document("file:///t", "typescript", 0, "")
+    for start_frac, end_frac, inserted in [(0, 0, "let v = \nif "), (0, 0.25, ""), (0, 0, "function g() {")]:
+        start, end = int(start_frac * len(document.text)), int(end_frac * len(document.text))
+        tree.edit(document.text, start, end, inserted)
+        document.replace(start, end, inserted)
+        assert tree.parse(document.text)
+    _assert_matches_fresh_parse("typescript", document.text, tree)
+    fresh = parse_text("typescript", document.text)
+    assert tree.tree is not None and fresh is not None
+    assert "(program (function_declaration" in str(tree.tree.root_node)
+    assert "(program (expression_statement (function_expression" in str(fresh.root_node)
+    assert 'MISSING "}"' in str(tree.tree.root_node) and 'MISSING "}"' in str(fresh.root_node)
 
 
 def test_points_count_rows_by_newline_and_columns_in_bytes() -> None:
