@@ -803,7 +803,8 @@ int tf_matmul(const tf_part *parts, int nparts, int K, const float *x, int S, fl
     }
     qact *act = NULL;
     if (quantized && (act = quantize_rows(x, S, K, grouped && S > 1 && have_avx2())) == NULL) return -2;
-    int threads = total < 64 ? 1 : nthreads, block_rows = (total + threads * CHUNKS - 1) / (threads * CHUNKS);
+    int threads = total < 64 || nthreads < 1 ? 1 : nthreads < MAX_THREADS ? nthreads : MAX_THREADS;
+    int block_rows = (total + threads * CHUNKS - 1) / (threads * CHUNKS);
     block_rows = block_rows < BLOCK_ROWS ? BLOCK_ROWS : (block_rows + BLOCK_ROWS - 1) / BLOCK_ROWS * BLOCK_ROWS;
     matmul_job job = {parts, nparts, K, S, total, block_rows, x, act, y, ldy};
     run_parallel(matmul_rows, &job, (total + block_rows - 1) / block_rows, threads);

@@ -153,14 +153,18 @@ def test_a_tokens_product_does_not_depend_on_the_others_in_the_call(kernel_path:
 
 
 @needs_kernels
-def test_threads_split_rows_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
-    weight = random_tensor(quant.Q4_1, 1000, 576, 4)
-    x = torch.randn(1, 576)
+@pytest.mark.parametrize(("kind", "cols"), [(quant.Q4_1, 576), (quant.Q4_K, 512)])
+def test_threads_split_rows_the_same(monkeypatch: pytest.MonkeyPatch, kind: int, cols: int) -> None:
+    """Rows go out in pieces sized by the thread count (1000 rows: a last piece cut short); a thread
+    count of 0 or beyond the pool's limit is clamped, not a division by zero."""
+    weight = random_tensor(kind, 1000, cols, 4)
+    x = torch.randn(3, cols)
     layer = QuantLinear([weight])
     monkeypatch.setattr(quant, "_threads", lambda: 1)
     one = layer(x)
-    monkeypatch.setattr(quant, "_threads", lambda: 3)
-    assert torch.equal(layer(x), one)  # each row is computed by one thread in the same order
+    for threads in (2, 3, 0, 100):
+        monkeypatch.setattr(quant, "_threads", lambda threads=threads: threads)
+        assert torch.equal(layer(x), one), threads  # each row is computed by one thread in the same order
 
 
 def test_bad_shapes_are_typed_errors() -> None:
