@@ -8,7 +8,7 @@ import logging
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tree_sitter import Node
+from tree_sitter import Node, Tree
 
 from tabfill.syntax_cache import tree as tree_module
 from tabfill.syntax_cache.document import Document
@@ -60,7 +60,15 @@ def edit_sequences(draw: st.DrawFn) -> tuple[str, str, list[tuple[float, float, 
     return language, text, edits
 
 
-def _assert_matches_fresh_parse(language: str, text: str, tree: SyntaxTree) -> None:
+def _replace(tree: SyntaxTree, document: Document, start: int, end: int, inserted: str) -> None:
+    """One edit, as the server applies it: the tree told first, then the text, then an incremental parse."""
+    tree.edit(document.text, start, end, inserted)
+    document.replace(start, end, inserted)
+    assert tree.parse(document.text)
+
+
+def _assert_matches_fresh_parse(language: str, text: str, tree: SyntaxTree) -> Tree:
+    """Returns the fresh parse."""
     live, fresh = tree.tree, parse_text(language, text)
     assert live is not None and fresh is not None
     if fresh.root_node.has_error:
@@ -74,6 +82,7 @@ def _assert_matches_fresh_parse(language: str, text: str, tree: SyntaxTree) -> N
         assert str(live.root_node) == str(fresh.root_node)
         assert _signature(live.root_node) == _signature(fresh.root_node)
     assert 0 <= live.root_node.start_byte <= live.root_node.end_byte <= len(encode(text))
+    return fresh
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -87,14 +96,10 @@ def test_incremental_tree_equals_a_fresh_parse(case: tuple[str, str, list[tuple[
     for a, b, inserted in edits:
         start, end = sorted((int(a * len(document.text)), int(b * len(document.text))))
         undo.append((start, start + len(inserted), document.text[start:end]))
-        tree.edit(document.text, start, end, inserted)
-        document.replace(start, end, inserted)
-        assert tree.parse(document.text)
+        _replace(tree, document, start, end, inserted)
         _assert_matches_fresh_parse(language, document.text, tree)
     for start, end, removed in reversed(undo):
-        tree.edit(document.text, start, end, removed)
-        document.replace(start, end, removed)
-        assert tree.parse(document.text)
+        _replace(tree, document, start, end, removed)
         _assert_matches_fresh_parse(language, document.text, tree)
     assert document.text == text
     # never a full parse per keystroke
@@ -108,13 +113,9 @@ def test_error_recovery_may_depend_on_the_edit_history() -> None:
     tree = SyntaxTree("typescript", "", parse_budget_ms=60_000, full_parse_budget_ms=60_000)
     document = Document("file:///t", "typescript", 0, "")
     for start_frac, end_frac, inserted in [(0, 0, "let v = \nif "), (0, 0.25, ""), (0, 0, "function g() {")]:
-        start, end = int(start_frac * len(document.text)), int(end_frac * len(document.text))
-        tree.edit(document.text, start, end, inserted)
-        document.replace(start, end, inserted)
-        assert tree.parse(document.text)
-    _assert_matches_fresh_parse("typescript", document.text, tree)
-    fresh = parse_text("typescript", document.text)
-    assert tree.tree is not None and fresh is not None
+        _replace(tree, document, int(start_frac * len(document.text)), int(end_frac * len(document.text)), inserted)
+    fresh = _assert_matches_fresh_parse("typescript", document.text, tree)
+    assert tree.tree is not None
     assert "(program (function_declaration" in str(tree.tree.root_node)
     assert "(program (expression_statement (function_expression" in str(fresh.root_node)
     assert 'MISSING "}"' in str(tree.tree.root_node) and 'MISSING "}"' in str(fresh.root_node)
