@@ -1,9 +1,10 @@
 /* Matrix products over GGUF-quantized weight rows, on CPU.
  *
  * The weights stay in the GGUF's own blocks (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K; F32 and F16 rows too). As
- * llama.cpp does, each token's activations are quantized once per call to integer blocks of 32 (16-bit, an
- * fp32 scale each), and each output row n of y[s, n] = sum_k x[s, k] * w[n, k] is computed from the row's
- * blocks in integer arithmetic (AVX2 madd) with the block scales applied in fp32: the product of the
+ * llama.cpp does, each token's activations are quantized once per call to 16-bit integers (an fp32 scale per
+ * 32 values for the 32-value types, per 256 for the K-quants), and each output row n of y[s, n] = sum_k x[s, k]
+ * * w[n, k] is computed from the row's blocks in integer arithmetic (AVX2 madd) with the scales applied in
+ * fp32 (a K-quant's sub-block scales in the integers, once per super-block in fp32): the product of the
  * dequantized matrix (as gguf-py and ggml's dequantize_row_* define it) with the rounded activations, up to
  * the order of fp32 additions. F32/F16 rows multiply the fp32 activations.
  *
@@ -201,13 +202,19 @@ static int have_avx2(void) {
     return cached && !force_portable;
 }
 
-/* ---- 8-bit activations: what the integer kernels multiply the weight blocks with --------------------- */
+/* ---- 16-bit activations: what the integer kernels multiply the weight blocks with -------------------- */
 
-/* x[K] -> per 32-element block b: d[b] = max|x| / 32767, q = round(x / d) (to nearest even, via x * (1/d)),
- * ds[b] = d[b] * sum(q) (for the offsets of Q4_0/Q4_1/Q4_K). The products below are exactly those of the
- * dequantized weights with q * d, up to the order of fp32 sums. NOTE: 16-bit, not llama.cpp's 8-bit: with
- * 8-bit blocks 3 of 24 of the bench's greedy first lines differed from the fp32 model's; 16 bits cost one
- * more madd per 32 values and keep the rounding ~256x below it. */
+/* x[K] -> per block b of 32 values: q = round(x / d) (to nearest even, via x * (1/d)), ds[b] = d * sum(q) (for
+ * the offsets of Q4_0/Q4_1/Q4_K), where d = max|x| / 32767 over a group of blocks: over the block itself for
+ * the 32-value types (Q4_0, Q4_1, Q8_0), over its 256-value super-block for the K-quants (Q4_K, Q6_K: `group`
+ * 8), so that a K-quant row's integer products sum over a whole super-block before one fp32 scale is applied
+ * (the tiles below). The products are exactly those of the dequantized weights with q * d, up to the order of
+ * fp32 sums. NOTE: 16-bit, not llama.cpp's 8-bit: with 8-bit blocks 3 of 24 of the bench's greedy first lines
+ * differed from the fp32 model's; 16 bits cost one more madd per 32 values and keep the rounding ~256x below
+ * it. Rounding Qwen2.5-Coder-1.5B's activations per 32 or per 256 values changed none of 24 greedy first
+ * lines (largest first-step logit change 0.0014 and 0.0026: the fp32 model with rounded inputs,
+ * /work/runs/actround.py, 2026-12-07). */
+#define KQ_GROUP 8 /* blocks of 32 per activation scale for the K-quants */
 #define ACT_MAX 32767.0f
 
 typedef struct {
@@ -219,34 +226,40 @@ typedef struct {
     float *group_d, *group_ds;
 } qact;
 
-static void quantize_act_generic(const float *x, int K, qact a) {
-    for (int b = 0; b < K / 32; b++) {
+static void quantize_act_generic(const float *x, int K, qact a, int group) {
+    for (int g = 0; g < K / 32; g += group) {
         float amax = 0.0f;
-        for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(x[32 * b + j]));
+        for (int j = 0; j < 32 * group; j++) amax = fmaxf(amax, fabsf(x[32 * g + j]));
         float d = amax / ACT_MAX, id = d != 0.0f ? 1.0f / d : 0.0f;
-        int sum = 0;
-        for (int j = 0; j < 32; j++) {
-            int v = (int)nearbyintf(x[32 * b + j] * id);
-            a.q[32 * b + j] = (int16_t)v;
-            sum += v;
+        for (int b = g; b < g + group; b++) {
+            int sum = 0;
+            for (int j = 0; j < 32; j++) {
+                int v = (int)nearbyintf(x[32 * b + j] * id);
+                a.q[32 * b + j] = (int16_t)v;
+                sum += v;
+            }
+            a.d[b] = d;
+            a.ds[b] = d * (float)sum;
         }
-        a.d[b] = d;
-        a.ds[b] = d * (float)sum;
     }
 }
 
-AVX2 static void quantize_act_avx2(const float *x, int K, qact a, int split) {
+AVX2 static void quantize_act_avx2(const float *x, int K, qact a, int split, int group) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
+    float d = 0.0f;
+    __m256 mul = _mm256_setzero_ps();
     for (int b = 0; b < K / 32; b++) {
         const float *xb = x + 32 * b;
+        if (b % group == 0) { /* the scale of blocks b .. b + group - 1 */
+            __m256 m = _mm256_setzero_ps();
+            for (int k = 0; k < 32 * group; k += 8) m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(xb + k)));
+            __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+            h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+            h = _mm_max_ss(h, _mm_movehdup_ps(h));
+            d = _mm_cvtss_f32(h) / ACT_MAX;
+            mul = _mm256_set1_ps(d != 0.0f ? 1.0f / d : 0.0f);
+        }
         __m256 v0 = _mm256_loadu_ps(xb), v1 = _mm256_loadu_ps(xb + 8), v2 = _mm256_loadu_ps(xb + 16), v3 = _mm256_loadu_ps(xb + 24);
-        __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v0), _mm256_andnot_ps(sign, v1)),
-                                 _mm256_max_ps(_mm256_andnot_ps(sign, v2), _mm256_andnot_ps(sign, v3)));
-        __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
-        h = _mm_max_ps(h, _mm_movehl_ps(h, h));
-        h = _mm_max_ss(h, _mm_movehdup_ps(h));
-        float d = _mm_cvtss_f32(h) / ACT_MAX, id = d != 0.0f ? 1.0f / d : 0.0f;
-        __m256 mul = _mm256_set1_ps(id);
         const int round = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
         __m256i i0 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v0, mul), round));
         __m256i i1 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v1, mul), round));
@@ -273,12 +286,12 @@ AVX2 static void quantize_act_avx2(const float *x, int K, qact a, int split) {
     }
 }
 
-/* One 32-element block of a weight row as integers: w[j] = scale[j / 16] * q[j] + offset. The portable
+/* One block of a 32-value type (Q4_0, Q4_1, Q8_0) as integers: w[j] = scale * q[j] + offset. The portable
  * integer path (no AVX2), and what the AVX2 kernels compute block by block. */
-static void unpack_block32(int type, const uint8_t *row, int b, int8_t q[32], float scale[2], float *offset) {
+static void unpack_block32(int type, const uint8_t *row, int b, int8_t q[32], float *scale, float *offset) {
     *offset = 0.0f;
     memset(q, 0, 32);
-    scale[0] = scale[1] = 0.0f;
+    *scale = 0.0f;
     switch (type) {
     case T_Q4_0: case T_Q4_1: {
         const uint8_t *blk = row + (int64_t)b * (type == T_Q4_0 ? 18 : 20), *qs = blk + (type == T_Q4_0 ? 2 : 4);
@@ -287,52 +300,73 @@ static void unpack_block32(int type, const uint8_t *row, int b, int8_t q[32], fl
             q[j] = (int8_t)((qs[j] & 0xF) - zero);
             q[j + 16] = (int8_t)((qs[j] >> 4) - zero);
         }
-        scale[0] = scale[1] = half_to_float(rd16(blk));
+        *scale = half_to_float(rd16(blk));
         if (type == T_Q4_1) *offset = half_to_float(rd16(blk + 2));
         break;
     }
     case T_Q8_0: {
         const uint8_t *blk = row + (int64_t)b * 34;
         memcpy(q, blk + 2, 32);
-        scale[0] = scale[1] = half_to_float(rd16(blk));
-        break;
-    }
-    case T_Q4_K: {
-        const uint8_t *blk = row + (int64_t)(b / 8) * 144, *qs = blk + 16 + 32 * ((b % 8) / 2);
-        uint8_t sc, m;
-        scale_min_k4(b % 8, blk + 4, &sc, &m);
-        for (int j = 0; j < 32; j++) q[j] = (int8_t)(b % 2 ? qs[j] >> 4 : qs[j] & 0xF);
-        scale[0] = scale[1] = half_to_float(rd16(blk)) * sc;
-        *offset = -half_to_float(rd16(blk + 2)) * m;
-        break;
-    }
-    case T_Q6_K: {
-        const uint8_t *blk = row + (int64_t)(b / 8) * 210;
-        int half = (b % 8) / 4, i = b % 4; /* 128-element half, group of 32 in it */
-        const uint8_t *ql = blk + 64 * half + 32 * (i % 2), *qh = blk + 128 + 32 * half;
-        const int8_t *sc = (const int8_t *)(blk + 192) + 8 * half;
-        for (int l = 0; l < 32; l++)
-            q[l] = (int8_t)((int)((i < 2 ? ql[l] & 0xF : ql[l] >> 4) | (((qh[l] >> (2 * i)) & 3) << 4)) - 32);
-        float d = half_to_float(rd16(blk + 208));
-        scale[0] = d * sc[2 * i];
-        scale[1] = d * sc[2 * i + 1];
+        *scale = half_to_float(rd16(blk));
         break;
     }
     }
 }
 
+/* A K-quant block of 32 as integers times their sub-block scales: w[j] = q[j] * sc (Q4_K: q 0..15, sc 0..63;
+ * Q6_K: q - 32 in -32..31 times the 8-bit scale of its 16 values), in 16 bits (|w| <= 4096); the value is
+ * d * w[j] + offset with d the super-block's scale (Q4_K's offset: -dmin * m). */
+static void unpack_kblock32(int type, const uint8_t *row, int b, int16_t w[32], float *d, float *offset) {
+    *offset = 0.0f;
+    if (type == T_Q4_K) {
+        const uint8_t *blk = row + (int64_t)(b / 8) * 144, *qs = blk + 16 + 32 * ((b % 8) / 2);
+        uint8_t sc, m;
+        scale_min_k4(b % 8, blk + 4, &sc, &m);
+        for (int j = 0; j < 32; j++) w[j] = (int16_t)((b % 2 ? qs[j] >> 4 : qs[j] & 0xF) * sc);
+        *d = half_to_float(rd16(blk));
+        *offset = -half_to_float(rd16(blk + 2)) * m;
+    } else {
+        const uint8_t *blk = row + (int64_t)(b / 8) * 210;
+        int half = (b % 8) / 4, i = b % 4;
+        const uint8_t *ql = blk + 64 * half + 32 * (i % 2), *qh = blk + 128 + 32 * half;
+        const int8_t *sc = (const int8_t *)(blk + 192) + 8 * half + 2 * i;
+        for (int l = 0; l < 32; l++)
+            w[l] = (int16_t)(((int)((i < 2 ? ql[l] & 0xF : ql[l] >> 4) | (((qh[l] >> (2 * i)) & 3) << 4)) - 32) * sc[l / 16]);
+        *d = half_to_float(rd16(blk + 208));
+    }
+}
+
+/* Blocks of 32 a K-quant row sums in 32-bit integers before its fp32 scale: Q4_K's whole super-block (|sum| <=
+ * 32 * 945 * 32767 < 2^31 per AVX2 lane), Q6_K's half super-block (4 blocks: 4 * 4 * 4096 * 32767 < 2^31). */
+static int kquant_run(int type) { return type == T_Q4_K ? 8 : 4; }
+
+static int is_kquant(int type) { return type == T_Q4_K || type == T_Q6_K; }
+
 static float row_dot_qact_generic(int type, const uint8_t *row, qact a, int K) {
     float sum = 0.0f;
+    if (is_kquant(type)) {
+        float offsets = 0.0f;
+        int64_t isum = 0;
+        for (int b = 0; b < K / 32; b++) {
+            int16_t w[32];
+            float d, offset;
+            unpack_kblock32(type, row, b, w, &d, &offset);
+            for (int j = 0; j < 32; j++) isum += w[j] * a.q[32 * b + j];
+            offsets += offset * a.ds[b];
+            if (b % kquant_run(type) == kquant_run(type) - 1) {
+                sum += (float)isum * (d * a.d[b]);
+                isum = 0;
+            }
+        }
+        return sum + offsets;
+    }
     for (int b = 0; b < K / 32; b++) {
         int8_t q[32];
-        float scale[2], offset;
-        unpack_block32(type, row, b, q, scale, &offset);
-        int s0 = 0, s1 = 0;
-        for (int j = 0; j < 16; j++) {
-            s0 += q[j] * a.q[32 * b + j];
-            s1 += q[j + 16] * a.q[32 * b + 16 + j];
-        }
-        sum += a.d[b] * (scale[0] * (float)s0 + scale[1] * (float)s1) + offset * a.ds[b];
+        float scale, offset;
+        unpack_block32(type, row, b, q, &scale, &offset);
+        int s = 0;
+        for (int j = 0; j < 32; j++) s += q[j] * a.q[32 * b + j];
+        sum += a.d[b] * (scale * (float)s) + offset * a.ds[b];
     }
     return sum;
 }
@@ -344,15 +378,13 @@ AVX2 static inline __m256i nibbles32(const uint8_t *qs) {
     return _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
 }
 
-/* Q6_K, half a super-block: 64 bytes of low nibbles and 32 of high bit pairs -> 4 x 32 unsigned values 0..63 */
-AVX2 static inline void q6k_unpack(const uint8_t *ql, const uint8_t *qh, __m256i q[4]) {
-    const __m256i m4 = _mm256_set1_epi8(0x0F), m3 = _mm256_set1_epi8(0x30);
-    __m256i l0 = _mm256_loadu_si256((const __m256i *)ql), l1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
-    __m256i h = _mm256_loadu_si256((const __m256i *)qh);
-    q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(h, 4), m3));
-    q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(h, 2), m3));
-    q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(h, m3));
-    q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), _mm256_and_si256(_mm256_srli_epi16(h, 2), m3));
+/* Q6_K: block i (0..3) of a half super-block as 32 unsigned values 0..63, from its 32 bytes of low nibbles
+ * (ql + 32 * (i % 2), the low or the high nibbles) and its bit pairs (bits 2i, 2i + 1 of qh's 32 bytes) */
+AVX2 static inline __m256i q6k_unpack_one(const uint8_t *ql, const uint8_t *qh, int i) {
+    __m256i l = _mm256_loadu_si256((const __m256i *)(ql + 32 * (i % 2))), h = _mm256_loadu_si256((const __m256i *)qh);
+    if (i >= 2) l = _mm256_srli_epi16(l, 4);
+    h = i == 0 ? _mm256_slli_epi16(h, 4) : i == 1 ? _mm256_slli_epi16(h, 2) : i == 2 ? h : _mm256_srli_epi16(h, 2);
+    return _mm256_or_si256(_mm256_and_si256(l, _mm256_set1_epi8(0x0F)), _mm256_and_si256(h, _mm256_set1_epi8(0x30)));
 }
 
 /* ---- tiles: rows times up to 8 tokens of split 16-bit activations -------------------------------- */
@@ -366,13 +398,19 @@ AVX2 static inline void q6k_unpack(const uint8_t *ql, const uint8_t *qh, __m256i
  * to ~4 cycles per block of 32 on this Zen 3; without shuffles, 2.9 (/work/runs/kbq.py, 2026-12-07). */
 
 #define MAX_TILE 8 /* tokens per tile */
+/* Keeps v in a register here, so that what is computed from it after this point is not hoisted above: a tile
+ * keeps one block's weight vectors live at a time, 8 tokens' sums beside them in the 16 AVX2 registers. NOTE:
+ * with both blocks of a Q4_K byte vector unpacked at once the sums spilled to the stack, and the 8-token tile
+ * ran at ~2.4 cycles per block and token instead of ~1.6 (/tmp/mb/inner3.c, 2026-12-07). */
+#define ONE_BLOCK_LIVE(v) __asm__ volatile("" : "+x"(v))
+#define KEEP_IN_MEMORY() __asm__ volatile("" ::: "memory")
 #define ALWAYS_INLINE __attribute__((always_inline)) inline
 
-/* A Q4_K super-block's 8 scales and 8 mins (6 bits each, packed in 12 bytes at blk + 4: scale_min_k4) as
- * floats times d and dmin. As 32-bit words u0 u1 u2 of the 12 bytes: scales 0..3 = u0 & 0x3f.., scales 4..7
- * = (u2 & 0x0f..) | (u0 >> 6 & 3..) << 4, mins 0..3 = u1 & 0x3f.., mins 4..7 = (u2 >> 4 & 0x0f..) | (u1 >> 6
- * & 3..) << 4: computed in one vector (16 bytes loaded: the block is 144 bytes, the 4 after are its own). */
-AVX2 static inline void k4_scales(const uint8_t *blk, __m256 *sc, __m256 *mn) {
+/* A Q4_K super-block's 8 scales (as int16, into sc) and 8 mins (floats times dmin). Packed 6 bits each in 12
+ * bytes at blk + 4 (scale_min_k4); as 32-bit words u0 u1 u2 of the 12 bytes: scales 0..3 = u0 & 0x3f..,
+ * scales 4..7 = (u2 & 0x0f..) | (u0 >> 6 & 3..) << 4, mins 0..3 = u1 & 0x3f.., mins 4..7 = (u2 >> 4 & 0x0f..) |
+ * (u1 >> 6 & 3..) << 4: computed in one vector (16 bytes loaded: the block is 144 bytes, the 4 after are its own). */
+AVX2 static inline void k4_scales(const uint8_t *blk, int16_t sc[8], __m256 *mn) {
     __m128i u = _mm_loadu_si128((const __m128i *)(blk + 4));
     __m128i p = _mm_shuffle_epi32(u, _MM_SHUFFLE(2, 1, 2, 0)); /* u0 u2 u1 u2 */
     __m128i q = _mm_shuffle_epi32(u, _MM_SHUFFLE(1, 1, 0, 0)); /* u0 u0 u1 u1 */
@@ -380,9 +418,8 @@ AVX2 static inline void k4_scales(const uint8_t *blk, __m256 *sc, __m256 *mn) {
     __m128i high = _mm_or_si128(_mm_and_si128(_mm_srlv_epi32(p, _mm_setr_epi32(0, 0, 0, 4)), _mm_set1_epi8(0x0f)),
                                 _mm_slli_epi32(_mm_and_si128(_mm_srli_epi32(q, 6), _mm_set1_epi8(0x03)), 4));
     __m128i bytes = _mm_blend_epi32(low, high, 0xA); /* scales 0..7, mins 0..7 */
-    __m128 dm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)(rd16(blk) | (uint32_t)rd16(blk + 2) << 16)));
-    *sc = _mm256_mul_ps(_mm256_broadcastss_ps(dm), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes)));
-    *mn = _mm256_mul_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dm)), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(bytes, 8))));
+    _mm_store_si128((__m128i *)sc, _mm_cvtepu8_epi16(bytes));
+    *mn = _mm256_mul_ps(_mm256_set1_ps(h2f(blk + 2)), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(bytes, 8))));
 }
 
 /* K-quant super-blocks ask for the cache lines 1 KiB ahead of them: Qwen2.5-Coder-1.5B's decode step
@@ -399,6 +436,90 @@ AVX2 static ALWAYS_INLINE __m256i block_dot(__m256i even, __m256i odd, const qac
     return _mm256_add_epi32(_mm256_madd_epi16(even, _mm256_loadu_si256(a)), _mm256_madd_epi16(odd, _mm256_loadu_si256(a + 1)));
 }
 
+/* The K-quants: y[t * ldy] = row . token t for T tokens. Each block's values times their sub-block's integer scale in 16
+ * bits (Q4_K: q * sc <= 945; Q6_K: |(q - 32) * sc| <= 4096), their madds summed in 32-bit lanes over kquant_run
+ * blocks (the token's activations share one scale over the super-block), then one conversion and one FMA per
+ * token into its fp32 sums, kacc[t]; Q4_K's mins times the blocks' activation sums. Every (row, token) sum
+ * takes the same operations in the same order whatever T is. The fp32 sums stay in memory (KEEP_IN_MEMORY): in
+ * registers they left too few for 8 tokens' integer sums and a block's weights, and the 8-token tile ran 1.2x
+ * slower on Qwen2.5-Coder's Q4_K rows (/work/runs/kab.py, 2026-12-07). NOTE: cutting the rows' super-blocks in
+ * chunks whose activations L1 holds (16 KB for 8 tokens) gained nothing on its ffn_down (8,960 values). */
+AVX2 static ALWAYS_INLINE void ktile_dot(int type, int T, const uint8_t *row, const qact *act, int K, float *y, int64_t ldy) {
+    const __m256i low4 = _mm256_set1_epi16(0x000F), low8 = _mm256_set1_epi16(0x00FF);
+    __m256i isum[MAX_TILE];
+    float kacc[MAX_TILE][8] __attribute__((aligned(32)));
+#pragma GCC unroll 8
+    for (int t = 0; t < T; t++) {
+        isum[t] = _mm256_setzero_si256();
+        _mm256_store_ps(kacc[t], _mm256_setzero_ps());
+    }
+#define KBLOCK(even, odd, b)                                                                                    \
+    do {                                                                                                       \
+        _Pragma("GCC unroll 8") for (int t = 0; t < T; t++) {                                                  \
+            isum[t] = _mm256_add_epi32(isum[t], block_dot(even, odd, act, t, b));                                \
+            ONE_BLOCK_LIVE(isum[t]);                                                                            \
+        }                                                                                                      \
+    } while (0)
+#define KFLUSH(dw, b)                                                                                           \
+    do {                                                                                                       \
+        _Pragma("GCC unroll 8") for (int t = 0; t < T; t++) {                                                  \
+            _mm256_store_ps(kacc[t], _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_set1_ps((dw) * act[t].d[b]), _mm256_load_ps(kacc[t]))); \
+            isum[t] = _mm256_setzero_si256();                                                                 \
+        }                                                                                                      \
+        KEEP_IN_MEMORY();                                                                                      \
+    } while (0)
+    if (type == T_Q4_K) {
+        for (int sb = 0; sb < K / 256; sb++) {
+            const uint8_t *blk = row + (int64_t)sb * 144;
+            PREFETCH(blk, 144);
+            int16_t sc[8] __attribute__((aligned(16)));
+            __m256 mn;
+            k4_scales(blk, sc, &mn);
+            /* value = d * sc * q - dmin * m: the mins times the blocks' activation sums, apart */
+#pragma GCC unroll 8
+            for (int t = 0; t < T; t++) _mm256_store_ps(kacc[t], _mm256_fnmadd_ps(mn, _mm256_loadu_ps(act[t].ds + 8 * sb), _mm256_load_ps(kacc[t])));
+            /* 32 bytes: block 2p in the low nibbles, 2p + 1 in the high ones */
+            for (int p = 0; p < 4; p++) {
+                __m256i raw = _mm256_loadu_si256((const __m256i *)(blk + 16 + 32 * p));
+                __m256i s0 = _mm256_set1_epi16(sc[2 * p]), s1 = _mm256_set1_epi16(sc[2 * p + 1]);
+                KBLOCK(_mm256_mullo_epi16(_mm256_and_si256(raw, low4), s0),
+                       _mm256_mullo_epi16(_mm256_and_si256(_mm256_srli_epi16(raw, 8), low4), s0), 8 * sb + 2 * p);
+                ONE_BLOCK_LIVE(raw);
+                KBLOCK(_mm256_mullo_epi16(_mm256_and_si256(_mm256_srli_epi16(raw, 4), low4), s1),
+                       _mm256_mullo_epi16(_mm256_srli_epi16(raw, 12), s1), 8 * sb + 2 * p + 1);
+            }
+            KFLUSH(h2f(blk), 8 * sb);
+        }
+    } else {
+        /* lanes 0..7 of E and O hold values 0..15 of the block, lanes 8..15 values 16..31: each 16 with its scale */
+        const __m256i off32 = _mm256_set1_epi16(32);
+        for (int sb = 0; sb < K / 256; sb++) {
+            const uint8_t *blk = row + (int64_t)sb * 210;
+            PREFETCH(blk, 210);
+            float d = h2f(blk + 208);
+            for (int half = 0; half < 2; half++) {
+                __m128i sc8 = _mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *)(blk + 192 + 8 * half)));
+                /* dword k: scale k twice */
+                __m256i pairs = _mm256_set_m128i(_mm_unpackhi_epi16(sc8, sc8), _mm_unpacklo_epi16(sc8, sc8));
+                const uint8_t *ql = blk + 64 * half, *qh = blk + 128 + 32 * half;
+                for (int i = 0; i < 4; i++) {
+                    __m256i q = q6k_unpack_one(ql, qh, i);
+                    __m256i scale = _mm256_permutevar8x32_epi32(pairs, _mm256_setr_epi32(2 * i, 2 * i, 2 * i, 2 * i, 2 * i + 1, 2 * i + 1, 2 * i + 1, 2 * i + 1));
+                    __m256i even = _mm256_mullo_epi16(_mm256_sub_epi16(_mm256_and_si256(q, low8), off32), scale);
+                    __m256i odd = _mm256_mullo_epi16(_mm256_sub_epi16(_mm256_srli_epi16(q, 8), off32), scale);
+                    KBLOCK(even, odd, 8 * sb + 4 * half + i);
+                    ONE_BLOCK_LIVE(pairs);
+                }
+                KFLUSH(d, 8 * sb);
+            }
+        }
+    }
+#undef KBLOCK
+#undef KFLUSH
+#pragma GCC unroll 8
+    for (int t = 0; t < T; t++) y[t * ldy] = hsum8(_mm256_load_ps(kacc[t]));
+}
+
 /* y[t * ldy] = row . token t for T tokens: each block's weights are unpacked once for all T tokens (the
  * batched decode rows of many editors, a draft verification, a small prefill chunk). Per block and token:
  * two madds, one conversion and one FMA with the block's scale times the token's (for the K-quants a
@@ -407,106 +528,53 @@ AVX2 static ALWAYS_INLINE __m256i block_dot(__m256i even, __m256i odd, const qac
  * sum takes the same operations in the same order whatever T is, so a token's products do not depend on how
  * many others share the call. */
 AVX2 static ALWAYS_INLINE void tile_dot(int type, int T, const uint8_t *row, const qact *act, int K, float *y, int64_t ldy) {
-    __m256 acc[MAX_TILE], offacc[MAX_TILE];
-    float scl[MAX_TILE][8] __attribute__((aligned(32))), off[MAX_TILE] __attribute__((aligned(32)));
-    const __m256i low4 = _mm256_set1_epi16(0x000F), low8 = _mm256_set1_epi16(0x00FF);
+    __m256 acc[MAX_TILE];
+    float scl[8] __attribute__((aligned(32))), off[MAX_TILE] __attribute__((aligned(32)));
+    const __m256i low4 = _mm256_set1_epi16(0x000F);
 #pragma GCC unroll 8
     for (int t = 0; t < T; t++) {
-        acc[t] = offacc[t] = _mm256_setzero_ps();
+        acc[t] = _mm256_setzero_ps();
         off[t] = 0.0f;
     }
-    /* the 8 blocks from block b8 on: scales (times each token's) into scl, Q4_K's mins subtracted in offacc */
-#define TILE_SCALES(scales, offsets, b8)                                                                          \
-    do {                                                                                                       \
-        _Pragma("GCC unroll 8") for (int t = 0; t < T; t++) {                                                 \
-            _mm256_store_ps(scl[t], _mm256_mul_ps((scales), _mm256_loadu_ps(act[t].d + (b8))));                 \
-            if (type == T_Q4_K) offacc[t] = _mm256_fnmadd_ps((offsets), _mm256_loadu_ps(act[t].ds + (b8)), offacc[t]); \
-        }                                                                                                      \
-    } while (0)
-#define TILE_BLOCK(even, odd, j, b)                                                                               \
-    do {                                                                                                       \
-        _Pragma("GCC unroll 8") for (int t = 0; t < T; t++)                                                   \
-            acc[t] = _mm256_fmadd_ps(_mm256_broadcast_ss(&scl[t][j]), _mm256_cvtepi32_ps(block_dot(even, odd, act, t, b)), acc[t]); \
-    } while (0)
-    if (type == T_Q4_K) {
-        for (int sb = 0; sb < K / 256; sb++) {
-            const uint8_t *blk = row + (int64_t)sb * 144;
-            PREFETCH(blk, 144);
-            __m256 sc, mn;
-            k4_scales(blk, &sc, &mn);
-            TILE_SCALES(sc, mn, 8 * sb); /* value = d * sc * q - dmin * m */
-            /* 32 bytes: block 2p in the low nibbles, 2p + 1 in the high ones */
-            for (int p = 0; p < 4; p++) {
-                __m256i raw = _mm256_loadu_si256((const __m256i *)(blk + 16 + 32 * p));
-                TILE_BLOCK(_mm256_and_si256(raw, low4), _mm256_and_si256(_mm256_srli_epi16(raw, 8), low4), 2 * p, 8 * sb + 2 * p);
-                TILE_BLOCK(_mm256_and_si256(_mm256_srli_epi16(raw, 4), low4), _mm256_srli_epi16(raw, 12), 2 * p + 1, 8 * sb + 2 * p + 1);
-            }
+    /* 32-value blocks: per block a scalar scale (gathering 8 blocks' scales in a vector, as for the
+     * K-quants, was 1.1-1.3x slower on SmolLM2's rows of 18 blocks) */
+    const int bytes = type == T_Q4_0 ? 18 : type == T_Q4_1 ? 20 : 34;
+    __m256 offsets = _mm256_setzero_ps();
+    for (int b = 0; b < K / 32; b++) {
+        const uint8_t *blk = row + (int64_t)b * bytes;
+        __m256i even, odd;
+        if (type == T_Q8_0) {
+            __m256i raw = _mm256_loadu_si256((const __m256i *)(blk + 2));
+            even = _mm256_srai_epi16(_mm256_slli_epi16(raw, 8), 8);
+            odd = _mm256_srai_epi16(raw, 8);
+        } else {
+            __m128i raw = _mm_loadu_si128((const __m128i *)(blk + (type == T_Q4_1 ? 4 : 2)));
+            __m256i both = _mm256_set_m128i(_mm_srli_epi16(raw, 4), raw);
+            even = _mm256_and_si256(both, low4);
+            odd = _mm256_and_si256(_mm256_srli_epi16(both, 8), low4);
         }
-    } else if (type == T_Q6_K) {
-        /* each 16 values times their 8-bit scale in 16 bits (|(q - 32) * scale| <= 4096): lanes 0..7 of E and O
-         * hold values 0..15 of the block, lanes 8..15 values 16..31 */
-        const __m256i off32 = _mm256_set1_epi16(32);
-        for (int sb = 0; sb < K / 256; sb++) {
-            const uint8_t *blk = row + (int64_t)sb * 210;
-            PREFETCH(blk, 210);
-            TILE_SCALES(_mm256_set1_ps(h2f(blk + 208)), _mm256_setzero_ps(), 8 * sb);
-            for (int half = 0; half < 2; half++) {
-                __m128i sc8 = _mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *)(blk + 192 + 8 * half)));
-                /* dword k: scale k twice */
-                __m256i pairs = _mm256_set_m128i(_mm_unpackhi_epi16(sc8, sc8), _mm_unpacklo_epi16(sc8, sc8));
-                __m256i q[4];
-                q6k_unpack(blk + 64 * half, blk + 128 + 32 * half, q);
-                for (int i = 0; i < 4; i++) {
-                    __m256i scale = _mm256_permutevar8x32_epi32(pairs, _mm256_setr_epi32(2 * i, 2 * i, 2 * i, 2 * i, 2 * i + 1, 2 * i + 1, 2 * i + 1, 2 * i + 1));
-                    __m256i even = _mm256_mullo_epi16(_mm256_sub_epi16(_mm256_and_si256(q[i], low8), off32), scale);
-                    __m256i odd = _mm256_mullo_epi16(_mm256_sub_epi16(_mm256_srli_epi16(q[i], 8), off32), scale);
-                    TILE_BLOCK(even, odd, 4 * half + i, 8 * sb + 4 * half + i);
-                }
-            }
-        }
-    } else {
-        /* 32-value blocks: per block a scalar scale (gathering 8 blocks' scales in a vector, as for the
-         * K-quants, was 1.1-1.3x slower on SmolLM2's rows of 18 blocks) */
-        const int bytes = type == T_Q4_0 ? 18 : type == T_Q4_1 ? 20 : 34;
-        __m256 offsets = _mm256_setzero_ps();
-        for (int b = 0; b < K / 32; b++) {
-            const uint8_t *blk = row + (int64_t)b * bytes;
-            __m256i even, odd;
-            if (type == T_Q8_0) {
-                __m256i raw = _mm256_loadu_si256((const __m256i *)(blk + 2));
-                even = _mm256_srai_epi16(_mm256_slli_epi16(raw, 8), 8);
-                odd = _mm256_srai_epi16(raw, 8);
-            } else {
-                __m128i raw = _mm_loadu_si128((const __m128i *)(blk + (type == T_Q4_1 ? 4 : 2)));
-                __m256i both = _mm256_set_m128i(_mm_srli_epi16(raw, 4), raw);
-                even = _mm256_and_si256(both, low4);
-                odd = _mm256_and_si256(_mm256_srli_epi16(both, 8), low4);
-            }
-            float d = h2f(blk), m = type == T_Q4_1 ? h2f(blk + 2) : -8.0f * d;
-            if (T == 1 || type == T_Q8_0) {
+        float d = h2f(blk), m = type == T_Q4_1 ? h2f(blk + 2) : -8.0f * d;
+        if (T == 1 || type == T_Q8_0) {
 #pragma GCC unroll 8
-                for (int t = 0; t < T; t++) {
-                    acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * act[t].d[b]), _mm256_cvtepi32_ps(block_dot(even, odd, act, t, b)), acc[t]);
-                    if (type != T_Q8_0) off[t] = fmaf(m, act[t].ds[b], off[t]);
-                }
-            } else {
-                /* Q4_0/Q4_1 tiles of several tokens: their scales in one vector product (lane t: d * token t's
-                 * scale, the same product as above), broadcast from memory, and their offsets summed in the
-                 * lanes of one vector: 1.25x faster at 8 tokens on SmolLM2's rows (Q8_0, with no offsets,
-                 * gained nothing) */
-                _mm256_store_ps(scl[0], _mm256_mul_ps(_mm256_set1_ps(d), _mm256_loadu_ps(act[0].group_d + 8 * b)));
-                offsets = _mm256_fmadd_ps(_mm256_set1_ps(m), _mm256_loadu_ps(act[0].group_ds + 8 * b), offsets);
-#pragma GCC unroll 8
-                for (int t = 0; t < T; t++)
-                    acc[t] = _mm256_fmadd_ps(_mm256_broadcast_ss(&scl[0][t]), _mm256_cvtepi32_ps(block_dot(even, odd, act, t, b)), acc[t]);
+            for (int t = 0; t < T; t++) {
+                acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * act[t].d[b]), _mm256_cvtepi32_ps(block_dot(even, odd, act, t, b)), acc[t]);
+                if (type != T_Q8_0) off[t] = fmaf(m, act[t].ds[b], off[t]);
             }
+        } else {
+            /* Q4_0/Q4_1 tiles of several tokens: their scales in one vector product (lane t: d * token t's
+             * scale, the same product as above), broadcast from memory, and their offsets summed in the
+             * lanes of one vector: 1.25x faster at 8 tokens on SmolLM2's rows (Q8_0, with no offsets,
+             * gained nothing) */
+            _mm256_store_ps(scl, _mm256_mul_ps(_mm256_set1_ps(d), _mm256_loadu_ps(act[0].group_d + 8 * b)));
+            offsets = _mm256_fmadd_ps(_mm256_set1_ps(m), _mm256_loadu_ps(act[0].group_ds + 8 * b), offsets);
+#pragma GCC unroll 8
+            for (int t = 0; t < T; t++)
+                acc[t] = _mm256_fmadd_ps(_mm256_broadcast_ss(&scl[t]), _mm256_cvtepi32_ps(block_dot(even, odd, act, t, b)), acc[t]);
         }
-        if (T > 1 && type != T_Q8_0) _mm256_store_ps(off, offsets);
     }
-#undef TILE_SCALES
-#undef TILE_BLOCK
+    if (T > 1 && type != T_Q8_0) _mm256_store_ps(off, offsets);
 #pragma GCC unroll 8
-    for (int t = 0; t < T; t++) y[t * ldy] = hsum8(_mm256_add_ps(acc[t], offacc[t])) + off[t];
+    for (int t = 0; t < T; t++) y[t * ldy] = hsum8(acc[t]) + off[t];
 }
 
 typedef void (*tile_fn)(const uint8_t *rows, int64_t row_bytes, int n, const qact *act, int K, float *y, int64_t ldy);
@@ -517,7 +585,13 @@ typedef void (*tile_fn)(const uint8_t *rows, int64_t row_bytes, int n, const qac
         for (int r = 0; r < n; r++) tile_dot(T_##TYPE, T, rows + r * row_bytes, act, K, y + r, ldy);                    \
     }
 #define TILES(TYPE) TILE(TYPE, 1) TILE(TYPE, 2) TILE(TYPE, 3) TILE(TYPE, 4) TILE(TYPE, 5) TILE(TYPE, 6) TILE(TYPE, 7) TILE(TYPE, 8)
-TILES(Q4_0) TILES(Q4_1) TILES(Q8_0) TILES(Q4_K) TILES(Q6_K)
+TILES(Q4_0) TILES(Q4_1) TILES(Q8_0)
+#define KTILE(TYPE, T)                                                                                                 \
+    AVX2 static void tile_##TYPE##_##T(const uint8_t *rows, int64_t row_bytes, int n, const qact *act, int K, float *y, int64_t ldy) { \
+        for (int r = 0; r < n; r++) ktile_dot(T_##TYPE, T, rows + r * row_bytes, act, K, y + r, ldy);                   \
+    }
+#define KTILES(TYPE) KTILE(TYPE, 1) KTILE(TYPE, 2) KTILE(TYPE, 3) KTILE(TYPE, 4) KTILE(TYPE, 5) KTILE(TYPE, 6) KTILE(TYPE, 7) KTILE(TYPE, 8)
+KTILES(Q4_K) KTILES(Q6_K)
 
 #define TILE_TABLE(TYPE) {tile_##TYPE##_1, tile_##TYPE##_2, tile_##TYPE##_3, tile_##TYPE##_4, tile_##TYPE##_5, tile_##TYPE##_6, tile_##TYPE##_7, tile_##TYPE##_8}
 static const tile_fn tile_table[5][MAX_TILE] = {TILE_TABLE(Q4_0), TILE_TABLE(Q4_1), TILE_TABLE(Q8_0), TILE_TABLE(Q4_K), TILE_TABLE(Q6_K)};
@@ -537,8 +611,8 @@ static const tile_fn *tiles_for(int type) {
  * NOTE: tiles of several rows (2 x 2, 4 x 1) were measured too: no faster on the layers' matrices, and up
  * to 1.6x slower on SmolLM2's Q8_0 head (python -m bench.decode_step; /work/runs/kb2.py). */
 AVX2 static void quant_rows_avx2(const tf_part *w, int lo, int hi, const qact *act, int S, int K, float *y, int64_t ldy) {
-    const tile_fn *tiles = tiles_for(w->type);
     int64_t rb = w->row_bytes;
+    const tile_fn *tiles = tiles_for(w->type);
     for (int s = 0; s < S; s += MAX_TILE) {
         int n = S - s < MAX_TILE ? S - s : MAX_TILE;
         tiles[n - 1](w->data + lo * rb, rb, hi - lo, act + s, K, y + s * ldy + lo, ldy);
@@ -604,10 +678,8 @@ AVX2 static int dequant_row_avx2(int type, const uint8_t *src, int K, float *y) 
             const int8_t *sc = (const int8_t *)(src + 192);
             float d = h2f(src + 208);
             for (int n = 0; n < 2; n++, ql += 64, qh += 32, sc += 8) {
-                __m256i q[4];
-                q6k_unpack(ql, qh, q);
                 for (int i = 0; i < 4; i++, y += 32) {
-                    __m256i v = _mm256_sub_epi8(q[i], off);
+                    __m256i v = _mm256_sub_epi8(q6k_unpack_one(ql, qh, i), off);
                     store16(_mm256_castsi256_si128(v), _mm256_set1_ps(d * sc[2 * i]), y);
                     store16(_mm256_extracti128_si256(v, 1), _mm256_set1_ps(d * sc[2 * i + 1]), y + 16);
                 }
@@ -717,7 +789,8 @@ typedef struct {
     const tf_part *parts;
     int nparts, K, S, total_rows, block_rows;
     const float *x; /* [S, K] */
-    qact *act;    /* [S]: x quantized (NULL when every part is F32/F16) */
+    qact *act;    /* [S]: x quantized per block of 32 (NULL when no part is a 32-value type) */
+    qact *kact;   /* [S]: x quantized per super-block of 256 (NULL when no part is a K-quant) */
     float *y;
     int64_t ldy;
 } matmul_job;
@@ -743,7 +816,7 @@ static void matmul_rows(void *arg, int block) {
         int fp = is_float_type(w->type);
         if (fp && !avx2 && buf == NULL && lo < hi) buf = malloc((size_t)K * 4);
         if (!fp && avx2 && lo < hi) {
-            quant_rows_avx2(w, lo, hi, job->act, S, K, job->y + base, job->ldy);
+            quant_rows_avx2(w, lo, hi, is_kquant(w->type) ? job->kact : job->act, S, K, job->y + base, job->ldy);
             continue;
         }
         for (int r = lo; r < hi; r++) {
@@ -752,7 +825,7 @@ static void matmul_rows(void *arg, int block) {
             if (fp && !avx2) dequant_row_generic(w->type, row, K, buf);
             for (int s = 0; s < S; s++) {
                 float v;
-                if (!fp) v = row_dot_qact_generic(w->type, row, job->act[s], K);
+                if (!fp) v = row_dot_qact_generic(w->type, row, is_kquant(w->type) ? job->kact[s] : job->act[s], K);
                 else v = avx2 ? row_dot_float_avx2(w->type, row, job->x + (int64_t)s * K, K) : dot_generic(buf, job->x + (int64_t)s * K, K);
                 out[s * job->ldy] = v;
             }
@@ -761,8 +834,9 @@ static void matmul_rows(void *arg, int block) {
     free(buf);
 }
 
-/* `grouped`: also group_d and group_ds (what the AVX2 Q4_0/Q4_1 tiles of several tokens read) */
-static qact *quantize_rows(const float *x, int S, int K, int grouped) {
+/* Each token's activations, one scale per `group` blocks of 32 (1, or KQ_GROUP for the K-quants). `grouped`:
+ * also group_d and group_ds (what the AVX2 Q4_0/Q4_1 tiles of several tokens read) */
+static qact *quantize_rows(const float *x, int S, int K, int group, int grouped) {
     /* one allocation: S headers, then q [S K], d [S K/32], ds [S K/32], and when grouped
      * group_d and group_ds [groups K/32 8] */
     size_t nb = (size_t)K / 32, groups = grouped ? ((size_t)S + 7) / 8 : 0;
@@ -774,8 +848,8 @@ static qact *quantize_rows(const float *x, int S, int K, int grouped) {
     if (groups) memset(group_d, 0, 2 * sizeof(float) * 8 * groups * nb);
     for (int s = 0; s < S; s++) {
         act[s] = (qact){q + (size_t)s * K, d + (size_t)s * nb, ds + (size_t)s * nb, NULL, NULL};
-        if (have_avx2()) quantize_act_avx2(x + (int64_t)s * K, K, act[s], 1);
-        else quantize_act_generic(x + (int64_t)s * K, K, act[s]);
+        if (have_avx2()) quantize_act_avx2(x + (int64_t)s * K, K, act[s], 1, group);
+        else quantize_act_generic(x + (int64_t)s * K, K, act[s], group);
         if (groups) {
             size_t g = (size_t)s / 8;
             act[s].group_d = group_d + 8 * g * nb;
@@ -789,37 +863,45 @@ static qact *quantize_rows(const float *x, int S, int K, int grouped) {
     return act;
 }
 
-/* y[S, ldy] = x[S, K] @ W^T for W = the parts' rows concatenated. Quantized parts multiply the 8-bit
- * activations (quantize_q8) in integers; F32/F16 parts the fp32 activations. Returns 0, or -1 for an
+/* y[S, ldy] = x[S, K] @ W^T for W = the parts' rows concatenated. Quantized parts multiply the 16-bit
+ * activations in integers (rounded per 32 values for the 32-value types, per 256 for the K-quants; a fused
+ * product of both kinds rounds both ways); F32/F16 parts the fp32 activations. Returns 0, or -1 for an
  * unknown type or a K the type's blocks do not divide, -2 when out of memory. */
 int tf_matmul(const tf_part *parts, int nparts, int K, const float *x, int S, float *y, int64_t ldy, int nthreads) {
-    int total = 0, quantized = 0, grouped = 0;
+    int total = 0, blocks32 = 0, kquants = 0, grouped = 0;
     for (int p = 0; p < nparts; p++) {
         int elems = block_elems(parts[p].type);
         if (elems == 0 || K % elems != 0 || K % 32 != 0) return -1;
         total += parts[p].rows;
-        quantized |= !is_float_type(parts[p].type);
+        kquants |= is_kquant(parts[p].type);
+        blocks32 |= !is_float_type(parts[p].type) && !is_kquant(parts[p].type);
         grouped |= parts[p].type == T_Q4_0 || parts[p].type == T_Q4_1;
     }
-    qact *act = NULL;
-    if (quantized && (act = quantize_rows(x, S, K, grouped && S > 1 && have_avx2())) == NULL) return -2;
+    qact *act = NULL, *kact = NULL;
+    if (blocks32 && (act = quantize_rows(x, S, K, 1, grouped && S > 1 && have_avx2())) == NULL) return -2;
+    if (kquants && (kact = quantize_rows(x, S, K, KQ_GROUP, 0)) == NULL) {
+        free(act);
+        return -2;
+    }
     int threads = total < 64 || nthreads < 1 ? 1 : nthreads < MAX_THREADS ? nthreads : MAX_THREADS;
     int block_rows = (total + threads * CHUNKS - 1) / (threads * CHUNKS);
     block_rows = block_rows < BLOCK_ROWS ? BLOCK_ROWS : (block_rows + BLOCK_ROWS - 1) / BLOCK_ROWS * BLOCK_ROWS;
-    matmul_job job = {parts, nparts, K, S, total, block_rows, x, act, y, ldy};
+    matmul_job job = {parts, nparts, K, S, total, block_rows, x, act, kact, y, ldy};
     run_parallel(matmul_rows, &job, (total + block_rows - 1) / block_rows, threads);
     free(act);
+    free(kact);
     return 0;
 }
 
-/* The activations' 8-bit blocks as tf_matmul computes them (for the reference twin's tests):
- * q [S, K] int8, d and ds [S, K / 32]. */
-int tf_quantize_act(const float *x, int S, int K, int16_t *q, float *d, float *ds) {
-    if (K % 32) return -1;
+/* The activations' 16-bit blocks as tf_matmul computes them (for the reference twin's tests), one scale per
+ * `group` blocks (1 or 8): q [S, K] int16, d and ds [S, K / 32] (d repeated over a group). */
+int tf_quantize_act(const float *x, int S, int K, int group, int16_t *q, float *d, float *ds) {
+    if (group != 1 && group != KQ_GROUP) return -1;
+    if (K % (32 * group)) return -1;
     for (int s = 0; s < S; s++) {
         qact a = {q + (int64_t)s * K, d + (int64_t)s * (K / 32), ds + (int64_t)s * (K / 32), NULL, NULL};
-        if (have_avx2()) quantize_act_avx2(x + (int64_t)s * K, K, a, 0);
-        else quantize_act_generic(x + (int64_t)s * K, K, a);
+        if (have_avx2()) quantize_act_avx2(x + (int64_t)s * K, K, a, 0, group);
+        else quantize_act_generic(x + (int64_t)s * K, K, a, group);
     }
     return 0;
 }

@@ -4,11 +4,11 @@ A `QuantTensor` is one GGUF matrix as its file stores it ([rows, row_bytes] uint
 memory-mapped file): nothing is dequantized at load. `QuantLinear` is a linear layer over one or more of them
 (q|k|v or gate|up fused by concatenating rows, even when the parts have different block types):
 - a few tokens (decode, draft verification, the decode rows of a batch, small prefill chunks): as llama.cpp
-  does, each token's activations are quantized once per call to integer blocks (per 32 values:
-  d = max|x| / 32767, q = round(x / d), 16-bit where llama.cpp uses 8: see csrc/quant.c), and the C kernels
-  (csrc/quant.c) multiply them with the weight blocks in integers (AVX2 madd), streaming the compact weights
-  once per call and unpacking each weight block once for up to 8 tokens: the product of the dequantized
-  matrix with the rounded activations q * d, the same for a token whatever else shares the call;
+  does, each token's activations are quantized once per call to integer blocks (d = max|x| / 32767 per 32
+  values, per 256 for the K-quants; q = round(x / d), 16-bit where llama.cpp uses 8: see csrc/quant.c), and
+  the C kernels (csrc/quant.c) multiply them with the weight blocks in integers (AVX2 madd), streaming the
+  compact weights once per call and unpacking each weight block once for up to 8 tokens: the product of the
+  dequantized matrix with the rounded activations q * d, the same for a token whatever else shares the call;
 - many tokens (prefill): rows are dequantized tile by tile into fp32 and multiplied with torch's GEMM
   (fp32 activations).
 F32/F16 matrices always take the fp32 activations.
@@ -134,23 +134,30 @@ def dequantize(tensor: QuantTensor) -> Tensor:
     return out.reshape(rows, cols)
 
 
-ACT_BLOCK = 32  # activation values per integer block (one scale each)
+ACT_BLOCK = 32  # activation values per integer block (one scale each for the 32-value types)
+KQUANT_ACT_BLOCK = 256  # the K-quants' activations: one scale per super-block (its blocks' integer sums add up)
 ACT_MAX = 32767.0  # 16-bit activations
 
 
-def quantize_activations(x: Tensor) -> tuple[Tensor, Tensor]:
-    """x [S, K] fp32 -> (q [S, K] int16, d [S, K / 32] fp32) as the kernels round them: per block of 32,
-    d = max|x| / 32767 and q = round-half-even(x * (1 / d)) (0 for an all-zero block). x ~ q * d."""
-    blocks = x.float().reshape(x.shape[0], -1, ACT_BLOCK)  # [S, nb, 32]
+def activation_block(kind: int) -> int:
+    """How many activation values share one scale when they multiply a matrix of this GGML type."""
+    return KQUANT_ACT_BLOCK if kind in (Q4_K, Q6_K) else ACT_BLOCK
+
+
+def quantize_activations(x: Tensor, block: int = ACT_BLOCK) -> tuple[Tensor, Tensor]:
+    """x [S, K] fp32 -> (q [S, K] int16, d [S, K / 32] fp32) as the kernels round them: per `block` values
+    (32, or 256 for the K-quants), d = max|x| / 32767 and q = round-half-even(x * (1 / d)) (0 for an
+    all-zero block); d is given per 32 values (repeated over a block of 256). x ~ q * d."""
+    blocks = x.float().reshape(x.shape[0], -1, block)  # [S, nb, block]
     d = blocks.abs().amax(dim=-1, keepdim=True) / ACT_MAX  # [S, nb, 1]
     inverse = torch.where(d != 0, 1.0 / d, torch.zeros_like(d))
     q = torch.round(blocks * inverse)
-    return q.to(torch.int16).reshape(x.shape), d.squeeze(-1)
+    return q.to(torch.int16).reshape(x.shape), d.squeeze(-1).repeat_interleave(block // ACT_BLOCK, dim=1)
 
 
-def rounded_activations(x: Tensor) -> Tensor:
+def rounded_activations(x: Tensor, block: int = ACT_BLOCK) -> Tensor:
     """fp32 [S, K]: x after the kernels' rounding (q * d)."""
-    q, d = quantize_activations(x)
+    q, d = quantize_activations(x, block)
     return (q.float().reshape(x.shape[0], -1, ACT_BLOCK) * d[..., None]).reshape(x.shape)
 
 
@@ -189,7 +196,7 @@ def _lib() -> ctypes.CDLL:
                 c_ptr, c_int, c_i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
                 lib.tf_matmul.argtypes = [ctypes.POINTER(_Part), c_int, c_int, c_ptr, c_int, c_ptr, c_i64, c_int]
                 lib.tf_dequant.argtypes = [c_int, c_ptr, c_i64, c_int, c_ptr, c_int, c_ptr, c_int]
-                lib.tf_quantize_act.argtypes = [c_ptr, c_int, c_int, c_ptr, c_ptr, c_ptr]
+                lib.tf_quantize_act.argtypes = [c_ptr, c_int, c_int, c_int, c_ptr, c_ptr, c_ptr]
                 lib.tf_decode_rows.argtypes = [c_ptr, c_int, c_ptr, c_ptr, c_ptr, c_ptr, c_int]
                 lib.tf_decode_rows.restype = c_int
                 lib.tf_force_portable.argtypes = [c_int]
@@ -237,15 +244,16 @@ def _dequant(tensor: QuantTensor, data: int, rows: int | None, count: int, out: 
         raise QuantError(f"{TYPE_NAMES[tensor.type]} rows of {tensor.cols} cannot be dequantized")
 
 
-def kernel_activations(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """The C kernels' integer blocks of x [S, K]: (q [S, K] int16, d [S, K / 32], d * sum(q) [S, K / 32])."""
+def kernel_activations(x: Tensor, block: int = ACT_BLOCK) -> tuple[Tensor, Tensor, Tensor]:
+    """The C kernels' integer blocks of x [S, K], one scale per `block` values (32 or 256): (q [S, K] int16,
+    d [S, K / 32], d * sum(q) [S, K / 32], both per 32 values)."""
     x = x.float().contiguous()
     tokens, cols = x.shape
     q = torch.empty(tokens, cols, dtype=torch.int16)
     d = torch.empty(tokens, cols // ACT_BLOCK)
     ds = torch.empty(tokens, cols // ACT_BLOCK)
-    if _lib().tf_quantize_act(x.data_ptr(), tokens, cols, q.data_ptr(), d.data_ptr(), ds.data_ptr()):
-        raise QuantError(f"{cols} values are not whole blocks of {ACT_BLOCK}")
+    if _lib().tf_quantize_act(x.data_ptr(), tokens, cols, block // ACT_BLOCK, q.data_ptr(), d.data_ptr(), ds.data_ptr()):
+        raise QuantError(f"{cols} values are not whole blocks of {block}")
     return q, d, ds
 
 
@@ -410,9 +418,12 @@ class DecodeStep:
 
 def reference_linear(parts: list[QuantTensor], bias: Tensor | None, x: Tensor) -> Tensor:
     """What a QuantLinear computes, with the reference twins and fp32 matmuls (for tests): up to
-    KERNEL_MAX_TOKENS tokens, the quantized parts multiply the rounded activations."""
+    KERNEL_MAX_TOKENS tokens, the quantized parts multiply the activations rounded as for their type."""
     x = x.float()
-    rounded = rounded_activations(x) if x.shape[0] <= KERNEL_MAX_TOKENS else x
-    outs = [(x if p.type in (F32, F16) else rounded) @ dequantize(p).t() for p in parts]  # [S, N_i]
+    kernels = x.shape[0] <= KERNEL_MAX_TOKENS
+    outs = [
+        (x if p.type in (F32, F16) or not kernels else rounded_activations(x, activation_block(p.type))) @ dequantize(p).t()
+        for p in parts
+    ]  # [S, N_i]
     out = torch.cat(outs, dim=1)
     return out if bias is None else out + bias.float()

@@ -90,13 +90,27 @@ def test_activation_twin_rounds_half_to_even() -> None:
     assert quantize_activations(torch.zeros(2, 64))[0].abs().sum() == 0
 
 
+@pytest.mark.parametrize("block", [32, 256])
 @pytest.mark.parametrize("tokens", [1, 5])
-def test_kernel_activations_equal_the_twin_bit_for_bit(kernel_path: object, tokens: int) -> None:
+def test_kernel_activations_equal_the_twin_bit_for_bit(kernel_path: object, tokens: int, block: int) -> None:
     x = _activations(tokens, 1536, seed=tokens)
-    q, d, ds = kernel_activations(x)
-    q_ref, d_ref = quantize_activations(x)
+    q, d, ds = kernel_activations(x, block)
+    q_ref, d_ref = quantize_activations(x, block)
     assert torch.equal(q, q_ref) and torch.equal(d, d_ref)
     torch.testing.assert_close(ds, d_ref * q_ref.view(tokens, -1, 32).sum(-1).float(), rtol=0, atol=0)
+
+
+def test_k_quant_activations_share_one_scale_per_super_block() -> None:
+    """Per 256 values one scale, set by the largest of them: the outlier channel 7 sets the scale of values
+    0..255, not only of 0..31; the all-zero block 1 is 0 either way."""
+    x = _activations(1, 512, seed=1)
+    q32, d32 = quantize_activations(x, 32)
+    q256, d256 = quantize_activations(x, 256)
+    assert d256.shape == d32.shape == (1, 16)
+    assert torch.equal(d256[0, :8], d256[0, :1].expand(8)) and torch.equal(d256[0, 8:], d256[0, 8:9].expand(8))
+    assert torch.equal(d256[0, 0], x[0, :256].abs().max() / quant.ACT_MAX) and float(d256[0, 0]) > float(d32[0, 2])
+    assert torch.equal(q256[0, 32:64], q32[0, 32:64]) and not q256[0, 32:64].any()
+    assert int(q256[0, :256].abs().max()) == 32767
 
 
 @pytest.mark.parametrize("kind", TYPES, ids=lambda k: quant.TYPE_NAMES[k])
@@ -120,7 +134,7 @@ def test_integer_path_stays_within_the_activation_rounding_of_fp32(kernel_path: 
     actual = QuantLinear([weight])(x)
     dense = dequantize(weight)
     exact = x @ dense.t()
-    _, d = quantize_activations(x)
+    _, d = quantize_activations(x, quant.activation_block(kind))
     half_step = (d / 2).repeat_interleave(32, dim=1)  # [S, K]
     bound = half_step @ dense.abs().t()  # [S, N]
     slack = 1e-4 * (x.abs() @ dense.abs().t())  # fp32 summation order
