@@ -9,8 +9,9 @@ memory-mapped file): nothing is dequantized at load. `QuantLinear` is a linear l
   the C kernels (csrc/quant.c) multiply them with the weight blocks in integers (AVX2 madd), streaming the
   compact weights once per call and unpacking each weight block once for up to 8 tokens: the product of the
   dequantized matrix with the rounded activations q * d, the same for a token whatever else shares the call;
-- many tokens (prefill): rows are dequantized tile by tile into fp32 and multiplied with torch's GEMM
-  (fp32 activations).
+- many tokens (prefill) over the 32-value types: rows are dequantized tile by tile into fp32 and multiplied
+  with torch's GEMM (fp32 activations); products over K-quant matrices only stay in the kernels at any token
+  count (faster than that GEMM on Qwen2.5-Coder's matrices: KQUANT_KERNEL_MAX_TOKENS).
 F32/F16 matrices always take the fp32 activations.
 
 `dequantize` and `quantize_activations` are the reference twins in torch, written from ggml's
@@ -46,6 +47,10 @@ TYPE_NAMES = {F32: "F32", F16: "F16", Q4_0: "Q4_0", Q4_1: "Q4_1", Q8_0: "Q8_0", 
 # NOTE: measured on SmolLM2's matrices, 2 threads: the kernels (8 tokens per tile) win up to ~32 tokens on the
 # layers' matrices (up 2.7 vs 4.0 ms at 32) and up to 64 on the Q8_0 head (/work/runs/kb3.py, 2026-12-06).
 KERNEL_MAX_TOKENS = 32
+# Products over K-quant matrices only run in the kernels at any token count: their tiles sum a super-block in
+# integers and beat the dequantized GEMM on Qwen2.5-Coder-1.5B's Q4_K matrices at 64-384 tokens (up: 130 vs
+# 157 ms at 384 tokens) and match it on its Q6_K ffn_down (85 vs 77-80 ms; 2 threads, /work/runs/kbqw.py).
+KQUANT_KERNEL_MAX_TOKENS = 1 << 30
 TILE_BYTES = 8 << 20  # fp32 bytes of one dequantized weight tile in the GEMM path
 
 
@@ -272,6 +277,7 @@ class QuantLinear:
             raise QuantError(f"bias {tuple(bias.shape)} does not match {self.out_features} outputs")
         self.bias = None if bias is None else bias.detach().float().contiguous()
         self._lib = _lib()
+        self.kernel_max_tokens = kernel_max_tokens(parts)
         self._parts = (_Part * len(parts))(*[_Part(p.type, p.rows, p.data.data_ptr(), p.data.shape[1]) for p in parts])
 
     @property
@@ -281,7 +287,7 @@ class QuantLinear:
     def __call__(self, x: Tensor) -> Tensor:  # [S, K] -> [S, N]
         x = x.float().contiguous()
         tokens = x.shape[0]
-        if tokens <= KERNEL_MAX_TOKENS:
+        if tokens <= self.kernel_max_tokens:
             out = torch.empty(tokens, self.out_features, dtype=torch.float32)
             status = self._lib.tf_matmul(
                 self._parts, len(self.parts), self.in_features, x.data_ptr(), tokens, out.data_ptr(),
@@ -416,11 +422,16 @@ class DecodeStep:
         return logits
 
 
+def kernel_max_tokens(parts: Sequence[QuantTensor]) -> int:
+    """Up to how many tokens a product over these parts runs in the C kernels (beyond: the dequantized GEMM)."""
+    return KQUANT_KERNEL_MAX_TOKENS if all(p.type in (Q4_K, Q6_K) for p in parts) else KERNEL_MAX_TOKENS
+
+
 def reference_linear(parts: list[QuantTensor], bias: Tensor | None, x: Tensor) -> Tensor:
     """What a QuantLinear computes, with the reference twins and fp32 matmuls (for tests): up to
-    KERNEL_MAX_TOKENS tokens, the quantized parts multiply the activations rounded as for their type."""
+    `kernel_max_tokens` tokens, the quantized parts multiply the activations rounded as for their type."""
     x = x.float()
-    kernels = x.shape[0] <= KERNEL_MAX_TOKENS
+    kernels = x.shape[0] <= kernel_max_tokens(parts)
     outs = [
         (x if p.type in (F32, F16) or not kernels else rounded_activations(x, activation_block(p.type))) @ dequantize(p).t()
         for p in parts

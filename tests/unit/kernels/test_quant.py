@@ -142,11 +142,15 @@ def test_integer_path_stays_within_the_activation_rounding_of_fp32(kernel_path: 
     assert (actual - exact).abs().max() > 0  # the rounding is there: this is not the fp32 product
 
 
+@pytest.mark.parametrize("tail", [quant.Q6_K, quant.Q8_0], ids=["k-quants", "k-quants-and-q8_0"])
 @pytest.mark.parametrize("tile_bytes", [quant.TILE_BYTES, 64 * 4 * 1024], ids=["one-tile", "tiles-of-64-rows"])
 @pytest.mark.parametrize("tokens", [1, 5, 33])
-def test_fused_parts_of_mixed_types_with_bias(kernel_path: object, tokens: int, tile_bytes: int, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fused_parts_of_mixed_types_with_bias(kernel_path: object, tokens: int, tile_bytes: int, tail: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """33 tokens: K-quant parts alone still take the kernels (each rounds the activations per 256 values);
+    with a Q8_0 part the product takes the dequantized GEMM tiles."""
     monkeypatch.setattr(quant, "TILE_BYTES", tile_bytes)
-    parts = [random_tensor(quant.Q4_K, 96, 1024, 1), random_tensor(quant.Q4_K, 32, 1024, 2), random_tensor(quant.Q6_K, 40, 1024, 3)]
+    parts = [random_tensor(quant.Q4_K, 96, 1024, 1), random_tensor(quant.Q4_K, 32, 1024, 2), random_tensor(tail, 40, 1024, 3)]
+    assert quant.kernel_max_tokens(parts) == (quant.KERNEL_MAX_TOKENS if tail == quant.Q8_0 else quant.KQUANT_KERNEL_MAX_TOKENS)
     bias = torch.randn(168)
     x = _activations(tokens, 1024, seed=3)
     expected = reference_linear(parts, bias, x)
