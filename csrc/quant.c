@@ -443,10 +443,12 @@ AVX2 static ALWAYS_INLINE __m256i block_dot(__m256i even, __m256i odd, const qac
  * takes the same operations in the same order whatever T is. The fp32 sums stay in memory (KEEP_IN_MEMORY): in
  * registers they left too few for 8 tokens' integer sums and a block's weights, and the 8-token tile ran 1.2x
  * slower on Qwen2.5-Coder's Q4_K rows (/work/runs/kab.py, 2026-12-07). NOTE: cutting the rows' super-blocks in
- * chunks whose activations L1 holds (16 KB for 8 tokens) gained nothing on its ffn_down (8,960 values). */
+ * chunks whose activations L1 holds (16 KB for 8 tokens; fp32 sums of 16 rows waiting between chunks) made its
+ * ffn_down (8,960 values) 3-7 % faster and its 1,536-value rows 10-15 % slower: not kept. */
 AVX2 static ALWAYS_INLINE void ktile_dot(int type, int T, const uint8_t *row, const qact *act, int K, float *y, int64_t ldy) {
     const __m256i low4 = _mm256_set1_epi16(0x000F), low8 = _mm256_set1_epi16(0x00FF);
     __m256i isum[MAX_TILE];
+    __m256 mn = _mm256_setzero_ps(); /* Q4_K: the super-block's mins */
     float kacc[MAX_TILE][8] __attribute__((aligned(32)));
 #pragma GCC unroll 8
     for (int t = 0; t < T; t++) {
@@ -460,10 +462,18 @@ AVX2 static ALWAYS_INLINE void ktile_dot(int type, int T, const uint8_t *row, co
             ONE_BLOCK_LIVE(isum[t]);                                                                            \
         }                                                                                                      \
     } while (0)
-#define KFLUSH(dw, b)                                                                                           \
+    /* the integer sums times the row's scale dw times each token's (several tokens: one vector product over
+     * the group's scales, the same product lane by lane), plus Q4_K's mins (mn: 8 blocks' dmin * m) times the
+     * blocks' activation sums (ds), in one update of the fp32 sums */
+#define KFLUSH(dw, b, mins)                                                                                     \
     do {                                                                                                       \
+        float scl[8] __attribute__((aligned(32)));                                                             \
+        if (T == 1) scl[0] = (dw) * act[0].d[b];                                                              \
+        else _mm256_store_ps(scl, _mm256_mul_ps(_mm256_set1_ps(dw), _mm256_loadu_ps(act[0].group_d + 8 * (b)))); \
         _Pragma("GCC unroll 8") for (int t = 0; t < T; t++) {                                                  \
-            _mm256_store_ps(kacc[t], _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_set1_ps((dw) * act[t].d[b]), _mm256_load_ps(kacc[t]))); \
+            __m256 sum = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_broadcast_ss(&scl[t]), _mm256_load_ps(kacc[t])); \
+            if (mins) sum = _mm256_fnmadd_ps(mn, _mm256_loadu_ps(act[t].ds + (b)), sum);                        \
+            _mm256_store_ps(kacc[t], sum);                                                                    \
             isum[t] = _mm256_setzero_si256();                                                                 \
         }                                                                                                      \
         KEEP_IN_MEMORY();                                                                                      \
@@ -473,11 +483,7 @@ AVX2 static ALWAYS_INLINE void ktile_dot(int type, int T, const uint8_t *row, co
             const uint8_t *blk = row + (int64_t)sb * 144;
             PREFETCH(blk, 144);
             int16_t sc[8] __attribute__((aligned(16)));
-            __m256 mn;
             k4_scales(blk, sc, &mn);
-            /* value = d * sc * q - dmin * m: the mins times the blocks' activation sums, apart */
-#pragma GCC unroll 8
-            for (int t = 0; t < T; t++) _mm256_store_ps(kacc[t], _mm256_fnmadd_ps(mn, _mm256_loadu_ps(act[t].ds + 8 * sb), _mm256_load_ps(kacc[t])));
             /* 32 bytes: block 2p in the low nibbles, 2p + 1 in the high ones */
             for (int p = 0; p < 4; p++) {
                 __m256i raw = _mm256_loadu_si256((const __m256i *)(blk + 16 + 32 * p));
@@ -488,7 +494,7 @@ AVX2 static ALWAYS_INLINE void ktile_dot(int type, int T, const uint8_t *row, co
                 KBLOCK(_mm256_mullo_epi16(_mm256_and_si256(_mm256_srli_epi16(raw, 4), low4), s1),
                        _mm256_mullo_epi16(_mm256_srli_epi16(raw, 12), s1), 8 * sb + 2 * p + 1);
             }
-            KFLUSH(h2f(blk), 8 * sb);
+            KFLUSH(h2f(blk), 8 * sb, 1); /* value = d * sc * q - dmin * m */
         }
     } else {
         /* lanes 0..7 of E and O hold values 0..15 of the block, lanes 8..15 values 16..31: each 16 with its scale */
@@ -510,7 +516,7 @@ AVX2 static ALWAYS_INLINE void ktile_dot(int type, int T, const uint8_t *row, co
                     KBLOCK(even, odd, 8 * sb + 4 * half + i);
                     ONE_BLOCK_LIVE(pairs);
                 }
-                KFLUSH(d, 8 * sb);
+                KFLUSH(d, 8 * sb, 0);
             }
         }
     }
@@ -835,7 +841,7 @@ static void matmul_rows(void *arg, int block) {
 }
 
 /* Each token's activations, one scale per `group` blocks of 32 (1, or KQ_GROUP for the K-quants). `grouped`:
- * also group_d and group_ds (what the AVX2 Q4_0/Q4_1 tiles of several tokens read) */
+ * also group_d and group_ds (what the AVX2 tiles of several tokens read) */
 static qact *quantize_rows(const float *x, int S, int K, int group, int grouped) {
     /* one allocation: S headers, then q [S K], d [S K/32], ds [S K/32], and when grouped
      * group_d and group_ds [groups K/32 8] */
@@ -879,7 +885,7 @@ int tf_matmul(const tf_part *parts, int nparts, int K, const float *x, int S, fl
     }
     qact *act = NULL, *kact = NULL;
     if (blocks32 && (act = quantize_rows(x, S, K, 1, grouped && S > 1 && have_avx2())) == NULL) return -2;
-    if (kquants && (kact = quantize_rows(x, S, K, KQ_GROUP, 0)) == NULL) {
+    if (kquants && (kact = quantize_rows(x, S, K, KQ_GROUP, S > 1 && have_avx2())) == NULL) {
         free(act);
         return -2;
     }
