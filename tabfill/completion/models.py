@@ -238,7 +238,7 @@ def recommend_preset(device: str, cpu_cores: int) -> tuple[str, str]:
             "repository tokens: it uses the code after the cursor and other files in its own format"
         )
     return "default", (
-        f"on {cpu_cores} CPU core(s) the 1.5B code model decodes at about 55 ms per token but prefills about 25 ms "
+        f"on {cpu_cores} CPU core(s) the 1.5B code model decodes at about 50 ms per token but prefills about 19 ms "
         "per prompt token (measured on 2 AVX2 cores): a new file or a jump costs seconds before its first answer, "
         "and a line about half a second; SmolLM2-135M answers within the budget. Choose "
         f"`--model {QWEN_CODER_1_5B.name}` for quality over speed"
