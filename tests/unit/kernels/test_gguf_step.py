@@ -17,8 +17,11 @@ D, HEADS, KV_HEADS, HEAD_DIM, INTER, VOCAB, TOKENS = 64, 4, 2, 16, 96, 120, 48
 
 
 def tiny_decoder(kind: int, *, bias: bool = False) -> GgufDecoder:
-    """Weights of GGML type ``kind`` (F32: no activation rounding anywhere), Llama shapes."""
+    """Weights of GGML type ``kind`` (F32: no activation rounding anywhere), Llama shapes. The K-quants
+    (rows of whole 256-value blocks) get D 256, heads of 64 and INTER 512."""
     seeds = iter(range(1000))
+    kquant = kind in (quant.Q4_K, quant.Q6_K)
+    dim, head_dim, inter = (256, 64, 512) if kquant else (D, HEAD_DIM, INTER)
 
     def linear(rows: list[int], cols: int, with_bias: bool = False) -> QuantLinear:
         parts = [random_tensor(kind, r, cols, seed=next(seeds)) for r in rows]
@@ -27,24 +30,24 @@ def tiny_decoder(kind: int, *, bias: bool = False) -> GgufDecoder:
     gen = torch.Generator().manual_seed(7)
     layers = [
         Layer(
-            norm1_weight=1 + 0.1 * torch.randn(D, generator=gen), norm1_bias=None,
-            qkv=linear([HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM], D, bias),
-            o=linear([D], HEADS * HEAD_DIM),
-            norm2_weight=1 + 0.1 * torch.randn(D, generator=gen), norm2_bias=None,
-            up=linear([INTER, INTER], D), down=linear([D], INTER),
+            norm1_weight=1 + 0.1 * torch.randn(dim, generator=gen), norm1_bias=None,
+            qkv=linear([HEADS * head_dim, KV_HEADS * head_dim, KV_HEADS * head_dim], dim, bias),
+            o=linear([dim], HEADS * head_dim),
+            norm2_weight=1 + 0.1 * torch.randn(dim, generator=gen), norm2_bias=None,
+            up=linear([inter, inter], dim), down=linear([dim], inter),
         )
         for _ in range(2)
     ]
-    inv_freq = 1.0 / 10000 ** (torch.arange(0, HEAD_DIM, 2).float() / HEAD_DIM)
+    inv_freq = 1.0 / 10000 ** (torch.arange(0, head_dim, 2).float() / head_dim)
     angles = torch.outer(torch.arange(TOKENS).float(), inv_freq)  # [T, Dh/2]
     cos = torch.cat((angles.cos(), angles.cos()), dim=-1)
     signed_sin = torch.cat((-angles.sin(), angles.sin()), dim=-1)
-    embed = random_tensor(kind, VOCAB, D, seed=999)
+    embed = random_tensor(kind, VOCAB, dim, seed=999)
     return GgufDecoder(
         token_embd=embed, arch=Arch(norm="rms", gated_mlp=True, activation="silu", eps=1e-5),
-        embed=torch.empty(0, D), embed_transposed=False, layers=layers, final_norm_weight=torch.ones(D),
-        final_norm_bias=None, lm_head=linear([VOCAB], D), cos=cos, signed_sin=signed_sin, num_heads=HEADS,
-        num_kv_heads=KV_HEADS, head_dim=HEAD_DIM, vocab_size=VOCAB, max_tokens=TOKENS, quantization="test",
+        embed=torch.empty(0, dim), embed_transposed=False, layers=layers, final_norm_weight=torch.ones(dim),
+        final_norm_bias=None, lm_head=linear([VOCAB], dim), cos=cos, signed_sin=signed_sin, num_heads=HEADS,
+        num_kv_heads=KV_HEADS, head_dim=head_dim, vocab_size=VOCAB, max_tokens=TOKENS, quantization="test",
     )
 
 
@@ -81,7 +84,7 @@ def test_c_step_equals_the_torch_forward_on_fp32_weights() -> None:
 def test_c_step_follows_the_torch_forward_on_quantized_weights() -> None:
     """Same kernels, same activation rounding; only fp32 order in norms and attention differs (which may move
     an activation across a rounding step of max|x|/32767: a small difference)."""
-    for kind in (quant.Q4_1, quant.Q8_0, quant.Q4_0):
+    for kind in (quant.Q4_1, quant.Q8_0, quant.Q4_0, quant.Q4_K, quant.Q6_K):
         decoder = tiny_decoder(kind)
         for actual, expected in _steps_both_ways(decoder, list(range(10, 30)), [1, 2, 3], tol=2e-3):
             assert (actual - expected).abs().max() <= 2e-3 * expected.abs().max()
