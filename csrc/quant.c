@@ -422,12 +422,15 @@ AVX2 static inline void k4_scales(const uint8_t *blk, int16_t sc[8], __m256 *mn)
     *mn = _mm256_mul_ps(_mm256_set1_ps(h2f(blk + 2)), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(bytes, 8))));
 }
 
-/* K-quant super-blocks ask for the cache lines 1 KiB ahead of them: Qwen2.5-Coder-1.5B's decode step
- * (980 MB of weights streamed from memory per token) went from 61 to 55 ms with it (2 threads, median of
- * 4 alternating runs). SmolLM2's 20-byte Q4_1 blocks gained nothing measurable from one per cache line. */
+/* K-quant super-blocks ask for the cache lines 2 KiB ahead of them: Qwen2.5-Coder-1.5B's decode step
+ * (980 MB of weights streamed from memory per token) went from 61 to 55 ms with a prefetch 1 KiB ahead (2
+ * threads, median of 4 alternating runs); once the tiles summed super-blocks in integers, 2 KiB beat 1 KiB
+ * in 6 of 7 alternating rounds (medians 52.7 vs 57 ms; 4 KiB alike, 512 bytes slower: /work/runs/ab_decode.sh).
+ * SmolLM2's 20-byte Q4_1 blocks gained nothing measurable from one per cache line. */
+#define PREFETCH_AHEAD 2048
 #define PREFETCH(p, n)                                                                                        \
     do {                                                                                                   \
-        for (int o_ = 0; o_ < (n); o_ += 64) _mm_prefetch((const char *)(p) + 1024 + o_, _MM_HINT_T0);     \
+        for (int o_ = 0; o_ < (n); o_ += 64) _mm_prefetch((const char *)(p) + PREFETCH_AHEAD + o_, _MM_HINT_T0); \
     } while (0)
 
 /* Token t's integer dot product of block b with the weights' even and odd values. */
