@@ -109,10 +109,11 @@ def test_a_gguf_decoder_batches_like_each_row_alone(kind: str) -> None:
 
     def check(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         # attention sums in another order move the activations a little, and with them their 16-bit rounding
-        # (a value across a rounding step: a change in proportion to the logits' scale)
+        # (a value across a rounding step: a change in proportion to the logits' scale, ~400 for the K-quants)
         for got, expected in pairs:
             assert got.shape == expected.shape
-            torch.testing.assert_close(got, expected, atol=2e-3 * float(expected.abs().max()), rtol=2e-3)
+            scale = float(expected.abs().max()) if kind == "Q4_K" else 1.0
+            torch.testing.assert_close(got, expected, atol=2e-3 * scale, rtol=2e-3)
 
     check(twin.step([RowInput(0, prompts[0], 0), RowInput(1, prompts[1], 0)]))  # 14 tokens: the kernels
     check(twin.step([RowInput(2, prompts[2], 0, all_logits=True)]))  # 40 tokens: GEMM (Q4_1) or the kernels
