@@ -439,10 +439,10 @@ AVX2 static ALWAYS_INLINE __m256i block_dot(__m256i even, __m256i odd, const qac
     return _mm256_add_epi32(_mm256_madd_epi16(even, _mm256_loadu_si256(a)), _mm256_madd_epi16(odd, _mm256_loadu_si256(a + 1)));
 }
 
-/* The K-quants: y[t * ldy] = row . token t for T tokens. Each block's values times their sub-block's integer scale in 16
- * bits (Q4_K: q * sc <= 945; Q6_K: |(q - 32) * sc| <= 4096), their madds summed in 32-bit lanes over kquant_run
- * blocks (the token's activations share one scale over the super-block), then one conversion and one FMA per
- * token into its fp32 sums, kacc[t]; Q4_K's mins times the blocks' activation sums. Every (row, token) sum
+/* The K-quants: y[t * ldy] = row . token t for T tokens. Each block's values times their sub-block's integer
+ * scale in 16 bits (Q4_K: q * sc <= 945; Q6_K: |(q - 32) * sc| <= 4096), their madds summed in 32-bit lanes
+ * over kquant_run blocks (the token's activations share one scale over the super-block), then one conversion
+ * and one FMA per token into its fp32 sums, kacc[t]; Q4_K's mins times the blocks' activation sums. Every (row, token) sum
  * takes the same operations in the same order whatever T is. The fp32 sums stay in memory (KEEP_IN_MEMORY): in
  * registers they left too few for 8 tokens' integer sums and a block's weights, and the 8-token tile ran 1.2x
  * slower on Qwen2.5-Coder's Q4_K rows (/work/runs/kab.py, 2026-12-07). NOTE: cutting the rows' super-blocks in
@@ -529,13 +529,12 @@ AVX2 static ALWAYS_INLINE void ktile_dot(int type, int T, const uint8_t *row, co
     for (int t = 0; t < T; t++) y[t * ldy] = hsum8(_mm256_load_ps(kacc[t]));
 }
 
-/* y[t * ldy] = row . token t for T tokens: each block's weights are unpacked once for all T tokens (the
- * batched decode rows of many editors, a draft verification, a small prefill chunk). Per block and token:
- * two madds, one conversion and one FMA with the block's scale times the token's (for the K-quants a
- * broadcast from memory: per super-block its 8 blocks' scales times the token's in one vector). Offsets
- * (Q4_0's -8, Q4_1's and Q4_K's mins) times the activation blocks' sums are summed apart. Every (row, token)
- * sum takes the same operations in the same order whatever T is, so a token's products do not depend on how
- * many others share the call. */
+/* The 32-value types (Q4_0, Q4_1, Q8_0): y[t * ldy] = row . token t for T tokens. Each block's weights are
+ * unpacked once for all T tokens (the batched decode rows of many editors, a draft verification, a small
+ * prefill chunk). Per block and token: two madds, one conversion and one FMA with the block's scale times the
+ * token's. Offsets (Q4_0's -8, Q4_1's mins) times the activation blocks' sums are summed apart. Every (row,
+ * token) sum takes the same operations in the same order whatever T is, so a token's products do not depend
+ * on how many others share the call (the same holds for ktile_dot). */
 AVX2 static ALWAYS_INLINE void tile_dot(int type, int T, const uint8_t *row, const qact *act, int K, float *y, int64_t ldy) {
     __m256 acc[MAX_TILE];
     float scl[8] __attribute__((aligned(32))), off[MAX_TILE] __attribute__((aligned(32)));
@@ -545,8 +544,8 @@ AVX2 static ALWAYS_INLINE void tile_dot(int type, int T, const uint8_t *row, con
         acc[t] = _mm256_setzero_ps();
         off[t] = 0.0f;
     }
-    /* 32-value blocks: per block a scalar scale (gathering 8 blocks' scales in a vector, as for the
-     * K-quants, was 1.1-1.3x slower on SmolLM2's rows of 18 blocks) */
+    /* per block a scalar scale (gathering 8 blocks' scales in a vector was 1.1-1.3x slower on SmolLM2's rows
+     * of 18 blocks) */
     const int bytes = type == T_Q4_0 ? 18 : type == T_Q4_1 ? 20 : 34;
     __m256 offsets = _mm256_setzero_ps();
     for (int b = 0; b < K / 32; b++) {
@@ -620,8 +619,8 @@ static const tile_fn *tiles_for(int type) {
  * NOTE: tiles of several rows (2 x 2, 4 x 1) were measured too: no faster on the layers' matrices, and up
  * to 1.6x slower on SmolLM2's Q8_0 head (python -m bench.decode_step; /work/runs/kb2.py). */
 AVX2 static void quant_rows_avx2(const tf_part *w, int lo, int hi, const qact *act, int S, int K, float *y, int64_t ldy) {
-    int64_t rb = w->row_bytes;
     const tile_fn *tiles = tiles_for(w->type);
+    int64_t rb = w->row_bytes;
     for (int s = 0; s < S; s += MAX_TILE) {
         int n = S - s < MAX_TILE ? S - s : MAX_TILE;
         tiles[n - 1](w->data + lo * rb, rb, hi - lo, act + s, K, y + s * ldy + lo, ldy);
