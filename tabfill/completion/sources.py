@@ -1,7 +1,7 @@
 """Opening the TokenSource that `Settings.engine` names: a registry of scheme -> opener.
 
-"" or "local": the model in this process (torch and transformers are imported here, when it is opened, and
-nowhere else on the front-end's path). Other kinds register one line each in OPENERS (the team engine as
+"" or "local": the model in this process (torch, and transformers unless the model is computed from its
+converted GGUF, are imported here, when it is opened, and nowhere else on the front-end's path). Other kinds register one line each in OPENERS (the team engine as
 "tcp"/"tcps", OpenAI-compatible servers as "openai+http"/"openai+https").
 """
 
@@ -57,7 +57,21 @@ def open_local(settings: Settings, progress: ProgressFn) -> TokenSource:
 
 
 # What opening the in-process source imports (seconds of work that holds the GIL).
-LOCAL_MODULES = ("torch", "transformers", "tabfill.completion.engine", "tabfill.completion.runners", "tabfill.kernels")
+LOCAL_MODULES = ("torch", "tabfill.completion.engine", "tabfill.completion.runners", "tabfill.kernels")
+
+
+def uses_transformers(settings: Settings) -> bool:
+    """Whether the in-process model will be loaded through transformers: fp32 weights (quantize none, or the
+    transformers forward), or CUDA. On CPU a model with a converted GGUF (the presets, a pulled .gguf) reads
+    its config and tokenizer without it (completion.gguf_models); NOTE: a model with no GGUF at all then
+    imports transformers while it loads, on the loader thread."""
+    import torch
+
+    from tabfill.completion.models import QUANTIZE_AUTO
+
+    if settings.quantize not in (QUANTIZE_AUTO, "gguf") or not settings.lean_forward:
+        return True
+    return settings.device.startswith("cuda") or (settings.device in ("", "auto") and torch.cuda.is_available())
 
 
 def preload(settings: Settings) -> None:
@@ -66,6 +80,8 @@ def preload(settings: Settings) -> None:
     if scheme(settings.engine) in ("", "local"):
         for name in LOCAL_MODULES:
             importlib.import_module(name)
+        if uses_transformers(settings):
+            importlib.import_module("transformers")
     elif scheme(settings.engine) in ("openai+http", "openai+https"):
         importlib.import_module("tabfill.completion.openai_source")  # httpx and tokenizers
 

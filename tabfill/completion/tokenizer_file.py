@@ -69,6 +69,11 @@ class FileTokenizer:
         config = {f"{name}_token": special.get(f"{name}_token") for name in ("bos", "eos", "unk", "pad")}
         return FileTokenizer(Tokenizer.from_str(tokenizer_json.decode("utf-8")), config, source)
 
+    @property
+    def backend_tokenizer(self) -> Any:
+        """The `tokenizers.Tokenizer` (as a transformers fast tokenizer names it)."""
+        return self._tokenizer
+
     def to_json(self) -> bytes:
         """Its tokenizer.json (what a team engine sends front-ends)."""
         return str(self._tokenizer.to_str()).encode("utf-8")

@@ -28,18 +28,21 @@ def test_the_front_end_imports_neither_torch_nor_transformers() -> None:
 
 def test_serve_preloads_torch_for_an_in_process_model_only() -> None:
     """`tabfill serve` imports what the in-process source needs before it reads requests (so the loader
-    thread does not stall the event loop on imports), and nothing of it for a server engine."""
+    thread does not stall the event loop on imports), and nothing of it for a server engine; transformers
+    only for fp32 weights (the default GGUF path reads its config and tokenizer without it)."""
     code = (
         "import sys\n"
         "from tabfill.completion.sources import preload\n"
         "from tabfill.completion.types import Settings\n"
         "preload(Settings(engine='tcp://box:7000'))\n"
         "print('torch' in sys.modules, 'transformers' in sys.modules)\n"
-        "preload(Settings())\n"
+        "preload(Settings(device='cpu'))\n"
+        "print('torch' in sys.modules, 'transformers' in sys.modules)\n"
+        "preload(Settings(device='cpu', quantize='none'))\n"
         "print('torch' in sys.modules, 'transformers' in sys.modules)\n"
     )
     output = run(code, timeout=300)
-    assert output.split("\n")[:2] == ["False False", "True True"], output
+    assert output.split("\n")[:3] == ["False False", "True False", "True True"], output
 
 
 def test_the_command_line_parser_imports_neither_torch_nor_transformers() -> None:
