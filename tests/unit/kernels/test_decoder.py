@@ -181,3 +181,23 @@ def test_from_hf_keeps_no_tensor_in_the_weights_file_mapping(tmp_path: Path) -> 
     weights = str(tmp_path / "model.safetensors")
     assert not [line for line in Path("/proc/self/maps").read_text().splitlines() if line.endswith(weights)]
     assert decoder.forward(torch.tensor([1, 2, 3]), 0).shape == (decoder.vocab_size,)
+
+
+def test_the_kv_slot_is_zero_and_resident_only_where_written() -> None:
+    """KVCache's CPU tensors lie on an anonymous mapping (decoder.lazy_zeros): zeros, writable, and a slot's
+    pages cost memory only once written (torch.zeros made the whole 47 MB slot resident at start)."""
+    from tabfill.kernels.decoder import KVCache
+
+    def rss_mib() -> float:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) / 1024
+
+    before = rss_mib()
+    cache = KVCache(4, 2, 8192, 1024, dtype=torch.float32, device=torch.device("cpu"))  # 2 x 256 MiB
+    allocated = rss_mib()
+    assert allocated - before < 16, (before, allocated)
+    assert cache.k.is_contiguous() and cache.k.shape == (4, 1, 2, 8192, 1024)
+    cache.update(1, 0, torch.ones(1, 2, 256, 1024), torch.full((1, 2, 256, 1024), 2.0))  # 4 MiB of 512
+    written = rss_mib()
+    assert 3 < written - allocated < 24, (allocated, written)
+    assert float(cache.k.sum()) == 2 * 256 * 1024 and float(cache.v.sum()) == 2 * 2 * 256 * 1024
