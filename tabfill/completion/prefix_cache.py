@@ -10,6 +10,11 @@ token ids and its parent's key, and a lookup compares both: a hash collision is 
 An optional `salt` (e.g. a tenant's name) is chained in before the first block and stored with every
 block, so the same tokens under another salt are another chain: tenants never share a hit.
 
+Blocks of fp32 KV (the CPU decoders) are kept in fp16, llama.cpp's default KV type, and widened back on load:
+half the bytes per token, so twice the prompts in the same bound. A prefix restored from the store therefore
+differs from a fresh prefill by fp16 rounding (relative 2^-11), within what the quantized decode step already
+rounds (its activations go to 16-bit blocks); bf16/fp16 KV (CUDA) is stored as it is.
+
 Bounded in bytes (`max_bytes`, 0 disables the cache), LRU, leaves first: a block whose child is cached
 is never evicted before that child, so every cached block stays reachable from the first block.
 
@@ -40,6 +45,11 @@ def common_prefix(one: Sequence[int], other: Sequence[int]) -> int:
     while common < limit and one[common] == other[common]:
         common += 1
     return common
+
+
+def _stored_dtype(kv_dtype: torch.dtype) -> torch.dtype:
+    """What the pool keeps blocks of `kv_dtype` KV as: fp32 as fp16, narrower types as they are."""
+    return torch.float16 if kv_dtype == torch.float32 else kv_dtype
 
 
 def _block_hash(parent_key: BlockKey | None, token_ids: tuple[int, ...]) -> BlockKey:
@@ -103,6 +113,7 @@ class PrefixCache:
         # a block per allocation churned the allocator (RSS crept +70 MB past the bound under a stream of
         # documents); a pool's pages are touched once and reused, so the bound holds for the process too.
         self._pool: Tensor | None = None  # [slots, L, 2, Hkv, block_tokens, D]
+        self._kv_dtype: torch.dtype | None = None  # what read_kv gave and load returns (the pool may be narrower)
         self._free_slots: list[int] = []
         self.stats = PrefixCacheStats()
 
@@ -148,7 +159,8 @@ class PrefixCache:
         self.stats.hits += 1
         pool = self._pool
         assert pool is not None
-        return torch.cat([pool[block.slot] for block in blocks], dim=TOKEN_DIM)
+        kv = torch.cat([pool[block.slot] for block in blocks], dim=TOKEN_DIM)
+        return kv if self._kv_dtype in (None, kv.dtype) else kv.to(self._kv_dtype)
 
     def commit(
         self, token_ids: Sequence[int], num_verified_tokens: int, read_kv: Callable[[int, int], Tensor], salt: bytes = b""
@@ -195,8 +207,8 @@ class PrefixCache:
                 protected = set(chain)
                 for j, key in enumerate(new_keys[:num_storable]):
                     block_kv = kv.narrow(TOKEN_DIM, j * bt, bt)  # [L, 2, Hkv, bt, D]
-                    block_bytes = self._block_bytes = block_kv.numel() * block_kv.element_size()
                     pool = self._pool_for(block_kv)
+                    block_bytes = self._block_bytes = block_kv.numel() * _stored_dtype(block_kv.dtype).itemsize
                     if pool is None or not self._make_room(block_bytes, protected):
                         break
                     slot = self._free_slots.pop()
@@ -217,13 +229,15 @@ class PrefixCache:
         """The slot pool for blocks shaped like `block_kv` (allocated at the first commit); None when not
         even one block fits in max_bytes."""
         if self._pool is None:
-            num_slots = self._max_bytes // (block_kv.numel() * block_kv.element_size())
+            stored = _stored_dtype(block_kv.dtype)
+            num_slots = self._max_bytes // (block_kv.numel() * stored.itemsize)
             if num_slots == 0:
                 return None
             # NOTE: a normal tensor even when the first commit runs under torch.inference_mode (the batched
             # engine's step): an inference tensor could not be written by a later commit outside it (a cancel)
             with torch.inference_mode(False):
-                self._pool = torch.empty((num_slots, *block_kv.shape), dtype=block_kv.dtype, device=block_kv.device)
+                self._pool = torch.empty((num_slots, *block_kv.shape), dtype=stored, device=block_kv.device)
+            self._kv_dtype = block_kv.dtype
             self._free_slots = list(range(num_slots - 1, -1, -1))
         return self._pool
 

@@ -9,7 +9,7 @@ from tabfill.completion.prefix_cache import PrefixCache
 
 BT = 4  # block_tokens in these tests
 L, HKV, D = 2, 1, 2
-BLOCK_BYTES = L * 2 * HKV * BT * D * 4  # float32
+BLOCK_BYTES = L * 2 * HKV * BT * D * 8  # float64: kept as it is (fp32 is kept as fp16: its own test below)
 
 
 class FakeSlot:
@@ -20,7 +20,7 @@ class FakeSlot:
         self.calls: list[tuple[int, int]] = []
 
     def kv_of(self, start: int, end: int) -> Tensor:
-        values = torch.tensor([float(t * 1000 + i) for i, t in enumerate(self.token_ids[start:end], start)])
+        values = torch.tensor([float(t * 1000 + i) for i, t in enumerate(self.token_ids[start:end], start)], dtype=torch.float64)
         return values.view(1, 1, 1, -1, 1).expand(L, 2, HKV, end - start, D).clone()  # [L, 2, Hkv, n, D]
 
     def read_kv(self, start: int, end: int) -> Tensor:
@@ -298,3 +298,21 @@ def test_common_prefix_of_token_sequences() -> None:
     assert common_prefix([], [1]) == common_prefix([5], [1]) == 0
     long = list(range(1000))
     assert common_prefix(long, long[:777] + [-1]) == 777
+
+
+def test_fp32_kv_is_kept_as_fp16_in_half_the_bytes_and_loaded_as_fp32() -> None:
+    """The CPU decoders' fp32 KV: the pool holds fp16 (twice the blocks in the same bound), load widens it back;
+    values round to fp16 (relative 2^-11), values fp16 holds come back exactly."""
+    generator = torch.Generator().manual_seed(0)
+    kv = torch.randn(L, 2, HKV, 3 * BT, D, generator=generator)  # [L, 2, Hkv, n, D] fp32
+    kv[0, 0, 0, 0, 0] = 1.5  # fp16 holds it
+    fp32_block = L * 2 * HKV * BT * D * 4
+    cache = PrefixCache(block_tokens=BT, max_bytes=3 * fp32_block // 2)  # three fp16 blocks, one and a half fp32
+    prompt = doc(1, 3)
+    assert cache.commit(prompt, len(prompt), lambda start, end: kv[:, :, :, start:end].clone()) == 3 * BT
+    assert cache.num_blocks == 3 and cache.num_bytes == 3 * fp32_block // 2
+    loaded = cache.load(cache.match(prompt))
+    assert loaded is not None and loaded.dtype == torch.float32 and loaded.shape == kv.shape
+    assert torch.equal(loaded, kv.half().float()) and not torch.equal(loaded, kv)
+    torch.testing.assert_close(loaded, kv, rtol=2**-11, atol=1e-7)
+    assert loaded[0, 0, 0, 0, 0].item() == 1.5
