@@ -150,8 +150,8 @@ def test_targets_from_a_synthetic_run() -> None:
     results = synthetic_results({"tabfill_decode_ms": 70.0, "floor_ms": 50.0, "plain_decode_ms": 90.0, "dtype": "float32"})
     summaries = [summarize(system) for system in results["systems"]]  # type: ignore[attr-defined]
     rows = targets(results, summaries)
-    assert len(rows) == 12
-    p50, p95, llama, transformers, deadline, decode, identity, update, context, gain, peak, flat = rows
+    assert len(rows) == 13
+    p50, p95, llama, transformers, deadline, decode, identity, update, context, gain, peak, serve_rss, flat = rows
     # every request counts: 5, 10, 20, 200 ms and one unserved (∞)
     assert p50["status"] == "met" and p50["measured"] == "20.0 ms (1 of 5 unserved, counted as ∞)"
     assert p95["status"] == "missed" and "unserved" in p95["margin"] and p95["measured"].startswith("∞ ms")
@@ -164,10 +164,11 @@ def test_targets_from_a_synthetic_run() -> None:
     assert update["status"] == context["status"] == "not measured"  # no syntax measurement in this run
     assert gain["status"] == "missed" and gain["margin"] == "+0.0 points" and "(4 of 4 cases verbatim-free)" in gain["measured"]
     assert peak["status"] == "met" and peak["measured"] == "850 MiB"
+    assert serve_rss["status"] == "missed" and "600 MB" in serve_rss["target"] and serve_rss["measured"] == "850 MiB"
     assert flat["status"] == "missed" and "+50.0 MiB" in flat["margin"]
 
     markdown = report.markdown(results)
-    assert "## Targets (issues 4, 5 and 12)" in markdown and "| **met** |" in markdown and "| **missed** |" in markdown
+    assert "## Targets (issues 4, 5, 12 and 18)" in markdown and "| **met** |" in markdown and "| **missed** |" in markdown
     assert "only healing differs" not in markdown and "same prompt" not in markdown
     assert "| tabfill | first | model | 2 | 50.0 % | 110.0 | 191.0 | 2 |" in markdown
     assert "| tabfill | repeat | cache | 1 |" in markdown and "### Repeat replay" in markdown
@@ -402,7 +403,7 @@ def test_smoke_run_of_the_whole_benchmark(tmp_path: Path) -> None:
     for system in results["systems"]:
         assert all(isinstance(row["source"], str) for row in system["typing"] if row["served"]), system["name"]
     markdown = (tmp_path / "RESULTS.md").read_text()
-    assert "## Targets (issues 4, 5 and 12)" in markdown and "### Served requests by answer source" in markdown
+    assert "## Targets (issues 4, 5, 12 and 18)" in markdown and "### Served requests by answer source" in markdown
     assert "## What a user gets while typing" in markdown
     assert "| tabfill |" in markdown and "## The floor" in markdown and "python -m bench --smoke" in markdown
     assert (tmp_path / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
