@@ -319,6 +319,18 @@ def report(results: dict[str, Any]) -> str:
                 f"at the end (its pool is touched as it fills, up to `prefixCacheMb`); RSS growth less the store's: "
                 f"{s['rss_growth_less_prefix_store_pct']} %.", "",
             ]
+        per_replay = s.get("per_replay") or []
+        if len(per_replay) > 2:
+            rss = " → ".join(f"{replay['rss_mb']}" for replay in per_replay)
+            store = " → ".join(f"{replay['prefix_store_mb']}" for replay in per_replay)
+            half = per_replay[len(per_replay) // 2 - 1]
+            late = round(100 * (per_replay[-1]["rss_mb"] - half["rss_mb"]) / half["rss_mb"], 2)
+            lines += [
+                f"RSS after each replay: {rss} MB; the prefix store's blocks: {store} MB. Over the second half of the replays "
+                f"(after replay {len(per_replay) // 2} to the end) RSS grew {late} %. Identical replays still add blocks: "
+                "context lookups run under time budgets and prefills and continuations stop where the next request "
+                "finds them, so a replay's prompts and verified tokens differ a little from the last one's.", "",
+            ]
     if "fuzz" in results:
         f = results["fuzz"]
         lines += [
