@@ -15,8 +15,8 @@ import logging
 import tempfile
 import time
 from dataclasses import dataclass
-from types import SimpleNamespace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from tabfill.completion.atomic import move_atomic

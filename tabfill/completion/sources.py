@@ -1,8 +1,9 @@
 """Opening the TokenSource that `Settings.engine` names: a registry of scheme -> opener.
 
 "" or "local": the model in this process (torch, and transformers unless the model is computed from its
-converted GGUF, are imported here, when it is opened, and nowhere else on the front-end's path). Other kinds register one line each in OPENERS (the team engine as
-"tcp"/"tcps", OpenAI-compatible servers as "openai+http"/"openai+https").
+converted GGUF, are imported here, when it is opened, and nowhere else on the front-end's path). Other kinds
+register one line each in OPENERS (the team engine as "tcp"/"tcps", OpenAI-compatible servers as
+"openai+http"/"openai+https").
 """
 
 from __future__ import annotations
