@@ -159,8 +159,14 @@ class PrefixCache:
         self.stats.hits += 1
         pool = self._pool
         assert pool is not None
-        kv = torch.cat([pool[block.slot] for block in blocks], dim=TOKEN_DIM)
-        return kv if self._kv_dtype in (None, kv.dtype) else kv.to(self._kv_dtype)
+        first = pool[blocks[0].slot]  # [L, 2, Hkv, bt, D]
+        shape = (*first.shape[:TOKEN_DIM], len(blocks) * self.block_tokens, *first.shape[TOKEN_DIM + 1 :])
+        # NOTE: one allocation in the KV's own dtype, each block widened as it is copied in (a cat, then a
+        # conversion, made two, and the soak's heap grew with them)
+        kv = torch.empty(shape, dtype=self._kv_dtype or first.dtype, device=first.device)
+        for index, block in enumerate(blocks):
+            kv.narrow(TOKEN_DIM, index * self.block_tokens, self.block_tokens).copy_(pool[block.slot])
+        return kv
 
     def commit(
         self, token_ids: Sequence[int], num_verified_tokens: int, read_kv: Callable[[int, int], Tensor], salt: bytes = b""
