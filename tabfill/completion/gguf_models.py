@@ -143,7 +143,7 @@ def load_gguf(spec: str, progress: ProgressFn) -> LoadedModel:
     if problem is not None:
         raise ModelError(problem)
     progress(f"mapping {gguf.name}", 0.9)
-    if converted and (Path(converted) / "tokenizer.json").is_file():
+    if converted:  # a whole conversion has its config.json and tokenizer.json (models.CONVERTED_FILES)
         return _load_converted(gguf, Path(converted))
     return _load_through_transformers(gguf)
 

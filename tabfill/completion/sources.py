@@ -66,13 +66,14 @@ def uses_transformers(settings: Settings) -> bool:
     transformers forward), or CUDA. On CPU a model with a converted GGUF (the presets, a pulled .gguf) reads
     its config and tokenizer without it (completion.gguf_models); NOTE: a model with no GGUF at all then
     imports transformers while it loads, on the loader thread."""
-    import torch
-
-    from tabfill.completion.models import QUANTIZE_AUTO
+    from tabfill.completion.models import QUANTIZE_AUTO, pick_device
 
     if settings.quantize not in (QUANTIZE_AUTO, "gguf") or not settings.lean_forward:
         return True
-    return settings.device.startswith("cuda") or (settings.device in ("", "auto") and torch.cuda.is_available())
+    try:
+        return pick_device(settings.device) != "cpu"  # the GGUF path is CPU only (models.load_model)
+    except ModelError:  # CUDA asked for and absent: the load fails and says so; nothing to import for it
+        return False
 
 
 def preload(settings: Settings) -> None:
