@@ -1135,21 +1135,30 @@ static void rotate(float *v, const float *cos, const float *ssin, int Dh) {
     for (int i = 0; i < Dh; i++) v[i] = tmp[i] * cos[i] + tmp[(i + Dh / 2) % Dh] * ssin[i];
 }
 
-/* n decode rows in one step: row r writes tokens[r] at pos[r] of slot slots[r] and gets its logits at
- * logits + r * head.rows. Each product runs once for all rows (tf_matmul's tiles unpack a weight block once
- * for them), attention per (row, kv head). A row's logits are bit for bit what it gets alone. Returns 0, what
- * tf_matmul returned, -3 for a token, position or slot outside the model / cache, -2 when out of memory. */
-int tf_decode_rows(const tf_model *m, int n, const int *tokens, const int *pos, const int *slots, float *logits, int nthreads) {
+/* n decode rows in one step: row r writes tokens[r] at pos[r] of slot slots[r]. Rows of one slot at distinct
+ * positions are a causal forward of several tokens (a draft's verification, a short prefill): every row's K/V
+ * is written before any row attends, and a row attends to positions 0..pos[r] of its slot. The logits of the
+ * nout rows listed in out_rows (all n rows in order when out_rows is NULL) go to logits + i * head.rows. Each
+ * product runs once for all rows (tf_matmul's tiles unpack a weight block once for them), attention per (row,
+ * kv head). A row's logits are bit for bit what it gets alone (given the same keys before it). Returns 0, what
+ * tf_matmul returned, -3 for a token, position, slot or output row outside the model / cache or a (slot,
+ * position) written twice, -2 when out of memory. */
+int tf_decode_rows(const tf_model *m, int n, const int *tokens, const int *pos, const int *slots, int nout, const int *out_rows,
+                   float *logits, int nthreads) {
     int D = m->dim, Hq = m->heads, Hkv = m->kv_heads, Dh = m->head_dim, I = m->inter, T = m->cache_tokens, B = m->slots;
     if (n < 1 || Dh > 512 || Dh % 2) return -3;
     int max_len = 0, total_len = 0;
     for (int r = 0; r < n; r++) {
         if (pos[r] < 0 || pos[r] >= T || tokens[r] < 0 || tokens[r] >= m->embed.rows || slots[r] < 0 || slots[r] >= B) return -3;
         for (int j = 0; j < r; j++)
-            if (slots[j] == slots[r]) return -3;
+            if (slots[j] == slots[r] && pos[j] == pos[r]) return -3;
         max_len = pos[r] + 1 > max_len ? pos[r] + 1 : max_len;
         total_len += pos[r] + 1;
     }
+    if (out_rows == NULL) nout = n;
+    if (nout < 1 || nout > n) return -3;
+    for (int i = 0; out_rows != NULL && i < nout; i++)
+        if (out_rows[i] < 0 || out_rows[i] >= n) return -3;
     int qkv_rows = (Hq + 2 * Hkv) * Dh;
     size_t floats = (size_t)n * ((size_t)D * 3 + (size_t)qkv_rows + (size_t)Hq * Dh + (size_t)3 * I + (size_t)Hq * max_len);
     float *x = malloc(sizeof(float) * floats);
@@ -1186,9 +1195,12 @@ int tf_decode_rows(const tf_model *m, int n, const int *tokens, const int *pos, 
         if ((status = linear_rows(&layer->down, I, gated, n, tmp, nthreads))) break;
         for (size_t i = 0; i < (size_t)n * D; i++) x[i] += tmp[i];
     }
-    if (status == 0) {
-        for (int r = 0; r < n; r++) rms_norm(x + (size_t)r * D, m->final_norm, D, m->eps, h + (size_t)r * D);
-        status = linear_rows(&m->head, D, h, n, logits, nthreads);
+    if (status == 0) { /* the head over the rows asked for only: h row i is output row i */
+        for (int i = 0; i < nout; i++) {
+            int r = out_rows == NULL ? i : out_rows[i];
+            rms_norm(x + (size_t)r * D, m->final_norm, D, m->eps, h + (size_t)i * D);
+        }
+        status = linear_rows(&m->head, D, h, nout, logits, nthreads);
     }
     free(x);
     return status;

@@ -7,10 +7,11 @@ per token; K/V go into each row's slot; attention is per row over its own slot's
 
 The reference twin is ``LeanDecoder.forward`` run on each row alone (tests/unit/kernels/test_batch.py).
 
-A decoder over GGUF blocks on CPU (the team engine's default there) runs a step's single-token rows (decode
-rows) in one C call instead (``DecodeStep.rows``, csrc/quant.c tf_decode_rows), the others (a prefill chunk,
-draft rows) through the torch forward: each weight block unpacked once for all rows, attention per (row, kv head), no torch operation per layer; a row's logits are
-bit for bit what it gets alone (tests/unit/kernels/test_gguf_step.py).
+A decoder over GGUF blocks on CPU (the team engine's default there) runs a step's narrow rows (decode tokens,
+drafts: up to ``quant.STEP_MAX_TOKENS`` tokens) in one C call instead (``DecodeStep.rows``, csrc/quant.c
+tf_decode_rows), the others (prefill chunks) through the torch forward: each weight block unpacked once for all
+rows, attention per (row, kv head), no torch operation per layer; a row's logits are bit for bit what it gets
+alone (tests/unit/kernels/test_gguf_step.py).
 
 Attention backends (``select_backend``): on CUDA with xformers, one ``memory_efficient_attention`` call with
 a ``BlockDiagonalCausalWithOffsetPaddedKeysMask`` over the rows' slots. Elsewhere (SDPA): the short rows
@@ -34,6 +35,7 @@ from torch import Tensor
 
 from tabfill.kernels.attention import attention
 from tabfill.kernels.decoder import KVCache, LeanDecoder
+from tabfill.kernels.quant import STEP_MAX_TOKENS
 
 
 @dataclass(frozen=True)
@@ -132,14 +134,27 @@ class BatchedDecoder:
         """One forward for all rows; per row fp32 logits [S, V] when ``all_logits``, else [V] for its last token."""
         self._check(rows)
         c_rows = self.c_rows
-        single = [i for i, row in enumerate(rows) if len(row.token_ids) == 1] if c_rows is not None else []
-        if c_rows is None or not single:
+        narrow = [i for i, row in enumerate(rows) if len(row.token_ids) <= STEP_MAX_TOKENS] if c_rows is not None else []
+        if c_rows is None or not narrow:
             return self._forward_torch(rows)
-        # the decode rows in one C call, the others (a prefill chunk, draft rows) through the torch forward
+        # the narrow rows (decode tokens, drafts) in one C call, the others (prefill chunks) through the torch forward
+        tokens: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        outputs: list[int] = []
+        for i in narrow:
+            row, first = rows[i], len(tokens)
+            tokens.extend(int(t) for t in row.token_ids)
+            positions.extend(range(row.start_pos, row.start_pos + len(row.token_ids)))
+            slots.extend([row.slot] * len(row.token_ids))
+            outputs.extend(range(first, len(tokens)) if row.all_logits else (len(tokens) - 1,))
+        logits = c_rows.rows(tokens, positions, slots, outputs)
         out: list[Tensor | None] = [None] * len(rows)
-        logits = c_rows.rows([rows[i].token_ids[0] for i in single], [rows[i].start_pos for i in single], [rows[i].slot for i in single])
-        for j, i in enumerate(single):
-            out[i] = logits[j : j + 1] if rows[i].all_logits else logits[j]
+        offset = 0
+        for i in narrow:
+            width = len(rows[i].token_ids) if rows[i].all_logits else 1
+            out[i] = logits[offset : offset + width] if rows[i].all_logits else logits[offset]
+            offset += width
         rest = [i for i, logits_i in enumerate(out) if logits_i is None]
         if rest:
             for i, logits_i in zip(rest, self._forward_torch([rows[i] for i in rest])):

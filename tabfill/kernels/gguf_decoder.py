@@ -25,7 +25,7 @@ from tabfill.kernels.config import arch_of, config_problem, rope_parameters, rop
 from tabfill.kernels.decoder import KVCache, LeanDecoder
 from tabfill.kernels.packing import Dense, Layer
 from tabfill.kernels.quant import (
-    BLOCKS, DecodeStep, QuantError, QuantLinear, QuantTensor, StepLayer, dequantize, dequantize_rows,
+    BLOCKS, STEP_MAX_TOKENS, DecodeStep, QuantError, QuantLinear, QuantTensor, StepLayer, dequantize, dequantize_rows,
 )
 
 GGUF_ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2"}  # GGUF general.architecture -> transformers model_type
@@ -33,7 +33,8 @@ GGUF_ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2"}  # GGUF general.archit
 
 class GgufDecoder(LeanDecoder):
     """LeanDecoder whose embedding rows are dequantized on lookup from the GGUF's token_embd blocks, and whose
-    one-token steps (decode) run whole in one C call (`DecodeStep`) when its matrices are the GGUF's blocks."""
+    narrow forwards (a decode step, a draft's verification: up to STEP_MAX_TOKENS tokens) run whole in one C
+    call (`DecodeStep`) when its matrices are the GGUF's blocks."""
 
     def __init__(self, *, token_embd: QuantTensor | None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -62,9 +63,12 @@ class GgufDecoder(LeanDecoder):
 
     @torch.no_grad()
     def forward(self, token_ids: Tensor | Sequence[int], start_pos: int, *, all_logits: bool = False) -> Tensor:
-        if self.step is not None and not all_logits and len(token_ids) == 1:
-            return self.step(int(token_ids[0]), start_pos)
-        return super().forward(token_ids, start_pos, all_logits=all_logits)
+        n = len(token_ids)
+        if self.step is None or not 0 < n <= STEP_MAX_TOKENS or start_pos < 0 or start_pos + n > self.step.max_tokens:
+            return super().forward(token_ids, start_pos, all_logits=all_logits)
+        tokens = [int(t) for t in token_ids]
+        logits = self.step.rows(tokens, range(start_pos, start_pos + n), [0] * n, None if all_logits else [n - 1])
+        return logits if all_logits else logits[0]
 
     def _embed(self, token_ids: Tensor) -> Tensor:  # [S] -> [S, D]
         if self.token_embd is None:

@@ -51,6 +51,12 @@ KERNEL_MAX_TOKENS = 32
 # integers and beat the dequantized GEMM on Qwen2.5-Coder-1.5B's Q4_K matrices at 64-384 tokens (up: 130 vs
 # 157 ms at 384 tokens) and match it on its Q6_K ffn_down (85 vs 77-80 ms; 2 threads, /work/runs/kbqw.py).
 KQUANT_KERNEL_MAX_TOKENS = 1 << 30
+# Forwards of up to this many tokens (a decode step, a draft's verification, a short prefill) run whole in the C
+# step; wider ones through the torch forward (its attention reads the keys once for all the queries).
+# NOTE: measured on SmolLM2-135M's Q4_1 GGUF at ~400 positions, 2 threads (/work/runs/verifyprobe.py): the C
+# step took 5.5 / 7.3 / 12.5 / 24 / 51 ms for 1 / 2 / 4 / 8 / 16 tokens, the torch forward 13.7 / 16.4 / 20 /
+# 30 / 55 ms.
+STEP_MAX_TOKENS = 16
 TILE_BYTES = 8 << 20  # fp32 bytes of one dequantized weight tile in the GEMM path
 
 
@@ -202,7 +208,7 @@ def _lib() -> ctypes.CDLL:
                 lib.tf_matmul.argtypes = [ctypes.POINTER(_Part), c_int, c_int, c_ptr, c_int, c_ptr, c_i64, c_int]
                 lib.tf_dequant.argtypes = [c_int, c_ptr, c_i64, c_int, c_ptr, c_int, c_ptr, c_int]
                 lib.tf_quantize_act.argtypes = [c_ptr, c_int, c_int, c_int, c_ptr, c_ptr, c_ptr]
-                lib.tf_decode_rows.argtypes = [c_ptr, c_int, c_ptr, c_ptr, c_ptr, c_ptr, c_int]
+                lib.tf_decode_rows.argtypes = [c_ptr, c_int, c_ptr, c_ptr, c_ptr, c_int, c_ptr, c_ptr, c_int]
                 lib.tf_decode_rows.restype = c_int
                 lib.tf_force_portable.argtypes = [c_int]
                 lib.tf_force_portable.restype = None
@@ -405,17 +411,26 @@ class DecodeStep:
         """Logits [V] after writing ``token`` at ``pos`` (slot 0: the decoder's own cache)."""
         return self.rows([token], [pos], [0])[0]
 
-    def rows(self, tokens: Sequence[int], positions: Sequence[int], slots: Sequence[int]) -> Tensor:
-        """Logits [n, V]: row i writes ``tokens[i]`` at ``positions[i]`` of slot ``slots[i]`` (distinct slots)."""
+    def rows(
+        self, tokens: Sequence[int], positions: Sequence[int], slots: Sequence[int], outputs: Sequence[int] | None = None
+    ) -> Tensor:
+        """Logits [len(outputs), V] of the rows listed in ``outputs`` (default: every row, in order): row i writes
+        ``tokens[i]`` at ``positions[i]`` of slot ``slots[i]``. Rows of one slot at distinct positions are a
+        causal forward of those tokens (each attends to its slot up to its own position)."""
         n = len(tokens)
         if not n or len(positions) != n or len(slots) != n:
             raise ValueError("rows needs as many tokens, positions and slots, at least one")
-        if len(set(slots)) != n or not all(0 <= s < self.slots for s in slots) or not all(0 <= p < self.max_tokens for p in positions):
-            raise ValueError(f"slots {list(slots)} / positions {list(positions)} outside the cache ({self.slots} x {self.max_tokens}) or repeated")
+        written = set(zip(slots, positions))
+        if len(written) != n or not all(0 <= s < self.slots for s in slots) or not all(0 <= p < self.max_tokens for p in positions):
+            raise ValueError(f"slots {list(slots)} / positions {list(positions)} outside the cache ({self.slots} x {self.max_tokens}) or a position written twice")
+        if outputs is not None and (not outputs or not all(0 <= i < n for i in outputs)):
+            raise ValueError(f"output rows {list(outputs)} not among the {n} rows")
         ints = ctypes.c_int * n
-        logits = torch.empty(n, self.vocab)
+        wanted = None if outputs is None else (ctypes.c_int * len(outputs))(*outputs)
+        logits = torch.empty(n if outputs is None else len(outputs), self.vocab)
         status = self._lib.tf_decode_rows(
-            ctypes.byref(self._model), n, ints(*tokens), ints(*positions), ints(*slots), logits.data_ptr(), _threads()
+            ctypes.byref(self._model), n, ints(*tokens), ints(*positions), ints(*slots), logits.shape[0], wanted,
+            logits.data_ptr(), _threads(),
         )
         if status:
             raise QuantError(f"the C decode rows failed ({status})")

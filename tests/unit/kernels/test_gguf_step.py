@@ -58,7 +58,9 @@ def _steps_both_ways(
     step = decoder.step
     assert step is not None
     out = []
-    decoder.forward(prompt, 0)  # several tokens: the torch forward
+    decoder.step = None
+    decoder.forward(prompt, 0)  # the prefill through the torch forward
+    decoder.step = step
     for i, token in enumerate(steps):
         pos = len(prompt) + i
         decoder.step = None
@@ -131,3 +133,60 @@ def test_decode_rows_reject_repeated_slots_and_positions_outside() -> None:
     for tokens, positions, slots in (([1, 2], [0, 0], [1, 1]), ([1], [TOKENS], [0]), ([1], [0], [2]), ([], [], [])):
         with pytest.raises(ValueError):
             batch.c_rows.rows(tokens, positions, slots)
+
+
+@needs_kernels
+def test_several_tokens_of_one_slot_in_one_c_call_equal_one_step_each_bit_for_bit() -> None:
+    """A draft's verification (or a short prefill) in one C call is the causal forward of its tokens: each
+    attends to the keys the call wrote before it, and gets what single-token steps give, bit for bit."""
+    for kind in (quant.Q4_1, quant.Q4_K):
+        decoder = tiny_decoder(kind)
+        prompt, tokens = [5, 9, 2, 7, 7, 1], [11, 3, 3, 40, 8]
+        decoder.forward(prompt, 0)
+        start = len(prompt)
+        together = decoder.forward(tokens, start, all_logits=True)  # [5, V], one C call
+        k_together, v_together = decoder.cache.k.clone(), decoder.cache.v.clone()
+        last = decoder.forward(tokens, start)  # the last row's logits only
+        alone = torch.stack([decoder.forward([t], start + i) for i, t in enumerate(tokens)])
+        assert together.shape == (len(tokens), VOCAB)
+        assert torch.equal(together, alone)
+        assert torch.equal(last, alone[-1])
+        assert torch.equal(decoder.cache.k, k_together) and torch.equal(decoder.cache.v, v_together)
+        # the torch forward of the same tokens agrees (its attention sums in another order)
+        step, decoder.step = decoder.step, None
+        expected = decoder.forward(tokens, start, all_logits=True)
+        decoder.step = step
+        assert (together - expected).abs().max() <= 2e-3 * expected.abs().max()
+        assert torch.equal(together.argmax(-1), expected.argmax(-1))
+
+
+@needs_kernels
+def test_c_rows_return_the_logits_of_the_rows_asked_for() -> None:
+    decoder = tiny_decoder(quant.Q8_0)
+    step = decoder.step
+    assert step is not None
+    decoder.forward([4, 4, 4], 0)
+    every = step.rows([7, 8, 9], [3, 4, 5], [0, 0, 0])
+    assert torch.equal(step.rows([7, 8, 9], [3, 4, 5], [0, 0, 0], [2, 0]), every[[2, 0]])
+    for outputs in ([], [3], [-1]):
+        with pytest.raises(ValueError):
+            step.rows([7, 8, 9], [3, 4, 5], [0, 0, 0], outputs)
+
+
+@needs_kernels
+def test_a_batch_step_with_draft_rows_runs_them_in_the_c_call_and_equals_each_row_alone() -> None:
+    """forward_rows sends decode and draft rows (narrow) to the C call; a row's logits are what it gets alone."""
+    from tabfill.kernels.batch import BatchedDecoder, RowInput
+
+    batch = BatchedDecoder(tiny_decoder(quant.Q4_1), slots=3, max_tokens=TOKENS)
+    prompts = {0: [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 9, 3, 2, 3], 1: [2, 7, 1, 8], 2: [6, 6]}
+    batch.forward_rows([RowInput(slot, ids, 0) for slot, ids in prompts.items()])  # 18 tokens: torch for slot 0
+    rows = [RowInput(0, [11, 12, 13], 18, all_logits=True), RowInput(1, [14], 4), RowInput(2, [15, 16], 2)]
+    calls: list[int] = []
+    real = batch._forward_torch
+    batch._forward_torch = lambda rs: calls.append(len(rs)) or real(rs)  # type: ignore[method-assign]
+    together = batch.forward_rows(rows)
+    assert not calls  # no torch forward in this step
+    alone = [batch.forward_rows([row])[0] for row in rows]
+    assert together[0].shape == (3, VOCAB) and together[1].shape == (VOCAB,) and together[2].shape == (VOCAB,)
+    assert all(torch.equal(a, b) for a, b in zip(together, alone))
