@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from tabfill.completion.batch_types import BatchEvent, BatchRequest
-from tabfill.completion.decoding import DRAFT_TOKENS, Decoding, Vocabulary, eos_ids
+from tabfill.completion.decoding import DRAFT_TOKENS, Decoding, DraftOdds, Vocabulary, eos_ids
 from tabfill.completion.forward_cost import MIN_CHUNK_TOKENS, ForwardCost
 from tabfill.completion.models import LoadedModel
 from tabfill.completion.prefix_cache import PrefixCache, common_prefix
@@ -100,6 +100,7 @@ class BatchedEngine:
         self.eos_ids = eos_ids(model, tokenizer)
         self.vocabulary = Vocabulary(tokenizer, decoder.vocab_size)
         self.draft_tokens = DRAFT_TOKENS
+        self.draft_odds = DraftOdds()  # how often each kind of draft is accepted, over every row here
         self.prefill_chunk = prefill_chunk
         self.prefill_budget_ms = prefill_budget_ms
         self.cost = ForwardCost()  # what a step of n tokens takes here (observed every step)
@@ -142,7 +143,7 @@ class BatchedEngine:
             )
         if not math.isfinite(request.priority):
             raise ValueError(f"priority must be a finite number, got {request.priority!r}")
-        state = Decoding.begin(prompt, self.eos_ids, request.corpus, self.draft_tokens)
+        state = Decoding.begin(prompt, self.eos_ids, request.corpus, self.draft_odds)
         row = _Row(request, state, self._arrivals)
         row.kept_hint = max((common_prefix(held, ids) for salt, held, _ in self._held.values() if salt == request.salt), default=0)
         self._rows[request.id] = row
@@ -174,6 +175,7 @@ class BatchedEngine:
         described["prefill_budget_ms"] = self.prefill_budget_ms
         described["step_cost"] = self.cost.describe()
         described["drafts"] = f"prompt lookup, up to {self.draft_tokens} tokens per row per step"
+        described["draft_odds"] = self.draft_odds.describe()
         store = self.prefix_cache
         described["prefix_cache"] = (
             f"{store.max_bytes // 2**20} MiB, blocks of {store.block_tokens} tokens, salted per tenant" if store else "off"
@@ -247,7 +249,7 @@ class BatchedEngine:
         row.written += 1
         if draft:
             accepted = steps.accepted_run(draft, logits)
-            state.count_draft(len(draft), accepted, self.draft_tokens)
+            state.count_draft(len(draft), accepted)
             row.written += accepted
             finish = state.append_all(draft[:accepted], self.tokenizer, logits)
             logits = logits[accepted]
@@ -266,7 +268,10 @@ class BatchedEngine:
         if len(state.generated) >= state.limit:  # the last token: no forward needed for it
             return [self._finish(row, "length")]
         row.pending = token_id
-        row.draft = state.next_draft()
+        # NOTE: judged by what a step of the row's width alone costs; in a full step a draft token costs about
+        # as much as another row's decode token (the products are compute-bound at 8 rows here), so the
+        # lone-row figure is what its latency gains against.
+        row.draft = state.next_draft(self.draft_tokens, self.cost.estimate_ms if self.cost.measured else None)
         return [self._event(row, None)]
 
     # ------------------------------------------------------------------ slots and the prefix store

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from bisect import bisect_left
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,68 @@ from tabfill.completion.types import FinishReason, Prompt
 log = logging.getLogger(__name__)
 
 DRAFT_TOKENS = 6  # at most this many speculative tokens verified per forward (prompt lookup)
-DRAFT_PAUSE_STEPS = 3
+# What a forward of w tokens costs, relative to one token, before the engine has measured its own (a guess
+# between a GPU, where width is nearly free, and these CPUs: SmolLM2's GGUF C step 1.3x at 2 tokens, 2.3x at 4).
+GUESSED_WIDTH_COST = 0.45
+# Each verification counts for this much less afterwards; and each proposal not verified (its odds said no)
+# pulls the counts towards the prior by as much, so drafting that stopped for bad odds is tried again later.
+ODDS_DECAY = 0.97
+ODDS_PRIOR = (1.0, 1.0)  # (accepted, rejected) pseudo-counts: p = 0.5 with no evidence
+
+
+class DraftOdds:
+    """How likely the model is to accept a prompt-lookup draft, learnt from the verifications of every
+    generation on one engine, per kind of match (n-gram length, found in the previous suggestion or in the
+    sequence itself).
+
+    A draft token is accepted only when all before it were, so accepted runs are modelled as geometric: each
+    next draft token is accepted with probability p. A verification of k tokens that accepted a of them is a
+    successes and, when a < k, one failure; p is their (decayed) ratio."""
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[int, bool], tuple[float, float]] = {}
+
+    def p(self, kind: tuple[int, bool]) -> float:
+        accepted, rejected = self._counts.get(kind, ODDS_PRIOR)
+        return accepted / (accepted + rejected)
+
+    def observe(self, kind: tuple[int, bool], proposed: int, accepted: int) -> None:
+        old_accepted, old_rejected = self._counts.get(kind, ODDS_PRIOR)
+        self._counts[kind] = (
+            ODDS_DECAY * old_accepted + accepted,
+            ODDS_DECAY * old_rejected + (1.0 if accepted < proposed else 0.0),
+        )
+
+    def skipped(self, kind: tuple[int, bool]) -> None:
+        """A proposal of this kind was not verified: its counts drift back towards the prior."""
+        counts = self._counts.get(kind)
+        if counts is not None:
+            prior_accepted, prior_rejected = ODDS_PRIOR
+            self._counts[kind] = (
+                prior_accepted + ODDS_DECAY * (counts[0] - prior_accepted),
+                prior_rejected + ODDS_DECAY * (counts[1] - prior_rejected),
+            )
+
+    def describe(self) -> dict[str, float]:
+        return {f"{n}-gram{' (previous suggestion)' if corpus else ''}": round(self.p((n, corpus)), 3) for n, corpus in sorted(self._counts)}
+
+
+def draft_length(p: float, cost_ms: Callable[[int], float] | None, proposed: int, budget_ms: float | None = None) -> int:
+    """How many of `proposed` draft tokens to verify: the k (0 = a plain one-token step) with the most tokens
+    expected per millisecond, (1 + p + ... + p^k) / cost(1 + k), whose forward fits `budget_ms` (None: no
+    limit). `cost_ms(w)`: what a forward of w tokens costs here (None: not measured yet, GUESSED_WIDTH_COST)."""
+    cost = cost_ms if cost_ms is not None else (lambda width: 1.0 + GUESSED_WIDTH_COST * (width - 1))
+    best, best_rate = 0, 1.0 / max(cost(1), 1e-9)
+    expected = term = 1.0
+    for k in range(1, proposed + 1):
+        term *= p
+        expected += term
+        ms = cost(1 + k)
+        if budget_ms is not None and ms > budget_ms:
+            break
+        if expected / max(ms, 1e-9) > best_rate:
+            best, best_rate = k, expected / max(ms, 1e-9)
+    return best
 
 
 def strip_healing(text: str, healing: str) -> str | None:
@@ -51,16 +113,18 @@ class Decoding:
     probabilities: list[float] = field(default_factory=list)
     starts: list[int] = field(default_factory=list)
 
-    # NOTE: a rejected draft costs a wider forward (here 8 tokens ≈ 2 single-token steps), so the draft
-    # length follows its success: doubled when all is accepted, halved when not, and after a draft that
-    # was rejected outright drafting pauses for a few steps.
-    draft_budget: int = DRAFT_TOKENS
-    draft_pause: int = 0
+    # NOTE: a draft is verified in a wider forward, which costs more the wider it is (on a CPU, a draft token
+    # costs about half a one-token step), so how many of the proposed tokens are verified is chosen from the
+    # measured cost of each width and the odds of acceptance (`draft_length`), shared by the engine's
+    # generations.
+    odds: DraftOdds = field(default_factory=DraftOdds)
+    draft_kind: tuple[int, bool] = (0, False)  # the kind of match behind the draft being verified
 
     @classmethod
-    def begin(cls, prompt: Prompt, eos_ids: frozenset[int], corpus: tuple[int, ...] | list[int] = (), most: int = DRAFT_TOKENS) -> Decoding:
-        """A new generation of `prompt`; `corpus` (e.g. the previous suggestion's tokens) feeds the drafts."""
-        return cls(prompt, eos_ids | prompt.stop_token_ids, NgramDrafter(prompt.token_ids, corpus), draft_budget=min(4, most))
+    def begin(cls, prompt: Prompt, eos_ids: frozenset[int], corpus: tuple[int, ...] | list[int] = (), odds: DraftOdds | None = None) -> Decoding:
+        """A new generation of `prompt`; `corpus` (e.g. the previous suggestion's tokens) feeds the drafts,
+        `odds` (the engine's) say how likely they are to be accepted."""
+        return cls(prompt, eos_ids | prompt.stop_token_ids, NgramDrafter(prompt.token_ids, corpus), odds=odds or DraftOdds())
 
     @property
     def tokens(self) -> list[int]:
@@ -74,14 +138,6 @@ class Decoding:
     @property
     def continuation(self) -> str | None:
         return strip_healing(self.text, self.prompt.healing_text)
-
-    def adapt_drafts(self, proposed: int, accepted: int, most: int) -> None:
-        if accepted == proposed:
-            self.draft_budget = min(most, self.draft_budget * 2)
-        else:
-            self.draft_budget = max(1, self.draft_budget // 2)
-            if accepted == 0:
-                self.draft_pause = DRAFT_PAUSE_STEPS
 
     @property
     def confidence(self) -> tuple[tuple[int, float], ...]:
@@ -124,19 +180,27 @@ class Decoding:
         token_id = int(torch.argmax(logits).item())
         return token_id, self.append(token_id, tokenizer, top_probability(logits))
 
-    def next_draft(self) -> list[int]:
-        """Draft tokens to verify after the chosen token (empty: a plain one-token step)."""
-        budget = min(self.draft_budget, self.limit - len(self.generated))
-        wants = budget > 0 and self.draft_pause == 0 and self.continuation is not None
-        draft = self.drafter.propose(budget) if wants else []
-        self.draft_pause = max(0, self.draft_pause - 1)
-        return draft
+    def next_draft(self, most: int, cost_ms: Callable[[int], float] | None, budget_ms: float | None = None) -> list[int]:
+        """Draft tokens to verify after the chosen token (empty: a plain one-token step): up to `most` proposed
+        by prompt lookup, as many of them as `draft_length` says pay for their wider forward."""
+        budget = min(most, self.limit - len(self.generated))
+        if budget <= 0 or self.continuation is None:
+            return []
+        draft = self.drafter.propose(budget)
+        if not draft:
+            return []
+        kind = self.drafter.kind
+        keep = draft_length(self.odds.p(kind), cost_ms, len(draft), budget_ms)
+        if not keep:
+            self.odds.skipped(kind)
+        self.draft_kind = kind
+        return draft[:keep]
 
-    def count_draft(self, proposed: int, accepted: int, most: int) -> None:
-        """A verified draft: its statistics, and the next draft's budget."""
+    def count_draft(self, proposed: int, accepted: int) -> None:
+        """A verified draft: its statistics, and what it says of the odds of its kind."""
         self.draft_tokens += proposed
         self.accepted_draft_tokens += accepted
-        self.adapt_drafts(proposed, accepted, most)
+        self.odds.observe(self.draft_kind, proposed, accepted)
 
     def append_all(self, token_ids: list[int], tokenizer: Any, logits: torch.Tensor) -> FinishReason | None:
         """`append` each of `token_ids` (accepted draft tokens, greedy choices from the rows of `logits`

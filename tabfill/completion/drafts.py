@@ -25,6 +25,8 @@ class NgramDrafter:
         # n-gram -> (index just after its latest occurrence, the same for the one before it)
         self._ends: dict[tuple[int, ...], tuple[int, int | None]] = {}
         self._corpus_len = 0
+        # The last proposal's (n-gram length matched, whether it was found in the corpus); (0, False): none.
+        self.kind: tuple[int, bool] = (0, False)
         if corpus:
             self.extend(corpus)
             self._corpus_len = len(self._tokens)
@@ -48,9 +50,11 @@ class NgramDrafter:
                 self._ends[gram] = (end, latest[0] if latest else None)
 
     def propose(self, max_tokens: int) -> list[int]:
-        """Up to `max_tokens` tokens that followed the latest earlier occurrence of the current tail."""
+        """Up to `max_tokens` tokens that followed the latest earlier occurrence of the current tail. What
+        matched is left in `kind` (see there)."""
         tokens = self._tokens
         end = len(tokens)
+        self.kind = (0, False)
         if max_tokens <= 0:
             return []
         for n in range(MAX_NGRAM, MIN_NGRAM - 1, -1):
@@ -67,5 +71,6 @@ class NgramDrafter:
             if -1 in draft:
                 draft = draft[: draft.index(-1)]
             if draft:
+                self.kind = (n, found < self._corpus_len)
                 return draft
         return []

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from tabfill.completion.decoding import DRAFT_TOKENS, Decoding, Vocabulary, eos_ids
+from tabfill.completion.decoding import DRAFT_TOKENS, Decoding, DraftOdds, Vocabulary, eos_ids
 from tabfill.completion.forward_cost import MIN_CHUNK_TOKENS, TimedForward
 from tabfill.completion.postprocess import stop_index
 from tabfill.completion.prefix_cache import PrefixCache, common_prefix
@@ -61,6 +61,7 @@ class Engine:
         self.prefix_cache = prefix_cache if self.runner.kv_bytes_per_token > 0 else None
         self.eos_ids = eos_ids(model, tokenizer)
         self.draft_tokens = DRAFT_TOKENS
+        self.draft_odds = DraftOdds()  # how often each kind of draft is accepted, over every generation here
         self.vocabulary = Vocabulary(tokenizer, model.config.vocab_size)
         self._live: list[int] = []
         self._owner: Decoding | None = None  # whose next-token logits are valid for the live slot
@@ -86,7 +87,7 @@ class Engine:
             f"{store.max_bytes // 2**20} MiB, blocks of {store.block_tokens} tokens" if store else "off (the runner does not export KV)"
         )
         described["drafts"] = f"prompt lookup, up to {self.draft_tokens} tokens per forward"
-        described.update(forwardCost=self.timed.cost.describe(), liveTokens=len(self._live))
+        described.update(forwardCost=self.timed.cost.describe(), draftOdds=self.draft_odds.describe(), liveTokens=len(self._live))
         if store is not None:
             described.update(prefixCacheBytes=store.num_bytes, prefixCacheBlocks=store.num_blocks, prefixCacheStats=dataclasses.asdict(store.stats))
         return described
@@ -167,7 +168,7 @@ class Engine:
     # ----------------------------------------------------------------- the loop
     def start(self, prompt: Prompt, corpus: Sequence[int] = ()) -> Decoding:
         """A new generation of `prompt`; `corpus` (e.g. the previous suggestion's tokens) feeds the drafts."""
-        return Decoding.begin(prompt, self.eos_ids, tuple(corpus), self.draft_tokens)
+        return Decoding.begin(prompt, self.eos_ids, tuple(corpus), self.draft_odds)
 
     def generate(self, prompt: Prompt, cancel: CancelToken, deadline: Deadline, corpus: Sequence[int] = (), *, document: str = "") -> Generation:
         """Greedy decoding of `prompt` until a stop, EOS, max tokens, the deadline or cancellation."""
@@ -207,10 +208,11 @@ class Engine:
             if cancel.cancelled or deadline.within_ms(self.timed.cost.estimate_ms(1)):
                 state.logits = None  # the last token is not in the live slot yet; resume forwards it
                 return "cancelled" if cancel.cancelled else "deadline"
-            draft = state.next_draft()
+            cost = self.timed.cost
+            draft = state.next_draft(self.draft_tokens, cost.estimate_ms if cost.measured else None, deadline.remaining_ms)
             if draft:
                 accepted, rows = self.verify_draft(token_id, draft)
-                state.count_draft(len(draft), len(accepted), self.draft_tokens)
+                state.count_draft(len(draft), len(accepted))
                 finish = state.append_all(accepted, self.tokenizer, rows)
                 if finish:
                     return finish
