@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from tabfill.completion.decoding import Decoding, top_probabilities, top_probability
+from tabfill.completion.decoding import Decoding, greedy, top_probabilities, top_probability
 from tabfill.completion.postprocess import uncertain_cuts
 from tabfill.completion.types import Completion, Prompt, StopRule
 
@@ -41,6 +41,13 @@ def test_top_probability_is_the_softmax_of_the_greedy_choice() -> None:
     assert top_probability(logits) == pytest.approx(expected, rel=1e-6)
     rows = torch.stack([logits, logits_for(2, 0.9, 4)])
     assert top_probabilities(rows) == pytest.approx([expected, 0.9], rel=1e-5)
+    # the CPU shortcut (numpy) agrees with torch: the first of equal maxima, masked (-inf) logits, a float64 input
+    masked = torch.tensor([float("-inf"), 1.5, 3.0, 3.0, float("-inf")])
+    assert greedy(masked) == (2, pytest.approx(torch.softmax(masked, -1)[2].item(), rel=1e-6))
+    assert greedy(masked) == (int(torch.argmax(masked)), pytest.approx(top_probability(masked), rel=1e-6))
+    assert greedy(logits.double()) == (0, pytest.approx(expected, rel=1e-6))
+    big = torch.randn(2, 50_000) * 4
+    assert top_probabilities(big) == pytest.approx([top_probability(big[0]), top_probability(big[1])], rel=1e-5)
 
 
 def test_each_token_records_its_probability_and_start_healing_excluded() -> None:
