@@ -145,6 +145,7 @@ async def run_typing_case(system: System, case: TypingCase) -> list[dict[str, An
             "source": handle.source,  # None when no answer came (cancelled, error)
             "error": handle.error,
             "late": handle.text is not None and not served,
+            "partial": handle.extra.get("partial"),  # True: cut by the server's deadline (None: not said)
             "shown": shown,
             "agreed": bool(first_line.strip()) and upcoming.startswith(first_line),
             # NOTE: each typed character counts once: the one typed next, when the ghost text on screen

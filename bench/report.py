@@ -44,14 +44,25 @@ def model_answers(rows: list[dict[str, Any]]) -> dict[str, Any]:
     chosen = [row for row in rows if not row["served"] or row.get("source") == "model"]
     latencies = [request_latency(row) for row in chosen]
     served = [value for value in latencies if value != MISS]
+    said = [row["partial"] for row in chosen if row["served"] and isinstance(row.get("partial"), bool)]
     return {
         "requests": len(chosen),
         "served": len(served),
+        # served model answers whose server said whether its deadline cut them, and how many were whole
+        "said_partial": len(said),
+        "whole": said.count(False),
         "p50_ms": percentile(latencies, 0.5),
         "p95_ms": percentile(latencies, 0.95),
         "served_p50_ms": percentile(served, 0.5),
         "served_p95_ms": percentile(served, 0.95),
     }
+
+
+def _whole(s: dict[str, Any]) -> str:
+    """Served model answers that came whole, of those whose server said (tabfill's `partial`); a peer answers
+    whole or not at all."""
+    said, whole = s["model"].get("said_partial", 0), s["model"].get("whole", 0)
+    return f"{whole} of {said} ({_fmt(_ratio(whole, said), percent=True)})" if said else "every answer (no deadline)"
 
 
 def correct_on_screen(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -316,6 +327,7 @@ def _headline_section(results: dict[str, Any], summaries: list[dict[str, Any]]) 
         ("**keystrokes with a correct suggestion on screen**", correct),
         ("model answers served in time / requests that needed the model", lambda s: f"{s['model']['served']} / {s['model']['requests']}"),
         ("model answers served: p50 / p95 ms", lambda s: _ms(s["model"]["served_p50_ms"], s["model"]["served_p95_ms"])),
+        ("model answers served whole (not cut by the deadline)", _whole),
         *((f"{source} answers served: count: p50 / p95 ms", lambda s, source=source: by_source(s, source))
           for source in HEADLINE_SOURCES if any(row["source"] == source for s in typed for row in s["sources"])),
         ("every request (unserved = ∞): p50 / p90 / p95 / p99 ms", lambda s: _ms(*s["all_requests"].values())),

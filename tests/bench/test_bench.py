@@ -221,6 +221,12 @@ def test_model_answers_count_misses_and_leave_other_sources_out() -> None:
     assert report.latency_percentiles(rows)["p50"] == 85.0  # 2, 3, 80, 90, ∞, ∞
     assert report.correct_on_screen([typing_row(1.0, "model", agreed=True), typing_row(1.0, "model", served=False, agreed=True)]) == {
         "keystrokes": 2, "correct": 1, "share": 0.5}
+    # whole answers: of the served model answers whose server said whether its deadline cut them
+    said = [{**typing_row(50.0, "model"), "partial": partial} for partial in (True, False, False, None)]
+    said.append({**typing_row(60.0, "model", served=False), "partial": False})  # not served: not counted
+    assert (report.model_answers(said)["said_partial"], report.model_answers(said)["whole"]) == (3, 2)
+    assert report._whole({"model": report.model_answers(said)}) == "2 of 3 (66.7 %)"
+    assert report._whole({"model": report.model_answers(rows)}) == "every answer (no deadline)"
 
 
 def test_issue_4_targets_and_the_ablation_table() -> None:
