@@ -43,6 +43,7 @@ def test_draft_length_guesses_the_cost_before_the_engine_measured_it() -> None:
     assert 0 < GUESSED_WIDTH_COST < 1
     assert draft_length(0.1, None, 6) == 0
     assert draft_length(0.9, None, 6) > 2
+    assert draft_length(0.9, None, 6, budget_ms=2.0) == draft_length(0.9, None, 6)  # a guess has no milliseconds
 
 
 def test_draft_odds_learn_from_verifications_and_forget_towards_the_prior() -> None:
