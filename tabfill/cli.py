@@ -37,7 +37,10 @@ def _settings(args: argparse.Namespace) -> Settings:  # Settings is imported laz
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from tabfill.completion import gc_pauses
     from tabfill.lsp_server.server import create_server
+
+    gc_pauses.install()
 
     server = create_server(_settings(args))
     if args.tcp:

@@ -19,6 +19,7 @@ from typing import Literal
 
 from cachetools import TTLCache
 
+from tabfill.completion import gc_pauses
 from tabfill.completion.fim import TEMPLATES, FimTemplate
 from tabfill.completion.flights import Continuation, Flights, Key, StopReason
 from tabfill.completion.models import ModelError, ProgressFn
@@ -129,6 +130,7 @@ class CompletionService:
             self.state, self.error = "loading", ""
 
         def run(_cancel: CancelToken) -> EngineInfo:
+            gc_pauses.before_load()
             try:
                 source = self._open(settings, report)
             except Exception as exc:  # any failure to load becomes a message, never a dead server
@@ -145,6 +147,7 @@ class CompletionService:
             self.flights.forget_shown()
             if old is not None:
                 old.close()
+            gc_pauses.after_load()  # NOTE: in a serving process, the loaded model out of every later full collection
             return source.info
 
         return self._worker.submit(run)

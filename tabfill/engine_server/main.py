@@ -92,8 +92,12 @@ def cmd_engine(args: argparse.Namespace) -> int:
     from tabfill.engine_server.scheduler import Scheduler
     from tabfill.engine_server.server import EngineConfig, EngineServer
 
+    from tabfill.completion import gc_pauses
+
     host, _, port = args.listen.rpartition(":")
+    gc_pauses.install()
     card, engine, slots = open_backend(args)
+    gc_pauses.after_load()  # NOTE: before serving: the model's objects out of every later full collection
     scheduler = Scheduler(engine, slots=slots, max_queue=args.max_queue)
     config = EngineConfig(max_frame_bytes=args.max_frame_bytes, log_prompts=args.log_prompts, max_new_tokens=min(512, args.kv_tokens // 2))
     server = EngineServer(card, scheduler, tokens, config)

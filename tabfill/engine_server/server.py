@@ -18,7 +18,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from tabfill.completion import wire
+from tabfill.completion import gc_pauses, wire
 from tabfill.completion.types import Prompt, StopRule
 from tabfill.engine_server.batch_api import BatchEvent, BatchRequest
 from tabfill.engine_server.scheduler import WARM_PRIORITY_S, Busy, Job, Scheduler
@@ -115,7 +115,7 @@ class EngineServer:
     def status(self) -> dict[str, Any]:
         return {
             "type": "status", "model": self.card.name, "connections": self.connections,
-            "uptime_s": round(time.time() - self.started, 1), "scheduler": self.scheduler.describe(),
+            "uptime_s": round(time.time() - self.started, 1), "scheduler": self.scheduler.describe(), "gc": gc_pauses.describe(),
             # NOTE: only a backend that says so is asked from this thread (the batched engine is not thread-safe)
             **({"backend": _plain(report())} if callable(report := getattr(self.scheduler.engine, "status", None)) else {}),
         }

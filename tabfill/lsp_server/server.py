@@ -21,6 +21,7 @@ from pygls.io_ import StdoutWriter
 from pygls.lsp.server import LanguageServer
 
 from tabfill import __version__
+from tabfill.completion import gc_pauses
 from tabfill.completion.pace import TypingPace
 from tabfill.completion.service import CompletionService
 from tabfill.completion.settings import parse_settings
@@ -455,6 +456,7 @@ def create_server(settings: Settings | None = None, service: CompletionService |
             "engine": ls.service.describe_engine(),
             "supersededRequests": ls.superseded_requests,
             "malformedFrames": ls.frames.malformed,
+            "gc": gc_pauses.describe(),
             **_describe_document(ls, _get(params, "textDocument")),
         }
 
