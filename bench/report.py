@@ -732,7 +732,26 @@ def _memory_section(results: dict[str, Any], summaries: list[dict[str, Any]]) ->
         "| system | RSS / peak after each step | growth MiB |",
         "|---|---|---|",
         *rows,
+        *_gc_lines(results),
     ]
+
+
+def _gc_lines(results: dict[str, Any]) -> list[str]:
+    """The server's garbage-collector pauses after its model loaded (its `gc` status at the end), when it said."""
+    lines = []
+    for system in results["systems"]:
+        gc_status = (system.get("status") or {}).get("gc") or {}
+        if not gc_status.get("installed"):
+            continue
+        full, young = gc_status.get("generation2") or {}, gc_status.get("generation1") or {}
+        lines.append(
+            f"- {system['name']}: full garbage collections (they stop every thread) after the model loaded, to the end of "
+            f"the run: {full.get('collections', 0)}, "
+            f"{_fmt(full.get('totalMs'), 1)} ms in all, the longest {_fmt(full.get('longestMs'), 1)} ms; generation 1: "
+            f"{young.get('collections', 0)}, the longest {_fmt(young.get('longestMs'), 1)} ms; objects frozen after the model "
+            f"loaded: {gc_status.get('frozenObjects', 0):,} (`tabfill/status` → `gc`)."
+        )
+    return ["", *lines] if lines else []
 
 
 # The measurements behind the lean decoder's design (they were docstrings of tabfill/kernels/decoder.py).

@@ -197,10 +197,14 @@ async def soak(system: TabfillSystem, requests: int, session: int, seed: int) ->
             done += 1
         equal = all([await document_digest(client, uri) == digest(text) for uri, text in texts.items()])
         usage = process_usage(system.pid)
-        engine = (await client.request("tabfill/status", None)).get("engine") or {}
+        status = await client.request("tabfill/status", None)
+        engine = status.get("engine") or {}
+        gc_full = ((status.get("gc") or {}).get("generation2")) or {}  # since the model loaded
         store_mb = round(engine.get("prefixCacheBytes", 0) / 2**20, 1)  # KV blocks in the prefix store's pool (bounded)
         replays.append({"requests": len(latencies), "p50_ms": percentile(latencies, 0.5), "p95_ms": percentile(latencies, 0.95),
-                        "rss_mb": usage.rss_mb, "prefix_store_mb": store_mb, "documents_equal_replay": equal})
+                        "rss_mb": usage.rss_mb, "prefix_store_mb": store_mb, "documents_equal_replay": equal,
+                        "gc_full_collections": gc_full.get("collections"), "gc_full_longest_ms": gc_full.get("longestMs"),
+                        "gc_full_total_ms": gc_full.get("totalMs")})
         log(f"soak: replay {len(replays)}: {replays[-1]}")
     first, last = replays[0], replays[-1]
     growth = None if len(replays) < 2 else round(100 * (last["rss_mb"] - first["rss_mb"]) / first["rss_mb"], 2)
@@ -330,6 +334,14 @@ def report(results: dict[str, Any]) -> str:
                 f"(after replay {len(per_replay) // 2} to the end) RSS grew {late} %. Identical replays still add blocks: "
                 "context lookups run under time budgets and prefills and continuations stop where the next request "
                 "finds them, so a replay's prompts and verified tokens differ a little from the last one's.", "",
+            ]
+        if per_replay and per_replay[-1].get("gc_full_collections") is not None:
+            end = per_replay[-1]
+            lines += [
+                f"Full garbage collections since the model loaded (they stop every thread; `tabfill/status` → `gc`): "
+                f"{end['gc_full_collections']} over the {s['replays']} replays, {end['gc_full_total_ms']} ms in all, the longest "
+                f"{end['gc_full_longest_ms']} ms (after each replay: "
+                + ", ".join(str(replay["gc_full_collections"]) for replay in per_replay) + ").", "",
             ]
     if "fuzz" in results:
         f = results["fuzz"]

@@ -571,3 +571,16 @@ def test_the_follow_bench_names_every_case_language_so_the_editor_attaches() -> 
 
     assert {case.language_id for case in typing_cases(12)} <= set(EXTENSIONS)
     assert {EXTENSIONS[language] for language in ("go", "rust", "typescript")} == {"go", "rs", "ts"}
+
+
+def test_the_memory_section_reports_the_servers_full_garbage_collections() -> None:
+    results = synthetic_results(None)
+    gc_status = {"installed": True, "frozenObjects": 211121, "generation1": {"collections": 40, "totalMs": 20.0, "longestMs": 1.5},
+                 "generation2": {"collections": 2, "totalMs": 9.0, "longestMs": 6.0}}
+    results["systems"][0]["status"] = {"gc": gc_status}  # type: ignore[index]
+    lines = report._gc_lines(results)
+    assert len(lines) == 2 and lines[1].startswith("- tabfill: full garbage collections")
+    assert "after the model loaded, to the end of the run: 2, 9.0 ms in all, the longest 6.0 ms" in lines[1]
+    assert "211,121" in lines[1]
+    results["systems"][0]["status"] = {"gc": {"installed": False}}  # type: ignore[index]
+    assert report._gc_lines(results) == []
