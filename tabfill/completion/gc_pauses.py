@@ -7,7 +7,8 @@ torch's and tree-sitter's Python objects) and one full collection took 124-154 m
 typing deadline, whenever allocation happens to trigger one. Nearly all of those objects live as long as the
 process, so once a model is loaded `after_load` collects once and moves every object then alive to the
 permanent generation (`gc.freeze`): later collections walk only what was made since (in process, after 30
-line cases through the service and the syntax layer's caches: 5 ms). Objects frozen are still freed by reference counting; only a reference cycle
+line cases through the service and the syntax layer's caches: 5 ms). Over bench/soak.py's 10,000 requests:
+without it 2 full collections of 132 and 114 ms, with it 22 of at most 15 ms. Objects frozen are still freed by reference counting; only a reference cycle
 among them would wait for the next `before_load` (a model reload unfreezes and collects first).
 
 Off unless a serving process's entry point calls `install` (tests and library users keep the plain
