@@ -38,4 +38,5 @@ def test_after_a_load_a_full_collection_skips_what_was_frozen_and_pauses_are_cou
     assert described["installed"] is True and described["frozenObjects"] == result["frozen"]
     full = described["generation2"]
     assert full["collections"] == 1  # the one timed above: loading's own (after_load's) is not a request's pause
-    assert len(described["recentFullMs"]) == 1 and full["longestMs"] == round(full["totalMs"], 2)
+    assert len(described["recentFullMs"]) == 1
+    assert abs(full["longestMs"] - full["totalMs"]) <= 0.1  # one collection: the longest is the total (rounded apart)
