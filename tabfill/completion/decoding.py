@@ -217,13 +217,18 @@ class Decoding:
         return None
 
 
+def _cpu_values(logits: torch.Tensor) -> np.ndarray | None:
+    """`logits` as a numpy array when they are fp32 on the CPU (reduced there by numpy: see `greedy`), else None."""
+    return logits.detach().contiguous().numpy() if logits.device.type == "cpu" and logits.dtype == torch.float32 else None
+
+
 def greedy(logits: torch.Tensor) -> tuple[int, float]:
     """The greedy choice of `logits` [V] (the first of equal maxima, as torch.argmax) and its probability
     under softmax. NOTE: on CPU through numpy: torch's reductions over one 49,152-logit vector wake its
     thread pool (argmax 43 µs, logsumexp 233 µs with 2 threads here, against numpy's 3 and 35 µs), which
     was ~5 % of a SmolLM2 decode step."""
-    if logits.device.type == "cpu" and logits.dtype == torch.float32:
-        values = logits.detach().contiguous().numpy()
+    values = _cpu_values(logits)
+    if values is not None:
         index = int(values.argmax())
         top = values[index]
         if np.isfinite(top):
@@ -239,8 +244,8 @@ def top_probability(logits: torch.Tensor) -> float:
 
 def top_probabilities(logits: torch.Tensor) -> list[float]:
     """`top_probability` of each row of `logits` [K, V] (numpy on CPU, as `greedy`)."""
-    if logits.device.type == "cpu" and logits.dtype == torch.float32:
-        values = logits.detach().contiguous().numpy()
+    values = _cpu_values(logits)
+    if values is not None:
         top = values.max(axis=-1, keepdims=True)
         if np.isfinite(top).all():
             return [float(p) for p in 1.0 / np.exp(values - top).sum(axis=-1)]

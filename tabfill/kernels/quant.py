@@ -407,10 +407,6 @@ class DecodeStep:
         bias = linear.bias
         return _Linear(linear._parts, len(linear.parts), linear.out_features, None if bias is None else bias.data_ptr())
 
-    def __call__(self, token: int, pos: int) -> Tensor:
-        """Logits [V] after writing ``token`` at ``pos`` (slot 0: the decoder's own cache)."""
-        return self.rows([token], [pos], [0])[0]
-
     def rows(
         self, tokens: Sequence[int], positions: Sequence[int], slots: Sequence[int], outputs: Sequence[int] | None = None
     ) -> Tensor:
