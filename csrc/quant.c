@@ -448,7 +448,47 @@ AVX2 static ALWAYS_INLINE __m256i block_dot(__m256i even, __m256i odd, const qac
  * slower on Qwen2.5-Coder's Q4_K rows (/work/runs/kab.py, 2026-12-07). NOTE: cutting the rows' super-blocks in
  * chunks whose activations L1 holds (16 KB for 8 tokens; fp32 sums of 16 rows waiting between chunks) made its
  * ffn_down (8,960 values) 3-7 % faster and its 1,536-value rows 10-15 % slower: not kept. */
+/* One token (a decode step) through Q4_K: the same integer lanes, fp32 operations and order as ktile_dot at T = 1,
+ * so the same bits, but each block's two madds are summed unscaled and then multiplied by its scale in 32 bits
+ * (madd(q * sc, a) = sc * madd(q, a) exactly: no lane overflows, see kquant_run), and the fp32 sum stays in a
+ * register. The one-token tile is bound by the vector integer multiplies (one pipe on Zen 3 and 4): 2 scale
+ * multiplies + 2 madds a block became 2 madds + 1 multiply (32 rows of 1,536 values from L2, 1 thread: 1.31 ->
+ * 1.16 ns a block; Qwen2.5-Coder-1.5B's decode step, 2 threads, medians of 5 alternating rounds: 41.2 -> 39.4
+ * ms on the Zen 4 host, /work/runs/abstep.py, 2026-12-07). NOTE: the same for Q6_K (a 32-bit multiply per block
+ * for its 16-bit ones) was no faster: its unpacking dominates; it stays in ktile_dot. Summing each run exactly
+ * (as doubles) so that a one-token tile could scale a run's 8 block sums in one multiply after an hadd tree was
+ * slower at one token (1.39 ns) and made the 8-token tile 15 % slower: not kept. Compiled for AVX-512VL (32
+ * vector registers, no spills) the one-token tile ran 1.06 ns; not done: a second build of the kernels and a
+ * dispatch for ~9 % of the decode step on hosts that have it. */
+AVX2 static ALWAYS_INLINE void ktile1_q4k(const uint8_t *row, const qact *act, int K, float *y) {
+    const __m256i low4 = _mm256_set1_epi16(0x000F);
+    __m256 sum = _mm256_setzero_ps(), mn;
+    for (int sb = 0; sb < K / 256; sb++) {
+        const uint8_t *blk = row + (int64_t)sb * 144;
+        PREFETCH(blk, 144);
+        int16_t sc16[8] __attribute__((aligned(16)));
+        int32_t sc[8] __attribute__((aligned(32)));
+        k4_scales(blk, sc16, &mn);
+        _mm256_store_si256((__m256i *)sc, _mm256_cvtepi16_epi32(_mm_load_si128((const __m128i *)sc16)));
+        __m256i isum = _mm256_setzero_si256();
+        for (int p = 0; p < 4; p++) { /* 32 bytes: block 2p in the low nibbles, 2p + 1 in the high ones */
+            __m256i raw = _mm256_loadu_si256((const __m256i *)(blk + 16 + 32 * p));
+            __m256i u0 = block_dot(_mm256_and_si256(raw, low4), _mm256_and_si256(_mm256_srli_epi16(raw, 8), low4), act, 0, 8 * sb + 2 * p);
+            __m256i u1 = block_dot(_mm256_and_si256(_mm256_srli_epi16(raw, 4), low4), _mm256_srli_epi16(raw, 12), act, 0, 8 * sb + 2 * p + 1);
+            isum = _mm256_add_epi32(isum, _mm256_mullo_epi32(u0, _mm256_set1_epi32(sc[2 * p])));
+            isum = _mm256_add_epi32(isum, _mm256_mullo_epi32(u1, _mm256_set1_epi32(sc[2 * p + 1])));
+        }
+        sum = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(h2f(blk) * act[0].d[8 * sb]), sum);
+        sum = _mm256_fnmadd_ps(mn, _mm256_loadu_ps(act[0].ds + 8 * sb), sum); /* value = d * sc * q - dmin * m */
+    }
+    *y = hsum8(sum);
+}
+
 AVX2 static ALWAYS_INLINE void ktile_dot(int type, int T, const uint8_t *row, const qact *act, int K, float *y, int64_t ldy) {
+    if (T == 1 && type == T_Q4_K) {
+        ktile1_q4k(row, act, K, y);
+        return;
+    }
     const __m256i low4 = _mm256_set1_epi16(0x000F), low8 = _mm256_set1_epi16(0x00FF);
     __m256i isum[MAX_TILE];
     __m256 mn = _mm256_setzero_ps(); /* Q4_K: the super-block's mins */
