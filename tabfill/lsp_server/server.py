@@ -21,7 +21,7 @@ from pygls.io_ import StdoutWriter
 from pygls.lsp.server import LanguageServer
 
 from tabfill import __version__
-from tabfill.completion import gc_pauses
+from tabfill.completion import gc_pauses, heap
 from tabfill.completion.pace import TypingPace
 from tabfill.completion.service import CompletionService
 from tabfill.completion.settings import parse_settings
@@ -457,6 +457,7 @@ def create_server(settings: Settings | None = None, service: CompletionService |
             "supersededRequests": ls.superseded_requests,
             "malformedFrames": ls.frames.malformed,
             "gc": gc_pauses.describe(),
+            "heap": heap.describe(),
             **_describe_document(ls, _get(params, "textDocument")),
         }
 

@@ -30,3 +30,12 @@ print(before - rss_mb())
 def test_trim_gives_freed_heap_memory_back() -> None:
     freed = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, check=True).stdout
     assert float(freed) > 60, f"only {float(freed):.1f} MB went back"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or heap._libc() is None, reason="glibc's malloc_trim")
+def test_trims_are_counted_and_timed() -> None:
+    before = heap.describe()
+    assert heap.trim() and heap.trim()
+    after = heap.describe()
+    assert after["trims"] == before["trims"] + 2  # type: ignore[operator]
+    assert after["totalMs"] >= before["totalMs"] and after["longestMs"] > 0  # type: ignore[operator]

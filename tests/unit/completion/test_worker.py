@@ -1,3 +1,4 @@
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -200,5 +201,29 @@ def test_an_idle_worker_gives_freed_memory_back_once_after_work(monkeypatch: pyt
         assert engine.submit(lambda _token: 8).result(timeout=5) == 8  # and the worker still takes jobs
         time.sleep(0.3)
         assert len(trims) == 2
+    finally:
+        engine.close()
+
+
+def test_a_worker_that_never_idles_still_trims_between_jobs(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tabfill.completion import heap, worker as worker_module
+
+    events: list[str] = []
+    monkeypatch.setattr(worker_module, "IDLE_TRIM_S", 60.0)  # never idle long enough in this test
+    monkeypatch.setattr(worker_module, "BUSY_TRIM_S", 0.05)
+    monkeypatch.setattr(heap, "trim", lambda: events.append("trim") or True)
+    engine = EngineWorker()
+    try:
+        def job(_token: CancelToken, name: str) -> str:
+            events.append(name)
+            time.sleep(0.03)
+            return name
+
+        futures = [engine.submit(functools.partial(job, name=f"job{i}")) for i in range(6)]
+        assert [future.result(timeout=5) for future in futures] == [f"job{i}" for i in range(6)]
+        jobs_between = [event for event in events if event != "trim"]
+        assert jobs_between == [f"job{i}" for i in range(6)]  # every job ran, in order
+        assert 1 <= events.count("trim") <= 5, events  # ~every 0.05 s of a 0.18 s run of work, only between jobs
+        assert events[0] == "job0"  # nothing to give back before the first job
     finally:
         engine.close()
