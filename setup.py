@@ -12,6 +12,7 @@ setup(
         Extension(
             "tabfill.kernels._quant",
             sources=["csrc/quant.c"],
+            depends=["csrc/tiles.h"],  # included by quant.c once per instruction set
             extra_compile_args=["-O3", "-std=gnu11", "-pthread", "-fvisibility=default"],
             extra_link_args=["-pthread", "-lm"],
             optional=True,

@@ -210,8 +210,9 @@ def _lib() -> ctypes.CDLL:
                 lib.tf_quantize_act.argtypes = [c_ptr, c_int, c_int, c_int, c_ptr, c_ptr, c_ptr]
                 lib.tf_decode_rows.argtypes = [c_ptr, c_int, c_ptr, c_ptr, c_ptr, c_int, c_ptr, c_ptr, c_int]
                 lib.tf_decode_rows.restype = c_int
-                lib.tf_force_portable.argtypes = [c_int]
-                lib.tf_force_portable.restype = None
+                lib.tf_force_portable.argtypes = lib.tf_force_avx2.argtypes = [c_int]
+                lib.tf_force_portable.restype = lib.tf_force_avx2.restype = None
+                lib.tf_has_avx512.restype = c_int
                 lib.tf_matmul.restype = lib.tf_dequant.restype = lib.tf_has_avx2.restype = lib.tf_quantize_act.restype = c_int
                 _lib_state.append(lib)
         state = _lib_state[0]
@@ -226,7 +227,9 @@ def kernels_available() -> tuple[bool, str]:
         lib = _lib()
     except (QuantError, OSError) as exc:
         return False, str(exc)
-    return True, "AVX2+FMA" if lib.tf_has_avx2() else "portable C (no AVX2)"
+    if not lib.tf_has_avx2():
+        return True, "portable C (no AVX2)"
+    return True, "AVX-512 VNNI tiles" if lib.tf_has_avx512() else "AVX2+FMA"
 
 
 def _threads() -> int:

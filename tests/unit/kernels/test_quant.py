@@ -192,3 +192,26 @@ def test_bad_shapes_are_typed_errors() -> None:
         QuantTensor(99, 2, 32, torch.zeros(2, 32, dtype=torch.uint8))
     with pytest.raises(QuantError, match="is not"):
         QuantTensor(quant.Q8_0, 2, 64, torch.zeros(2, 60, dtype=torch.uint8))
+
+
+@needs_kernels
+@pytest.mark.parametrize("kind", [k for k in TYPES if k not in (quant.F32, quant.F16)], ids=lambda k: quant.TYPE_NAMES[k])
+def test_avx512_tiles_equal_the_avx2_tiles_bit_for_bit(kind: int) -> None:
+    """The AVX-512 VNNI build of the tiles (32 registers, fused madds) is the AVX2 one's twin: the same integers
+    and fp32 operations, so the same bits, for one token (decode) and tiles of several (batch, verify)."""
+    lib = quant._lib()
+    if not lib.tf_has_avx2() or not lib.tf_has_avx512():
+        pytest.skip("this machine has no AVX-512 VNNI: only the AVX2 tiles run here")
+    weight = random_tensor(kind, 67, 512, seed=kind + 1)
+    layer = QuantLinear([weight])
+    x = _activations(17, 512, seed=kind + 1)
+    fast = [layer(x[:tokens]) for tokens in (1, 2, 8, 17)]
+    lib.tf_force_avx2(1)
+    try:
+        assert lib.tf_has_avx512() == 0
+        avx2 = [layer(x[:tokens]) for tokens in (1, 2, 8, 17)]
+    finally:
+        lib.tf_force_avx2(0)
+    for tokens, a, b in zip((1, 2, 8, 17), fast, avx2):
+        assert torch.equal(a, b), tokens
+    assert quant.kernels_available() == (True, "AVX-512 VNNI tiles")
