@@ -95,7 +95,10 @@ class _Block:
 class PrefixCache:
     """Token-id prefix → KV blocks, bounded in bytes, LRU, leaves evicted first. Engine thread only."""
 
-    def __init__(self, block_tokens: int = 32, max_bytes: int = 256 * 2**20) -> None:
+    def __init__(self, block_tokens: int = 32, max_bytes: int = 256 * 2**20, *, resident: bool = False) -> None:
+        """`resident`: zero the whole pool at the first commit (a process's one store: its memory is then what it
+        keeps from the first answers on); else its pages become resident as blocks fill them (many small stores,
+        e.g. the serial team engine's one per tenant, each bounded but mostly empty)."""
         if block_tokens <= 0:
             raise ValueError(f"block_tokens must be positive, got {block_tokens}")
         if max_bytes < 0:
@@ -109,6 +112,7 @@ class PrefixCache:
         self._num_bytes = 0
         self._next_block_id = 0
         self._block_bytes = 0  # bytes of one block, known after the first commit (same model throughout)
+        self._resident = resident
         # NOTE: blocks live in one pool of `max_bytes // block bytes` slots, allocated at the first commit:
         # a block per allocation churned the allocator (RSS crept +70 MB past the bound under a stream of
         # documents); a pool's pages are touched once and reused, so the bound holds for the process too.
@@ -241,12 +245,13 @@ class PrefixCache:
                 return None
             # NOTE: a normal tensor even when the first commit runs under torch.inference_mode (the batched
             # engine's step): an inference tensor could not be written by a later commit outside it (a cancel).
-            # Zeroed, so every page of the bound is resident from the first commit on, as an inference server's
-            # KV budget: the process's memory after its first answers is what it keeps. With torch.empty the
-            # pages were touched as the store filled, and bench.soak's RSS grew through its first 4-6 replays
+            # Resident: zeroed, so every page of the bound is resident from the first commit on, as an inference
+            # server's KV budget: the process's memory after its first answers is what it keeps. With torch.empty
+            # the pages were touched as the store filled, and bench.soak's RSS grew through its first 4-6 replays
             # of 10 (+14 %, the store 26 -> 64 MB; 2026-12-07).
             with torch.inference_mode(False):
-                self._pool = torch.zeros((num_slots, *block_kv.shape), dtype=stored, device=block_kv.device)
+                make = torch.zeros if self._resident else torch.empty
+                self._pool = make((num_slots, *block_kv.shape), dtype=stored, device=block_kv.device)
             self._kv_dtype = block_kv.dtype
             self._free_slots = list(range(num_slots - 1, -1, -1))
         return self._pool

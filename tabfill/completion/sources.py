@@ -48,7 +48,7 @@ def open_local(settings: Settings, progress: ProgressFn) -> TokenSource:
         quantize=None if settings.quantize == "none" else settings.quantize,
         lean=settings.lean_forward,
     )
-    store = PrefixCache(PREFIX_BLOCK_TOKENS, settings.prefix_cache_mb * 2**20) if settings.prefix_cache_mb else None
+    store = PrefixCache(PREFIX_BLOCK_TOKENS, settings.prefix_cache_mb * 2**20, resident=True) if settings.prefix_cache_mb else None
     engine = Engine(loaded.model, loaded.tokenizer, loaded.device, info, runner=runner, prefix_cache=store)
     engine.info = dataclasses.replace(info, warmup_ms=engine.warm_up())
     from tabfill.completion.heap import trim

@@ -181,7 +181,7 @@ def open_backend(args: argparse.Namespace) -> tuple[ModelCard, StepEngine, int]:
         else:
             from tabfill.completion.types import Prompt, StopRule
 
-            store = PrefixCache(PREFIX_BLOCK_TOKENS, store_bytes) if store_bytes else None
+            store = PrefixCache(PREFIX_BLOCK_TOKENS, store_bytes, resident=True) if store_bytes else None
             batched = BatchedEngine(
                 loaded, tokenizer, loaded.device, slots=args.slots, max_tokens=args.kv_tokens, prefix_cache=store,
                 prefill_budget_ms=args.prefill_step_ms or None,

@@ -1,4 +1,6 @@
 import random
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -316,3 +318,30 @@ def test_fp32_kv_is_kept_as_fp16_in_half_the_bytes_and_loaded_as_fp32() -> None:
     assert torch.equal(loaded, kv.half().float()) and not torch.equal(loaded, kv)
     torch.testing.assert_close(loaded, kv, rtol=2**-11, atol=1e-7)
     assert loaded[0, 0, 0, 0, 0].item() == 1.5
+
+
+RESIDENT_SCRIPT = """
+import sys
+import torch
+from tabfill.completion.prefix_cache import PrefixCache
+
+def rss_mb():
+    with open("/proc/self/status") as handle:
+        return next(int(line.split()[1]) for line in handle if line.startswith("VmRSS:")) / 1024
+
+store = PrefixCache(32, 64 * 2**20, resident=sys.argv[1] == "resident")
+kv = torch.ones(30, 2, 3, 32, 64)  # one block of SmolLM2-like fp32 KV (kept as fp16)
+before = rss_mb()
+store.commit(list(range(32)), 32, lambda start, end: kv)
+print(rss_mb() - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_a_resident_store_holds_its_whole_bound_from_the_first_commit_a_lazy_one_what_it_uses() -> None:
+    """tabfill serve's store (resident): its memory after the first answers is what it keeps; the serial team
+    engine's per-tenant stores (lazy): a tenant's mostly empty store costs only the blocks it holds."""
+    grown = {mode: float(subprocess.run([sys.executable, "-c", RESIDENT_SCRIPT, mode], capture_output=True, text=True,
+                                        check=True).stdout) for mode in ("resident", "lazy")}
+    assert grown["resident"] > 56, grown  # the 64 MiB pool, every page touched
+    assert grown["lazy"] < 16, grown  # one 360 KB block and its neighbours' pages
