@@ -203,22 +203,32 @@ def _lib() -> ctypes.CDLL:
                     "(`pip install -e .`), or in a checkout run `python setup.py build_ext --inplace`"
                 )
             else:
-                lib = ctypes.CDLL(str(path))
-                c_ptr, c_int, c_i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
-                lib.tf_matmul.argtypes = [ctypes.POINTER(_Part), c_int, c_int, c_ptr, c_int, c_ptr, c_i64, c_int]
-                lib.tf_dequant.argtypes = [c_int, c_ptr, c_i64, c_int, c_ptr, c_int, c_ptr, c_int]
-                lib.tf_quantize_act.argtypes = [c_ptr, c_int, c_int, c_int, c_ptr, c_ptr, c_ptr]
-                lib.tf_decode_rows.argtypes = [c_ptr, c_int, c_ptr, c_ptr, c_ptr, c_int, c_ptr, c_ptr, c_int]
-                lib.tf_decode_rows.restype = c_int
-                lib.tf_force_portable.argtypes = lib.tf_force_avx2.argtypes = [c_int]
-                lib.tf_force_portable.restype = lib.tf_force_avx2.restype = None
-                lib.tf_has_avx512.restype = c_int
-                lib.tf_matmul.restype = lib.tf_dequant.restype = lib.tf_has_avx2.restype = lib.tf_quantize_act.restype = c_int
-                _lib_state.append(lib)
+                try:
+                    _lib_state.append(_declare(ctypes.CDLL(str(path))))
+                except AttributeError as exc:  # NOTE: a checkout updated without rebuilding its extension
+                    _lib_state.append(
+                        f"the C kernels at {path} are older than this source ({exc}): rebuild them "
+                        "(`pip install -e .`, or in a checkout `python setup.py build_ext --inplace`)"
+                    )
         state = _lib_state[0]
     if isinstance(state, str):
         raise QuantError(state)
     return state
+
+
+def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+    """`lib` with its entry points' argument and result types set; AttributeError naming a missing one."""
+    c_ptr, c_int, c_i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
+    lib.tf_matmul.argtypes = [ctypes.POINTER(_Part), c_int, c_int, c_ptr, c_int, c_ptr, c_i64, c_int]
+    lib.tf_dequant.argtypes = [c_int, c_ptr, c_i64, c_int, c_ptr, c_int, c_ptr, c_int]
+    lib.tf_quantize_act.argtypes = [c_ptr, c_int, c_int, c_int, c_ptr, c_ptr, c_ptr]
+    lib.tf_decode_rows.argtypes = [c_ptr, c_int, c_ptr, c_ptr, c_ptr, c_int, c_ptr, c_ptr, c_int]
+    lib.tf_decode_rows.restype = c_int
+    lib.tf_force_portable.argtypes = lib.tf_force_avx2.argtypes = [c_int]
+    lib.tf_force_portable.restype = lib.tf_force_avx2.restype = None
+    lib.tf_has_avx512.restype = c_int
+    lib.tf_matmul.restype = lib.tf_dequant.restype = lib.tf_has_avx2.restype = lib.tf_quantize_act.restype = c_int
+    return lib
 
 
 def kernels_available() -> tuple[bool, str]:

@@ -5,6 +5,9 @@ the integer path's distance from the fp32 product bounded by the activations' ro
 
 from __future__ import annotations
 
+import ctypes.util
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -215,3 +218,16 @@ def test_avx512_tiles_equal_the_avx2_tiles_bit_for_bit(kind: int) -> None:
     for tokens, a, b in zip((1, 2, 8, 17), fast, avx2):
         assert torch.equal(a, b), tokens
     assert quant.kernels_available() == (True, "AVX-512 VNNI tiles")
+
+
+def test_kernels_built_from_older_source_are_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkout updated without rebuilding its extension: the library lacks an entry point this source calls.
+    That is a QuantError naming the file and saying to rebuild (GGUF models fall back to fp32), not a crash."""
+    libm = ctypes.util.find_library("m")
+    if libm is None:
+        pytest.skip("no libm to stand in for an old build")
+    monkeypatch.setattr(quant, "_lib_state", [])
+    monkeypatch.setattr(quant, "_library_path", lambda: Path(libm))
+    with pytest.raises(quant.QuantError, match="older than this source.*tf_matmul.*rebuild"):
+        quant._lib()
+    assert quant.kernels_available()[0] is False
