@@ -471,9 +471,6 @@ static int have_avx512(void) {
     return cached && !force_avx2;
 }
 
-void tf_force_avx2(int on) { force_avx2 = on; }
-int tf_has_avx512(void) { return have_avx512(); }
-
 static const tile_fn *tiles_for(int type) {
     int v = type == T_Q4_0 ? 0 : type == T_Q4_1 ? 1 : type == T_Q8_0 ? 2 : type == T_Q4_K ? 3 : type == T_Q6_K ? 4 : -1;
     if (v < 0) return NULL;
@@ -811,6 +808,11 @@ int tf_has_avx2(void) { return have_avx2(); }
 
 /* Tests: 1 runs the portable C path on an AVX2 machine too (what a machine without AVX2 computes). */
 void tf_force_portable(int on) { force_portable = on; }
+
+int tf_has_avx512(void) { return have_avx512(); }
+
+/* Tests: 1 runs the AVX2 tiles on a machine that has AVX-512 VNNI (they must give the same bits). */
+void tf_force_avx2(int on) { force_avx2 = on; }
 
 /* ---- one decode step of a Llama/Qwen2 decoder, whole, in C ------------------------------------------- */
 

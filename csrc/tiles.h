@@ -14,19 +14,10 @@ TILE_ATTR static ALWAYS_INLINE __m256i TV(block_dot)(__m256i acc, __m256i even, 
 #endif
 }
 
-/* The K-quants: y[t * ldy] = row . token t for T tokens. Each block's values times their sub-block's integer
- * scale in 16 bits (Q4_K: q * sc <= 945; Q6_K: |(q - 32) * sc| <= 4096), their madds summed in 32-bit lanes
- * over kquant_run blocks (the token's activations share one scale over the super-block), then one conversion
- * and one FMA per token into its fp32 sums, kacc[t]; Q4_K's mins times the blocks' activation sums. Every (row, token) sum
- * takes the same operations in the same order whatever T is. The fp32 sums stay in memory (KEEP_IN_MEMORY): in
- * registers they left too few for 8 tokens' integer sums and a block's weights, and the 8-token tile ran 1.2x
- * slower on Qwen2.5-Coder's Q4_K rows (/work/runs/kab.py, 2026-12-07). NOTE: cutting the rows' super-blocks in
- * chunks whose activations L1 holds (16 KB for 8 tokens; fp32 sums of 16 rows waiting between chunks) made its
- * ffn_down (8,960 values) 3-7 % faster and its 1,536-value rows 10-15 % slower: not kept. */
 /* One token (a decode step) through Q4_K: the same integer lanes, fp32 operations and order as ktile_dot at T = 1,
  * so the same bits, but each block's two madds are summed unscaled and then multiplied by its scale in 32 bits
  * (madd(q * sc, a) = sc * madd(q, a) exactly: no lane overflows, see kquant_run), and the fp32 sum stays in a
- * register. The one-token tile is bound by the vector integer multiplies (one pipe on Zen 3 and 4): 2 scale
+ * register. The one-token tile is bound by the vector integer multiplies (they behave as one pipe on Zen 4): 2 scale
  * multiplies + 2 madds a block became 2 madds + 1 multiply (32 rows of 1,536 values from L2, 1 thread: 1.31 ->
  * 1.16 ns a block; Qwen2.5-Coder-1.5B's decode step, 2 threads, medians of 5 alternating rounds: 41.2 -> 39.4
  * ms on the Zen 4 host, /work/runs/abstep.py, 2026-12-07). NOTE: the same for Q6_K (a 32-bit multiply per block
@@ -57,6 +48,15 @@ TILE_ATTR static ALWAYS_INLINE void TV(ktile1_q4k)(const uint8_t *row, const qac
     *y = hsum8(sum);
 }
 
+/* The K-quants: y[t * ldy] = row . token t for T tokens. Each block's values times their sub-block's integer
+ * scale in 16 bits (Q4_K: q * sc <= 945; Q6_K: |(q - 32) * sc| <= 4096), their madds summed in 32-bit lanes
+ * over kquant_run blocks (the token's activations share one scale over the super-block), then one conversion
+ * and one FMA per token into its fp32 sums, kacc[t]; Q4_K's mins times the blocks' activation sums. Every (row, token) sum
+ * takes the same operations in the same order whatever T is (one Q4_K token: ktile1_q4k, the same bits). The fp32 sums stay in memory (KEEP_IN_MEMORY): in
+ * registers they left too few for 8 tokens' integer sums and a block's weights, and the 8-token tile ran 1.2x
+ * slower on Qwen2.5-Coder's Q4_K rows (/work/runs/kab.py, 2026-12-07). NOTE: cutting the rows' super-blocks in
+ * chunks whose activations L1 holds (16 KB for 8 tokens; fp32 sums of 16 rows waiting between chunks) made its
+ * ffn_down (8,960 values) 3-7 % faster and its 1,536-value rows 10-15 % slower: not kept. */
 TILE_ATTR static ALWAYS_INLINE void TV(ktile_dot)(int type, int T, const uint8_t *row, const qact *act, int K, float *y, int64_t ldy) {
     if (T == 1 && type == T_Q4_K) {
         TV(ktile1_q4k)(row, act, K, y);
