@@ -20,8 +20,7 @@ TILE_ATTR static ALWAYS_INLINE __m256i TV(block_dot)(__m256i acc, __m256i even, 
  * register. The one-token tile is bound by the vector integer multiplies (they behave as one pipe on Zen 4): 2 scale
  * multiplies + 2 madds a block became 2 madds + 1 multiply (32 rows of 1,536 values from L2, 1 thread: 1.31 ->
  * 1.16 ns a block; Qwen2.5-Coder-1.5B's decode step, 2 threads, medians of 5 alternating rounds: 41.2 -> 39.4
- * ms on the Zen 4 host, /work/runs/abstep.py, 2026-12-07). NOTE: the same for Q6_K (a 32-bit multiply per block
- * for its 16-bit ones) was no faster: its unpacking dominates; it stays in ktile_dot. Summing each run exactly
+ * ms on the Zen 4 host, /work/runs/abstep.py, 2026-12-07). Q6_K alike: ktile1_q6k. NOTE: summing each run exactly
  * (as doubles) so that a one-token tile could scale a run's 8 block sums in one multiply after an hadd tree was
  * slower at one token (1.39 ns) and made the 8-token tile 15 % slower: not kept. */
 TILE_ATTR static ALWAYS_INLINE void TV(ktile1_q4k)(const uint8_t *row, const qact *act, int K, float *y) {
@@ -48,11 +47,41 @@ TILE_ATTR static ALWAYS_INLINE void TV(ktile1_q4k)(const uint8_t *row, const qac
     *y = hsum8(sum);
 }
 
+/* One token through Q6_K, as ktile1_q4k does for Q4_K: each block's two madds of (q - 32) and the activations
+ * summed unscaled, then times its two sub-block scales in 32 bits (lanes 0..3 scale 2i, lanes 4..7 scale 2i + 1,
+ * the lanes of ktile_dot's 16-bit products: the same integers), the half super-block's sum converted and added
+ * as ktile_dot does at T = 1, so the same bits. 4 multiplies a block became 3: 1.45 -> 1.23 ns a block with
+ * AVX-512 VNNI, 1.48 -> 1.36 with AVX2 (64 rows of 1,536 values from L2, 1 thread, /tmp/mb3, 2026-12-07). An
+ * earlier try of this, before the AVX-512 build and the Q4_K tile's change, measured no gain. */
+TILE_ATTR static ALWAYS_INLINE void TV(ktile1_q6k)(const uint8_t *row, const qact *act, int K, float *y) {
+    const __m256i low8 = _mm256_set1_epi16(0x00FF), off32 = _mm256_set1_epi16(32);
+    __m256 sum = _mm256_setzero_ps();
+    for (int sb = 0; sb < K / 256; sb++) {
+        const uint8_t *blk = row + (int64_t)sb * 210;
+        PREFETCH(blk, 210);
+        float d = h2f(blk + 208);
+        for (int half = 0; half < 2; half++) {
+            __m256i sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(blk + 192 + 8 * half)));
+            const uint8_t *ql = blk + 64 * half, *qh = blk + 128 + 32 * half;
+            __m256i isum = _mm256_setzero_si256();
+            for (int i = 0; i < 4; i++) {
+                __m256i q = q6k_unpack_one(ql, qh, i);
+                __m256i scale = _mm256_permutevar8x32_epi32(sc, _mm256_setr_epi32(2 * i, 2 * i, 2 * i, 2 * i, 2 * i + 1, 2 * i + 1, 2 * i + 1, 2 * i + 1));
+                __m256i u = TV(block_dot)(_mm256_setzero_si256(), _mm256_sub_epi16(_mm256_and_si256(q, low8), off32),
+                                          _mm256_sub_epi16(_mm256_srli_epi16(q, 8), off32), act, 0, 8 * sb + 4 * half + i);
+                isum = _mm256_add_epi32(isum, _mm256_mullo_epi32(u, scale));
+            }
+            sum = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(d * act[0].d[8 * sb]), sum);
+        }
+    }
+    *y = hsum8(sum);
+}
+
 /* The K-quants: y[t * ldy] = row . token t for T tokens. Each block's values times their sub-block's integer
  * scale in 16 bits (Q4_K: q * sc <= 945; Q6_K: |(q - 32) * sc| <= 4096), their madds summed in 32-bit lanes
  * over kquant_run blocks (the token's activations share one scale over the super-block), then one conversion
  * and one FMA per token into its fp32 sums, kacc[t]; Q4_K's mins times the blocks' activation sums. Every (row, token) sum
- * takes the same operations in the same order whatever T is (one Q4_K token: ktile1_q4k, the same bits). The fp32 sums stay in memory (KEEP_IN_MEMORY): in
+ * takes the same operations in the same order whatever T is (one token: ktile1_q4k and ktile1_q6k, the same bits). The fp32 sums stay in memory (KEEP_IN_MEMORY): in
  * registers they left too few for 8 tokens' integer sums and a block's weights, and the 8-token tile ran 1.2x
  * slower on Qwen2.5-Coder's Q4_K rows (/work/runs/kab.py, 2026-12-07). NOTE: cutting the rows' super-blocks in
  * chunks whose activations L1 holds (16 KB for 8 tokens; fp32 sums of 16 rows waiting between chunks) made its
@@ -60,6 +89,10 @@ TILE_ATTR static ALWAYS_INLINE void TV(ktile1_q4k)(const uint8_t *row, const qac
 TILE_ATTR static ALWAYS_INLINE void TV(ktile_dot)(int type, int T, const uint8_t *row, const qact *act, int K, float *y, int64_t ldy) {
     if (T == 1 && type == T_Q4_K) {
         TV(ktile1_q4k)(row, act, K, y);
+        return;
+    }
+    if (T == 1 && type == T_Q6_K) {
+        TV(ktile1_q6k)(row, act, K, y);
         return;
     }
     const __m256i low4 = _mm256_set1_epi16(0x000F), low8 = _mm256_set1_epi16(0x00FF);
