@@ -77,102 +77,125 @@ TILE_ATTR static ALWAYS_INLINE void TV(ktile1_q6k)(const uint8_t *row, const qac
     *y = hsum8(sum);
 }
 
-/* The K-quants: y[t * ldy] = row . token t for T tokens. Each block's values times their sub-block's integer
+/* The K-quants: y[t * ldy + r] = row r . token t for T tokens and NR rows (1, or 2 at rows row and row + rb:
+ * KPAIRS). Each block's values times their sub-block's integer
  * scale in 16 bits (Q4_K: q * sc <= 945; Q6_K: |(q - 32) * sc| <= 4096), their madds summed in 32-bit lanes
  * over kquant_run blocks (the token's activations share one scale over the super-block), then one conversion
- * and one FMA per token into its fp32 sums, kacc[t]; Q4_K's mins times the blocks' activation sums. Every (row, token) sum
- * takes the same operations in the same order whatever T is (one token: ktile1_q4k and ktile1_q6k, the same bits). The fp32 sums stay in memory (KEEP_IN_MEMORY): in
+ * and one FMA per token into its fp32 sums, kacc[r][t]; Q4_K's mins times the blocks' activation sums. Every (row,
+ * token) sum takes the same operations in the same order whatever T and NR are (one token: ktile1_q4k and
+ * ktile1_q6k, the same bits). The fp32 sums stay in memory (KEEP_IN_MEMORY): in
  * registers they left too few for 8 tokens' integer sums and a block's weights, and the 8-token tile ran 1.2x
  * slower on Qwen2.5-Coder's Q4_K rows (/work/runs/kab.py, 2026-12-07). NOTE: cutting the rows' super-blocks in
  * chunks whose activations L1 holds (16 KB for 8 tokens; fp32 sums of 16 rows waiting between chunks) made its
  * ffn_down (8,960 values) 3-7 % faster and its 1,536-value rows 10-15 % slower: not kept. */
-TILE_ATTR static ALWAYS_INLINE void TV(ktile_dot)(int type, int T, const uint8_t *row, const qact *act, int K, float *y, int64_t ldy) {
-    if (T == 1 && type == T_Q4_K) {
+TILE_ATTR static ALWAYS_INLINE void TV(ktile_dot)(int type, int T, int NR, const uint8_t *row, int64_t rb, const qact *act, int K, float *y, int64_t ldy) {
+    if (NR == 1 && T == 1 && type == T_Q4_K) {
         TV(ktile1_q4k)(row, act, K, y);
         return;
     }
-    if (T == 1 && type == T_Q6_K) {
+    if (NR == 1 && T == 1 && type == T_Q6_K) {
         TV(ktile1_q6k)(row, act, K, y);
         return;
     }
     const __m256i low4 = _mm256_set1_epi16(0x000F), low8 = _mm256_set1_epi16(0x00FF);
-    __m256i isum[MAX_TILE];
-    __m256 mn = _mm256_setzero_ps(); /* Q4_K: the super-block's mins */
-    float kacc[MAX_TILE][8] __attribute__((aligned(32)));
+    __m256i isum[2][MAX_TILE];
+    __m256 mn[2]; /* Q4_K: the super-block's mins */
+    float kacc[2][MAX_TILE][8] __attribute__((aligned(32)));
+    for (int r = 0; r < NR; r++) {
 #pragma GCC unroll 8
-    for (int t = 0; t < T; t++) {
-        isum[t] = _mm256_setzero_si256();
-        _mm256_store_ps(kacc[t], _mm256_setzero_ps());
+        for (int t = 0; t < T; t++) {
+            isum[r][t] = _mm256_setzero_si256();
+            _mm256_store_ps(kacc[r][t], _mm256_setzero_ps());
+        }
     }
+    /* block b of each row r (its weights: the expressions even, odd of r) times the T tokens: a token's
+     * activations are loaded once for both rows of a pair */
 #define KBLOCK(even, odd, b)                                                                                    \
     do {                                                                                                       \
         _Pragma("GCC unroll 8") for (int t = 0; t < T; t++) {                                                  \
-            isum[t] = TV(block_dot)(isum[t], even, odd, act, t, b);                                \
-            ONE_BLOCK_LIVE(isum[t]);                                                                            \
+            for (int r = 0; r < NR; r++) {                                                                     \
+                isum[r][t] = TV(block_dot)(isum[r][t], even, odd, act, t, b);                                   \
+                ONE_BLOCK_LIVE(isum[r][t]);                                                                     \
+            }                                                                                                  \
         }                                                                                                      \
     } while (0)
     /* the integer sums times the row's scale dw times each token's (several tokens: one vector product over
      * the group's scales, the same product lane by lane), plus Q4_K's mins (mn: 8 blocks' dmin * m) times the
      * blocks' activation sums (ds), in one update of the fp32 sums */
-#define KFLUSH(dw, b, mins)                                                                                     \
+#define KFLUSH(doff, b, mins)                                                                                   \
     do {                                                                                                       \
-        float scl[8] __attribute__((aligned(32)));                                                             \
-        if (T == 1) scl[0] = (dw) * act[0].d[b];                                                              \
-        else _mm256_store_ps(scl, _mm256_mul_ps(_mm256_set1_ps(dw), _mm256_loadu_ps(act[0].group_d + 8 * (b)))); \
-        _Pragma("GCC unroll 8") for (int t = 0; t < T; t++) {                                                  \
-            __m256 sum = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_broadcast_ss(&scl[t]), _mm256_load_ps(kacc[t])); \
-            if (mins) sum = _mm256_fnmadd_ps(mn, _mm256_loadu_ps(act[t].ds + (b)), sum);                        \
-            _mm256_store_ps(kacc[t], sum);                                                                    \
-            isum[t] = _mm256_setzero_si256();                                                                 \
+        for (int r = 0; r < NR; r++) {                                                                         \
+            float scl[8] __attribute__((aligned(32)));                                                         \
+            float dw = h2f(blk[r] + (doff));                                                                   \
+            if (T == 1) scl[0] = dw * act[0].d[b];                                                             \
+            else _mm256_store_ps(scl, _mm256_mul_ps(_mm256_set1_ps(dw), _mm256_loadu_ps(act[0].group_d + 8 * (b)))); \
+            _Pragma("GCC unroll 8") for (int t = 0; t < T; t++) {                                              \
+                __m256 sum = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r][t]), _mm256_broadcast_ss(&scl[t]), _mm256_load_ps(kacc[r][t])); \
+                if (mins) sum = _mm256_fnmadd_ps(mn[r], _mm256_loadu_ps(act[t].ds + (b)), sum);                 \
+                _mm256_store_ps(kacc[r][t], sum);                                                              \
+                isum[r][t] = _mm256_setzero_si256();                                                           \
+            }                                                                                                  \
         }                                                                                                      \
         KEEP_IN_MEMORY();                                                                                      \
     } while (0)
     if (type == T_Q4_K) {
         for (int sb = 0; sb < K / 256; sb++) {
-            const uint8_t *blk = row + (int64_t)sb * 144;
-            PREFETCH(blk, 144);
-            int16_t sc[8] __attribute__((aligned(16)));
-            k4_scales(blk, sc, &mn);
+            const uint8_t *blk[2];
+            int16_t sc[2][8] __attribute__((aligned(16)));
+            for (int r = 0; r < NR; r++) {
+                blk[r] = row + r * rb + (int64_t)sb * 144;
+                PREFETCH(blk[r], 144);
+                k4_scales(blk[r], sc[r], &mn[r]);
+            }
             /* 32 bytes: block 2p in the low nibbles, 2p + 1 in the high ones */
             for (int p = 0; p < 4; p++) {
-                __m256i raw = _mm256_loadu_si256((const __m256i *)(blk + 16 + 32 * p));
-                __m256i s0 = _mm256_set1_epi16(sc[2 * p]), s1 = _mm256_set1_epi16(sc[2 * p + 1]);
-                KBLOCK(_mm256_mullo_epi16(_mm256_and_si256(raw, low4), s0),
-                       _mm256_mullo_epi16(_mm256_and_si256(_mm256_srli_epi16(raw, 8), low4), s0), 8 * sb + 2 * p);
-                ONE_BLOCK_LIVE(raw);
-                KBLOCK(_mm256_mullo_epi16(_mm256_and_si256(_mm256_srli_epi16(raw, 4), low4), s1),
-                       _mm256_mullo_epi16(_mm256_srli_epi16(raw, 12), s1), 8 * sb + 2 * p + 1);
+                __m256i raw[2];
+                for (int r = 0; r < NR; r++) raw[r] = _mm256_loadu_si256((const __m256i *)(blk[r] + 16 + 32 * p));
+                KBLOCK(_mm256_mullo_epi16(_mm256_and_si256(raw[r], low4), _mm256_set1_epi16(sc[r][2 * p])),
+                       _mm256_mullo_epi16(_mm256_and_si256(_mm256_srli_epi16(raw[r], 8), low4), _mm256_set1_epi16(sc[r][2 * p])), 8 * sb + 2 * p);
+                for (int r = 0; r < NR; r++) ONE_BLOCK_LIVE(raw[r]);
+                KBLOCK(_mm256_mullo_epi16(_mm256_and_si256(_mm256_srli_epi16(raw[r], 4), low4), _mm256_set1_epi16(sc[r][2 * p + 1])),
+                       _mm256_mullo_epi16(_mm256_srli_epi16(raw[r], 12), _mm256_set1_epi16(sc[r][2 * p + 1])), 8 * sb + 2 * p + 1);
             }
-            KFLUSH(h2f(blk), 8 * sb, 1); /* value = d * sc * q - dmin * m */
+            KFLUSH(0, 8 * sb, 1); /* value = d * sc * q - dmin * m */
         }
     } else {
         /* lanes 0..7 of E and O hold values 0..15 of the block, lanes 8..15 values 16..31: each 16 with its scale */
         const __m256i off32 = _mm256_set1_epi16(32);
         for (int sb = 0; sb < K / 256; sb++) {
-            const uint8_t *blk = row + (int64_t)sb * 210;
-            PREFETCH(blk, 210);
-            float d = h2f(blk + 208);
+            const uint8_t *blk[2];
+            for (int r = 0; r < NR; r++) {
+                blk[r] = row + r * rb + (int64_t)sb * 210;
+                PREFETCH(blk[r], 210);
+            }
             for (int half = 0; half < 2; half++) {
-                __m128i sc8 = _mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *)(blk + 192 + 8 * half)));
-                /* dword k: scale k twice */
-                __m256i pairs = _mm256_set_m128i(_mm_unpackhi_epi16(sc8, sc8), _mm_unpacklo_epi16(sc8, sc8));
-                const uint8_t *ql = blk + 64 * half, *qh = blk + 128 + 32 * half;
-                for (int i = 0; i < 4; i++) {
-                    __m256i q = q6k_unpack_one(ql, qh, i);
-                    __m256i scale = _mm256_permutevar8x32_epi32(pairs, _mm256_setr_epi32(2 * i, 2 * i, 2 * i, 2 * i, 2 * i + 1, 2 * i + 1, 2 * i + 1, 2 * i + 1));
-                    __m256i even = _mm256_mullo_epi16(_mm256_sub_epi16(_mm256_and_si256(q, low8), off32), scale);
-                    __m256i odd = _mm256_mullo_epi16(_mm256_sub_epi16(_mm256_srli_epi16(q, 8), off32), scale);
-                    KBLOCK(even, odd, 8 * sb + 4 * half + i);
-                    ONE_BLOCK_LIVE(pairs);
+                __m256i pairs[2];
+                for (int r = 0; r < NR; r++) {
+                    __m128i sc8 = _mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *)(blk[r] + 192 + 8 * half)));
+                    /* dword k: scale k twice */
+                    pairs[r] = _mm256_set_m128i(_mm_unpackhi_epi16(sc8, sc8), _mm_unpacklo_epi16(sc8, sc8));
                 }
-                KFLUSH(d, 8 * sb, 0);
+                for (int i = 0; i < 4; i++) {
+                    __m256i even[2], odd[2];
+                    for (int r = 0; r < NR; r++) {
+                        __m256i q = q6k_unpack_one(blk[r] + 64 * half, blk[r] + 128 + 32 * half, i);
+                        __m256i scale = _mm256_permutevar8x32_epi32(pairs[r], _mm256_setr_epi32(2 * i, 2 * i, 2 * i, 2 * i, 2 * i + 1, 2 * i + 1, 2 * i + 1, 2 * i + 1));
+                        even[r] = _mm256_mullo_epi16(_mm256_sub_epi16(_mm256_and_si256(q, low8), off32), scale);
+                        odd[r] = _mm256_mullo_epi16(_mm256_sub_epi16(_mm256_srli_epi16(q, 8), off32), scale);
+                    }
+                    KBLOCK(even[r], odd[r], 8 * sb + 4 * half + i);
+                    for (int r = 0; r < NR; r++) ONE_BLOCK_LIVE(pairs[r]);
+                }
+                KFLUSH(208, 8 * sb, 0);
             }
         }
     }
 #undef KBLOCK
 #undef KFLUSH
+    for (int r = 0; r < NR; r++) {
 #pragma GCC unroll 8
-    for (int t = 0; t < T; t++) y[t * ldy] = hsum8(_mm256_load_ps(kacc[t]));
+        for (int t = 0; t < T; t++) y[t * ldy + r] = hsum8(_mm256_load_ps(kacc[r][t]));
+    }
 }
 
 /* The 32-value types (Q4_0, Q4_1, Q8_0): y[t * ldy] = row . token t for T tokens. Each block's weights are
@@ -245,9 +268,19 @@ TILE_ATTR static ALWAYS_INLINE void TV(tile_dot)(int type, int T, const uint8_t 
     }
 #define TILES(TYPE) TILE(TYPE, 1) TILE(TYPE, 2) TILE(TYPE, 3) TILE(TYPE, 4) TILE(TYPE, 5) TILE(TYPE, 6) TILE(TYPE, 7) TILE(TYPE, 8)
 TILES(Q4_0) TILES(Q4_1) TILES(Q8_0)
+/* K-quant rows in pairs, for 8 tokens whose activations L1 cannot hold (8 x K x 2 bytes > 32 KiB, K > 2,048:
+ * Qwen2.5-Coder's ffn_down of 8,960 values), where AVX-512's 32 registers hold both rows' sums: each activation
+ * vector read from L2 serves two rows. ns per block and token, 32 rows from L2, 1 thread, one row / pairs
+ * (/tmp/mb3, 2026-12-07): Q4_K at 8,960 values 0.68 / 0.47, at 2,560 0.67 / 0.48, at 2,048 0.56 / 0.55, at
+ * 1,536 0.47 / 0.50; Q6_K at 8,960 0.64 / 0.59, at 1,536 0.50 / 0.58. Each (row, token) sum is computed as a
+ * single row's, so the same bits. */
+#define KPAIRS(T, K) (TILE_VNNI && (T) == MAX_TILE && (K) > 2048)
 #define KTILE(TYPE, T)                                                                                                 \
     TILE_ATTR static void TV(tile_##TYPE##_##T)(const uint8_t *rows, int64_t row_bytes, int n, const qact *act, int K, float *y, int64_t ldy) { \
-        for (int r = 0; r < n; r++) TV(ktile_dot)(T_##TYPE, T, rows + r * row_bytes, act, K, y + r, ldy);               \
+        int r = 0;                                                                                                     \
+        if (KPAIRS(T, K))                                                                                              \
+            for (; r + 1 < n; r += 2) TV(ktile_dot)(T_##TYPE, T, 2, rows + r * row_bytes, row_bytes, act, K, y + r, ldy); \
+        for (; r < n; r++) TV(ktile_dot)(T_##TYPE, T, 1, rows + r * row_bytes, row_bytes, act, K, y + r, ldy);         \
     }
 #define KTILES(TYPE) KTILE(TYPE, 1) KTILE(TYPE, 2) KTILE(TYPE, 3) KTILE(TYPE, 4) KTILE(TYPE, 5) KTILE(TYPE, 6) KTILE(TYPE, 7) KTILE(TYPE, 8)
 KTILES(Q4_K) KTILES(Q6_K)
@@ -259,4 +292,5 @@ static const tile_fn TV(tile_table)[5][MAX_TILE] = {TILE_TABLE(Q4_0), TILE_TABLE
 #undef TILES
 #undef KTILE
 #undef KTILES
+#undef KPAIRS
 #undef TILE_TABLE

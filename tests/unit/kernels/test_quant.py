@@ -160,14 +160,16 @@ def test_fused_parts_of_mixed_types_with_bias(kernel_path: object, tokens: int, 
     torch.testing.assert_close(QuantLinear(parts, bias)(x), expected, rtol=1e-4, atol=1e-5 * expected.abs().max().item())
 
 
+@pytest.mark.parametrize("cols", [512, 2304], ids=["short-rows", "rows-in-pairs"])
 @pytest.mark.parametrize("kind", [k for k in TYPES if k not in (quant.F32, quant.F16)], ids=lambda k: quant.TYPE_NAMES[k])
-def test_a_tokens_product_does_not_depend_on_the_others_in_the_call(kernel_path: object, kind: int) -> None:
+def test_a_tokens_product_does_not_depend_on_the_others_in_the_call(kernel_path: object, kind: int, cols: int) -> None:
     """A row of a batch (decode rows of many editors) gets bit for bit what it gets alone, whatever tile
     shape the kernels take for 1, 2, 3, 4, 7 or 8 tokens, and in the later tiles of 9 and 17 (a second group
-    of 8, a tile of one)."""
-    weight = random_tensor(kind, 67, 512, seed=kind)
+    of 8, a tile of one). Rows of more than 2,048 values go through the 8-token K-quant tiles in pairs where
+    AVX-512 runs (67 rows: 33 pairs and one alone)."""
+    weight = random_tensor(kind, 67, cols, seed=kind)
     layer = QuantLinear([weight])
-    x = _activations(17, 512, seed=kind)
+    x = _activations(17, cols, seed=kind)
     alone = torch.cat([layer(x[i : i + 1]) for i in range(17)])
     for tokens in (2, 3, 4, 7, 8, 9, 17):
         assert torch.equal(layer(x[:tokens]), alone[:tokens]), tokens
@@ -198,16 +200,18 @@ def test_bad_shapes_are_typed_errors() -> None:
 
 
 @needs_kernels
+@pytest.mark.parametrize("cols", [512, 2304], ids=["short-rows", "rows-in-pairs"])
 @pytest.mark.parametrize("kind", [k for k in TYPES if k not in (quant.F32, quant.F16)], ids=lambda k: quant.TYPE_NAMES[k])
-def test_avx512_tiles_equal_the_avx2_tiles_bit_for_bit(kind: int) -> None:
-    """The AVX-512 VNNI build of the tiles (32 registers, fused madds) is the AVX2 one's twin: the same integers
-    and fp32 operations, so the same bits, for one token (decode) and tiles of several (batch, verify)."""
+def test_avx512_tiles_equal_the_avx2_tiles_bit_for_bit(kind: int, cols: int) -> None:
+    """The AVX-512 VNNI build of the tiles (32 registers, fused madds, K-quant rows of more than 2,048 values
+    in pairs at 8 tokens) is the AVX2 one's twin: the same integers and fp32 operations, so the same bits, for
+    one token (decode) and tiles of several (batch, verify, prefill)."""
     lib = quant._lib()
     if not lib.tf_has_avx2() or not lib.tf_has_avx512():
         pytest.skip("this machine has no AVX-512 VNNI: only the AVX2 tiles run here")
-    weight = random_tensor(kind, 67, 512, seed=kind + 1)
+    weight = random_tensor(kind, 67, cols, seed=kind + 1)
     layer = QuantLinear([weight])
-    x = _activations(17, 512, seed=kind + 1)
+    x = _activations(17, cols, seed=kind + 1)
     fast = [layer(x[:tokens]) for tokens in (1, 2, 8, 17)]
     lib.tf_force_avx2(1)
     try:
