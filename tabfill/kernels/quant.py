@@ -326,14 +326,14 @@ class QuantLinear:
         cols = self.in_features
         tile_rows = max(64, TILE_BYTES // (4 * cols))
         if self.out_features <= tile_rows:
-            weight = torch.empty(self.out_features, cols)
+            weight = _scratch(self.out_features, cols)
             offset = 0
             for part in self.parts:
                 _dequantize_into(part, 0, part.rows, weight[offset : offset + part.rows])
                 offset += part.rows
             return torch.mm(x, weight.t())
         out = torch.empty(x.shape[0], self.out_features)
-        tile = torch.empty(tile_rows, cols)
+        tile = _scratch(tile_rows, cols)
         offset = 0
         for part in self.parts:
             for start in range(0, part.rows, tile_rows):
@@ -343,6 +343,22 @@ class QuantLinear:
                 out[:, offset + start : offset + stop] = torch.mm(x, rows.t())
             offset += part.rows
         return out
+
+
+_scratch_local = threading.local()
+
+
+def _scratch(rows: int, cols: int) -> Tensor:
+    """An fp32 [rows, cols] view of this thread's buffer for dequantized weight tiles, kept between calls.
+    NOTE: a fresh tensor per call (up to 7 MB on SmolLM2) went to and from the allocator for every matrix of a
+    prefill chunk; where large blocks are mapped each time (tabfill.completion.heap sets glibc's threshold),
+    that cost page faults, and where they came from the heap they left it fragmented."""
+    need = rows * cols
+    buffer: Tensor | None = getattr(_scratch_local, "buffer", None)
+    if buffer is None or buffer.numel() < need:
+        buffer = torch.empty(max(need, TILE_BYTES // 4))
+        _scratch_local.buffer = buffer
+    return buffer[:need].view(rows, cols)
 
 
 class _Linear(ctypes.Structure):
