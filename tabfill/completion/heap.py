@@ -5,6 +5,11 @@ own mapping); memory freed below live blocks stays in the process. Loading the m
 it keeps (the tokenizer's and the GGUF header's temporary objects, the warm-up's activations): a trim after
 it gives back what glibc would otherwise hold on to for the life of the server. Each trim is timed; `describe`
 reports them for the status requests.
+
+Large blocks get mappings of their own (`map_large_blocks`, set by every tabfill command): glibc's default
+threshold for that starts at 128 KB and rises to the size of each large block freed, so after the first prefill
+the activations, logits of draft checks and the kernels' quantized activations (0.2-2.5 MB each) came from the
+heap and left holes in it that only a trim gave back.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import ctypes
 import ctypes.util
 import functools
 import logging
+import os
 import threading
 import time
 
@@ -27,6 +33,28 @@ def _libc() -> ctypes.CDLL | None:
     except OSError:
         return None
     return libc if libc is not None and hasattr(libc, "malloc_trim") else None
+
+
+M_MMAP_THRESHOLD = -3  # mallopt's parameter number (glibc malloc.h)
+# Blocks of 2 MiB and more are mapped on their own and unmapped when freed (a mapping costs a page fault per
+# 4 KiB touched: SmolLM2's 9-row draft-check logits, 1.8 MB, stay below it).
+# NOTE: bench.soak, 10,000 requests, one run each (2026-12-07): RSS after the 10 replays 526-541 MB with glibc's
+# default (growth at the end 2.32 %, largest after a replay 2.91 %); with the threshold fixed at 1 MiB 512-523 MB
+# (0.18 %, 2.27 %), at 256 KiB 508-519 MB, at 4 MiB 507-520 MB: the ~10 MB that still moves is not large blocks.
+MMAP_THRESHOLD = 2 << 20
+
+
+def map_large_blocks(threshold: int = MMAP_THRESHOLD) -> bool:
+    """Serve blocks of `threshold` bytes or more from mappings of their own, given back to the system as soon as
+    they are freed (glibc's M_MMAP_THRESHOLD; setting it also stops glibc from raising it). False where the C
+    library has no mallopt, or when the environment already sets the threshold (MALLOC_MMAP_THRESHOLD_ or
+    GLIBC_TUNABLES): the user's choice wins."""
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or "mmap_threshold" in os.environ.get("GLIBC_TUNABLES", ""):
+        return False
+    libc = _libc()
+    if libc is None or not hasattr(libc, "mallopt"):
+        return False
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, threshold))
 
 
 _lock = threading.Lock()
