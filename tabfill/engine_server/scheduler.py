@@ -9,6 +9,9 @@ Warm-ups (`submit_warm`): a prompt expected soon, prefilled (one token generated
 tenant's prefix store when the keystroke comes. They are the lowest class: started only when no keystroke
 request waits, at most WARM_SLOTS at once, taken off the engine when a keystroke request needs their slot,
 replaced by a newer warm-up of their document and dropped by any request of it; never answered.
+
+Freed heap memory goes back to the system as in `tabfill serve`'s worker (tabfill.completion.worker): a trim
+after IDLE_TRIM_S idle following some work, and between two steps every BUSY_TRIM_S of work without a pause.
 """
 
 from __future__ import annotations
@@ -24,12 +27,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from tabfill.completion import heap
+from tabfill.completion.worker import BUSY_TRIM_S, IDLE_TRIM_S
 from tabfill.engine_server.batch_api import BackendUnavailable, BatchEvent, BatchRequest
 
 log = logging.getLogger(__name__)
 
 WARM_SLOTS = 2  # warm-ups prefilling at once (the engine prefills one chunk per step anyway)
 WARM_PRIORITY_S = 3600.0  # a warm-up's priority: after every keystroke request in the engine's own order
+IDLE = "idle"  # _take_work: nothing to do for IDLE_TRIM_S after some work
 
 
 class StepEngine(Protocol):
@@ -213,11 +219,13 @@ class Scheduler:
             }
 
     # ------------------------------------------------------------------ the scheduler thread
-    def _take_work(self) -> tuple[list[str], list[Job], list[Job]] | None:
-        """(engine cancels, jobs to add, warm-ups taken off for a keystroke request), or None once closed."""
+    def _take_work(self, idle_after: float | None = None) -> tuple[list[str], list[Job], list[Job]] | str | None:
+        """(engine cancels, jobs to add, warm-ups taken off for a keystroke request); IDLE when there was none
+        for `idle_after` seconds; None once closed."""
         with self._cond:
             while not self._closed and not self._queued and not self._running and not self._to_cancel and not self._warms:
-                self._cond.wait()
+                if not self._cond.wait(idle_after) and idle_after is not None:
+                    return IDLE
             if self._closed:
                 return None
             preempted: list[Job] = []
@@ -251,10 +259,21 @@ class Scheduler:
             self.waits["admitWaitMs"] += round((job.admitted - job.submitted) * 1000)
 
     def _run(self) -> None:
+        worked = False  # a step ran since the last trim
+        trimmed = time.monotonic()
         while True:
-            work = self._take_work()
+            if worked and time.monotonic() - trimmed >= BUSY_TRIM_S:
+                heap.trim()
+                trimmed = time.monotonic()
+            work = self._take_work(IDLE_TRIM_S if worked else None)
             if work is None:
                 return
+            if work == IDLE:  # outside the lock: a request submitted meanwhile waits only for the trim
+                heap.trim()
+                worked, trimmed = False, time.monotonic()
+                continue
+            assert not isinstance(work, str)
+            worked = True
             cancels, admitted, preempted = work
             for job in preempted:
                 job.sink(job, final_event(job, "cancelled"))

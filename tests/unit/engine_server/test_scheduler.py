@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from tabfill.completion import heap
 from tabfill.completion.types import Prompt, StopRule
 from tabfill.engine_server.batch_api import BatchEvent, BatchRequest
 from tabfill.engine_server.scheduler import Busy, Job, Scheduler
@@ -196,5 +197,30 @@ def test_a_keystroke_superseding_an_unanswered_one_keeps_its_document_s_place() 
         assert answered.request.priority == 40.0  # a2 was answered: nothing to inherit
         outcomes = scheduler.describe()["outcomes"]
         assert outcomes == {"supersededWithoutTokens": 1, "length": 3}
+    finally:
+        scheduler.close()
+
+
+def test_the_scheduler_gives_freed_heap_back_when_idle_and_between_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As `tabfill serve`'s worker: a trim after IDLE_TRIM_S idle following work (never while idle from the
+    start, never twice for one idle spell), and every BUSY_TRIM_S of steps without a pause."""
+    import tabfill.engine_server.scheduler as scheduler_module
+
+    trims: list[str] = []
+    monkeypatch.setattr(scheduler_module, "IDLE_TRIM_S", 0.05)
+    monkeypatch.setattr(scheduler_module, "BUSY_TRIM_S", 0.05)
+    monkeypatch.setattr(heap, "trim", lambda: trims.append("trim") or True)
+    engine, recorder = FakeEngine(step_delay_s=0.01), Recorder()
+    scheduler = Scheduler(engine, slots=1)
+    scheduler.start()
+    try:
+        time.sleep(0.2)
+        assert trims == []  # no work yet: nothing to give back
+        scheduler.submit(job("long", recorder, new_tokens=30))  # ~0.3 s of steps without a pause
+        assert recorder.finish("long") == "length"
+        busy = len(trims)
+        assert busy >= 2  # between steps, the work never paused
+        time.sleep(0.3)
+        assert len(trims) == busy + 1  # once after the work, not again while idle
     finally:
         scheduler.close()
