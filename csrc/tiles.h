@@ -17,8 +17,9 @@ TILE_ATTR static ALWAYS_INLINE __m256i TV(block_dot)(__m256i acc, __m256i even, 
 /* One token (a decode step) through Q4_K: the same integer lanes, fp32 operations and order as ktile_dot at T = 1,
  * so the same bits, but each block's two madds are summed unscaled and then multiplied by its scale in 32 bits
  * (madd(q * sc, a) = sc * madd(q, a) exactly: no lane overflows, see kquant_run), and the fp32 sum stays in a
- * register. The one-token tile is bound by the vector integer multiplies (they behave as one pipe on Zen 4): 2 scale
- * multiplies + 2 madds a block became 2 madds + 1 multiply (32 rows of 1,536 values from L2, 1 thread: 1.31 ->
+ * register: 2 scale multiplies + 2 madds a block became 2 madds + 1 multiply. (An earlier note guessed the vector
+ * integer multiplies share one pipe on Zen 4; a register-only loop there runs two vpdpwssd a cycle, so the tile
+ * is bound by its ~10 operations a block as a whole.) (32 rows of 1,536 values from L2, 1 thread: 1.31 ->
  * 1.16 ns a block; Qwen2.5-Coder-1.5B's decode step, 2 threads, medians of 5 alternating rounds: 41.2 -> 39.4
  * ms on the Zen 4 host, /work/runs/abstep.py, 2026-12-07). Q6_K alike: ktile1_q6k. NOTE: summing each run exactly
  * (as doubles) so that a one-token tile could scale a run's 8 block sums in one multiply after an hadd tree was
