@@ -7,9 +7,9 @@ it gives back what glibc would otherwise hold on to for the life of the server. 
 reports them for the status requests.
 
 Large blocks get mappings of their own (`map_large_blocks`, set by every tabfill command): glibc's default
-threshold for that starts at 128 KB and rises to the size of each large block freed, so after the first prefill
-the activations, logits of draft checks and the kernels' quantized activations (0.2-2.5 MB each) came from the
-heap and left holes in it that only a trim gave back.
+threshold for that starts at 128 KB and rises to the size of each large block freed (up to 32 MB), so once a
+prefill had freed a block of several MB every later block below that size came from the heap and could leave
+holes in it that only a trim gave back. Fixed at 2 MiB, blocks from 2 MiB up are unmapped as soon as freed.
 """
 
 from __future__ import annotations
