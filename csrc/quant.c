@@ -388,6 +388,12 @@ AVX2 static inline __m256i q6k_unpack_one(const uint8_t *ql, const uint8_t *qh, 
     return _mm256_or_si256(_mm256_and_si256(l, _mm256_set1_epi8(0x0F)), _mm256_and_si256(h, _mm256_set1_epi8(0x30)));
 }
 
+/* Q6_K: block i's two sub-block scales spread over the lanes of its products (lanes 0..3: dword 2i of `scales`,
+ * lanes 4..7: dword 2i + 1), for scales held one per dword (as int32, or as an int16 pair) */
+AVX2 static inline __m256i q6k_block_scales(__m256i scales, int i) {
+    return _mm256_permutevar8x32_epi32(scales, _mm256_setr_epi32(2 * i, 2 * i, 2 * i, 2 * i, 2 * i + 1, 2 * i + 1, 2 * i + 1, 2 * i + 1));
+}
+
 /* ---- tiles: rows times up to 8 tokens of split 16-bit activations -------------------------------- */
 
 /* The AVX2 kernels take each token's activation block of 32 values split (quantize_act_avx2): its 16

@@ -14,8 +14,8 @@ TILE_ATTR static ALWAYS_INLINE __m256i TV(block_dot)(__m256i acc, __m256i even, 
 #endif
 }
 
-/* One token (a decode step) through Q4_K: the same integer lanes, fp32 operations and order as ktile_dot at T = 1,
- * so the same bits, but each block's two madds are summed unscaled and then multiplied by its scale in 32 bits
+/* One token (a decode step) through Q4_K: the same integer lanes, fp32 operations and order as ktile_dot gives
+ * each token of a tile, so the same bits, but each block's two madds are summed unscaled and then multiplied by its scale in 32 bits
  * (madd(q * sc, a) = sc * madd(q, a) exactly: no lane overflows, see kquant_run), and the fp32 sum stays in a
  * register: 2 scale multiplies + 2 madds a block became 2 madds + 1 multiply. (An earlier note guessed the vector
  * integer multiplies share one pipe on Zen 4; a register-only loop there runs two vpdpwssd a cycle, so the tile
@@ -51,7 +51,7 @@ TILE_ATTR static ALWAYS_INLINE void TV(ktile1_q4k)(const uint8_t *row, const qac
 /* One token through Q6_K, as ktile1_q4k does for Q4_K: each block's two madds of (q - 32) and the activations
  * summed unscaled, then times its two sub-block scales in 32 bits (lanes 0..3 scale 2i, lanes 4..7 scale 2i + 1,
  * the lanes of ktile_dot's 16-bit products: the same integers), the half super-block's sum converted and added
- * as ktile_dot does at T = 1, so the same bits. 4 multiplies a block became 3: 1.45 -> 1.23 ns a block with
+ * as ktile_dot does for each token of a tile, so the same bits. 4 multiplies a block became 3: 1.45 -> 1.23 ns a block with
  * AVX-512 VNNI, 1.48 -> 1.36 with AVX2 (64 rows of 1,536 values from L2, 1 thread, /tmp/mb3, 2026-12-07). An
  * earlier try of this, before the AVX-512 build and the Q4_K tile's change, measured no gain. */
 TILE_ATTR static ALWAYS_INLINE void TV(ktile1_q6k)(const uint8_t *row, const qact *act, int K, float *y) {
@@ -67,7 +67,7 @@ TILE_ATTR static ALWAYS_INLINE void TV(ktile1_q6k)(const uint8_t *row, const qac
             __m256i isum = _mm256_setzero_si256();
             for (int i = 0; i < 4; i++) {
                 __m256i q = q6k_unpack_one(ql, qh, i);
-                __m256i scale = _mm256_permutevar8x32_epi32(sc, _mm256_setr_epi32(2 * i, 2 * i, 2 * i, 2 * i, 2 * i + 1, 2 * i + 1, 2 * i + 1, 2 * i + 1));
+                __m256i scale = q6k_block_scales(sc, i);
                 __m256i u = TV(block_dot)(_mm256_setzero_si256(), _mm256_sub_epi16(_mm256_and_si256(q, low8), off32),
                                           _mm256_sub_epi16(_mm256_srli_epi16(q, 8), off32), act, 0, 8 * sb + 4 * half + i);
                 isum = _mm256_add_epi32(isum, _mm256_mullo_epi32(u, scale));
@@ -90,12 +90,9 @@ TILE_ATTR static ALWAYS_INLINE void TV(ktile1_q6k)(const uint8_t *row, const qac
  * chunks whose activations L1 holds (16 KB for 8 tokens; fp32 sums of 16 rows waiting between chunks) made its
  * ffn_down (8,960 values) 3-7 % faster and its 1,536-value rows 10-15 % slower: not kept. */
 TILE_ATTR static ALWAYS_INLINE void TV(ktile_dot)(int type, int T, int NR, const uint8_t *row, int64_t rb, const qact *act, int K, float *y, int64_t ldy) {
-    if (NR == 1 && T == 1 && type == T_Q4_K) {
-        TV(ktile1_q4k)(row, act, K, y);
-        return;
-    }
-    if (NR == 1 && T == 1 && type == T_Q6_K) {
-        TV(ktile1_q6k)(row, act, K, y);
+    if (T == 1) { /* never in pairs (KPAIRS) */
+        if (type == T_Q4_K) TV(ktile1_q4k)(row, act, K, y);
+        else TV(ktile1_q6k)(row, act, K, y);
         return;
     }
     const __m256i low4 = _mm256_set1_epi16(0x000F), low8 = _mm256_set1_epi16(0x00FF);
@@ -120,16 +117,15 @@ TILE_ATTR static ALWAYS_INLINE void TV(ktile_dot)(int type, int T, int NR, const
             }                                                                                                  \
         }                                                                                                      \
     } while (0)
-    /* the integer sums times the row's scale dw times each token's (several tokens: one vector product over
-     * the group's scales, the same product lane by lane), plus Q4_K's mins (mn: 8 blocks' dmin * m) times the
+    /* the integer sums times the row's scale dw times each token's (one vector product over the group's scales,
+     * lane t the product dw * act[t].d[b] that the one-token tiles take), plus Q4_K's mins (mn: 8 blocks' dmin * m) times the
      * blocks' activation sums (ds), in one update of the fp32 sums */
 #define KFLUSH(doff, b, mins)                                                                                   \
     do {                                                                                                       \
         for (int r = 0; r < NR; r++) {                                                                         \
             float scl[8] __attribute__((aligned(32)));                                                         \
             float dw = h2f(blk[r] + (doff));                                                                   \
-            if (T == 1) scl[0] = dw * act[0].d[b];                                                             \
-            else _mm256_store_ps(scl, _mm256_mul_ps(_mm256_set1_ps(dw), _mm256_loadu_ps(act[0].group_d + 8 * (b)))); \
+            _mm256_store_ps(scl, _mm256_mul_ps(_mm256_set1_ps(dw), _mm256_loadu_ps(act[0].group_d + 8 * (b))));   \
             _Pragma("GCC unroll 8") for (int t = 0; t < T; t++) {                                              \
                 __m256 sum = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r][t]), _mm256_broadcast_ss(&scl[t]), _mm256_load_ps(kacc[r][t])); \
                 if (mins) sum = _mm256_fnmadd_ps(mn[r], _mm256_loadu_ps(act[t].ds + (b)), sum);                 \
@@ -180,7 +176,7 @@ TILE_ATTR static ALWAYS_INLINE void TV(ktile_dot)(int type, int T, int NR, const
                     __m256i even[2], odd[2];
                     for (int r = 0; r < NR; r++) {
                         __m256i q = q6k_unpack_one(blk[r] + 64 * half, blk[r] + 128 + 32 * half, i);
-                        __m256i scale = _mm256_permutevar8x32_epi32(pairs[r], _mm256_setr_epi32(2 * i, 2 * i, 2 * i, 2 * i, 2 * i + 1, 2 * i + 1, 2 * i + 1, 2 * i + 1));
+                        __m256i scale = q6k_block_scales(pairs[r], i);
                         even[r] = _mm256_mullo_epi16(_mm256_sub_epi16(_mm256_and_si256(q, low8), off32), scale);
                         odd[r] = _mm256_mullo_epi16(_mm256_sub_epi16(_mm256_srli_epi16(q, 8), off32), scale);
                     }
