@@ -1,15 +1,28 @@
-"""The garbage collector's pauses in a serving process: measured, and kept short by freezing what loading made.
+"""The pauses other threads put into a serving process's event loop: the garbage collector's, measured and kept
+short by freezing what loading made, and the GIL's hand-overs, kept short by a shorter switch interval.
 
 A collection of Python's oldest generation walks every tracked object and holds the GIL meanwhile, so it
 stops every thread: the event loop, the engine thread, the team engine's scheduler. After loading the
 default model, `tabfill serve`'s process tracks ~250,000 objects (the tokenizer's vocabulary, modules,
 torch's and tree-sitter's Python objects) and one full collection took 124-154 ms here: more than a whole
 typing deadline, whenever allocation happens to trigger one. Nearly all of those objects live as long as the
-process, so once a model is loaded `after_load` collects once and moves every object then alive to the
+process, so once a model is loaded `loading` collects once and moves every object then alive to the
 permanent generation (`gc.freeze`): later collections walk only what was made since (in process, after 30
 line cases through the service and the syntax layer's caches: 5 ms). Over bench/soak.py's 10,000 requests:
 without it 2 full collections of 132 and 114 ms, with it 22 of at most 15 ms. Objects frozen are still freed by reference counting; only a reference cycle
-among them would wait for the next `before_load` (a model reload unfreezes and collects first).
+among them would wait for the next load (a reload unfreezes them first).
+
+Loading itself makes those objects, and the collector's thresholds trip over and over meanwhile: `tabfill
+serve` loading the tiny test model ran 5 full collections of 44-160 ms (500 ms in all, of a 3.7 s load) on the
+loading thread, each stopping the event loop that reads the editor's first messages. Nothing loading makes is
+garbage worth finding then, so `loading` switches automatic collection off for the load and collects once at
+its end (success or failure).
+
+A thread that wants the GIL back waits up to the switch interval (5 ms by default) each time, and the event
+loop gives it up at every system call: with the lookup thread parsing a 1.2 MB document, one step of a
+request's task (0.6 ms of CPU) took 27-48 ms in 3 of 6 runs of tests/lsp/test_event_loop.py, over its 50 ms
+threshold once in CI. `install` sets the interval to 1 ms (the same step: 5-13 ms in 6 runs); the threads that
+compute (the parse with its progress callback, the decode loop) only switch when another thread asks.
 
 Off unless a serving process's entry point calls `install` (tests and library users keep the plain
 collector). `describe` reports the pauses since the last model load (count, total, longest per generation, the
@@ -18,10 +31,13 @@ last full collections' durations) for the status requests: what requests can hav
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
 _lock = threading.Lock()
@@ -45,30 +61,37 @@ def _callback(phase: str, info: dict[str, Any]) -> None:
                 _recent_full.append(round(ms, 1))
 
 
+SWITCH_INTERVAL_S = 0.001
+
+
 def install() -> None:
-    """Measure every collection from now on and freeze after each model load (idempotent)."""
+    """Measure every collection from now on, freeze after each model load, hand the GIL over sooner (idempotent)."""
     with _lock:
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         if not _state["installed"]:
             gc.callbacks.append(_callback)
             _state["installed"] = True
 
 
-def before_load() -> None:
-    """A model is about to be (re)loaded: what was frozen may be freed again."""
-    if _state["installed"]:
-        gc.unfreeze()
-
-
-def after_load() -> None:
-    """A model is loaded: collect once, then freeze every object alive (no-op unless installed)."""
+@contextlib.contextmanager
+def loading() -> Iterator[None]:
+    """A model is (re)loaded inside: what was frozen may be freed again, automatic collection is off, and at the
+    end (a failed load too) one collection, then every object alive is frozen (no-op unless installed)."""
     if not _state["installed"]:
+        yield
         return
-    gc.collect()
-    gc.freeze()
-    _state["frozen"] = gc.get_freeze_count()
-    for pause in _pauses.values():  # NOTE: from here on: the pauses a request can meet (loading has its own)
-        pause[:] = [0, 0.0, 0.0]
-    _recent_full.clear()
+    gc.unfreeze()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.collect()
+        gc.freeze()
+        gc.enable()
+        _state["frozen"] = gc.get_freeze_count()
+        for pause in _pauses.values():  # NOTE: from here on: the pauses a request can meet (loading has its own)
+            pause[:] = [0, 0.0, 0.0]
+        _recent_full.clear()
 
 
 def describe() -> dict[str, object]:

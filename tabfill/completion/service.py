@@ -130,25 +130,25 @@ class CompletionService:
             self.state, self.error = "loading", ""
 
         def run(_cancel: CancelToken) -> EngineInfo:
-            gc_pauses.before_load()
-            try:
-                source = self._open(settings, report)
-            except Exception as exc:  # any failure to load becomes a message, never a dead server
-                error = str(exc) if isinstance(exc, ModelError) else f"{type(exc).__name__}: {exc}"
+            # NOTE: in a serving process, no collections while loading, and the loaded model out of every later one
+            with gc_pauses.loading():
+                try:
+                    source = self._open(settings, report)
+                except Exception as exc:  # any failure to load becomes a message, never a dead server
+                    error = str(exc) if isinstance(exc, ModelError) else f"{type(exc).__name__}: {exc}"
+                    with self._lock:
+                        self.state, self.error, self._source = "failed", error, None
+                    raise exc if isinstance(exc, ModelError) else ModelError(error) from exc
+                if hasattr(source, "on_outage"):  # remote sources report outages; the in-process one has none
+                    source.on_outage = self._outage
                 with self._lock:
-                    self.state, self.error, self._source = "failed", error, None
-                raise exc if isinstance(exc, ModelError) else ModelError(error) from exc
-            if hasattr(source, "on_outage"):  # remote sources report outages; the in-process one has none
-                source.on_outage = self._outage
-            with self._lock:
-                old, self._source, self._loaded = self._source, source, settings
-                self._template, self.state = TEMPLATES.get(source.info.template), "ready"
-                self._results.clear()
-            self.flights.forget_shown()
-            if old is not None:
-                old.close()
-            gc_pauses.after_load()  # NOTE: in a serving process, the loaded model out of every later full collection
-            return source.info
+                    old, self._source, self._loaded = self._source, source, settings
+                    self._template, self.state = TEMPLATES.get(source.info.template), "ready"
+                    self._results.clear()
+                self.flights.forget_shown()
+                if old is not None:
+                    old.close()
+                return source.info
 
         return self._worker.submit(run)
 

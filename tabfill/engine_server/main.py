@@ -96,8 +96,8 @@ def cmd_engine(args: argparse.Namespace) -> int:
 
     host, _, port = args.listen.rpartition(":")
     gc_pauses.install()
-    card, engine, slots = open_backend(args)
-    gc_pauses.after_load()  # NOTE: before serving: the model's objects out of every later full collection
+    with gc_pauses.loading():  # NOTE: before serving: the model's objects out of every later full collection
+        card, engine, slots = open_backend(args)
     scheduler = Scheduler(engine, slots=slots, max_queue=args.max_queue)
     config = EngineConfig(max_frame_bytes=args.max_frame_bytes, log_prompts=args.log_prompts, max_new_tokens=min(512, args.kv_tokens // 2))
     server = EngineServer(card, scheduler, tokens, config)
