@@ -250,6 +250,57 @@ class PlainClient:
         return seen, requests
 
 
+class CeilingClient:
+    """What the model puts on screen with all the time in the world: after each key, one request with no
+    deadline, its whole answer read (no cancels, no debounce). Timing plays no part: the model's own answers at
+    every key, what the paced rows approach when they keep up. (Not a strict bound on *right*: a client that
+    draws only an answer's sure first piece shows shorter text, which is a prefix of what follows more often.)"""
+
+    ABOUT = ("The same server with no deadline (`deadlineMs` 60000): after each key one request, answered in full"
+             " before the next key; the whole answer is what is read. The model's own answers at every key, whatever"
+             " the pace: what the rows above approach when they keep up. Latencies here are whole answers, not typing.")
+
+    def __init__(self, system: TabfillSystem, workdir: Path, loop: asyncio.AbstractEventLoop) -> None:
+        self.system = system
+        self.workdir = workdir
+        self.loop = loop
+        self.count = 0
+
+    @classmethod
+    @contextlib.contextmanager
+    def start(cls, workdir: Path, model: str) -> Iterator[CeilingClient]:
+        workdir.mkdir(parents=True)
+        loop = asyncio.new_event_loop()
+        system = TabfillSystem("ceiling", model, options={"deadlineMs": 60_000}, root=workdir)
+        loop.run_until_complete(system.start())
+        try:
+            yield cls(system, workdir, loop)
+        finally:
+            loop.run_until_complete(system.stop())
+            loop.close()
+
+    def type_case(self, case: TypingCase, keys: list[tuple[float, str]], settle_s: float) -> tuple[list[Observation], list[dict[str, Any]]]:
+        return self.loop.run_until_complete(self._type_case(case, keys))
+
+    async def _type_case(self, case: TypingCase, keys: list[tuple[float, str]]) -> tuple[list[Observation], list[dict[str, Any]]]:
+        self.count += 1
+        uri = (self.workdir / f"ceiling{self.count}.{EXTENSIONS[case.language_id]}").as_uri()
+        text, offset = case.prefix + case.suffix, len(case.prefix)
+        await self.system.open(uri, case.language_id, text)
+        seen: list[Observation] = []
+        requests: list[dict[str, Any]] = []
+        for _, key in keys:
+            await self.system.insert(uri, text, offset, key)
+            text, offset = text[:offset] + key + text[offset:], offset + len(key)
+            handle = self.system.request(uri, case.language_id, text, offset)
+            await handle.task
+            seen.append(handle.text or "")
+            latency = (handle.received_s - handle.sent_s) * 1000 if handle.received_s else None
+            requests.append({"latency_ms": latency, "source": handle.source})
+        await self.system.close_document(uri)
+        return seen, requests
+
+
 def installed() -> Iterator[str]:
     """What the bench needs that may be missing (for a clear message)."""
     try:
