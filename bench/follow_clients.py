@@ -173,11 +173,12 @@ class NvimClient:
         return seen, _requests(records)
 
 
-class PlainClient:
-    ABOUT = ("bench/lsp_client.py as a generic LSP client: didChange per key, a request 75 ms after the last key"
-             " (the one in flight cancelled), the answer shown only if nothing was typed since; no keep, no"
-             " tabfill/completionReady, no warm-up.")
-    DEBOUNCE_S = 0.075
+class _LspClient:
+    """A client of `tabfill serve` written here (bench/systems.py's TabfillSystem over stdio, on its own event
+    loop): `NAME` names its documents, `OPTIONS` are the server's initializationOptions."""
+
+    NAME = ""
+    OPTIONS: dict[str, Any] = {}
 
     def __init__(self, system: TabfillSystem, workdir: Path, loop: asyncio.AbstractEventLoop) -> None:
         self.system = system
@@ -187,10 +188,10 @@ class PlainClient:
 
     @classmethod
     @contextlib.contextmanager
-    def start(cls, workdir: Path, model: str) -> Iterator[PlainClient]:
+    def start(cls, workdir: Path, model: str) -> Iterator[Any]:
         workdir.mkdir(parents=True)
         loop = asyncio.new_event_loop()
-        system = TabfillSystem("plain", model, root=workdir)
+        system = TabfillSystem(cls.NAME, model, options=dict(cls.OPTIONS), root=workdir)
         loop.run_until_complete(system.start())
         try:
             yield cls(system, workdir, loop)
@@ -201,9 +202,23 @@ class PlainClient:
     def type_case(self, case: TypingCase, keys: list[tuple[float, str]], settle_s: float) -> tuple[list[Observation], list[dict[str, Any]]]:
         return self.loop.run_until_complete(self._type_case(case, keys, settle_s))
 
-    async def _type_case(self, case: TypingCase, keys: list[tuple[float, str]], settle_s: float) -> tuple[list[Observation], list[dict[str, Any]]]:
+    def _uri(self, case: TypingCase) -> str:
         self.count += 1
-        uri = (self.workdir / f"plain{self.count}.{EXTENSIONS[case.language_id]}").as_uri()
+        return (self.workdir / f"{self.NAME}{self.count}.{EXTENSIONS[case.language_id]}").as_uri()
+
+    async def _type_case(self, case: TypingCase, keys: list[tuple[float, str]], settle_s: float) -> tuple[list[Observation], list[dict[str, Any]]]:
+        raise NotImplementedError
+
+
+class PlainClient(_LspClient):
+    ABOUT = ("bench/lsp_client.py as a generic LSP client: didChange per key, a request 75 ms after the last key"
+             " (the one in flight cancelled), the answer shown only if nothing was typed since; no keep, no"
+             " tabfill/completionReady, no warm-up.")
+    NAME = "plain"
+    DEBOUNCE_S = 0.075
+
+    async def _type_case(self, case: TypingCase, keys: list[tuple[float, str]], settle_s: float) -> tuple[list[Observation], list[dict[str, Any]]]:
+        uri = self._uri(case)
         text, offset = case.prefix + case.suffix, len(case.prefix)
         await self.system.open(uri, case.language_id, text)
         state: dict[str, Any] = {"ghost": "", "version": 0, "pending": None, "timer": None}
@@ -250,7 +265,7 @@ class PlainClient:
         return seen, requests
 
 
-class CeilingClient:
+class CeilingClient(_LspClient):
     """What the model puts on screen with all the time in the world: after each key, one request with no
     deadline, its whole answer read (no cancels, no debounce). Timing plays no part: the model's own answers at
     every key, what the paced rows approach when they keep up. (Not a strict bound on *right*: a client that
@@ -259,32 +274,11 @@ class CeilingClient:
     ABOUT = ("The same server with no deadline (`deadlineMs` 60000): after each key one request, answered in full"
              " before the next key; the whole answer is what is read. The model's own answers at every key, whatever"
              " the pace: what the rows above approach when they keep up. Latencies here are whole answers, not typing.")
+    NAME = "ceiling"
+    OPTIONS = {"deadlineMs": 60_000}
 
-    def __init__(self, system: TabfillSystem, workdir: Path, loop: asyncio.AbstractEventLoop) -> None:
-        self.system = system
-        self.workdir = workdir
-        self.loop = loop
-        self.count = 0
-
-    @classmethod
-    @contextlib.contextmanager
-    def start(cls, workdir: Path, model: str) -> Iterator[CeilingClient]:
-        workdir.mkdir(parents=True)
-        loop = asyncio.new_event_loop()
-        system = TabfillSystem("ceiling", model, options={"deadlineMs": 60_000}, root=workdir)
-        loop.run_until_complete(system.start())
-        try:
-            yield cls(system, workdir, loop)
-        finally:
-            loop.run_until_complete(system.stop())
-            loop.close()
-
-    def type_case(self, case: TypingCase, keys: list[tuple[float, str]], settle_s: float) -> tuple[list[Observation], list[dict[str, Any]]]:
-        return self.loop.run_until_complete(self._type_case(case, keys))
-
-    async def _type_case(self, case: TypingCase, keys: list[tuple[float, str]]) -> tuple[list[Observation], list[dict[str, Any]]]:
-        self.count += 1
-        uri = (self.workdir / f"ceiling{self.count}.{EXTENSIONS[case.language_id]}").as_uri()
+    async def _type_case(self, case: TypingCase, keys: list[tuple[float, str]], settle_s: float) -> tuple[list[Observation], list[dict[str, Any]]]:
+        uri = self._uri(case)
         text, offset = case.prefix + case.suffix, len(case.prefix)
         await self.system.open(uri, case.language_id, text)
         seen: list[Observation] = []
