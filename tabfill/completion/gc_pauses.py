@@ -21,8 +21,11 @@ its end (success or failure).
 A thread that wants the GIL back waits up to the switch interval (5 ms by default) each time, and the event
 loop gives it up at every system call: with the lookup thread parsing a 1.2 MB document, one step of a
 request's task (0.6 ms of CPU) took 27-48 ms in 3 of 6 runs of tests/lsp/test_event_loop.py, over its 50 ms
-threshold once in CI. `install` sets the interval to 1 ms (the same step: 5-13 ms in 6 runs); the threads that
-compute (the parse with its progress callback, the decode loop) only switch when another thread asks.
+threshold once in CI. `hand_over_sooner` sets the interval to 1 ms (the same step: 5-13 ms in 6 runs); the
+threads that compute (the parse with its progress callback, the decode loop) only switch when another thread
+asks. `tabfill serve` calls it; `tabfill engine` does not: its event loop sends a delta for every token of every
+stream and would interleave with the scheduler's Python between steps (one stream, two alternating rounds of
+bench.team's throughput phase: 177 and 126 tokens/s at 1 ms, 186 and 162 at 5 ms; noisy, left at the default).
 
 Off unless a serving process's entry point calls `install` (tests and library users keep the plain
 collector). `describe` reports the pauses since the last model load (count, total, longest per generation, the
@@ -65,12 +68,17 @@ SWITCH_INTERVAL_S = 0.001
 
 
 def install() -> None:
-    """Measure every collection from now on, freeze after each model load, hand the GIL over sooner (idempotent)."""
+    """Measure every collection from now on and freeze after each model load (idempotent)."""
     with _lock:
-        sys.setswitchinterval(SWITCH_INTERVAL_S)
         if not _state["installed"]:
             gc.callbacks.append(_callback)
             _state["installed"] = True
+
+
+def hand_over_sooner() -> None:
+    """The GIL's switch interval at SWITCH_INTERVAL_S: for `tabfill serve`, whose event loop must answer while
+    the lookup and engine threads compute."""
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
 
 
 @contextlib.contextmanager
