@@ -143,12 +143,16 @@ class CompletionService:
                     source.on_outage = self._outage
                 with self._lock:
                     old, self._source, self._loaded = self._source, source, settings
-                    self._template, self.state = TEMPLATES.get(source.info.template), "ready"
+                    self._template = TEMPLATES.get(source.info.template)
                     self._results.clear()
                 self.flights.forget_shown()
                 if old is not None:
                     old.close()
-                return source.info
+            # NOTE: "ready" once the collection that ends a load is over (~300 ms with even the tiny test model):
+            # a client waiting for it sends its first messages into an event loop no collection stops
+            with self._lock:
+                self.state = "ready"
+            return source.info
 
         return self._worker.submit(run)
 
