@@ -76,6 +76,35 @@ def trim() -> bool:
     return True
 
 
+class TrimSchedule:
+    """When a thread that runs work one piece at a time (`tabfill serve`'s engine worker, the team engine's
+    scheduler) gives freed heap back: once after `idle_s` idle following some work (never while idle from the
+    start, never twice in one idle spell), and between two pieces of work every `busy_s` of work without a
+    pause. The thread waits for work at most `wait_s()`, calls `idle()` when that wait ran out, `between()`
+    before each piece and `worked()` after taking one."""
+
+    def __init__(self, idle_s: float, busy_s: float) -> None:
+        self.idle_s, self.busy_s = idle_s, busy_s
+        self.working = False  # work ran since the last trim
+        self._trimmed = time.monotonic()
+
+    def wait_s(self) -> float | None:
+        """How long to wait for work before an idle trim is due (None: no trim is due, wait as long as it takes)."""
+        return self.idle_s if self.working else None
+
+    def between(self) -> None:
+        if self.working and time.monotonic() - self._trimmed >= self.busy_s:
+            trim()
+            self._trimmed = time.monotonic()
+
+    def idle(self) -> None:
+        trim()
+        self.working, self._trimmed = False, time.monotonic()
+
+    def worked(self) -> None:
+        self.working = True
+
+
 def describe() -> dict[str, object]:
     """The trims so far: how many, their total and longest milliseconds."""
     with _lock:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
@@ -132,17 +131,14 @@ class EngineWorker:
         self._thread.join(timeout)
 
     def _run(self) -> None:
-        worked = False  # a job ran since the last trim
-        trimmed = time.monotonic()
+        trims = heap.TrimSchedule(IDLE_TRIM_S, BUSY_TRIM_S)
         while True:
-            if worked and time.monotonic() - trimmed >= BUSY_TRIM_S:
-                heap.trim()
-                trimmed = time.monotonic()
+            trims.between()
             with self._cond:
                 self._running = None
                 idle = False
                 while not self._queue and not self._background and not self._closed and not idle:
-                    idle = not self._cond.wait(IDLE_TRIM_S if worked else None) and worked
+                    idle = not self._cond.wait(trims.wait_s()) and trims.working
                 if self._closed:
                     return
                 if not idle:
@@ -150,10 +146,9 @@ class EngineWorker:
                     # background job running (and cancels its token) or still queued (and drops it).
                     job = self._running = self._queue.popleft() if self._queue else self._background.popleft()
             if idle:  # outside the lock: a job submitted meanwhile queues at once and runs right after
-                heap.trim()
-                worked, trimmed = False, time.monotonic()
+                trims.idle()
                 continue
-            worked = True
+            trims.worked()
             if job.cancel.cancelled:
                 _fail(job.future, Cancelled(job.cancel.reason or "cancelled"))
                 continue

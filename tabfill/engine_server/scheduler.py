@@ -259,21 +259,17 @@ class Scheduler:
             self.waits["admitWaitMs"] += round((job.admitted - job.submitted) * 1000)
 
     def _run(self) -> None:
-        worked = False  # a step ran since the last trim
-        trimmed = time.monotonic()
+        trims = heap.TrimSchedule(IDLE_TRIM_S, BUSY_TRIM_S)
         while True:
-            if worked and time.monotonic() - trimmed >= BUSY_TRIM_S:
-                heap.trim()
-                trimmed = time.monotonic()
-            work = self._take_work(IDLE_TRIM_S if worked else None)
+            trims.between()
+            work = self._take_work(trims.wait_s())
             if work is None:
                 return
             if work == IDLE:  # outside the lock: a request submitted meanwhile waits only for the trim
-                heap.trim()
-                worked, trimmed = False, time.monotonic()
+                trims.idle()
                 continue
             assert not isinstance(work, str)
-            worked = True
+            trims.worked()
             cancels, admitted, preempted = work
             for job in preempted:
                 job.sink(job, final_event(job, "cancelled"))
