@@ -11,8 +11,9 @@ before they were typed: the whole ghost text or its first line being such a pref
 Requests: every one the client sent; a request
 cancelled or never answered counts as a miss in the latency percentiles; *model* answers are all but those
 answered by type-through or the result cache (empty answers carry no source: counted as model).
-The model's ceiling: the same keys with no deadline, each key's request answered in full before the next (the
-model's own answers at every key, whatever the pace). It reports; it asserts nothing. Timings on a shared 2-core machine are noisy.
+The model's whole answers: the same keys with no deadline, each key's request answered in full before the next
+(the model's own answers at every key, whatever the pace; a reference for *right*, not a bound on it).
+It reports; it asserts nothing. Timings on a shared 2-core machine are noisy.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.cases import TypingCase, typing_cases
-from bench.follow_clients import CeilingClient, NvimClient, Observation, PlainClient
+from bench.follow_clients import NvimClient, Observation, PlainClient, WholeAnswersClient
 
 HERE = Path(__file__).parent
 PACES = (("4 keys/s", 4.0, False), ("7 keys/s", 7.0, False), ("10 keys/s", 10.0, False), ("bursts 15 keys/s", 15.0, True))
@@ -115,7 +116,8 @@ def summarize(result: PaceResult) -> dict[str, Any]:
     }
 
 
-CEILING = (("every key answered in full", 1.0, False),)
+WHOLE_ANSWERS = "the model's whole answers (no deadline)"  # not a ceiling: see WholeAnswersClient
+UNPACED = (("every key answered in full", 1.0, False),)
 
 
 def run_client(client: Any, name: str, cases: list[TypingCase], max_keys: int, paces: tuple[tuple[str, float, bool], ...] = PACES) -> list[dict[str, Any]]:
@@ -199,9 +201,9 @@ def targets(results: dict[str, Any]) -> list[str]:
     add("4 keys/s: visible ≥ 89 %", slow and slow["visible"], 0.89)
     add("4 keys/s: right ≥ 65 %", slow and slow["right"], 0.65)
     add("model-answer p50 ≤ 50 ms while typing (10 keys/s)", fast and fast["model_p50_ms"], 50, at_most=True, unit="ms")
-    ceiling = next((c["rows"][0] for c in results["clients"] if c["name"] == "the model's ceiling"), None)
-    if ceiling is not None:  # NOTE: the right-share targets beside what the model's own whole answers score
-        out.append(f"| (reference) right when every key is answered in full, no deadline | {ceiling['right'] * 100:.0f} % | the model's own answers |")
+    whole = next((c["rows"][0] for c in results["clients"] if c["name"] == WHOLE_ANSWERS), None)
+    if whole is not None:  # NOTE: the right-share targets beside what the model's own whole answers score
+        out.append(f"| (reference) right when every key is answered in full, no deadline | {whole['right'] * 100:.0f} % | the model's own answers |")
     return out + [""]
 
 
@@ -222,11 +224,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             with PlainClient.start(Path(workdir) / "plain", args.model) as plain:
                 clients.append({"name": "plain LSP client (floor)", "about": PlainClient.ABOUT,
                                 "rows": run_client(plain, "plain", cases, args.max_keys)})
-        if "ceiling" in wanted:
-            log("the model's ceiling (no deadline)")
-            with CeilingClient.start(Path(workdir) / "ceiling", args.model) as ceiling:
-                clients.append({"name": "the model's ceiling", "about": CeilingClient.ABOUT,
-                                "rows": run_client(ceiling, "ceiling", cases, args.max_keys, CEILING)})
+        if "whole" in wanted:
+            log(WHOLE_ANSWERS)
+            with WholeAnswersClient.start(Path(workdir) / "whole", args.model) as whole:
+                clients.append({"name": WHOLE_ANSWERS, "about": WholeAnswersClient.ABOUT,
+                                "rows": run_client(whole, "whole", cases, args.max_keys, UNPACED)})
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout.strip()
     return {
         "command": "python -m bench.follow " + " ".join(sys.argv[1:]), "wall_s": time.monotonic() - started,
@@ -240,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.follow", description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", type=int, default=6, help="typing cases (default 6)")
     parser.add_argument("--max-keys", type=int, default=60, help="keys typed per case (default 60)")
-    parser.add_argument("--clients", default="nvim,plain,ceiling", help="comma-separated: nvim, plain, ceiling")
+    parser.add_argument("--clients", default="nvim,plain,whole", help="comma-separated: nvim, plain, whole")
     parser.add_argument("--model", default="default", help="the server's model (default: the default model)")
     parser.add_argument("--settings", default="{}", help='the Neovim plugin\'s server settings as JSON, e.g. \'{"confidencePercent": 0}\'')
     parser.add_argument("--out", type=Path, default=HERE / "FOLLOW.md")

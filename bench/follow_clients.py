@@ -265,7 +265,7 @@ class PlainClient(_LspClient):
         return seen, requests
 
 
-class CeilingClient(_LspClient):
+class WholeAnswersClient(_LspClient):
     """What the model puts on screen with all the time in the world: after each key, one request with no
     deadline, its whole answer read (no cancels, no debounce). Timing plays no part: the model's own answers at
     every key, what the paced rows approach when they keep up. (Not a strict bound on *right*: a client that
@@ -274,7 +274,7 @@ class CeilingClient(_LspClient):
     ABOUT = ("The same server with no deadline (`deadlineMs` 60000): after each key one request, answered in full"
              " before the next key; the whole answer is what is read. The model's own answers at every key, whatever"
              " the pace: what the rows above approach when they keep up. Latencies here are whole answers, not typing.")
-    NAME = "ceiling"
+    NAME = "whole"
     OPTIONS = {"deadlineMs": 60_000}
 
     async def _type_case(self, case: TypingCase, keys: list[tuple[float, str]], settle_s: float) -> tuple[list[Observation], list[dict[str, Any]]]:

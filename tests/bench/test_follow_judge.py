@@ -24,14 +24,14 @@ def test_a_right_first_line_counts_even_when_the_rest_is_wrong() -> None:
 
 
 def test_the_targets_show_the_models_whole_answers_beside_the_right_share_targets() -> None:
-    from bench.follow import targets
+    from bench.follow import WHOLE_ANSWERS, targets
 
     def row(pace: str, right: float) -> dict[str, object]:
         return {"pace": pace, "visible": 0.9, "right": right, "model_p50_ms": 20.0}
 
     nvim = {"name": "Neovim plugin", "rows": [row("4 keys/s", 0.45), row("10 keys/s", 0.34)]}
-    ceiling = {"name": "the model's ceiling", "rows": [row("every key answered in full", 0.43)]}
+    whole = {"name": WHOLE_ANSWERS, "rows": [row("every key answered in full", 0.43)]}
     without = "\n".join(targets({"clients": [nvim]}))
     assert "10 keys/s: right ≥ 55 % | 34 % | **missed**" in without and "no deadline" not in without
-    lines = targets({"clients": [nvim, ceiling]})
+    lines = targets({"clients": [nvim, whole]})
     assert "| (reference) right when every key is answered in full, no deadline | 43 % | the model's own answers |" in lines
