@@ -14,16 +14,16 @@ TILE_ATTR static ALWAYS_INLINE __m256i TV(block_dot)(__m256i acc, __m256i even, 
 #endif
 }
 
-/* One token (a decode step) through Q4_K: the same integer lanes, fp32 operations and order as ktile_dot gives
- * each token of a tile, so the same bits, but each block's two madds are summed unscaled and then multiplied by its scale in 32 bits
- * (madd(q * sc, a) = sc * madd(q, a) exactly: no lane overflows, see kquant_run), and the fp32 sum stays in a
- * register: 2 scale multiplies + 2 madds a block became 2 madds + 1 multiply. (An earlier note guessed the vector
- * integer multiplies share one pipe on Zen 4; a register-only loop there runs two vpdpwssd a cycle, so the tile
- * is bound by its ~10 operations a block as a whole.) (32 rows of 1,536 values from L2, 1 thread: 1.31 ->
- * 1.16 ns a block; Qwen2.5-Coder-1.5B's decode step, 2 threads, medians of 5 alternating rounds: 41.2 -> 39.4
- * ms on the Zen 4 host, /work/runs/abstep.py, 2026-12-07). Q6_K alike: ktile1_q6k. NOTE: summing each run exactly
- * (as doubles) so that a one-token tile could scale a run's 8 block sums in one multiply after an hadd tree was
- * slower at one token (1.39 ns) and made the 8-token tile 15 % slower: not kept. */
+/* One token (a decode step) through Q4_K: the same integer lanes, fp32 operations and order as ktile_dot gives each
+ * token of a tile, so the same bits, but each block's two madds are summed unscaled and then multiplied by its
+ * scale in 32 bits (madd(q * sc, a) = sc * madd(q, a) exactly: no lane overflows, see kquant_run), and the fp32 sum
+ * stays in a register: 2 scale multiplies + 2 madds a block became 2 madds + 1 multiply (32 rows of 1,536 values
+ * from L2, 1 thread: 1.31 -> 1.16 ns a block; Qwen2.5-Coder-1.5B's decode step, 2 threads, medians of 5 alternating
+ * rounds: 41.2 -> 39.4 ms on the Zen 4 host, /work/runs/abstep.py, 2026-12-07). An earlier note guessed the vector
+ * integer multiplies share one pipe on Zen 4; a register-only loop there runs two vpdpwssd a cycle, so the tile is
+ * bound by its ~10 operations a block as a whole. Q6_K alike: ktile1_q6k. NOTE: summing each run exactly (as
+ * doubles) so that a one-token tile could scale a run's 8 block sums in one multiply after an hadd tree was slower
+ * at one token (1.39 ns) and made the 8-token tile 15 % slower: not kept. */
 TILE_ATTR static ALWAYS_INLINE void TV(ktile1_q4k)(const uint8_t *row, const qact *act, int K, float *y) {
     const __m256i low4 = _mm256_set1_epi16(0x000F);
     __m256 sum = _mm256_setzero_ps(), mn;
@@ -50,9 +50,9 @@ TILE_ATTR static ALWAYS_INLINE void TV(ktile1_q4k)(const uint8_t *row, const qac
 
 /* One token through Q6_K, as ktile1_q4k does for Q4_K: each block's two madds of (q - 32) and the activations
  * summed unscaled, then times its two sub-block scales in 32 bits (lanes 0..3 scale 2i, lanes 4..7 scale 2i + 1,
- * the lanes of ktile_dot's 16-bit products: the same integers), the half super-block's sum converted and added
- * as ktile_dot does for each token of a tile, so the same bits. 4 multiplies a block became 3: 1.45 -> 1.23 ns a block with
- * AVX-512 VNNI, 1.48 -> 1.36 with AVX2 (64 rows of 1,536 values from L2, 1 thread, /tmp/mb3, 2026-12-07). An
+ * the lanes of ktile_dot's 16-bit products: the same integers), the half super-block's sum converted and added as
+ * ktile_dot does for each token of a tile, so the same bits. 4 multiplies a block became 3: 1.45 -> 1.23 ns a block
+ * with AVX-512 VNNI, 1.48 -> 1.36 with AVX2 (64 rows of 1,536 values from L2, 1 thread, /tmp/mb3, 2026-12-07). An
  * earlier try of this, before the AVX-512 build and the Q4_K tile's change, measured no gain. */
 TILE_ATTR static ALWAYS_INLINE void TV(ktile1_q6k)(const uint8_t *row, const qact *act, int K, float *y) {
     const __m256i low8 = _mm256_set1_epi16(0x00FF), off32 = _mm256_set1_epi16(32);
@@ -118,8 +118,8 @@ TILE_ATTR static ALWAYS_INLINE void TV(ktile_dot)(int type, int T, int NR, const
         }                                                                                                      \
     } while (0)
     /* the integer sums times the row's scale dw times each token's (one vector product over the group's scales,
-     * lane t the product dw * act[t].d[b] that the one-token tiles take), plus Q4_K's mins (mn: 8 blocks' dmin * m) times the
-     * blocks' activation sums (ds), in one update of the fp32 sums */
+     * lane t the product dw * act[t].d[b] that the one-token tiles take), plus Q4_K's mins (mn: 8 blocks' dmin * m)
+     * times the blocks' activation sums (ds), in one update of the fp32 sums */
 #define KFLUSH(doff, b, mins)                                                                                   \
     do {                                                                                                       \
         for (int r = 0; r < NR; r++) {                                                                         \
