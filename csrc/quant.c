@@ -59,6 +59,28 @@ static float half_to_float(uint16_t h) {
     return out;
 }
 
+/* fp32 -> fp16, rounded to nearest even (as torch's .half() and F16C's vcvtps2ph with imm 0): overflow to
+ * infinity, fp16 subnormals kept, NaN stays NaN. */
+static uint16_t float_to_half(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    uint32_t sign = (x >> 16) & 0x8000, abs = x & 0x7FFFFFFFu;
+    if (abs > 0x7F800000u) return (uint16_t)(sign | 0x7E00 | ((abs >> 13) & 0x3FF)); /* NaN */
+    if (abs >= 0x477FF000u) return (uint16_t)(sign | 0x7C00); /* rounds to >= 65536: infinity */
+    if (abs < 0x38800000u) { /* below 2^-14: an fp16 subnormal or zero, in units of 2^-24 */
+        int e = (int)(abs >> 23);
+        if (e < 102) return (uint16_t)sign; /* below 2^-25: rounds to zero */
+        uint32_t mant = (abs & 0x7FFFFFu) | 0x800000u; /* the value is mant * 2^(e - 150) */
+        int shift = 126 - e; /* 14..24 */
+        uint32_t q = mant >> shift, rest = mant & ((1u << shift) - 1), half = 1u << (shift - 1);
+        if (rest > half || (rest == half && (q & 1))) q++;
+        return (uint16_t)(sign | q);
+    }
+    uint32_t q = ((abs - 0x38000000u) >> 13), rest = abs & 0x1FFF; /* rebias 127 -> 15 */
+    if (rest > 0x1000 || (rest == 0x1000 && (q & 1))) q++;
+    return (uint16_t)(sign | q);
+}
+
 static inline uint16_t rd16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
 
 /* ---- portable dequantization (the C reference; also the non-AVX2 path) ------------------------------ */
@@ -201,6 +223,13 @@ static int have_avx2(void) {
         cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
     }
     return cached && !force_portable;
+}
+
+/* The first n - n % 8 values as fp16 (F16C, rounded to nearest even); returns how many. */
+AVX2 static int kv_store_half_avx2(uint16_t *out, const float *x, int n) {
+    int i = 0;
+    for (; i + 8 <= n; i += 8) _mm_storeu_si128((__m128i *)(out + i), _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
+    return i;
 }
 
 /* ---- 16-bit activations: what the integer kernels multiply the weight blocks with -------------------- */
@@ -823,8 +852,8 @@ void tf_force_avx2(int on) { force_avx2 = on; }
 /* ---- one decode step of a Llama/Qwen2 decoder, whole, in C ------------------------------------------- */
 
 /* The same forward as tabfill/kernels/decoder.py's LeanDecoder for one token (RMS norms, q|k|v with an
- * optional bias, rotate-half rotary from the decoder's tables, grouped-query attention over the fp32 KV
- * cache, SiLU-gated MLP, a tied or separate head): without a Python call per operation. The matrices go
+ * optional bias, rotate-half rotary from the decoder's tables, grouped-query attention over the KV cache
+ * (fp16 or fp32: kv_half), SiLU-gated MLP, a tied or separate head): without a Python call per operation. The matrices go
  * through tf_matmul's kernels, so each product is bit for bit the one QuantLinear computes. */
 
 typedef struct {
@@ -846,9 +875,28 @@ typedef struct {
     tf_linear head;
     tf_part embed;
     const float *cos, *signed_sin; /* [T, Dh] */
-    float *k_cache, *v_cache;      /* [L, slots, Hkv, cache_tokens, Dh] */
+    void *k_cache, *v_cache;       /* [L, slots, Hkv, cache_tokens, Dh] of fp16 (kv_half) or fp32 */
     int slots;                     /* sequences the cache holds (1: a decoder's own; a batch's slot pool) */
+    int kv_half;                   /* 1: the cache holds fp16 (each key and value rounded to nearest even once,
+                                      when written), 0: fp32 */
 } tf_model;
+
+/* Element i of a K or V cache of fp16 (half) or fp32 values, as fp32. */
+static inline float kv_at(const void *cache, int64_t i, int half) {
+    return half ? half_to_float(((const uint16_t *)cache)[i]) : ((const float *)cache)[i];
+}
+
+/* n values into a K or V cache at element `at`, rounded to fp16 (to nearest even, as torch's .half()) when
+ * half. */
+static void kv_store(void *cache, int64_t at, const float *x, int n, int half) {
+    if (!half) {
+        memcpy((float *)cache + at, x, sizeof(float) * (size_t)n);
+        return;
+    }
+    uint16_t *out = (uint16_t *)cache + at;
+    int i = have_avx2() ? kv_store_half_avx2(out, x, n) : 0;
+    for (; i < n; i++) out[i] = float_to_half(x[i]);
+}
 
 /* y[S, rows] = x[S, K] @ W^T + bias */
 static int linear_rows(const tf_linear *l, int K, const float *x, int S, float *y, int nthreads) {
@@ -870,7 +918,7 @@ typedef struct {
     const tf_model *m;
     const float *q;       /* row r's query heads at q + r * q_stride: [Hq, Dh] */
     int64_t q_stride;
-    const float *k, *v;   /* this layer's pool [slots, Hkv, T, Dh] */
+    const void *k, *v;    /* this layer's pool [slots, Hkv, T, Dh], fp16 when m->kv_half */
     const int *slot, *pos; /* per row: its slot, its position (keys 0..pos) */
     int max_len;
     float *scores;        /* [rows * Hq, max_len] */
@@ -907,25 +955,64 @@ AVX2 static inline __m256 exp8(__m256 x) {
  * nothing: one row 5.38 vs 5.42 ms, 8 rows 23.3 vs 22.1 ms (bench.batch_step, means of 3 alternating rounds):
  * there the K/V rows come from memory (the 97 MB of weights a step push them out of L3) and the 18 MB (one row
  * at 400 keys; 147 MB for 8) of fp32 K/V bound it. Fewer bytes (fp16 K/V, as llama.cpp keeps them) is what
- * could. */
-AVX2 static void attend_group_avx2(const attend_job *job, int row, int g) {
+ * could. fp16 K/V since (Zen 3 host, AVX2, 2026-12-07): the one-row step 2-3 % faster, the 8-row step the same
+ * within noise; attend_values' sums in registers took ~25 % off attention in the 8-row step (perf shares). */
+/* 8 keys' or values' elements from i on, as fp32 */
+AVX2 static ALWAYS_INLINE __m256 kv_load8(const void *cache, int64_t i, int half) {
+    return half ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)cache + i))) : _mm256_loadu_ps((const float *)cache + i);
+}
+
+/* attend_values for the values i0 .. i0 + 8 w of each head (w: 4 or 2 vectors, a constant where inlined) */
+AVX2 static ALWAYS_INLINE void attend_values_chunk(const attend_job *job, int64_t base, int len, const float *s, const float *inv,
+                                                   float *out, int j0, int nj, int i0, int w, int half) {
+    int Dh = job->m->head_dim;
+    __m256 acc[3][4];
+    for (int j = 0; j < 3; j++)
+        for (int c = 0; c < 4; c++) acc[j][c] = _mm256_setzero_ps();
+    for (int t = 0; t < len; t++) {
+        int64_t vt = base + (int64_t)t * Dh + i0;
+        __m256 v[4];
+        for (int c = 0; c < w; c++) v[c] = kv_load8(job->v, vt + 8 * c, half);
+        for (int j = 0; j < nj; j++) {
+            __m256 p = _mm256_set1_ps(s[(int64_t)(j0 + j) * job->max_len + t] * inv[j0 + j]);
+            for (int c = 0; c < w; c++) acc[j][c] = _mm256_fmadd_ps(p, v[c], acc[j][c]);
+        }
+    }
+    for (int j = 0; j < nj; j++)
+        for (int c = 0; c < w; c++) _mm256_storeu_ps(out + (int64_t)(j0 + j) * Dh + i0 + 8 * c, acc[j][c]);
+}
+
+/* out[j] = sum over keys t of p_j[t] v[t] for the nj (1..3) query heads j0.. of a kv head, p_j[t] = s_j[t] *
+ * inv[j]: 32 (or 16) values of each head's sum in registers at a time over all keys (summed in key order, one FMA a
+ * key, as a sum kept in memory would be), so each value vector is read, and widened from fp16, once for the
+ * heads. NOTE: the sums in memory, read and written again for each key and head, took about as long as the
+ * scores (Zen 3, SmolLM2, 8 rows at 400 keys: attention ~20 % of the step). */
+AVX2 static ALWAYS_INLINE void attend_values(const attend_job *job, int64_t base, int len, const float *s, const float *inv, float *out,
+                                             int j0, int nj, int half) {
+    int Dh = job->m->head_dim, w = Dh % 32 ? 2 : 4; /* vectors of 8 values at a time (Dh % 16 == 0) */
+    for (int i0 = 0; i0 < Dh; i0 += 8 * w) {
+        if (w == 4) attend_values_chunk(job, base, len, s, inv, out, j0, nj, i0, 4, half);
+        else attend_values_chunk(job, base, len, s, inv, out, j0, nj, i0, 2, half);
+    }
+}
+
+AVX2 static ALWAYS_INLINE void attend_group(const attend_job *job, int row, int g, int half) {
     const tf_model *m = job->m;
     int Hq = m->heads, G = Hq / m->kv_heads, Dh = m->head_dim, len = job->pos[row] + 1;
     int64_t base = ((int64_t)job->slot[row] * m->kv_heads + g) * m->cache_tokens * Dh;
-    const float *k = job->k + base, *v = job->v + base;
     const float *q = job->q + row * job->q_stride + (int64_t)g * G * Dh;
     float *s = job->scores + ((int64_t)row * Hq + (int64_t)g * G) * job->max_len;
     float *out = job->out + ((int64_t)row * Hq + (int64_t)g * G) * Dh;
     float scale = 1.0f / sqrtf((float)Dh), top[MAX_GROUP], inv[MAX_GROUP];
     for (int j = 0; j < G; j++) top[j] = -INFINITY;
     for (int t = 0; t < len; t++) {
-        const float *kt = k + (int64_t)t * Dh;
+        int64_t kt = base + (int64_t)t * Dh;
         for (int j = 0; j < G; j++) {
             const float *qj = q + (int64_t)j * Dh;
             __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
             for (int i = 0; i < Dh; i += 16) {
-                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qj + i), _mm256_loadu_ps(kt + i), a0);
-                a1 = _mm256_fmadd_ps(_mm256_loadu_ps(qj + i + 8), _mm256_loadu_ps(kt + i + 8), a1);
+                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qj + i), kv_load8(job->k, kt + i, half), a0);
+                a1 = _mm256_fmadd_ps(_mm256_loadu_ps(qj + i + 8), kv_load8(job->k, kt + i + 8, half), a1);
             }
             float x = hsum8(_mm256_add_ps(a0, a1)) * scale;
             s[(int64_t)j * job->max_len + t] = x;
@@ -944,17 +1031,17 @@ AVX2 static void attend_group_avx2(const attend_job *job, int row, int g) {
         float sum = hsum8(sum8);
         for (; t < len; t++) sum += (sj[t] = expf(sj[t] - top[j]));
         inv[j] = 1.0f / sum;
-        for (int i = 0; i < Dh; i++) out[(int64_t)j * Dh + i] = 0.0f;
     }
-    for (int t = 0; t < len; t++) {
-        const float *vt = v + (int64_t)t * Dh;
-        for (int j = 0; j < G; j++) {
-            __m256 p = _mm256_set1_ps(s[(int64_t)j * job->max_len + t] * inv[j]);
-            float *oj = out + (int64_t)j * Dh;
-            for (int i = 0; i < Dh; i += 8) _mm256_storeu_ps(oj + i, _mm256_fmadd_ps(p, _mm256_loadu_ps(vt + i), _mm256_loadu_ps(oj + i)));
-        }
+    /* the weighted values, up to 3 heads at a time (each value vector read once for them) */
+    for (int j = 0; j < G; j += 3) {
+        if (G - j >= 3) attend_values(job, base, len, s, inv, out, j, 3, half);
+        else if (G - j == 2) attend_values(job, base, len, s, inv, out, j, 2, half);
+        else attend_values(job, base, len, s, inv, out, j, 1, half);
     }
 }
+
+AVX2 static void attend_group_f32(const attend_job *job, int row, int g) { attend_group(job, row, g, 0); }
+AVX2 static void attend_group_f16(const attend_job *job, int row, int g) { attend_group(job, row, g, 1); }
 
 /* o[i] = silu(u[i]) * u[I + i]: u[0..I) the gate rows' outputs, u[I..2I) the up rows'. In AVX2 with exp8 of
  * -|u| (no overflow): sigmoid(u) = 1 / (1 + e) for u >= 0, e / (1 + e) below. NOTE: expf one value at a time
@@ -982,19 +1069,18 @@ static void attend_head_generic(const attend_job *job, int row, int h) {
     int Hq = m->heads, Dh = m->head_dim, len = job->pos[row] + 1, g = h / (Hq / m->kv_heads), unit = row * Hq + h;
     const float *q = job->q + row * job->q_stride + (int64_t)h * Dh;
     int64_t base = ((int64_t)job->slot[row] * m->kv_heads + g) * m->cache_tokens * Dh;
-    const float *k = job->k + base, *v = job->v + base;
-    float *s = job->scores + (int64_t)unit * job->max_len, *o = job->out + (int64_t)unit * Dh;
+    float *s = job->scores + (int64_t)unit * job->max_len, *o = job->out + (int64_t)unit * Dh, kt[512];
     float scale = 1.0f / sqrtf((float)Dh), top = -INFINITY, sum = 0.0f;
     for (int t = 0; t < len; t++) {
-        s[t] = dot_generic(q, k + (int64_t)t * Dh, Dh) * scale;
+        for (int i = 0; i < Dh; i++) kt[i] = kv_at(job->k, base + (int64_t)t * Dh + i, m->kv_half);
+        s[t] = dot_generic(q, kt, Dh) * scale;
         top = s[t] > top ? s[t] : top;
     }
     for (int t = 0; t < len; t++) sum += (s[t] = expf(s[t] - top));
     for (int i = 0; i < Dh; i++) o[i] = 0.0f;
     for (int t = 0; t < len; t++) {
         float p = s[t] / sum;
-        const float *vt = v + (int64_t)t * Dh;
-        for (int i = 0; i < Dh; i++) o[i] += p * vt[i];
+        for (int i = 0; i < Dh; i++) o[i] += p * kv_at(job->v, base + (int64_t)t * Dh + i, m->kv_half);
     }
 }
 
@@ -1004,7 +1090,8 @@ static void attend_unit(void *arg, int unit) {
     const tf_model *m = job->m;
     int Hkv = m->kv_heads, G = m->heads / Hkv, row = unit / Hkv, g = unit % Hkv;
     if (have_avx2() && m->head_dim % 16 == 0 && G <= MAX_GROUP) {
-        attend_group_avx2(job, row, g);
+        if (m->kv_half) attend_group_f16(job, row, g);
+        else attend_group_f32(job, row, g);
         return;
     }
     for (int j = 0; j < G; j++) attend_head_generic(job, row, g * G + j);
@@ -1053,7 +1140,8 @@ int tf_decode_rows(const tf_model *m, int n, const int *tokens, const int *pos, 
     }
     for (int l = 0; l < m->layers && status == 0; l++) {
         const tf_layer *layer = &m->layer[l];
-        float *kc = m->k_cache + (int64_t)l * B * Hkv * T * Dh, *vc = m->v_cache + (int64_t)l * B * Hkv * T * Dh;
+        size_t elem = m->kv_half ? 2 : 4;
+        char *kc = (char *)m->k_cache + (size_t)l * B * Hkv * T * Dh * elem, *vc = (char *)m->v_cache + (size_t)l * B * Hkv * T * Dh * elem;
         for (int r = 0; r < n; r++) rms_norm(x + (size_t)r * D, layer->norm1, D, m->eps, h + (size_t)r * D);
         if ((status = linear_rows(&layer->qkv, D, h, n, qkv, nthreads))) break;
         for (int r = 0; r < n; r++) {
@@ -1062,8 +1150,8 @@ int tf_decode_rows(const tf_model *m, int n, const int *tokens, const int *pos, 
             for (int i = 0; i < Hq + Hkv; i++) rotate(q + (int64_t)i * Dh, cos, ssin, Dh);
             for (int g = 0; g < Hkv; g++) {
                 int64_t at = (((int64_t)slots[r] * Hkv + g) * T + pos[r]) * Dh;
-                memcpy(kc + at, q + (int64_t)(Hq + g) * Dh, sizeof(float) * (size_t)Dh);
-                memcpy(vc + at, q + (int64_t)(Hq + Hkv + g) * Dh, sizeof(float) * (size_t)Dh);
+                kv_store(kc, at, q + (int64_t)(Hq + g) * Dh, Dh, m->kv_half);
+                kv_store(vc, at, q + (int64_t)(Hq + Hkv + g) * Dh, Dh, m->kv_half);
             }
         }
         attend_job job = {m, qkv, qkv_rows, kc, vc, slots, pos, max_len, scores, att};
@@ -1086,3 +1174,7 @@ int tf_decode_rows(const tf_model *m, int n, const int *tokens, const int *pos, 
     free(x);
     return status;
 }
+
+/* Tests: n floats to fp16 as the decode step writes keys and values (the F16C path, or the portable one when
+ * forced). */
+void tf_to_half(const float *x, int n, uint16_t *out) { kv_store(out, 0, x, n, 1); }

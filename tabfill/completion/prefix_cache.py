@@ -10,10 +10,11 @@ token ids and its parent's key, and a lookup compares both: a hash collision is 
 An optional `salt` (e.g. a tenant's name) is chained in before the first block and stored with every
 block, so the same tokens under another salt are another chain: tenants never share a hit.
 
-Blocks of fp32 KV (the CPU decoders) are kept in fp16, llama.cpp's default KV type, and widened back on load:
-half the bytes per token, so twice the prompts in the same bound. A prefix restored from the store therefore
-differs from a fresh prefill by fp16 rounding (relative 2^-11), within what the quantized decode step already
-rounds (its activations go to 16-bit blocks); bf16/fp16 KV (CUDA) is stored as it is.
+Blocks of fp32 KV (the lean decoder over transformers' fp32 weights) are kept in fp16, llama.cpp's default KV
+type, and widened back on load: half the bytes per token, so twice the prompts in the same bound. A prefix
+restored from the store therefore differs from a fresh prefill by fp16 rounding (relative 2^-11). fp16 KV (the
+GGUF decoders keep theirs in fp16: kernels/gguf_decoder.py; CUDA) and bf16 KV are stored as they are, so what
+such a decoder restores is bit for bit what it wrote.
 
 Bounded in bytes (`max_bytes`, 0 disables the cache), LRU, leaves first: a block whose child is cached
 is never evicted before that child, so every cached block stays reachable from the first block.

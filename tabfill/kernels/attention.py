@@ -73,8 +73,8 @@ def reference_attention(q: Tensor, k: Tensor, v: Tensor, q_start: int, kv_len: i
 
 
 def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, q_start: int, kv_len: int) -> Tensor:
-    k = k[:, :, :kv_len]  # [B, Hkv, T, D] (a view; SDPA takes the strides)
-    v = v[:, :, :kv_len]
+    k = k[:, :, :kv_len].to(q.dtype)  # [B, Hkv, T, D] (a view, SDPA takes the strides; a widened copy of an fp16 cache)
+    v = v[:, :, :kv_len].to(q.dtype)
     gqa = q.shape[1] != k.shape[1]
     q_len = q.shape[2]
     if q_start + q_len == kv_len and q_len == 1:
@@ -93,10 +93,11 @@ def xformers_attention(q: Tensor, k: Tensor, v: Tensor, q_start: int, kv_len: in
     batch, hq, q_len, head_dim = q.shape
     hkv = k.shape[1]
     groups = hq // hkv
+    k, v = k[:, :, :kv_len].to(q.dtype), v[:, :, :kv_len].to(q.dtype)
     # xformers takes [B, M, G, H, K] for grouped-query attention: G = kv heads, H = queries per kv head.
     q5 = q.transpose(1, 2).reshape(batch, q_len, hkv, groups, head_dim)  # [B, S, Hkv, G, D]
-    k5 = k[:, :, :kv_len].transpose(1, 2)[:, :, :, None, :].expand(batch, kv_len, hkv, groups, head_dim)
-    v5 = v[:, :, :kv_len].transpose(1, 2)[:, :, :, None, :].expand(batch, kv_len, hkv, groups, head_dim)
+    k5 = k.transpose(1, 2)[:, :, :, None, :].expand(batch, kv_len, hkv, groups, head_dim)
+    v5 = v.transpose(1, 2)[:, :, :, None, :].expand(batch, kv_len, hkv, groups, head_dim)
     bias: Any
     if q_start + q_len == kv_len:
         # The queries are the last S positions: a causal mask aligned bottom-right.

@@ -71,7 +71,7 @@ class BatchedDecoder:
         # [L, slots, Hkv, T, Dh]: each slot is one KVCache batch row
         self.pool = KVCache(
             len(decoder.layers), decoder.num_kv_heads, max_tokens, decoder.head_dim,
-            dtype=decoder.dtype, device=decoder.device, batch_size=slots,
+            dtype=decoder.kv_dtype, device=decoder.device, batch_size=slots,
         )
         # a decoder over GGUF blocks on CPU: steps of decode rows only (the steady state of a busy engine) in
         # one C call over the pool, without ~30 torch operations per layer (kernels/quant.py, DecodeStep.rows)
@@ -181,8 +181,8 @@ class BatchedDecoder:
             qk = qkv[:, : (hq + hkv) * dh].view(n, hq + hkv, dh)
             qk = torch.addcmul(qk * cos, qk.roll(dh // 2, dims=-1), sin)  # rotary at each token's own position
             k_pool, v_pool = self.pool.k[index], self.pool.v[index]  # [slots, Hkv, T, Dh]
-            k_pool[slot_of, :, positions] = qk[:, hq:]  # [N, Hkv, Dh] into (slot, position) pairs
-            v_pool[slot_of, :, positions] = qkv[:, (hq + hkv) * dh :].view(n, hkv, dh)
+            k_pool[slot_of, :, positions] = qk[:, hq:].to(k_pool.dtype)  # [N, Hkv, Dh] into (slot, position) pairs
+            v_pool[slot_of, :, positions] = qkv[:, (hq + hkv) * dh :].view(n, hkv, dh).to(v_pool.dtype)
             q = qk[:, :hq]  # [N, Hq, Dh]
             if xformers is not None:
                 o = xformers(q, k_pool, v_pool)
@@ -294,8 +294,8 @@ class _ShortRows:
         n, hq, dh = q.shape
         padded = q.new_zeros(span, s_max, hq, dh)
         padded[self.scatter] = q[self.token_index]
-        k = k_pool[self.lo : self.lo + span, :, :t_max]  # [R, Hkv, T_max, Dh] (a view)
-        v = v_pool[self.lo : self.lo + span, :, :t_max]
+        k = k_pool[self.lo : self.lo + span, :, :t_max].to(q.dtype)  # [R, Hkv, T_max, Dh] (a view, or a widened copy)
+        v = v_pool[self.lo : self.lo + span, :, :t_max].to(q.dtype)
         gqa = hq != k.shape[1]
         o = F.scaled_dot_product_attention(padded.transpose(1, 2), k, v, attn_mask=self.mask, enable_gqa=gqa)  # [R, Hq, S, Dh]
         out = q.new_empty(n, hq, dh)
@@ -328,7 +328,7 @@ class _XformersRows:
         groups = hq // hkv
         index = torch.tensor(self.slots, device=q.device)
         # [B, Hkv, P, Dh] -> [1, B*P, Hkv, G, Dh] (grouped-query layout: G queries per kv head)
-        k = k_pool[index, :, : self.kv_padding].transpose(1, 2).reshape(1, -1, hkv, 1, dh).expand(-1, -1, -1, groups, -1)
-        v = v_pool[index, :, : self.kv_padding].transpose(1, 2).reshape(1, -1, hkv, 1, dh).expand(-1, -1, -1, groups, -1)
+        k = k_pool[index, :, : self.kv_padding].to(q.dtype).transpose(1, 2).reshape(1, -1, hkv, 1, dh).expand(-1, -1, -1, groups, -1)
+        v = v_pool[index, :, : self.kv_padding].to(q.dtype).transpose(1, 2).reshape(1, -1, hkv, 1, dh).expand(-1, -1, -1, groups, -1)
         out: Tensor = self.xops.memory_efficient_attention(q.view(1, n, hkv, groups, dh), k, v, attn_bias=self.bias)
         return out.view(n, hq, dh)

@@ -99,9 +99,12 @@ class LeanDecoder:
         max_tokens: int,
         quantization: str,
         cache_tokens: int | None = None,
+        kv_dtype: torch.dtype | None = None,
     ) -> None:
         """``cache_tokens``: positions of the decoder's own KV cache (default ``max_tokens``); 0 when its KV
-        lives elsewhere (kernels.batch's slot pool) and ``forward`` is not used."""
+        lives elsewhere (kernels.batch's slot pool) and ``forward`` is not used. ``kv_dtype``: what the KV
+        cache (and a batch's slot pool) holds, default the weights' dtype; keys and values are rounded to it
+        as they are written and widened to the queries' dtype for attention."""
         self.arch = arch
         self.embed = embed  # [D, V] when embed_transposed (shared with the tied lm_head), else [V, D]
         self.embed_transposed = embed_transposed
@@ -119,10 +122,11 @@ class LeanDecoder:
         self.quantization = quantization
         self.device = final_norm_weight.device
         self.dtype = final_norm_weight.dtype
+        self.kv_dtype = self.dtype if kv_dtype is None else kv_dtype
         self.attention_backend, self.attention_why = select_backend(self.device)
         self.cache = KVCache(
             len(layers), num_kv_heads, max_tokens if cache_tokens is None else cache_tokens, head_dim,
-            dtype=self.dtype, device=self.device,
+            dtype=self.kv_dtype, device=self.device,
         )
 
     # ---- construction -------------------------------------------------------------------------------
@@ -255,5 +259,5 @@ def describe(decoder: LeanDecoder) -> dict[str, str]:
         "attention backend": decoder.attention_backend,
         "attention backend why": decoder.attention_why,
         "quantization": decoder.quantization,
-        "kv cache": f"{decoder.max_tokens} tokens x {decoder.kv_bytes_per_token()} bytes",
+        "kv cache": f"{decoder.max_tokens} tokens x {decoder.kv_bytes_per_token()} bytes ({str(decoder.kv_dtype).removeprefix('torch.')})",
     }

@@ -8,6 +8,9 @@ are touched plus the KV cache.
 
 ``dequantized=True`` builds the same decoder over fp32 copies of the dequantized matrices (the reference
 twin of the whole model: what transformers' GGUF conversion computes).
+
+Keys and values are kept as fp16 by default (``kv_dtype``), as llama.cpp keeps them: half the bytes a decode
+step's attention reads and half the memory of a KV slot (measured: bench/DECODE_STEP.md, bench.batch_step).
 """
 
 from __future__ import annotations
@@ -137,9 +140,10 @@ def _unpermute_rotary_rows(tensor: QuantTensor, heads: int) -> QuantTensor:
 
 def decoder_from_gguf(
     path: str | Path, config: Any, *, max_tokens: int = 2048, dequantized: bool = False, cache_tokens: int | None = None,
+    kv_dtype: torch.dtype = torch.float16,
 ) -> GgufDecoder:
     """A decoder for a Llama/Qwen2 GGUF with the transformers ``config`` (its shapes checked against the file).
-    ``cache_tokens``: as for LeanDecoder (0: the KV lives in a batched decoder's slot pool).
+    ``cache_tokens``, ``kv_dtype``: as for LeanDecoder (0: the KV lives in a batched decoder's slot pool).
 
     Raises QuantError (a ValueError) for what it does not implement or a file that does not match.
     """
@@ -211,6 +215,7 @@ def decoder_from_gguf(
         vocab_size=config.vocab_size,
         max_tokens=max_tokens,
         cache_tokens=cache_tokens,
+        kv_dtype=kv_dtype,
         quantization=f"gguf dequantized to fp32 ({kinds})" if dequantized else f"gguf blocks ({kinds})",
     )
 

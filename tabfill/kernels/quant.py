@@ -227,8 +227,19 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.tf_force_portable.argtypes = lib.tf_force_avx2.argtypes = [c_int]
     lib.tf_force_portable.restype = lib.tf_force_avx2.restype = None
     lib.tf_has_avx512.restype = c_int
+    lib.tf_to_half.argtypes = [c_ptr, c_int, c_ptr]
+    lib.tf_to_half.restype = None
     lib.tf_matmul.restype = lib.tf_dequant.restype = lib.tf_has_avx2.restype = lib.tf_quantize_act.restype = c_int
     return lib
+
+
+def to_half(x: Tensor) -> Tensor:
+    """fp16 bits (as int16) of ``x`` as the C decode step writes keys and values (tests: the same as torch's
+    ``.half()``, on the F16C and the portable path)."""
+    x = x.to(device="cpu", dtype=torch.float32).contiguous()
+    out = torch.empty(x.shape, dtype=torch.int16)
+    _lib().tf_to_half(x.data_ptr(), x.numel(), out.data_ptr())
+    return out
 
 
 def kernels_available() -> tuple[bool, str]:
@@ -375,7 +386,7 @@ class _Model(ctypes.Structure):
         ("head_dim", ctypes.c_int), ("inter", ctypes.c_int), ("cache_tokens", ctypes.c_int), ("eps", ctypes.c_float),
         ("layer", ctypes.POINTER(_Layer)), ("final_norm", ctypes.c_void_p), ("head", _Linear), ("embed", _Part),
         ("cos", ctypes.c_void_p), ("signed_sin", ctypes.c_void_p), ("k_cache", ctypes.c_void_p), ("v_cache", ctypes.c_void_p),
-        ("slots", ctypes.c_int),
+        ("slots", ctypes.c_int), ("kv_half", ctypes.c_int),
     ]
 
 
@@ -393,8 +404,9 @@ class StepLayer:
 
 class DecodeStep:
     """A whole one-token decode step of a Llama/Qwen2 decoder in one C call (csrc/quant.c, tf_decode_rows):
-    RMS norms, q|k|v, rotate-half rotary from the decoder's tables, grouped-query attention over its fp32 KV
-    cache [L, B, Hkv, T, Dh], SiLU-gated MLP, head. The products are QuantLinear's kernels; what the call saves
+    RMS norms, q|k|v, rotate-half rotary from the decoder's tables, grouped-query attention over its KV cache
+    [L, B, Hkv, T, Dh] (fp16 or fp32; fp16 keys and values are rounded to nearest even once, when written, as
+    torch's ``.half()`` rounds them), SiLU-gated MLP, head. The products are QuantLinear's kernels; what the call saves
     is a Python call per operation (~30 per layer). ``rows`` runs the decode rows of B sequences (a batch's
     slot pool) in one call (tf_decode_rows). Holds references to every tensor it points at."""
 
@@ -403,9 +415,13 @@ class DecodeStep:
         kv_heads: int, head_dim: int, eps: float, cos: Tensor, signed_sin: Tensor, k_cache: Tensor, v_cache: Tensor,
     ) -> None:
         dim = embed.cols
-        tensors = [final_norm, cos, signed_sin, k_cache, v_cache] + [t for layer in layers for t in (layer.norm1, layer.norm2)]
+        tensors = [final_norm, cos, signed_sin] + [t for layer in layers for t in (layer.norm1, layer.norm2)]
         if any(t.dtype != torch.float32 or not t.is_contiguous() or t.device.type != "cpu" for t in tensors):
             raise QuantError("the C decode step needs contiguous fp32 CPU tensors")
+        if k_cache.dtype != v_cache.dtype or k_cache.dtype not in (torch.float16, torch.float32) or not (
+            k_cache.is_contiguous() and v_cache.is_contiguous() and k_cache.device.type == v_cache.device.type == "cpu"
+        ):
+            raise QuantError("the C decode step needs a contiguous fp16 or fp32 KV cache on the CPU")
         if head_dim % 2 or head_dim > 512 or heads % kv_heads:
             raise QuantError(f"head_dim {head_dim} / {heads} heads over {kv_heads} kv heads is not supported")
         inter = layers[0].down.in_features
@@ -427,6 +443,7 @@ class DecodeStep:
             len(layers), dim, heads, kv_heads, head_dim, inter, k_cache.shape[-2], eps, self._layers,
             final_norm.data_ptr(), self._linear(head), _Part(embed.type, embed.rows, embed.data.data_ptr(), embed.data.shape[1]),
             cos.data_ptr(), signed_sin.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), self.slots,
+            int(k_cache.dtype == torch.float16),
         )
         self.vocab = head.out_features
         self.max_tokens = min(k_cache.shape[-2], cos.shape[0])

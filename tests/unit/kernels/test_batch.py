@@ -95,16 +95,19 @@ def test_greedy_tokens_of_a_batch_equal_single_stream() -> None:
 
 
 @pytest.mark.parametrize("kind", ["Q4_1", "Q4_K"])
-def test_a_gguf_decoder_batches_like_each_row_alone(kind: str) -> None:
+@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.float16])
+def test_a_gguf_decoder_batches_like_each_row_alone(kind: str, kv_dtype: torch.dtype) -> None:
     """The team engine's CPU path: a decoder over GGUF blocks in the slot pool. Decode rows of several slots
     in one call get each token's products as alone (the kernels' tiles); prefill chunks of more than
     KERNEL_MAX_TOKENS tokens take the dequantized GEMM over Q4_1 (fp32 activations: the reference rounds
-    them) and stay in the kernels over the K-quants."""
+    them) and stay in the kernels over the K-quants. Over an fp32 pool and an fp16 one (the default for GGUF
+    weights: the C call and the torch forward both round keys and values to it)."""
     from tabfill.kernels import quant
     from tests.unit.kernels.test_gguf_step import TOKENS, VOCAB, tiny_decoder
 
-    decoder = tiny_decoder(getattr(quant, kind))
+    decoder = tiny_decoder(getattr(quant, kind), kv_dtype=kv_dtype)
     twin = Twin(decoder, BatchedDecoder(decoder, slots=3, max_tokens=TOKENS))
+    assert twin.batch.pool.k.dtype == twin.decoder.cache.k.dtype == kv_dtype
     prompts = [torch.randint(0, VOCAB, (n,), generator=torch.Generator().manual_seed(n)).tolist() for n in (5, 9, 40)]
 
     def check(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:

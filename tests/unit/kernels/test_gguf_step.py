@@ -11,21 +11,21 @@ from tabfill.kernels.config import Arch
 from tabfill.kernels.gguf_decoder import GgufDecoder
 from tabfill.kernels.packing import Layer
 from tabfill.kernels.quant import QuantLinear
-from tests.unit.kernels.test_quant import needs_kernels, random_tensor
+from tests.unit.kernels.test_quant import kernel_path, needs_kernels, random_tensor  # noqa: F401 (a fixture)
 
 D, HEADS, KV_HEADS, HEAD_DIM, INTER, VOCAB, TOKENS = 64, 4, 2, 16, 96, 120, 48
 
 
-def tiny_decoder(kind: int, *, bias: bool = False) -> GgufDecoder:
-    """Weights of GGML type ``kind`` (F32: no activation rounding anywhere), Llama shapes. The K-quants
-    (rows of whole 256-value blocks) get D 256, heads of 64 and INTER 512."""
+def tiny_decoder(kind: int, *, bias: bool = False, kv_dtype: torch.dtype = torch.float32) -> GgufDecoder:
+    """Weights of GGML type ``kind`` (F32: no activation rounding anywhere), Llama shapes, keys and values
+    kept as ``kv_dtype``. The K-quants (rows of whole 256-value blocks) get D 256, heads of 64 and INTER 512."""
     seeds = iter(range(1000))
     kquant = kind in (quant.Q4_K, quant.Q6_K)
     dim, head_dim, inter = (256, 64, 512) if kquant else (D, HEAD_DIM, INTER)
 
     def linear(rows: list[int], cols: int, with_bias: bool = False) -> QuantLinear:
         parts = [random_tensor(kind, r, cols, seed=next(seeds)) for r in rows]
-        return QuantLinear(parts, torch.randn(sum(rows)) * 0.1 if with_bias else None)
+        return QuantLinear(parts, torch.randn(sum(rows), generator=gen) * 0.1 if with_bias else None)
 
     gen = torch.Generator().manual_seed(7)
     layers = [
@@ -48,6 +48,7 @@ def tiny_decoder(kind: int, *, bias: bool = False) -> GgufDecoder:
         embed=torch.empty(0, dim), embed_transposed=False, layers=layers, final_norm_weight=torch.ones(dim),
         final_norm_bias=None, lm_head=linear([VOCAB], dim), cos=cos, signed_sin=signed_sin, num_heads=HEADS,
         num_kv_heads=KV_HEADS, head_dim=head_dim, vocab_size=VOCAB, max_tokens=TOKENS, quantization="test",
+        kv_dtype=kv_dtype,
     )
 
 
@@ -83,6 +84,25 @@ def test_c_step_equals_the_torch_forward_on_fp32_weights() -> None:
 
 
 @needs_kernels
+def test_c_step_over_fp16_keys_and_values_equals_the_torch_forward_over_them(kernel_path: str) -> None:
+    """Both write keys and values rounded to fp16 (C: F16C or the portable rounding; torch: .half()) and attend
+    over them widened to fp32: the same caches (up to a key that fp32 order moves across a rounding step) and
+    the same logits; and those differ from an fp32 cache's by the rounding."""
+    decoder = tiny_decoder(quant.F32, bias=True, kv_dtype=torch.float16)
+    assert decoder.cache.k.dtype == torch.float16 and decoder.step is not None
+    prompt, steps = [3, 17, 42, 99, 5], [8, 64, 119, 0, 33]
+    for actual, expected in _steps_both_ways(decoder, prompt, steps, tol=1e-3):
+        torch.testing.assert_close(actual, expected, rtol=1e-3, atol=1e-3 * expected.abs().max().item())
+    wide = tiny_decoder(quant.F32, bias=True)
+    wide.forward(prompt, 0)
+    for i, token in enumerate(steps):
+        exact = wide.forward([token], len(prompt) + i)
+    assert not torch.equal(exact, actual)  # the rounding reaches the logits (on random weights, by up to ~3 %)
+    # the first layer's keys and values (from the embeddings alone) are the fp32 cache's, each rounded once
+    assert torch.equal(decoder.cache.k[0], wide.cache.k[0].half()) and torch.equal(decoder.cache.v[0], wide.cache.v[0].half())
+
+
+@needs_kernels
 def test_c_step_follows_the_torch_forward_on_quantized_weights() -> None:
     """Same kernels, same activation rounding; only fp32 order in norms and attention differs (which may move
     an activation across a rounding step of max|x|/32767: a small difference)."""
@@ -102,14 +122,15 @@ def test_decoder_without_quantized_matrices_has_no_c_step() -> None:
 
 
 @needs_kernels
-def test_decode_rows_of_a_slot_pool_equal_each_row_alone_bit_for_bit() -> None:
+@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.float16])
+def test_decode_rows_of_a_slot_pool_equal_each_row_alone_bit_for_bit(kv_dtype: torch.dtype) -> None:
     """tf_decode_rows (the team engine's steady state: one decode token for each of several slots) gives a
-    row what it gets in a call of its own, and writes its K/V into its own slot only."""
+    row what it gets in a call of its own, and writes its K/V into its own slot only; over fp32 and fp16 pools."""
     from tabfill.kernels.batch import BatchedDecoder, RowInput
 
-    decoder = tiny_decoder(quant.Q8_0)
+    decoder = tiny_decoder(quant.Q8_0, kv_dtype=kv_dtype)
     batch = BatchedDecoder(decoder, slots=4, max_tokens=TOKENS)
-    assert batch.c_rows is not None
+    assert batch.c_rows is not None and batch.pool.k.dtype == kv_dtype
     prompts = {0: [3, 1, 4, 1, 5], 2: [9, 2, 6, 5, 3, 5, 8, 9, 7], 3: [2, 7]}
     batch.forward_rows([RowInput(slot, ids, 0) for slot, ids in prompts.items()])  # prefill: the torch forward
     tokens, positions, slots = [11, 12, 13], [len(p) for p in prompts.values()], list(prompts)

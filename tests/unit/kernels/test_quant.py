@@ -235,3 +235,14 @@ def test_kernels_built_from_older_source_are_a_clear_error(monkeypatch: pytest.M
     with pytest.raises(quant.QuantError, match="older than this source.*tf_matmul.*rebuild"):
         quant._lib()
     assert quant.kernels_available()[0] is False
+
+
+def test_keys_and_values_round_to_fp16_as_torch_rounds_them(kernel_path: str) -> None:
+    """The decode step's fp16 keys and values (F16C, or the portable rounding): torch's .half() bit for bit,
+    ties to even, fp16 subnormals, overflow to infinity included."""
+    gen = torch.Generator().manual_seed(3)
+    spread = torch.randn(4000, generator=gen) * torch.exp2(torch.randint(-30, 18, (4000,), generator=gen).float())
+    ulp = torch.tensor([1.0 + 2.0**-11, 1.0 + 3 * 2.0**-11, 2.0**-24 * 1.5, 2.0**-24 * 2.5, 2.0**-25, 2.0**-25 * 1.0001, 2.0**-26])
+    edges = torch.tensor([0.0, -0.0, 65504.0, 65519.0, 65520.0, 1e6, -1e6, float("inf"), float("-inf"), 6.1e-5, 6.0e-8, 1e-9])
+    x = torch.cat((spread, ulp, -ulp, edges, torch.arange(-1000, 1000) * 0.0137))
+    assert torch.equal(quant.to_half(x), x.half().view(torch.int16))
