@@ -7,10 +7,10 @@ decoder's rotary uses (a row permutation of whole blocks: exact). Resident memor
 are touched plus the KV cache.
 
 ``dequantized=True`` builds the same decoder over fp32 copies of the dequantized matrices (the reference
-twin of the whole model: what transformers' GGUF conversion computes).
+twin of the whole model: with ``kv_dtype=torch.float32``, what transformers' GGUF conversion computes).
 
-Keys and values are kept as fp16 by default (``kv_dtype``), as llama.cpp keeps them: half the bytes a decode
-step's attention reads and half the memory of a KV slot (measured: bench/DECODE_STEP.md, bench.batch_step).
+Keys and values are kept as fp16 by default (``kv_dtype``), as llama.cpp keeps them: half the memory of a KV
+slot and half the bytes a decode step's attention reads (docs/DESIGN.md says what it measured).
 """
 
 from __future__ import annotations
