@@ -78,10 +78,10 @@ def _previous_code_line(document: Document, line: int) -> tuple[int, str] | None
 
 
 def _enclosing_scope(document: Document, line: int, indent: int) -> str:
-    for row in range(line - 1, max(-1, line - 2000), -1):
-        text = document.line_text(row)
+    """The nearest of the 1,999 lines above `line` that opens a block at an indent below `indent` (stripped)."""
+    for text in document.lines_above(line, 1999):
         stripped = text.strip()
-        if stripped and indent_width(text) < indent and stripped.endswith(_BLOCK_OPENERS):
+        if stripped.endswith(_BLOCK_OPENERS) and indent_width(text) < indent:
             return stripped[:120]
     return ""
 

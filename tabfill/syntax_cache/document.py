@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_left, bisect_right
+from collections.abc import Iterator
 
 _BREAK = re.compile(r"\r\n|\r|\n")
+_CHUNK_LINES = 128  # lines_above splits this many lines at a time
 
 
 def _scan_line_starts(text: str) -> list[int]:
@@ -113,6 +115,18 @@ class Document:
     def line_text(self, line: int) -> str:
         """Content of `line` (clamped into range), without its break."""
         return self._text[self.line_start(line) : self.line_end(line)]
+
+    def lines_above(self, line: int, limit: int) -> Iterator[str]:
+        """The contents of the lines above `line` (clamped into range), nearest first, at most `limit` of them:
+        `line_text(line - 1)`, `line_text(line - 2)`, ... The text is split a chunk of lines at a time, not
+        sliced line by line (a scan back through hundreds of lines ran ~7 us a line through line_text)."""
+        line = min(max(line, 0), len(self._starts) - 1)
+        stop = max(0, line - limit)
+        while line > stop:
+            first = max(stop, line - _CHUNK_LINES)
+            pieces = _BREAK.split(self._text[self._starts[first] : self._starts[line]])  # ends with the break: a last ""
+            yield from reversed(pieces[:-1])
+            line = first
 
     def line_of(self, offset: int) -> int:
         """Line containing `offset` (clamped into range); an offset inside a "\\r\\n" belongs to its line."""

@@ -44,3 +44,36 @@ def test_crlf_and_emoji_lines() -> None:
     assert context.line_prefix == "y = 漢"
     assert context.line_suffix == ""
     assert context.mode is Mode.SINGLE
+
+
+def _scope_line_by_line(document: Document, line: int, indent: int) -> str:
+    """The enclosing-scope scan as it was (a line_text per line): the reference for the chunked one."""
+    from tabfill.syntax_cache.context import _BLOCK_OPENERS, indent_width
+
+    for row in range(line - 1, max(-1, line - 2000), -1):
+        text = document.line_text(row)
+        stripped = text.strip()
+        if stripped and indent_width(text) < indent and stripped.endswith(_BLOCK_OPENERS):
+            return stripped[:120]
+    return ""
+
+
+def test_the_enclosing_scope_scan_finds_what_the_line_by_line_scan_found() -> None:
+    import random
+
+    from tabfill.syntax_cache.context import _enclosing_scope
+
+    rng = random.Random(4)
+    pieces = ["def f(x):", "    if x:", "        return {", "    y = [", "class A:", "", "   ", "\tpass", "  z = 1", "end do"]
+    text = "\r\n".join(rng.choice(pieces) for _ in range(2600)) + "\n" + "\n".join(rng.choice(pieces) for _ in range(900))
+    document = Document("file:///t.py", "python", 1, text)
+    checked = 0
+    for line in list(range(0, 40)) + rng.sample(range(document.line_count), 300) + [document.line_count - 1]:
+        for indent in (0, 1, 2, 4, 5, 9):
+            assert _enclosing_scope(document, line, indent) == _scope_line_by_line(document, line, indent)
+            checked += 1
+    assert checked > 2000
+    # a deep scan: the nearest opener is ~2,500 lines up, beyond the 1,999 scanned
+    deep = Document("file:///d.py", "python", 1, "def top():\n" + "    x = 1\n" * 2500 + "    y")
+    assert _enclosing_scope(deep, 2501, 4) == _scope_line_by_line(deep, 2501, 4) == ""
+    assert _enclosing_scope(deep, 1500, 4) == "def top():"

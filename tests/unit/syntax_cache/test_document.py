@@ -143,3 +143,20 @@ def test_edits_match_plain_string(initial: str, edits: list[tuple[int, int, str]
         assert document._starts == fresh_starts(text)
         assert document.version == version
     check(document)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    lines=st.lists(st.text(alphabet=" \tab:{", max_size=6), min_size=1, max_size=300),
+    breaks=st.lists(st.sampled_from(["\n", "\r\n", "\r"]), min_size=1, max_size=300),
+    line=st.integers(-5, 310),
+    limit=st.integers(0, 400),
+)
+def test_lines_above_are_line_text_upwards(lines: list[str], breaks: list[str], line: int, limit: int) -> None:
+    """lines_above splits the text a chunk of lines at a time: the same contents as line_text, line by line
+    upwards from the clamped line, across chunk boundaries and with every kind of line break."""
+    text = "".join(part + breaks[i % len(breaks)] for i, part in enumerate(lines[:-1])) + lines[-1]
+    document = Document("file:///t.py", "python", 1, text)
+    clamped = min(max(line, 0), document.line_count - 1)
+    expected = [document.line_text(row) for row in range(clamped - 1, max(-1, clamped - 1 - limit), -1)]
+    assert list(document.lines_above(line, limit)) == expected
