@@ -947,16 +947,6 @@ AVX2 static inline __m256 exp8(__m256 x) {
 
 #define MAX_GROUP 16 /* query heads per kv head the AVX2 attention handles */
 
-/* The G query heads of one kv head of one row: each K and V row is read once for all of them.
- * NOTE: tried and dropped (2026-12-07): units of (row, kv head, 128 keys) merged in chunk order (a row's split
- * fixed by its length alone), 8 keys' scores in one vector sum, the weighted values summed in registers and the
- * next keys prefetched. Alone (attention of 30 layers, /work/runs/s15_att) one row at 400 keys took 0.37 instead of 0.70
- * ms on 2 threads (its 3 units no longer split 2:1), 8 rows 6.1 instead of 6.4 ms. In the real step it gained
- * nothing: one row 5.38 vs 5.42 ms, 8 rows 23.3 vs 22.1 ms (bench.batch_step, means of 3 alternating rounds):
- * there the K/V rows come from memory (the 97 MB of weights a step push them out of L3) and the 18 MB (one row
- * at 400 keys; 147 MB for 8) of fp32 K/V bound it. Fewer bytes (fp16 K/V, as llama.cpp keeps them) is what
- * could. fp16 K/V since (Zen 3 host, AVX2, 2026-12-07): the one-row step 2-3 % faster, the 8-row step the same
- * within noise; attend_values' sums in registers took ~25 % off attention in the 8-row step (perf shares). */
 /* 8 keys' or values' elements from i on, as fp32 */
 AVX2 static ALWAYS_INLINE __m256 kv_load8(const void *cache, int64_t i, int half) {
     return half ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)cache + i))) : _mm256_loadu_ps((const float *)cache + i);
@@ -996,6 +986,16 @@ AVX2 static ALWAYS_INLINE void attend_values(const attend_job *job, int64_t base
     }
 }
 
+/* The G query heads of one kv head of one row: each K and V row is read once for all of them.
+ * NOTE: tried and dropped (2026-12-07): units of (row, kv head, 128 keys) merged in chunk order (a row's split
+ * fixed by its length alone), 8 keys' scores in one vector sum, the weighted values summed in registers and the
+ * next keys prefetched. Alone (attention of 30 layers, /work/runs/s15_att) one row at 400 keys took 0.37 instead of 0.70
+ * ms on 2 threads (its 3 units no longer split 2:1), 8 rows 6.1 instead of 6.4 ms. In the real step it gained
+ * nothing: one row 5.38 vs 5.42 ms, 8 rows 23.3 vs 22.1 ms (bench.batch_step, means of 3 alternating rounds):
+ * there the K/V rows come from memory (the 97 MB of weights a step push them out of L3) and the 18 MB (one row
+ * at 400 keys; 147 MB for 8) of fp32 K/V bound it. Fewer bytes (fp16 K/V, as llama.cpp keeps them) is what
+ * could. fp16 K/V since (Zen 3 host, AVX2, 2026-12-07): the one-row step 2-3 % faster, the 8-row step the same
+ * within noise; attend_values' sums in registers took ~25 % off attention in the 8-row step (perf shares). */
 AVX2 static ALWAYS_INLINE void attend_group(const attend_job *job, int row, int g, int half) {
     const tf_model *m = job->m;
     int Hq = m->heads, G = Hq / m->kv_heads, Dh = m->head_dim, len = job->pos[row] + 1;
