@@ -1,8 +1,12 @@
 """Tenants and their tokens: a file of `name = scrypt$N$r$p$salt$hash [concurrent=K] [rpm=R]` lines.
 
 The file never holds a token, only its scrypt hash (hashlib, salt and cost parameters in the line). A token
-is `NAME.SECRET`: the name picks the line, so one hello costs one scrypt (~50 ms, run off the event loop);
+is `NAME.SECRET`: the name picks the line, so one hello costs one scrypt (~50-80 ms, run off the event loop);
 an unknown name still pays for one so that timing does not tell names apart. Comparison is constant-time.
+A token that passed once is remembered by its HMAC under a key of this process (never the token, never
+written anywhere), next to the line it matched: its later hellos (an editor started again, a reconnect)
+cost no scrypt, and a wrong secret still costs one since it cannot match. A changed line (the token
+replaced) or a removed one forgets it.
 """
 
 from __future__ import annotations
@@ -128,6 +132,8 @@ class TokenStore:
         self.path = path
         self._stamp: tuple[float, int] | None = None
         self._tenants: dict[str, Tenant] = {}
+        self._key = secrets.token_bytes(32)
+        self._verified: dict[str, tuple[str, bytes]] = {}  # name -> (its line, HMAC of the secret that passed)
         self.reload()
 
     def reload(self) -> None:
@@ -153,4 +159,11 @@ class TokenStore:
         if tenant is None:
             check_secret(secret, _dummy_line())
             return None
-        return tenant if check_secret(secret, tenant.hash_line) else None
+        mac = hmac.new(self._key, secret.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
+        known = self._verified.get(name)
+        if known is not None and known[0] == tenant.hash_line and hmac.compare_digest(known[1], mac):
+            return tenant
+        if not check_secret(secret, tenant.hash_line):
+            return None
+        self._verified[name] = (tenant.hash_line, mac)
+        return tenant

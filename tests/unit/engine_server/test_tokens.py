@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tabfill.engine_server import tokens
 from tabfill.engine_server.tokens import TokenFileError, TokenStore, add_tenant, read_tenants
 
 
@@ -49,3 +50,24 @@ def test_a_bad_token_file_line_is_a_clear_error(tmp_path: Path, line: str) -> No
     path.write_text(line + "\n")
     with pytest.raises(TokenFileError, match="line 1"):
         read_tenants(path)
+
+
+def test_a_token_that_passed_costs_no_scrypt_again_until_its_line_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "tokens"
+    alice = add_tenant(path, "alice")
+    store = TokenStore(path)
+    checks: list[str] = []
+    real = tokens.check_secret
+    monkeypatch.setattr(tokens, "check_secret", lambda secret, line: checks.append(secret) or real(secret, line))
+    assert store.authenticate(alice).name == "alice"  # type: ignore[union-attr]
+    assert store.authenticate(alice).name == "alice"  # type: ignore[union-attr]  # an editor started again
+    assert len(checks) == 1
+    wrong = alice[:-1] + ("A" if alice[-1] != "A" else "B")
+    assert store.authenticate(wrong) is None and len(checks) == 2  # a wrong secret still pays its scrypt
+    assert alice.split(".", 1)[1] not in repr(vars(store))  # remembered by its HMAC, not in clear
+    new = add_tenant(path, "alice")  # the token replaced: the one that passed before no longer does
+    assert store.authenticate(alice) is None
+    assert store.authenticate(new) is not None and store.authenticate(new) is not None
+    assert len(checks) == 4  # the old token against the new line, the new token once
+    path.write_text("")  # alice removed
+    assert store.authenticate(new) is None
