@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tabfill.completion.pace import MIN_TYPING_DEADLINE_MS, PAUSE_MS, RECENT_KEYS, TypingPace, typing_deadline_ms
+from tabfill.completion.pace import MIN_TYPING_DEADLINE_MS, PAUSE_MS, TypingPace, typing_deadline_ms
 from tabfill.completion.settings import deadline_ms
 from tabfill.completion.types import Settings
 
@@ -31,39 +31,20 @@ def test_the_key_interval_follows_typing_and_is_unknown_while_resting() -> None:
         clock.advance_ms(100)
         pace.keys(uri, [char])
     assert pace.interval_ms(uri) == pytest.approx(100)
-    for _ in range(3):
-        clock.advance_ms(240)
-        pace.keys(uri, ["(", "x"])  # a client that batched two keys into one didChange: 120 ms a key
-    assert pace.interval_ms(uri) == pytest.approx(120)  # six of the last eight keys came 120 ms apart
+    clock.advance_ms(240)
+    pace.keys(uri, ["(", "x"])  # a client that batched two keys into one didChange: still 120 ms a key
+    assert 100 < (pace.interval_ms(uri) or 0) < 120
     clock.advance_ms(PAUSE_MS + 1)
     assert pace.interval_ms(uri) is None  # resting: not typing
     pace.keys(uri, [")"])  # the first key after a pause does not count the pause as the pace
-    assert pace.interval_ms(uri) == pytest.approx(120)
+    assert 100 < (pace.interval_ms(uri) or 0) < 120
     clock.advance_ms(50)
+    before = pace.interval_ms(uri)
     pace.keys(uri, ["def parse(text):\n    return json.loads(text)\n"])  # a paste, not a key
-    assert pace.interval_ms(uri) == pytest.approx(120)
+    assert pace.interval_ms(uri) == before
     assert pace.interval_ms("file:///other.py") is None
     pace.forget(uri)
     assert pace.interval_ms(uri) is None
-
-
-def test_a_hesitation_does_not_lengthen_the_next_keys_deadline_but_a_slower_pace_does() -> None:
-    clock = Clock()
-    pace = TypingPace(clock)
-    uri = "file:///a.py"
-    pace.keys(uri, ["x"])
-    for _ in range(RECENT_KEYS):
-        clock.advance_ms(100)
-        pace.keys(uri, ["x"])
-    clock.advance_ms(600)  # shorter than a pause: the typist hesitated
-    pace.keys(uri, ["y"])
-    assert pace.interval_ms(uri) == pytest.approx(100)
-    assert deadline_ms(Settings(), "cpu", pace.interval_ms(uri)) == pytest.approx(50)  # the next key may come 100 ms later
-    for _ in range(RECENT_KEYS // 2):
-        clock.advance_ms(300)
-        pace.keys(uri, ["z"])
-    assert (pace.interval_ms(uri) or 0) > 250  # the typist slowed down for good: half the recent keys say so
-    assert deadline_ms(Settings(), "cpu", pace.interval_ms(uri)) == 80
 
 
 def test_the_deadline_aims_at_half_the_key_interval_within_bounds() -> None:
